@@ -1,0 +1,240 @@
+"""``build_index``: corpus -> embeddings shards + metadata + one faiss index per shard and modality.
+
+Resumable: a shard is committed (npy, parquet, faiss files, errors.jsonl, then manifest.json, each
+written atomically) before the next starts; the manifest records the input position each shard ends
+at, so a re-run of the same build skips what is committed and carries on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .atomic import atomic_path, remove_stale_temps, write_bytes
+from .embed import Encoder, iter_batches
+from .errors import CorpusError, IndexFolderError
+from .images import DEFAULT_MAX_PIXELS
+from .index_factory import build_index as build_faiss, choose_index_key, tune_params
+from .manifest import load_manifest, new_manifest, save_manifest, shard_files
+from .models import ClipModel, describe, load_model, same_model, sha256_file
+from .readers import CorpusReader, open_corpus
+
+log = logging.getLogger("retrieval.build")
+DEFAULT_SHARD_SIZE = 100_000
+DEFAULT_MEMORY_BUDGET = 4 * 2**30
+ERRORS = "errors.jsonl"
+_RESUME_KEYS = ("shard_size", "index_key", "memory_budget", "max_pixels")
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def _save_parquet(path: Path, rows: list[dict], schema) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _save_faiss(path: Path, index) -> None:
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, tmp)
+
+
+def _read_errors(out: Path, before_pos: int) -> list[dict]:
+    path = out / ERRORS
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("pos", 0) < before_pos]
+
+
+def _write_errors(out: Path, errors: list[dict]) -> None:
+    write_bytes(out / ERRORS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode())
+
+
+class _ShardWriter:
+    """Accumulates rows and commits full shards (files first, manifest last)."""
+
+    def __init__(self, out: Path, manifest: dict, reader: CorpusReader, settings: dict, errors: list[dict]):
+        self.out, self.manifest, self.reader, self.s = out, manifest, reader, settings
+        self.errors = errors  # committed errors (pos < last committed end_pos)
+        self.pending_errors: list[dict] = []
+        self.img: list[np.ndarray] = []
+        self.txt: list[np.ndarray] = []
+        self.rows: list[dict] = []
+        self.row_pos: list[int] = []
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def add(self, img: np.ndarray, txt: np.ndarray, rows: list[dict], positions: list[int], errors: list[dict],
+            end_pos: int) -> None:
+        self.pending_errors.extend(errors)
+        shard_size = self.s["shard_size"]
+        start = 0
+        while start < len(rows):
+            take = min(shard_size - self.n, len(rows) - start)
+            self.img.append(img[start:start + take])
+            self.txt.append(txt[start:start + take])
+            self.rows.extend(rows[start:start + take])
+            self.row_pos.extend(positions[start:start + take])
+            start += take
+            if self.n == shard_size:
+                self.commit(self.row_pos[-1] + 1)
+        self.last_end = end_pos
+
+    def commit(self, end_pos: int) -> None:
+        shards = self.manifest["shards"]
+        k = len(shards)
+        files = shard_files(k)
+        img = np.concatenate(self.img).astype(np.float16) if self.img else np.zeros((0, self.s["dim"]), np.float16)
+        txt = np.concatenate(self.txt).astype(np.float16) if self.txt else np.zeros((0, self.s["dim"]), np.float16)
+        n = len(self.rows)
+        entry = {"id": k, "rows": n, "offset": sum(s["rows"] for s in shards), "end_pos": end_pos,
+                 "files": files, "index": {}}
+        _save_npy(self.out / files["img_emb"], img)
+        _save_npy(self.out / files["text_emb"], txt)
+        _save_parquet(self.out / files["metadata"], self.rows, self.reader.metadata_schema)
+        for modality, vecs in (("image", img), ("text", txt)):
+            if n == 0:
+                continue
+            key = self.s["index_key"] or choose_index_key(n, vecs.shape[1], self.s["memory_budget"])
+            t0 = time.perf_counter()
+            index = build_faiss(vecs, key, seed=k)
+            params = tune_params(index, vecs, key, recall=self.s["recall_target"], seed=k)
+            _save_faiss(self.out / files[f"{modality}_index"], index)
+            entry["index"][modality] = {"key": key, "params": params, "ntotal": int(index.ntotal),
+                                        "build_s": round(time.perf_counter() - t0, 3)}
+        entry["sha256"] = {name: sha256_file(self.out / rel) for name, rel in files.items()
+                           if (self.out / rel).exists() and (n > 0 or not name.endswith("_index"))}
+        done = [e for e in self.pending_errors if e["pos"] < end_pos]
+        self.pending_errors = [e for e in self.pending_errors if e["pos"] >= end_pos]
+        self.errors.extend(done)
+        _write_errors(self.out, self.errors)
+        shards.append(entry)
+        self._update_counts(end_pos)
+        save_manifest(self.out, self.manifest)
+        self.img, self.txt, self.rows, self.row_pos = [], [], [], []
+
+    def finish(self) -> None:
+        """Commit the last partial shard; trailing skipped items are logged without an empty shard."""
+        if self.n:
+            self.commit(self.last_end)
+        self.errors.extend(self.pending_errors)
+        self.pending_errors = []
+        _write_errors(self.out, self.errors)
+        self._update_counts(self.last_end)
+
+    def _update_counts(self, inputs: int) -> None:
+        by_action = Counter(e["action"] for e in self.errors)
+        self.manifest["counts"] = {
+            "rows": sum(s["rows"] for s in self.manifest["shards"]),
+            "inputs": inputs,
+            "skipped": by_action.get("skipped", 0),
+            "repaired": len({e["pos"] for e in self.errors if e["action"] == "repaired"}),
+            "skipped_by_stage": dict(Counter(e["stage"] for e in self.errors if e["action"] == "skipped")),
+        }
+
+
+def _check_existing(out: Path, clip: ClipModel, reader: CorpusReader, settings: dict) -> Optional[dict]:
+    m = load_manifest(out)
+    if m is None:
+        return None
+    if not same_model(m["model"], clip.identity):
+        raise IndexFolderError(f"{out} holds an index of {describe(m['model'])}, not {describe(clip.identity)}; "
+                               f"use another --out")
+    if m["corpus"] != reader.describe():
+        raise IndexFolderError(f"{out} was built from another corpus ({m['corpus'].get('path')}); use another --out")
+    diff = ", ".join(f"{k}={m['build'].get(k)}" for k in _RESUME_KEYS if m["build"].get(k) != settings.get(k))
+    if diff:
+        raise IndexFolderError(f"{out} was built with other settings ({diff}); "
+                               f"re-run with the same ones or use another --out")
+    return m
+
+
+def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = "ViT-B-32",
+                pretrained: Optional[str] = "laion2b_s34b_b79k", *, batch_size: int = 64,
+                shard_size: int = DEFAULT_SHARD_SIZE, index_key: Optional[str] = None,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, device: str = "auto", workers: int = 2,
+                image_root: Optional[str] = None, image_column: Optional[str] = None,
+                caption_column: Optional[str] = None, key_column: Optional[str] = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS, recall_target: float = 0.95, progress: bool = True,
+                clip: Optional[ClipModel] = None) -> dict:
+    """Build (or resume) an index folder at ``out``; returns its manifest.
+
+    ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
+    """
+    if batch_size <= 0 or shard_size <= 0:
+        raise ValueError("batch_size and shard_size must be positive")
+    t_start = time.perf_counter()
+    reader = open_corpus(corpus, image_root, image_column, caption_column, key_column)
+    clip = clip or load_model(model, pretrained, device)
+    out = Path(out)
+    settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
+                "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
+                "recall_target": recall_target, "dim": clip.dim}
+    manifest = _check_existing(out, clip, reader, settings)
+    if manifest is not None and manifest.get("complete"):
+        log.warning("%s is already complete; nothing to do", out)
+        return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    if manifest is None:
+        manifest = new_manifest(clip.identity, reader.describe(), dict(settings))
+    start_pos = manifest["shards"][-1]["end_pos"] if manifest["shards"] else 0
+    resumed = len(manifest["shards"])
+    writer = _ShardWriter(out, manifest, reader, settings, _read_errors(out, start_pos))
+    writer.last_end = start_pos
+    encoder = Encoder(clip)
+    t_model = 0.0
+    n_new = 0
+    from tqdm import tqdm
+
+    bar = tqdm(desc="embedding", unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in iter_batches(reader, clip.preprocess, clip.tokenizer, batch_size, workers, start_pos, max_pixels):
+            if batch.rows:
+                t0 = time.perf_counter()
+                img = encoder.images(batch.images)
+                txt = encoder.tokens(batch.tokens)
+                t_model += time.perf_counter() - t0
+                positions = [r.pop("_pos") for r in batch.rows]
+                n_new += len(batch.rows)
+            else:
+                img = txt = np.zeros((0, clip.dim), np.float32)
+                positions = []
+            writer.add(img, txt, batch.rows, positions, batch.errors, batch.end_pos)
+            bar.update(batch.end_pos - batch.first_pos)
+            bar.set_postfix(shards=len(manifest["shards"]), skipped=len(writer.errors) + len(writer.pending_errors))
+        writer.finish()
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t_start
+    counts = manifest["counts"]
+    manifest["complete"] = True
+    manifest["stats"] = {
+        "elapsed_s": round(elapsed, 3), "model_s": round(t_model, 3), "new_rows": n_new,
+        "rows_per_s": round(n_new / elapsed, 3) if elapsed else None, "resumed_from_shard": resumed,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if counts["rows"] == 0:
+        save_manifest(out, manifest | {"complete": False})
+        raise CorpusError(f"no usable items in {corpus}: {counts['skipped']} skipped, see {out / ERRORS}")
+    save_manifest(out, manifest)
+    return manifest
+

@@ -1,0 +1,97 @@
+"""The ``retrieval`` command line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from .errors import RetrievalError
+
+DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+
+
+def _size(text: str) -> int:
+    """Parse '4GB', '512MiB', '1e9' into bytes."""
+    t = text.strip().upper().replace("IB", "B")
+    for suffix, mult in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10), ("B", 1)):
+        if t.endswith(suffix):
+            return int(float(t[: -len(suffix)]) * mult)
+    return int(float(t))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RetrievalError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: committed shards are kept; re-run the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """CLIP retrieval engine: build sharded FAISS indexes over image-text corpora and inspect them."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("corpus", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Index folder to write (e.g. indexes/NAME); re-run to resume.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="open_clip arch, 'local-dir:FOLDER', or a folder holding open_clip_config.json.")
+@click.option("--pretrained", default=DEFAULT_PRETRAINED, show_default=True,
+              help="Pretrained tag (hub), a local .safetensors/.pt file, or 'random'. Ignored for local folders.")
+@click.option("--batch-size", default=64, show_default=True, help="Images per model forward.")
+@click.option("--shard-size", default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
+@click.option("--index-key", default=None, help="faiss factory string for every shard (default: chosen per shard).")
+@click.option("--memory-budget", default="4GB", show_default=True, help="Memory budget of one shard's index, e.g. 4GB.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True,
+              help="DataLoader workers that read and decode images (0 = in the main process).")
+@click.option("--image-root", default=None, type=click.Path(), help="Manifest only: folder its image paths are relative to.")
+@click.option("--image-column", default=None, help="Manifest only: image-path column (auto-detected).")
+@click.option("--caption-column", default=None, help="Manifest only: caption column (auto-detected).")
+@click.option("--key-column", default=None, help="Manifest only: unique key column (default: 'key' if present, else the image path).")
+@click.option("--max-pixels", default=89_478_485, show_default=True, help="Skip images with more pixels (decompression bombs).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, memory_budget, device, workers,
+          image_root, image_column, caption_column, key_column, max_pixels, quiet):
+    """Embed CORPUS with open_clip and write a sharded index folder.
+
+    CORPUS is a folder of images with same-stem .txt captions (and optional .json metadata), a
+    .parquet/.csv/.tsv manifest (image-path + caption columns), a WebDataset .tar, or a folder of .tar.
+    """
+    from .build import build_index
+
+    if batch_size <= 0 or shard_size <= 0:
+        raise click.BadParameter("--batch-size and --shard-size must be positive")
+    m = build_index(corpus, out, model, pretrained, batch_size=batch_size, shard_size=shard_size,
+                    index_key=index_key, memory_budget=_size(memory_budget), device=device, workers=workers,
+                    image_root=image_root, image_column=image_column, caption_column=caption_column,
+                    key_column=key_column, max_pixels=max_pixels, progress=not quiet)
+    c, st = m["counts"], m.get("stats", {})
+    click.echo(f"built {c['rows']} items in {len(m['shards'])} shards from {c['inputs']} inputs "
+               f"(skipped {c['skipped']}, repaired {c['repaired']}) in {st.get('elapsed_s', 0):.1f} s "
+               f"[{st.get('rows_per_s') or 0:.1f} items/s] -> {out}")
+
+
+@main.command()
+@click.argument("index", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(index, as_json):
+    """Show an index folder: counts, model, shards, index types, sizes, skipped items."""
+    from .info import format_info, index_info
+
+    data = index_info(index)
+    click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Choose, train and tune the faiss index of one shard (autofaiss's rule, DESIGN §3).
+
+``choose_index_key`` and ``index_memory`` are pure functions of (N, d, budget); the rest wraps
+faiss: random-sample training, GPU train/add when faiss has GPUs, search-parameter tuning.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+FLAT_MAX = 10_000
+IVF_FLAT_MAX = 1_000_000
+HNSW_MIN_M, HNSW_MAX_M = 8, 32
+TRAIN_PER_CENTROID, MIN_PER_CENTROID = 100, 39
+GPU_MAX_K = 2048
+
+
+def ivf_centroids(n: int) -> int:
+    """Power of two nearest 4*sqrt(N), at most N / MIN_PER_CENTROID (and >= 1)."""
+    k = 2 ** round(math.log2(max(4 * math.sqrt(n), 1)))
+    while k > 1 and k * MIN_PER_CENTROID > n:
+        k //= 2
+    return k
+
+
+def pq_centroids(n: int) -> int:
+    """IVF lists for the compressed index: 2^14 / 2^16 for 1M-10M, 2^16-2^18 for 10M-300M."""
+    if n < 4_000_000:
+        k = 2 ** 14
+    elif n < 30_000_000:
+        k = 2 ** 16
+    elif n < 100_000_000:
+        k = 2 ** 17
+    else:
+        k = 2 ** 18
+    while k > 1 and k * MIN_PER_CENTROID > n:
+        k //= 2
+    return k
+
+
+def index_memory(key: str, n: int, d: int) -> int:
+    """Approximate bytes of an index built from ``key`` holding ``n`` vectors of dim ``d``."""
+    if key == "Flat":
+        return 4 * n * d
+    if key.startswith("HNSW"):
+        m = int(key[4:].split(",")[0])
+        return n * (4 * d + 8 * m)
+    if key.startswith("IVF") and key.endswith(",Flat"):
+        k = int(key[3:].split(",")[0])
+        return n * (4 * d + 8) + 4 * k * d
+    if key.startswith("OPQ"):
+        m = int(key.split("_")[0][3:])
+        k = int(key.split(",IVF")[1].split("_")[0])
+        return n * (m + 8) + 4 * k * d + 4 * d * d + k * 32 * 8 * 2
+    raise ValueError(f"no memory model for index key {key!r}")
+
+
+def choose_index_key(n: int, d: int, memory_budget: int) -> str:
+    """The faiss factory string for N vectors of dim d within ``memory_budget`` bytes."""
+    if n <= 0 or d <= 0:
+        raise ValueError(f"need n > 0 and d > 0, got n={n}, d={d}")
+    if n < FLAT_MAX:
+        return "Flat"
+    m = int((memory_budget / (4 * n) - d) // 2)
+    if m >= HNSW_MIN_M:
+        return f"HNSW{min(m, HNSW_MAX_M)},Flat"
+    if n < IVF_FLAT_MAX:
+        key = f"IVF{ivf_centroids(n)},Flat"
+        if index_memory(key, n, d) <= memory_budget:
+            return key
+    k = pq_centroids(n)
+    for m in sorted((m for m in range(1, d) if d % m == 0), reverse=True):
+        key = f"OPQ{m}_{d},IVF{k}_HNSW32,PQ{m}x8"
+        if index_memory(key, n, d) <= memory_budget:
+            return key
+    raise ValueError(f"memory budget {memory_budget} bytes is too small for {n} vectors of dim {d}")
+
+
+def train_size(key: str, n: int) -> int:
+    """Training vectors to sample: ~100 per IVF list (all of them below that)."""
+    if "IVF" not in key:
+        return 0
+    k = int(key.split("IVF")[1].split("_")[0].split(",")[0])
+    return min(n, max(TRAIN_PER_CENTROID * k, 256 * 39 if "PQ" in key else 0))
+
+
+def build_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Optional[bool] = None):
+    """Train (on a random sample) and fill an inner-product faiss index with ``vectors``."""
+    import faiss
+
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    if use_gpu is None:
+        use_gpu = faiss.get_num_gpus() > 0 and "HNSW" not in key
+    work = index
+    if use_gpu:  # train and add on GPU (IVF/Flat families), store the CPU copy
+        work = faiss.index_cpu_to_all_gpus(index)
+    if not work.is_trained:
+        ts = train_size(key, n)
+        rng = np.random.default_rng(seed)
+        sample = x if ts >= n else x[np.sort(rng.choice(n, ts, replace=False))]
+        work.train(sample)
+    work.add(x)
+    return faiss.index_gpu_to_cpu(work) if use_gpu else index
+
+
+def tune_params(index, vectors: np.ndarray, key: str, recall: float = 0.95, k: int = 10,
+                n_queries: int = 500, seed: int = 0) -> str:
+    """Smallest nprobe/efSearch whose recall@k on self-queries reaches ``recall`` ('' for Flat)."""
+    import faiss
+
+    if key == "Flat":
+        return ""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    q = x[rng.choice(n, min(n_queries, n), replace=False)]
+    k = min(k, n)
+    _, truth = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    ps = faiss.ParameterSpace()
+    if "HNSW" in key and "IVF" not in key:
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        nlist = faiss.extract_index_ivf(index).nlist
+        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if v <= nlist]
+    extra = ",quantizer_efSearch=128" if "_HNSW" in key else ""
+    best = f"{name}={values[-1]}{extra}"
+    for v in values:
+        params = f"{name}={v}{extra}"
+        ps.set_index_parameters(index, params)
+        _, got = index.search(q, k)
+        hits = sum(len(set(a) & set(b)) for a, b in zip(got.tolist(), truth.tolist()))
+        if hits / truth.size >= recall:
+            best = params
+            break
+    ps.set_index_parameters(index, best)
+    return best
