@@ -86,6 +86,13 @@ def train_size(key: str, n: int) -> int:
     return min(n, max(TRAIN_PER_CENTROID * k, 256 * 39 if "PQ" in key else 0))
 
 
+def sample_ids(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted random row ids to train on (never the first rows: shards are often ordered)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 def build_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Optional[bool] = None):
     """Train (on a random sample) and fill an inner-product faiss index with ``vectors``."""
     import faiss
@@ -101,10 +108,7 @@ def build_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Optional[
     if use_gpu:  # train and add on GPU (IVF/Flat families), store the CPU copy
         work = faiss.index_cpu_to_all_gpus(index)
     if not work.is_trained:
-        ts = train_size(key, n)
-        rng = np.random.default_rng(seed)
-        sample = x if ts >= n else x[np.sort(rng.choice(n, ts, replace=False))]
-        work.train(sample)
+        work.train(x[sample_ids(n, train_size(key, n), seed)])
     work.add(x)
     return faiss.index_gpu_to_cpu(work) if use_gpu else index
 

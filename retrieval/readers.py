@@ -54,8 +54,7 @@ class CorpusReader:
         seen: set[str] = set()
         for e in self._entries(want):
             if e.key in seen:
-                if e.error is None:
-                    e.error = ("reader", f"duplicate key {e.key!r}")
+                e.error = ("reader", f"duplicate key {e.key!r}")
                 e.image = None
             else:
                 seen.add(e.key)
@@ -295,7 +294,7 @@ class WebDatasetReader(CorpusReader):
     def _groups(self, tar: str) -> Iterator[tuple[str, dict]]:
         """(key, {ext: TarInfo}) per sample; a broken tar yields ('', {'error': reason}) once."""
         try:
-            with tarfile.open(tar, "r:*") as tf:
+            with tarfile.open(tar, "r:") as tf:
                 key, members = None, {}
                 for m in tf:
                     if not m.isfile():
@@ -309,8 +308,20 @@ class WebDatasetReader(CorpusReader):
                     members["__tf__"] = tf
                 if members:
                     yield key, members
+                if self._garbage_after(tf, tar):  # tarfile stops silently at a truncated header
+                    yield "", {"error": f"tar {os.path.basename(tar)} is truncated or corrupt after byte {tf.offset}"}
         except (tarfile.TarError, OSError, EOFError) as e:
             yield "", {"error": f"tar {os.path.basename(tar)} unreadable from here on: {type(e).__name__}: {e}"}
+
+    @staticmethod
+    def _garbage_after(tf: tarfile.TarFile, path: str) -> bool:
+        """Whether non-zero bytes follow the last member tarfile could parse."""
+        with open(path, "rb") as f:
+            f.seek(tf.offset)
+            while block := f.read(1 << 20):
+                if block.strip(b"\0"):
+                    return True
+        return False
 
     def _entries(self, want: Want) -> Iterator[Entry]:
         pos = 0

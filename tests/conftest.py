@@ -1,0 +1,47 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RETRIEVAL_SHARED", ROOT.parent / "shared"))
+TINY = SHARED / "models" / "tiny-clip-mix"
+FLICKR = SHARED / "data" / "flickr8k_1k"
+
+needs_shared = pytest.mark.skipif(not TINY.is_dir() or not FLICKR.is_dir(), reason="../shared fixtures not present")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    if not TINY.is_dir():
+        pytest.skip("../shared/models/tiny-clip-mix not present")
+    from retrieval.models import load_model
+
+    return load_model(str(TINY), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def flickr_index(tmp_path_factory, tiny_clip):
+    """The Flickr 1k fixture indexed with the tiny model in 4 shards (300 rows each, last 100)."""
+    if not FLICKR.is_dir():
+        pytest.skip("../shared/data/flickr8k_1k not present")
+    from retrieval.build import build_index
+
+    out = tmp_path_factory.mktemp("flickr") / "idx"
+    build_index(FLICKR / "captions.csv", out, image_root=str(FLICKR / "images"), shard_size=300,
+                batch_size=64, workers=2, progress=False, clip=tiny_clip)
+    return out
+
+
+def make_image(path, size=(40, 30), color=(200, 30, 30), mode="RGB", fmt=None):
+    from PIL import Image
+
+    im = Image.new(mode, size, color)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format=fmt)
+    return path
