@@ -202,10 +202,11 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     writer.last_end = start_pos
     encoder = Encoder(clip)
     t_model = 0.0
-    n_new = 0
+    n_new = n_skipped = 0
     from tqdm import tqdm
 
-    bar = tqdm(desc="embedding", unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(desc="embedding", unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               initial=start_pos, mininterval=0.5)
     try:
         for batch in iter_batches(reader, clip.preprocess, clip.tokenizer, batch_size, workers, start_pos, max_pixels):
             if batch.rows:
@@ -220,7 +221,8 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 positions = []
             writer.add(img, txt, batch.rows, positions, batch.errors, batch.end_pos)
             bar.update(batch.end_pos - batch.first_pos)
-            bar.set_postfix(shards=len(manifest["shards"]), skipped=len(writer.errors) + len(writer.pending_errors))
+            n_skipped += sum(e["action"] == "skipped" for e in batch.errors)
+            bar.set_postfix(shards=len(manifest["shards"]), skipped=n_skipped)
         writer.finish()
     finally:
         bar.close()

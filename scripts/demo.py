@@ -1,0 +1,56 @@
+"""`make demo`: build an index and run a few example searches.
+
+With ../shared present (this project's fixtures) it indexes Flickr 1k with the tiny fixture CLIP.
+Elsewhere pass --corpus: it uses open_clip ViT-B-32 laion2b weights from the hub.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from retrieval import build_index, index_info, load_model
+from retrieval.errors import RetrievalError
+from retrieval.info import format_info
+from retrieval.search import open_index
+
+QUERIES = ["a dog running on the grass", "children playing in the water", "a man riding a bicycle",
+           "a snowy mountain", "people in a crowded street"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default="../shared", help="project fixtures folder (default ../shared)")
+    ap.add_argument("--corpus", help="your own corpus (folder, manifest or tars); uses ViT-B-32 laion2b")
+    ap.add_argument("--out", default="indexes/demo")
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--pretrained", default="laion2b_s34b_b79k")
+    ap.add_argument("--k", type=int, default=3)
+    a = ap.parse_args()
+    shared = Path(a.shared)
+    try:
+        if a.corpus:
+            clip = load_model(a.model, a.pretrained)
+            kwargs: dict = {"corpus": a.corpus}
+        elif (shared / "data" / "flickr8k_1k").is_dir():
+            clip = load_model(str(shared / "models" / "tiny-clip-mix"))
+            flickr = shared / "data" / "flickr8k_1k"
+            kwargs = {"corpus": flickr / "captions.csv", "image_root": str(flickr / "images"), "shard_size": 300}
+        else:
+            print("demo: no ../shared fixtures here; run `make demo CORPUS=/path/to/corpus`", file=sys.stderr)
+            return 2
+        build_index(out=a.out, clip=clip, **kwargs)
+        print(format_info(index_info(a.out)))
+        index = open_index(a.out, clip)
+        for q, results in zip(QUERIES, index.search_text(QUERIES, k=a.k)):
+            print(f"\n> {q}")
+            for r in results:
+                print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
+    except RetrievalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
