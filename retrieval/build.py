@@ -89,8 +89,8 @@ class _ShardWriter:
         start = 0
         while start < len(rows):
             take = min(shard_size - self.n, len(rows) - start)
-            self.img.append(img[start:start + take])
-            self.txt.append(txt[start:start + take])
+            self.img.append(img[start:start + take].astype(np.float16))  # buffer what is written
+            self.txt.append(txt[start:start + take].astype(np.float16))
             self.rows.extend(rows[start:start + take])
             self.row_pos.extend(positions[start:start + take])
             start += take
@@ -102,8 +102,9 @@ class _ShardWriter:
         shards = self.manifest["shards"]
         k = len(shards)
         files = shard_files(k)
-        img = np.concatenate(self.img).astype(np.float16) if self.img else np.zeros((0, self.s["dim"]), np.float16)
-        txt = np.concatenate(self.txt).astype(np.float16) if self.txt else np.zeros((0, self.s["dim"]), np.float16)
+        empty = np.zeros((0, self.s["dim"]), np.float16)
+        img = np.concatenate(self.img) if self.img else empty
+        txt = np.concatenate(self.txt) if self.txt else empty
         n = len(self.rows)
         entry = {"id": k, "rows": n, "offset": sum(s["rows"] for s in shards), "end_pos": end_pos,
                  "files": files, "index": {}}

@@ -88,3 +88,32 @@ def test_same_model_rules():
     a = {"arch": "ViT-B-32", "pretrained": "random", "embed_dim": 512, "seed": 0, "weights_sha256": None}
     assert same_model(a, dict(a)) and not same_model(a, {**a, "seed": 1})
     assert not same_model({**a, "weights_sha256": "x"}, a)
+
+
+@needs_shared
+def test_trimmed_text_encoding_equals_open_clip(tiny_clip):
+    import torch
+
+    from retrieval.embed import Encoder
+    from retrieval.text_fast import encode_text_trimmed, supports_trimming
+
+    assert supports_trimming(tiny_clip.model)
+    caps = ["a dog.", "", "two children play football on a wide green field near a river bank ."] * 7
+    caps.append("word " * 100)  # longer than the context: truncated by the tokenizer
+    tokens = tiny_clip.tokenizer(caps)
+    with torch.inference_mode():
+        full = tiny_clip.model.encode_text(tokens)
+        for group in (1, 4, 16, 64):
+            torch.testing.assert_close(encode_text_trimmed(tiny_clip.model, tokens, group=group), full,
+                                       atol=1e-5, rtol=1e-4)
+    enc = Encoder(tiny_clip)
+    assert enc.trim_text
+    np.testing.assert_allclose(enc.tokens(tokens), Encoder(tiny_clip, trim_text=False).tokens(tokens), atol=1e-5)
+
+
+def test_trimming_refused_for_non_causal_text_towers():
+    import torch
+
+    from retrieval.text_fast import supports_trimming
+
+    assert not supports_trimming(torch.nn.Linear(2, 2))
