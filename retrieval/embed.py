@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ItemError
 from .images import DEFAULT_MAX_PIXELS, decode_image
@@ -41,66 +43,67 @@ def caption_too_long(tokenizer, text: str) -> bool:
     return len(enc(text)) + 2 > ctx
 
 
-def _make_dataset_class():
-    import torch
-    from torch.utils.data import IterableDataset, get_worker_info
+class EmbedStream(IterableDataset):
+    """Batches of decoded, preprocessed, tokenized items; in a DataLoader each worker owns every W-th batch."""
 
-    class EmbedStream(IterableDataset):
-        def __init__(self, reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int,
-                     start_pos: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
-            self.reader, self.preprocess, self.tokenizer = reader, preprocess, tokenizer
-            self.batch_size, self.start_pos, self.max_pixels = batch_size, start_pos, max_pixels
+    def __init__(self, reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int,
+                 start_pos: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.reader, self.preprocess, self.tokenizer = reader, preprocess, tokenizer
+        self.batch_size, self.start_pos, self.max_pixels = batch_size, start_pos, max_pixels
 
-        def _batch_of(self, pos: int) -> int:
-            return (pos - self.start_pos) // self.batch_size
+    def _batch_of(self, pos: int) -> int:
+        return (pos - self.start_pos) // self.batch_size
 
-        def _finish(self, b: int, items: list, errors: list, end_pos: int) -> Batch:
-            batch = Batch(b, self.start_pos + b * self.batch_size, end_pos, errors=errors)
-            if items:
-                batch.images = torch.stack([t for t, _, _ in items])
-                batch.tokens = self.tokenizer([c for _, c, _ in items])
-                batch.rows = [r for _, _, r in items]
-            return batch
+    def _finish(self, b: int, items: list, errors: list, end_pos: int) -> Batch:
+        batch = Batch(b, self.start_pos + b * self.batch_size, end_pos, errors=errors)
+        if items:
+            batch.images = torch.stack([t for t, _, _ in items])
+            batch.tokens = self.tokenizer([c for _, c, _ in items])
+            batch.rows = [r for _, _, r in items]
+        return batch
 
-        def __iter__(self) -> Iterator[Batch]:
-            info = get_worker_info()
-            w, nw = (info.id, info.num_workers) if info else (0, 1)
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        w, nw = (info.id, info.num_workers) if info else (0, 1)
 
-            def want(pos: int) -> bool:
-                return pos >= self.start_pos and self._batch_of(pos) % nw == w
+        def want(pos: int) -> bool:
+            return pos >= self.start_pos and self._batch_of(pos) % nw == w
 
-            cur, items, errors, last = None, [], [], None
-            for e in self.reader.entries(want):
-                if not want(e.pos):
-                    continue
-                b = self._batch_of(e.pos)
-                if cur is not None and b != cur:
-                    yield self._finish(cur, items, errors, last + 1)
-                    items, errors = [], []
-                cur, last = b, e.pos
-                if e.error is not None:
-                    errors.append(_err(e, *e.error))
-                    continue
-                try:
-                    img, repairs = decode_image(e.image, self.max_pixels)
-                    tensor = self.preprocess(img)
-                except ItemError as ie:
-                    errors.append(_err(e, ie.stage, ie.reason))
-                    continue
-                except Exception as ex:  # a transform failing on an odd image must not kill the build
-                    errors.append(_err(e, "preprocess", f"{type(ex).__name__}: {str(ex)[:200]}"))
-                    continue
-                repairs = list(e.repairs) + repairs
-                if caption_too_long(self.tokenizer, e.caption):
-                    repairs.append("caption longer than the model context; truncated for embedding")
-                for r in repairs:
-                    errors.append(_err(e, "repair", r, action="repaired"))
-                row = {"key": e.key, "image_path": e.image_path, "caption": e.caption, **e.extra, "_pos": e.pos}
-                items.append((tensor, e.caption, row))
-            if cur is not None:
+        cur, items, errors, last = None, [], [], None
+        for e in self.reader.entries(want):
+            if not want(e.pos):
+                continue
+            b = self._batch_of(e.pos)
+            if cur is not None and b != cur:
                 yield self._finish(cur, items, errors, last + 1)
+                items, errors = [], []
+            cur, last = b, e.pos
+            if e.error is not None:
+                errors.append(_err(e, *e.error))
+                continue
+            try:
+                img, repairs = decode_image(e.image, self.max_pixels)
+                tensor = self.preprocess(img)
+            except ItemError as ie:
+                errors.append(_err(e, ie.stage, ie.reason))
+                continue
+            except Exception as ex:  # a transform failing on an odd image must not kill the build
+                errors.append(_err(e, "preprocess", f"{type(ex).__name__}: {str(ex)[:200]}"))
+                continue
+            repairs = list(e.repairs) + repairs
+            if caption_too_long(self.tokenizer, e.caption):
+                repairs.append("caption longer than the model context; truncated for embedding")
+            for r in repairs:
+                errors.append(_err(e, "repair", r, action="repaired"))
+            row = {"key": e.key, "image_path": e.image_path, "caption": e.caption, **e.extra, "_pos": e.pos}
+            items.append((tensor, e.caption, row))
+        if cur is not None:
+            yield self._finish(cur, items, errors, last + 1)
 
-    return EmbedStream
+
+def _as_is(batch: Batch) -> Batch:
+    """Module-level collate function (picklable under spawn/forkserver): batches are built in workers."""
+    return batch
 
 
 def iter_batches(reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int = 64,
@@ -109,12 +112,12 @@ def iter_batches(reader: CorpusReader, preprocess: Callable, tokenizer: Callable
     """Batches in corpus order, starting at input position ``start_pos``."""
     from torch.utils.data import DataLoader
 
-    ds = _make_dataset_class()(reader, preprocess, tokenizer, batch_size, start_pos, max_pixels)
+    ds = EmbedStream(reader, preprocess, tokenizer, batch_size, start_pos, max_pixels)
     if workers <= 0:
         yield from ds
         return
     loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=prefetch,
-                        persistent_workers=False, collate_fn=lambda b: b)
+                        persistent_workers=False, collate_fn=_as_is)
     pending: dict[int, Batch] = {}
     nxt = 0
     for batch in loader:
@@ -135,8 +138,6 @@ class Encoder:
 
     def _trimming_is_exact(self) -> bool:
         """Use the cut-context text path only if it matches ``encode_text`` on this model."""
-        import torch
-
         from .text_fast import encode_text_trimmed, supports_trimming
 
         if not supports_trimming(self.clip.model):
@@ -150,8 +151,6 @@ class Encoder:
         return bool((ref - got).abs().max() <= tol)
 
     def _run(self, fn, x) -> np.ndarray:
-        import torch
-
         with torch.inference_mode():
             y = fn(x.to(self.clip.device))
             y = torch.nn.functional.normalize(y.float(), dim=-1)

@@ -224,3 +224,26 @@ def test_kill_9_mid_build_then_resume_gives_identical_index(tmp_path, flickr_ind
     np.testing.assert_allclose(img.astype(np.float32), ref_img.astype(np.float32), atol=2e-3)
     assert not [p for p in out.rglob(".*tmp-*")]
     assert index_info(out)["counts"]["rows"] == 1000
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_worker_count_does_not_change_order_and_stream_pickles(tmp_path, tiny_clip):
+    import pickle
+
+    from retrieval.embed import EmbedStream, iter_batches
+    from retrieval.readers import open_corpus
+
+    root = tmp_path / "c"
+    for i in range(23):
+        make_image(root / f"{i:03d}.jpg", color=(i * 10, 0, 0)).with_suffix(".txt").write_text(f"item {i}")
+    (root / "007.jpg").write_bytes(b"broken")
+    reader = open_corpus(root)
+
+    def run(workers, start=0):
+        return [(b.index, b.first_pos, b.end_pos, [r["key"] for r in b.rows], [e["key"] for e in b.errors])
+                for b in iter_batches(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4, workers, start)]
+
+    ref = run(0)
+    assert run(3) == ref and ref[1][4] == ["007"] and ref[-1][2] == 23
+    assert [k for b in run(2, start=9) for k in b[3]] == [f"{i:03d}" for i in range(9, 23)]
+    pickle.loads(pickle.dumps(EmbedStream(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4)))
