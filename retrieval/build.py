@@ -21,7 +21,7 @@ from .atomic import atomic_path, remove_stale_temps, write_bytes
 from .embed import Encoder, iter_batches
 from .errors import CorpusError, IndexFolderError
 from .images import DEFAULT_MAX_PIXELS
-from .index_factory import build_index as build_faiss, choose_index_key, tune_params
+from .index_factory import build_index as build_faiss, shard_key, tune_params, validate_key
 from .manifest import load_manifest, new_manifest, save_manifest, shard_files
 from .models import ClipModel, describe, load_model, same_model, sha256_file
 from .readers import CorpusReader, open_corpus
@@ -114,7 +114,9 @@ class _ShardWriter:
         for modality, vecs in (("image", img), ("text", txt)):
             if n == 0:
                 continue
-            key = self.s["index_key"] or choose_index_key(n, vecs.shape[1], self.s["memory_budget"])
+            key = shard_key(n, vecs.shape[1], self.s["memory_budget"], self.s["index_key"])
+            if self.s["index_key"] and key != self.s["index_key"]:
+                log.warning("shard %d has %d rows, too few to train %s; using %s", k, n, self.s["index_key"], key)
             t0 = time.perf_counter()
             index = build_faiss(vecs, key, seed=k)
             params = tune_params(index, vecs, key, recall=self.s["recall_target"], seed=k)
@@ -189,6 +191,11 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
                 "recall_target": recall_target, "dim": clip.dim}
+    if index_key:
+        try:
+            validate_key(index_key, clip.dim)
+        except ValueError as e:
+            raise IndexFolderError(f"--index-key: {e}") from None
     manifest = _check_existing(out, clip, reader, settings)
     if manifest is not None and manifest.get("complete"):
         log.warning("%s is already complete; nothing to do", out)

@@ -78,11 +78,36 @@ def choose_index_key(n: int, d: int, memory_budget: int) -> str:
     raise ValueError(f"memory budget {memory_budget} bytes is too small for {n} vectors of dim {d}")
 
 
-def train_size(key: str, n: int) -> int:
-    """Training vectors to sample: ~100 per IVF list (all of them below that)."""
+def ivf_lists(key: str) -> int:
+    """Number of IVF lists named in a factory string (0 when it has no IVF part)."""
     if "IVF" not in key:
         return 0
-    k = int(key.split("IVF")[1].split("_")[0].split(",")[0])
+    return int(key.split("IVF")[1].split("_")[0].split(",")[0])
+
+
+def validate_key(key: str, d: int) -> None:
+    """Raise ValueError if faiss cannot build an index from ``key`` at dim ``d``."""
+    import faiss
+
+    try:
+        faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "rejected by faiss"
+        raise ValueError(f"invalid faiss index key {key!r} for dim {d}: {msg[:200]}") from None
+
+
+def shard_key(n: int, d: int, memory_budget: int, forced: Optional[str] = None) -> str:
+    """The key for one shard: ``forced`` unless the shard is too small to train it, else the rule's."""
+    if forced and n >= max(ivf_lists(forced), 256 if "PQ" in forced else 0):
+        return forced
+    return choose_index_key(n, d, memory_budget)
+
+
+def train_size(key: str, n: int) -> int:
+    """Training vectors to sample: ~100 per IVF list (all of them below that)."""
+    k = ivf_lists(key)
+    if k == 0:
+        return 0
     return min(n, max(TRAIN_PER_CENTROID * k, 256 * 39 if "PQ" in key else 0))
 
 

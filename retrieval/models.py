@@ -12,6 +12,7 @@ Accepted forms (``load_model(model, pretrained)``):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,7 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
         if pretrained not in tags:
             raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {arch}; known: {', '.join(tags) or 'none'}")
     torch.manual_seed(seed)
+    logging.disable(logging.ERROR)  # open_clip logs its failures itself; ours is the one line below
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=None if pretrained == RANDOM else pretrained,
@@ -134,6 +136,8 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
             hint = " (hub weights need network or a warm cache; pass a local file with --pretrained PATH)"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load model {what}: {msg[:300]}{hint}") from None
+    finally:
+        logging.disable(logging.NOTSET)
     net.eval()
     cfg_dim = getattr(net, "embed_dim", None)
     if cfg_dim is None:

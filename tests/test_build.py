@@ -247,3 +247,15 @@ def test_worker_count_does_not_change_order_and_stream_pickles(tmp_path, tiny_cl
     assert run(3) == ref and ref[1][4] == ["007"] and ref[-1][2] == 23
     assert [k for b in run(2, start=9) for k in b[3]] == [f"{i:03d}" for i in range(9, 23)]
     pickle.loads(pickle.dumps(EmbedStream(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4)))
+
+
+def test_forced_index_key_builds_ivf_and_small_last_shard_falls_back(tmp_path, tiny_clip):
+    root = tmp_path / "c"
+    for i in range(70):
+        make_image(root / f"{i:03d}.jpg", color=(i * 3, 255 - i * 3, i)).with_suffix(".txt").write_text(f"item {i}")
+    m = build_index(root, tmp_path / "idx", index_key="IVF16,Flat", shard_size=60, workers=0, progress=False,
+                    clip=tiny_clip)
+    assert [s["index"]["image"]["key"] for s in m["shards"]] == ["IVF16,Flat", "Flat"]
+    assert m["shards"][0]["index"]["image"]["params"].startswith("nprobe=")
+    with pytest.raises(IndexFolderError, match="--index-key"):
+        build_index(root, tmp_path / "idx2", index_key="IVF4,Bogus", workers=0, progress=False, clip=tiny_clip)

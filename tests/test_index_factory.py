@@ -86,3 +86,15 @@ def test_hnsw_tuning_sets_ef_search():
 def test_build_index_checks_shape():
     with pytest.raises(ValueError, match="2-D"):
         build_index(np.zeros(10, np.float32), "Flat")
+
+
+def test_forced_key_is_validated_and_falls_back_on_small_shards():
+    from retrieval.index_factory import shard_key, validate_key
+
+    validate_key("IVF64,Flat", 32)
+    with pytest.raises(ValueError, match="invalid faiss index key"):
+        validate_key("IVF64,NoSuchThing", 32)
+    assert shard_key(100_000, 512, GB, "IVF1024,Flat") == "IVF1024,Flat"
+    assert shard_key(500, 512, GB, "IVF1024,Flat") == "Flat"  # last shard smaller than the list count
+    assert shard_key(500, 512, GB, "HNSW16,Flat") == "HNSW16,Flat"  # needs no training
+    assert shard_key(500, 512, GB, None) == "Flat"
