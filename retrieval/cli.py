@@ -72,8 +72,13 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
 
     if batch_size <= 0 or shard_size <= 0:
         raise click.BadParameter("--batch-size and --shard-size must be positive")
+    try:
+        budget = _size(memory_budget)
+    except ValueError:
+        raise click.BadParameter(f"{memory_budget!r} is not a size such as 4GB or 512MB",
+                                 param_hint="--memory-budget") from None
     m = build_index(corpus, out, model, pretrained, batch_size=batch_size, shard_size=shard_size,
-                    index_key=index_key, memory_budget=_size(memory_budget), device=device, workers=workers,
+                    index_key=index_key, memory_budget=budget, device=device, workers=workers,
                     image_root=image_root, image_column=image_column, caption_column=caption_column,
                     key_column=key_column, max_pixels=max_pixels, progress=not quiet)
     c, st = m["counts"], m.get("stats", {})

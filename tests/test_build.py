@@ -259,3 +259,15 @@ def test_forced_index_key_builds_ivf_and_small_last_shard_falls_back(tmp_path, t
     assert m["shards"][0]["index"]["image"]["params"].startswith("nprobe=")
     with pytest.raises(IndexFolderError, match="--index-key"):
         build_index(root, tmp_path / "idx2", index_key="IVF4,Bogus", workers=0, progress=False, clip=tiny_clip)
+
+
+def test_cli_rejects_bad_sizes_before_any_work(tmp_path):
+    r = CliRunner().invoke(main, ["build", str(FLICKR / "captions.csv"), "--out", str(tmp_path / "o"),
+                                  "--memory-budget", "lots"])
+    assert r.exit_code == 2 and "--memory-budget" in r.output and not (tmp_path / "o").exists()
+    r = CliRunner().invoke(main, ["build", str(FLICKR / "captions.csv"), "--out", str(tmp_path / "o"),
+                                  "--batch-size", "0"])
+    assert r.exit_code == 2 and "must be positive" in r.output
+    from retrieval.cli import _size
+
+    assert _size("4GB") == 4 * 2**30 and _size("512MiB") == 512 * 2**20 and _size("1e6") == 10**6
