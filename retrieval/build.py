@@ -177,10 +177,11 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 image_root: Optional[str] = None, image_column: Optional[str] = None,
                 caption_column: Optional[str] = None, key_column: Optional[str] = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, recall_target: float = 0.95, progress: bool = True,
-                clip: Optional[ClipModel] = None) -> dict:
+                bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None) -> dict:
     """Build (or resume) an index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
+    ``bias_bank`` ('generic' | 'corpus' | None) computes the ``bias/`` offsets for exact BSAP/NNN search.
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
@@ -198,7 +199,12 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
             raise IndexFolderError(f"--index-key: {e}") from None
     manifest = _check_existing(out, clip, reader, settings)
     if manifest is not None and manifest.get("complete"):
-        log.warning("%s is already complete; nothing to do", out)
+        if bias_bank and "bias" not in manifest:
+            from .bias import compute_biases
+
+            manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
+        else:
+            log.warning("%s is already complete; nothing to do", out)
         return manifest
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
@@ -246,5 +252,9 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
         save_manifest(out, manifest | {"complete": False})
         raise CorpusError(f"no usable items in {corpus}: {counts['skipped']} skipped, see {out / ERRORS}")
     save_manifest(out, manifest)
+    if bias_bank:
+        from .bias import compute_biases
+
+        manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
     return manifest
 

@@ -37,7 +37,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
-    """CLIP retrieval engine: build sharded FAISS indexes over image-text corpora and inspect them."""
+    """CLIP retrieval engine: build sharded FAISS indexes over image-text corpora, inspect and search them."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -96,6 +96,84 @@ def info(index, as_json):
 
     data = index_info(index)
     click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+def _load_for(index: str):
+    """Load the model an index was built with (its manifest's identity)."""
+    from .manifest import load_manifest
+    from .models import load_model
+    from .errors import IndexFolderError
+
+    m = load_manifest(index)
+    if m is None:
+        raise IndexFolderError(f"{index} is not an index folder (no manifest.json)")
+    ident = m["model"]
+    arch = ident["arch"]
+    if arch.startswith("local-dir:"):
+        return load_model(arch)
+    return load_model(arch, ident.get("weights_path") or ident.get("pretrained"), seed=ident.get("seed", 0))
+
+
+@main.command()
+@click.argument("index", type=click.Path())
+@click.argument("text", required=False)
+@click.option("--image", "image", type=click.Path(), help="Search with an image file instead of text.")
+@click.option("--k", default=20, show_default=True, help="Results per query.")
+@click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
+              help="Search among the corpus images or its captions.")
+@click.option("--rerank", type=click.Choice(["clip", "bsap", "hybrid", "nnn"]), default="clip", show_default=True,
+              help="clip cosine; bsap/nnn exact over the whole corpus; hybrid over --candidates.")
+@click.option("--candidates", type=int, default=None, help="Rerank CLIP's top N instead of searching exactly.")
+@click.option("--lam", default=0.5, show_default=True, help="BSAP-H weight of the CLIP softmax.")
+@click.option("--alpha", default=0.75, show_default=True, help="NNN bias weight.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def search(index, text, image, k, target, rerank, candidates, lam, alpha, as_json):
+    """Search INDEX with TEXT (or --image PATH) and print the top-k rows."""
+    from .search import open_index
+
+    if (text is None) == (image is None):
+        raise click.UsageError("give a TEXT or --image PATH (one of them)")
+    if k <= 0:
+        raise click.BadParameter("must be positive", param_hint="--k")
+    if text is not None and not text.strip():
+        raise click.BadParameter("the query text is empty", param_hint="TEXT")
+    if image is not None and not os.path.isfile(image):
+        raise click.BadParameter(f"{image} is not a file", param_hint="--image")
+    idx = open_index(index, _load_for(index))
+    try:
+        rows = idx.query(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates,
+                         lam=lam, alpha=alpha)[0]
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False, default=str))
+        return
+    click.echo(f"{'rank':>4}  {'score':>8}  {'id':>7}  {'key':<30}  caption")
+    for i, r in enumerate(rows, 1):
+        click.echo(f"{i:>4}  {r['score']:8.4f}  {r['id']:>7}  {str(r['key'])[:30]:<30}  {str(r['caption'])[:80]}")
+
+
+@main.command()
+@click.argument("index", type=click.Path())
+@click.option("--bank", type=click.Choice(["generic", "corpus", "texts"]), default="generic", show_default=True,
+              help="BSAP auxiliary prompts: built-in list, sampled corpus captions, or --text values.")
+@click.option("--text", "texts", multiple=True, help="An auxiliary prompt (repeatable; with --bank texts).")
+@click.option("--bank-size", default=64, show_default=True, help="Sampled rows for --bank corpus.")
+@click.option("--nnn-k", default=128, show_default=True, help="NNN: top-k reference similarities averaged.")
+@click.option("--ref-size", default=4096, show_default=True, help="NNN: reference queries sampled from the corpus.")
+def bias(index, bank, texts, bank_size, nnn_k, ref_size):
+    """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding)."""
+    from .bias import compute_biases
+
+    clip = _load_for(index) if bank in ("generic", "texts") else None
+    try:
+        sec = compute_biases(index, clip, bank=bank, bank_texts=list(texts), bank_size=bank_size, nnn_k=nnn_k,
+                             ref_size=ref_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    click.echo(f"bias/ recomputed in {sec['seconds']:.1f} s: bank={sec['bank']} ({sec['bank_rows']['image']} prompts), "
+               f"nnn_k={sec['nnn_k']}, tau={sec['tau']:.2f}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class Index:
                 self._faiss[mod].append(idx)
         self.offsets = np.array([s["offset"] for s in self.shards], dtype=np.int64)
         self._meta: dict[int, object] = {}
+        self._emb_cache: dict[str, list] = {}
+        self._bias_cache: dict[tuple, list] = {}
 
     def _check_shard(self, s: dict) -> None:
         import pyarrow.parquet as pq
@@ -105,15 +107,142 @@ class Index:
             out.append({"id": gid, **row})
         return out
 
-    def search_text(self, texts: list[str], k: int = 10, modality: str = "image") -> list[list[dict]]:
-        """Encode ``texts`` with the index's model and return the top-k rows per text."""
-        if self.clip is None:
-            raise IndexFolderError("this Index was opened without a model; pass clip= to search by text")
+    # ---- embeddings and biases -------------------------------------------------------------
+    def _emb(self, modality: str) -> list[np.ndarray]:
+        key = "img_emb" if modality == "image" else "text_emb"
+        if modality not in self._emb_cache:
+            self._emb_cache[modality] = [np.load(self.folder / s["files"][key], mmap_mode="r") for s in self.shards]
+        return self._emb_cache[modality]
+
+    def embeddings(self, ids, modality: str = "image") -> np.ndarray:
+        """Stored (fp16) embeddings of global ``ids`` as float32 [..., d]."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.ravel()
+        sh = np.searchsorted(self.offsets, flat, side="right") - 1
+        out = np.zeros((len(flat), self.dim), np.float32)
+        embs = self._emb(modality)
+        for k in np.unique(sh[flat >= 0]):
+            sel = (sh == k) & (flat >= 0)
+            out[sel] = embs[k][flat[sel] - self.offsets[k]]
+        return out.reshape(ids.shape + (self.dim,))
+
+    def _bias(self, method: str, modality: str) -> list[np.ndarray]:
+        from .bias import load_bias
+
+        key = (method, modality)
+        if key not in self._bias_cache:
+            self._bias_cache[key] = load_bias(self.folder, self.manifest, method, modality)
+        return self._bias_cache[key]
+
+    def _gather_bias(self, method: str, modality: str, ids: np.ndarray) -> np.ndarray:
+        parts = self._bias(method, modality)
+        sh = np.searchsorted(self.offsets, ids, side="right") - 1
+        return np.array([parts[a][b - self.offsets[a]] for a, b in zip(sh.ravel(), ids.ravel())],
+                        np.float32).reshape(ids.shape)
+
+    # ---- search ----------------------------------------------------------------------------
+    def _offset_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray]):
+        from .rerank import offset_search, top_k
+
+        parts = [offset_search(q, emb, off, k) for emb, off in zip(self._emb(modality), offsets)]
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        ids = np.concatenate([p[1] + off for p, off in zip(parts, self.offsets)], axis=1)
+        best, pos = top_k(scores, k)
+        return best, np.take_along_axis(ids, pos, 1)
+
+    def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
+               candidates: Optional[int] = None, tau: Optional[float] = None, lam: float = 0.5,
+               alpha: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global ids) of query embeddings among ``target`` items.
+
+        ``rerank``: 'clip' (cosine), 'bsap' (balanced score b_j), 'hybrid' (BSAP-H), 'nnn'
+        (s - α bias). BSAP and NNN search the whole corpus exactly with the stored ``bias/`` offsets;
+        with ``candidates=N`` any method reranks CLIP's top N instead (hybrid always does: default
+        N = max(k, 1000)).
+        """
+        from .rerank import METHODS, bsap_from_offsets, rerank_scores, top_k
+
+        if rerank not in METHODS:
+            raise ValueError(f"unknown rerank method {rerank!r}; choose one of {', '.join(METHODS)}")
+        if candidates is not None and candidates <= 0:
+            raise ValueError(f"candidates must be positive, got {candidates}")
+        tau = float(tau if tau is not None else self.manifest.get("bias", {}).get("tau", self.manifest["model"]["logit_scale"]))
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if rerank == "clip" and candidates is None:
+            return self.search_vectors(q, k, target)
+        if rerank == "hybrid" and candidates is None:
+            candidates = max(k, 1000)
+        if candidates is None:  # exact whole-corpus search with per-item offsets
+            bias = self._bias(rerank, target)
+            offsets = bias if rerank == "bsap" else [alpha * b for b in bias]
+            s, ids = self._offset_search(q, k, target, offsets)
+            return (bsap_from_offsets(s, 0.0, tau) if rerank == "bsap" else s), ids
+        _, cand = self.search_vectors(q, max(candidates, k), target)
+        if (cand < 0).any():  # fewer results than asked (approximate indexes): keep the valid ones
+            n_valid = int((cand >= 0).sum(1).min())
+            cand = cand[:, :n_valid]
+        emb = self.embeddings(cand, target)
+        bank = np.load(self.folder / "bias" / f"bank_bsap_{target}.npy") if rerank in ("bsap", "hybrid") else None
+        bias = self._gather_bias("nnn", target, cand) if rerank == "nnn" else None
+        scores = rerank_scores(rerank, q, emb, tau=tau, bank=bank, bias=bias, lam=lam, alpha=alpha)
+        best, pos = top_k(scores, k)
+        return best, np.take_along_axis(cand, pos, 1)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        self._need_model("search by text")
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError("query text is empty")
         from .embed import Encoder
 
-        scores, ids = self.search_vectors(Encoder(self.clip).texts(list(texts)), k, modality)
-        return [[{**row, "score": float(s)} for row, s in zip(self.metadata(i[i >= 0]), sc)]
-                for sc, i in zip(scores, ids)]
+        return Encoder(self.clip).texts(list(texts))
+
+    def encode_images(self, paths: list[str]) -> np.ndarray:
+        self._need_model("search by image")
+        import torch
+
+        from .embed import Encoder
+        from .errors import ItemError
+        from .images import decode_image
+
+        ims = []
+        for p in paths:
+            try:
+                ims.append(self.clip.preprocess(decode_image(str(p))[0]))
+            except ItemError as e:
+                raise ValueError(f"query image {p}: {e.reason}") from None
+        return Encoder(self.clip).images(torch.stack(ims))
+
+    def _need_model(self, what: str) -> None:
+        if self.clip is None:
+            raise IndexFolderError(f"this Index was opened without a model; pass clip= to {what}")
+
+    def query(self, text: Optional[list[str]] = None, image: Optional[list[str]] = None,
+              embedding: Optional[np.ndarray] = None, k: int = 10, target: str = "image",
+              return_embeddings: bool = False, **search_kw) -> list[list[dict]]:
+        """Search with texts, image paths or raw embeddings; one list of result rows per query."""
+        given = [x is not None for x in (text, image, embedding)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of text, image or embedding")
+        if text is not None:
+            q = self.encode_texts([text] if isinstance(text, str) else list(text))
+        elif image is not None:
+            q = self.encode_images([image] if isinstance(image, (str, os.PathLike)) else list(image))
+        else:
+            q = np.atleast_2d(np.asarray(embedding, np.float32))
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        scores, ids = self.search(q, k, target, **search_kw)
+        out = []
+        for sc, row_ids in zip(scores, ids):
+            keep = row_ids >= 0
+            rows = self.metadata(row_ids[keep])
+            embs = self.embeddings(row_ids[keep], target) if return_embeddings else None
+            out.append([{**r, "score": float(s), **({"embedding": embs[i]} if return_embeddings else {})}
+                        for i, (r, s) in enumerate(zip(rows, sc[keep]))])
+        return out
+
+    def search_text(self, texts: list[str], k: int = 10, modality: str = "image") -> list[list[dict]]:
+        """Top-k rows per text (plain CLIP cosine) among ``modality`` items."""
+        return self.query(text=list(texts), k=k, target=modality)
 
 
 def open_index(folder: str | os.PathLike, clip: Optional[ClipModel] = None) -> Index:

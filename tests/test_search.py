@@ -8,7 +8,9 @@ import pytest
 from retrieval.errors import IndexFolderError
 from retrieval.search import open_index
 
-from .conftest import needs_shared
+from .conftest import FLICKR, needs_shared
+
+FLICKR_IMAGES = FLICKR / "images"
 from .test_build import _first_captions, _layout
 
 pytestmark = needs_shared
@@ -67,3 +69,98 @@ def test_bad_queries(flickr_index):
         idx.search_vectors(np.zeros((1, 256), np.float32), k=0)
     with pytest.raises(IndexFolderError, match="without a model"):
         idx.search_text(["a dog"])
+
+
+def _all(idx, modality):
+    return idx.embeddings(np.arange(len(idx)), modality)
+
+
+def test_build_writes_biases_and_exact_bsap_nnn_equal_brute_force(flickr_index, tiny_clip):
+    from retrieval.rerank import bsap_scores, top_k
+
+    idx = open_index(flickr_index, tiny_clip)
+    sec = idx.manifest["bias"]
+    assert sec["bank"] == "generic" and sec["tau"] == pytest.approx(tiny_clip.logit_scale)
+    img = _all(idx, "image")
+    q = idx.encode_texts(["a dog running on the grass", "two children in a pool", "a man on a bike"])
+    bank = np.load(flickr_index / "bias" / "bank_bsap_image.npy")
+    want_s, want_i = top_k(bsap_scores(q, img, bank, sec["tau"]), 15)
+    got_s, got_i = idx.search(q, 15, rerank="bsap")
+    assert np.array_equal(np.sort(got_i, 1), np.sort(want_i, 1))
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-4)
+    bias = np.concatenate([np.load(p) for p in sorted((flickr_index / "bias").glob("nnn_image_*.npy"))])
+    want_s, want_i = top_k(q @ img.T - 0.5 * bias, 15)
+    got_s, got_i = idx.search(q, 15, rerank="nnn", alpha=0.5)
+    assert np.array_equal(np.sort(got_i, 1), np.sort(want_i, 1))
+    all_s, all_i = idx.search(q[:1], 5000, rerank="nnn")  # k above the corpus: the whole corpus
+    assert sorted(all_i[0].tolist()) == list(range(1000))
+
+
+def test_candidates_mode_equals_brute_force_within_clip_top_n(flickr_index, tiny_clip):
+    from retrieval.rerank import hybrid_scores
+
+    idx = open_index(flickr_index, tiny_clip)
+    q = idx.encode_texts(["a black dog jumps over a log"])
+    _, cand = idx.search(q, 50)
+    bank = np.load(flickr_index / "bias" / "bank_bsap_image.npy")
+    h = hybrid_scores(q, idx.embeddings(cand[0], "image"), bank, idx.manifest["bias"]["tau"], 0.3)[0]
+    got_s, got_i = idx.search(q, 10, rerank="hybrid", candidates=50, lam=0.3)
+    assert got_i[0].tolist() == cand[0][np.lexsort((cand[0], -h))][:10].tolist()
+    np.testing.assert_allclose(got_s[0], np.sort(h)[::-1][:10], rtol=1e-5)
+    s_default, _ = idx.search(q, 10, rerank="hybrid")  # default: softmax over max(k, 1000) candidates
+    assert 0 < s_default.sum() <= 1.0
+
+
+def test_query_kinds_targets_and_embeddings(flickr_index, tiny_clip):
+    idx = open_index(flickr_index, tiny_clip)
+    photo = FLICKR_IMAGES / "1000268201_693b08cb0e.jpg"
+    same = idx.query(image=str(photo), k=1)[0][0]
+    assert same["key"] == "1000268201_693b08cb0e.jpg" and same["score"] > 0.99  # image -> image finds itself
+    to_text = idx.query(image=str(photo), k=5, target="text", return_embeddings=True)[0]
+    assert len(to_text) == 5 and to_text[0]["embedding"].shape == (256,)
+    emb = idx.embeddings([same["id"]], "image")
+    assert idx.query(embedding=emb * 3.0, k=1)[0][0]["id"] == same["id"]  # raw embeddings are normalised
+    t2t = idx.query(text=same["caption"], k=1, target="text")[0][0]
+    assert t2t["caption"] == same["caption"]
+
+
+def test_query_errors(flickr_index, tiny_clip, tmp_path):
+    idx = open_index(flickr_index, tiny_clip)
+    with pytest.raises(ValueError, match="empty"):
+        idx.query(text="   ")
+    with pytest.raises(ValueError, match="not found"):
+        idx.query(image=str(tmp_path / "missing.jpg"))
+    with pytest.raises(ValueError, match="unknown rerank"):
+        idx.query(text="a dog", rerank="bm25")
+    with pytest.raises(ValueError, match="exactly one"):
+        idx.query(text="a dog", embedding=np.zeros(256))
+    bare = tmp_path / "nobias"
+    shutil.copytree(flickr_index, bare)
+    import json as _json
+
+    m = _json.loads((bare / "manifest.json").read_text())
+    del m["bias"]
+    (bare / "manifest.json").write_text(_json.dumps(m))
+    with pytest.raises(IndexFolderError, match="no bias"):
+        open_index(bare, tiny_clip).query(text="a dog", rerank="nnn")
+
+
+def test_cli_search_and_bias_recompute(flickr_index, tmp_path):
+    from click.testing import CliRunner
+
+    from retrieval.cli import main
+
+    folder = tmp_path / "copy"
+    shutil.copytree(flickr_index, folder)
+    before = np.load(folder / "bias" / "bsap_image_0000.npy")
+    r = CliRunner().invoke(main, ["bias", str(folder), "--bank", "corpus", "--bank-size", "32"])
+    assert r.exit_code == 0, r.output
+    assert not np.allclose(before, np.load(folder / "bias" / "bsap_image_0000.npy"))
+    r = CliRunner().invoke(main, ["search", str(folder), "a dog runs through the grass", "--k", "3", "--rerank", "nnn"])
+    assert r.exit_code == 0, r.output
+    assert len(r.output.strip().splitlines()) == 4 and "rank" in r.output
+    r = CliRunner().invoke(main, ["search", str(folder), "a dog", "--k", "2", "--json"])
+    assert [len(__import__("json").loads(line)["key"]) > 0 for line in r.output.splitlines()] == [True, True]
+    for args, msg in ((["--k", "0", "x"], "must be positive"), (["--image", "/nope.jpg"], "not a file"), ([""], "empty")):
+        r = CliRunner().invoke(main, ["search", str(folder), *args])
+        assert r.exit_code == 2 and msg in r.output

@@ -1,0 +1,118 @@
+"""Per-item offsets for exact whole-corpus BSAP and NNN search (DESIGN §4), stored in ``bias/``.
+
+For each shard and target modality (``image``: text->image search; ``text``: image->text search):
+- ``bias/bsap_{modality}_{k}.npy``: c_j = LSE_m(τ s(j, a_m)) / τ over the auxiliary bank a;
+- ``bias/nnn_{modality}_{k}.npy``: mean of the ``nnn_k`` largest s(r, j) over reference queries r
+  (α is applied at query time, so changing α needs no recomputation).
+Banks (our choice, recorded in the manifest): image targets use text prompts (the generic list below,
+user texts, or a seeded sample of the corpus's caption embeddings) and caption embeddings as NNN
+references; text targets use seeded samples of the corpus's image embeddings. The banks are saved
+as ``bias/bank_*.npy``. Recomputing (``compute_biases``) reads stored embeddings only.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import IndexFolderError
+from .manifest import load_manifest, save_manifest, shard_name
+from .rerank import bsap_offsets, nnn_bias
+
+GENERIC_PROMPTS = (
+    "a photo.", "an image.", "a picture of something.", "a photo of an object.", "a photo of a thing.",
+    "an image of something.", "a close-up photo.", "a blurry photo.", "a photo of a scene.", "a snapshot.",
+    "a photo of a person.", "a photo of an animal.", "a photo of a place.", "a drawing.", "a picture.",
+    "a photo taken outdoors.",
+)
+EMB_FILE = {"image": "img_emb", "text": "text_emb"}
+OTHER = {"image": "text", "text": "image"}
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def _sample_rows(folder: Path, shards: list[dict], modality: str, size: int, seed: int) -> np.ndarray:
+    """A seeded random sample of stored embeddings of ``modality`` across shards (float32)."""
+    total = sum(s["rows"] for s in shards)
+    ids = np.sort(np.random.default_rng(seed).choice(total, min(size, total), replace=False))
+    out, start = [], 0
+    for s in shards:
+        mine = ids[(ids >= start) & (ids < start + s["rows"])] - start
+        if len(mine):
+            arr = np.load(folder / s["files"][EMB_FILE[modality]], mmap_mode="r")
+            out.append(np.asarray(arr[mine], np.float32))
+        start += s["rows"]
+    return np.concatenate(out)
+
+
+def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
+                   bank_size: int = 64, nnn_k: int = 128, ref_size: int = 4096, tau: Optional[float] = None,
+                   seed: int = 0) -> dict:
+    """(Re)compute ``bias/`` for a complete index folder; returns the manifest's ``bias`` section.
+
+    ``bank``: 'generic' (GENERIC_PROMPTS, needs ``clip``), 'texts' (``bank_texts``, needs ``clip``) or
+    'corpus' (``bank_size`` sampled caption embeddings; no model needed).
+    """
+    folder = Path(folder)
+    m = load_manifest(folder)
+    if m is None or not m.get("complete"):
+        raise IndexFolderError(f"{folder} is not a complete index folder")
+    shards = [s for s in m["shards"] if s["rows"] > 0]
+    tau = float(tau if tau is not None else m["model"]["logit_scale"])
+    t0 = time.perf_counter()
+    if bank in ("generic", "texts"):
+        texts = list(GENERIC_PROMPTS if bank == "generic" else (bank_texts or []))
+        if not texts:
+            raise ValueError("bank 'texts' needs at least one text")
+        if clip is None:
+            raise ValueError(f"bank {bank!r} needs the index's model to encode its prompts")
+        from .embed import Encoder
+
+        text_bank = Encoder(clip).texts(texts)
+    elif bank == "corpus":
+        text_bank = _sample_rows(folder, shards, "text", bank_size, seed)
+    else:
+        raise ValueError(f"unknown bank {bank!r}; choose generic, texts or corpus")
+    banks = {"image": text_bank, "text": _sample_rows(folder, shards, "image", bank_size, seed + 1)}
+    refs = {"image": _sample_rows(folder, shards, "text", ref_size, seed + 2),
+            "text": _sample_rows(folder, shards, "image", ref_size, seed + 3)}
+    bias_dir = folder / "bias"
+    for modality in ("image", "text"):
+        _save(bias_dir / f"bank_bsap_{modality}.npy", banks[modality].astype(np.float32))
+        for s in shards:
+            emb = np.asarray(np.load(folder / s["files"][EMB_FILE[modality]], mmap_mode="r"), np.float32)
+            name = shard_name(s["id"])
+            _save(bias_dir / f"bsap_{modality}_{name}.npy", bsap_offsets(emb, banks[modality], tau))
+            _save(bias_dir / f"nnn_{modality}_{name}.npy", nnn_bias(emb, refs[modality], k=nnn_k))
+    section = {"tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
+               "bank_texts": texts if bank in ("generic", "texts") else None, "nnn_k": nnn_k,
+               "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()}, "seed": seed,
+               "seconds": round(time.perf_counter() - t0, 3)}
+    m["bias"] = section
+    save_manifest(folder, m)
+    return section
+
+
+def load_bias(folder: str | os.PathLike, manifest: dict, method: str, modality: str) -> list[np.ndarray]:
+    """Per-shard offsets of ``method`` ('bsap' | 'nnn') for targets of ``modality``."""
+    if "bias" not in manifest:
+        raise IndexFolderError(f"{folder} has no bias/ (build it with compute_biases or `retrieval bias`)")
+    out = []
+    for s in manifest["shards"]:
+        if s["rows"] == 0:
+            continue
+        path = Path(folder) / "bias" / f"{method}_{modality}_{shard_name(s['id'])}.npy"
+        if not path.exists():
+            raise IndexFolderError(f"missing {path}; recompute with `retrieval bias`")
+        arr = np.load(path)
+        if len(arr) != s["rows"]:
+            raise IndexFolderError(f"{path} has {len(arr)} rows, shard has {s['rows']}")
+        out.append(arr)
+    return out
