@@ -126,8 +126,10 @@ def _load_for(index: str):
 @click.option("--candidates", type=int, default=None, help="Rerank CLIP's top N instead of searching exactly.")
 @click.option("--lam", default=0.5, show_default=True, help="BSAP-H weight of the CLIP softmax.")
 @click.option("--alpha", default=0.75, show_default=True, help="NNN bias weight.")
+@click.option("--backend", type=click.Choice(["auto", "faiss-cpu", "faiss-gpu", "torch"]), default="auto",
+              show_default=True, help="auto: faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-def search(index, text, image, k, target, rerank, candidates, lam, alpha, as_json):
+def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, as_json):
     """Search INDEX with TEXT (or --image PATH) and print the top-k rows."""
     from .search import open_index
 
@@ -139,7 +141,10 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, as_jso
         raise click.BadParameter("the query text is empty", param_hint="TEXT")
     if image is not None and not os.path.isfile(image):
         raise click.BadParameter(f"{image} is not a file", param_hint="--image")
-    idx = open_index(index, _load_for(index))
+    try:
+        idx = open_index(index, _load_for(index), backend=backend)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--backend") from None
     try:
         rows = idx.query(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates,
                          lam=lam, alpha=alpha)[0]

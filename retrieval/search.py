@@ -7,7 +7,6 @@ row count, and (given a model) that the model is the one the index was built wit
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -23,8 +22,11 @@ MODALITIES = ("image", "text")
 class Index:
     """A built index folder, opened read-only."""
 
-    def __init__(self, folder: str | os.PathLike, clip: Optional[ClipModel] = None, mmap: bool = True):
+    def __init__(self, folder: str | os.PathLike, clip: Optional[ClipModel] = None, mmap: bool = True,
+                 backend: str = "auto"):
         import faiss
+
+        from .backends import pick_backend
 
         self.folder = Path(folder)
         m = load_manifest(self.folder)
@@ -51,6 +53,8 @@ class Index:
         self.offsets = np.array([s["offset"] for s in self.shards], dtype=np.int64)
         self._meta: dict[int, object] = {}
         self._emb_cache: dict[str, list] = {}
+        self._backends: dict[str, object] = {}
+        self.backend_name = pick_backend(backend)
         self._bias_cache: dict[tuple, list] = {}
 
     def _check_shard(self, s: dict) -> None:
@@ -74,6 +78,18 @@ class Index:
     def dim(self) -> int:
         return int(self.manifest["model"]["embed_dim"])
 
+    def backend(self, modality: str):
+        """The search backend of ``modality`` (built on first use)."""
+        if modality not in self._backends:
+            from .backends import FaissBackend, TorchBackend
+
+            if self.backend_name == "torch":
+                self._backends[modality] = TorchBackend(self._emb(modality))
+            else:
+                self._backends[modality] = FaissBackend(self._faiss[modality], self.offsets,
+                                                        gpu=self.backend_name == "faiss-gpu")
+        return self._backends[modality]
+
     def search_vectors(self, queries: np.ndarray, k: int = 10, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, global ids) of L2-normalised ``queries`` [n, d] over all shards of ``modality``."""
         if modality not in MODALITIES:
@@ -83,14 +99,7 @@ class Index:
             raise ValueError(f"queries have dim {q.shape[1]}, index has {self.dim}")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
-        indexes = self._faiss[modality]
-        with ThreadPoolExecutor(max_workers=min(len(indexes), os.cpu_count() or 1) or 1) as pool:
-            parts = list(pool.map(lambda i: indexes[i].search(q, min(k, indexes[i].ntotal)), range(len(indexes))))
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([np.where(p[1] >= 0, p[1] + off, -1) for p, off in zip(parts, self.offsets)], axis=1)
-        kk = min(k, scores.shape[1])
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        return self.backend(modality).search(q, k)
 
     def metadata(self, ids) -> list[dict]:
         """Metadata rows for global ids (reads only the shards those ids live in)."""
@@ -143,6 +152,9 @@ class Index:
     # ---- search ----------------------------------------------------------------------------
     def _offset_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray]):
         from .rerank import offset_search, top_k
+
+        if self.backend_name == "torch":
+            return self.backend(modality).search(q, k, np.concatenate(offsets))
 
         parts = [offset_search(q, emb, off, k) for emb, off in zip(self._emb(modality), offsets)]
         scores = np.concatenate([p[0] for p in parts], axis=1)
@@ -245,6 +257,9 @@ class Index:
         return self.query(text=list(texts), k=k, target=modality)
 
 
-def open_index(folder: str | os.PathLike, clip: Optional[ClipModel] = None) -> Index:
-    """Open ``folder`` for search (model checked against the manifest when given)."""
-    return Index(folder, clip)
+def open_index(folder: str | os.PathLike, clip: Optional[ClipModel] = None, backend: str = "auto") -> Index:
+    """Open ``folder`` for search (model checked against the manifest when given).
+
+    ``backend``: 'auto' (faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu), or one of them.
+    """
+    return Index(folder, clip, backend=backend)

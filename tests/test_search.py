@@ -164,3 +164,14 @@ def test_cli_search_and_bias_recompute(flickr_index, tmp_path):
     for args, msg in ((["--k", "0", "x"], "must be positive"), (["--image", "/nope.jpg"], "not a file"), ([""], "empty")):
         r = CliRunner().invoke(main, ["search", str(folder), *args])
         assert r.exit_code == 2 and msg in r.output
+
+
+def test_torch_backend_matches_faiss_on_the_fixture_index(flickr_index, tiny_clip):
+    fa = open_index(flickr_index, tiny_clip, backend="faiss-cpu")
+    to = open_index(flickr_index, tiny_clip, backend="torch")
+    q = fa.encode_texts(["a dog in the snow", "a woman with an umbrella"])
+    for kw in ({}, {"rerank": "bsap"}, {"rerank": "nnn"}):
+        s1, i1 = fa.search(q, 20, **kw)
+        s2, i2 = to.search(q, 20, **kw)
+        np.testing.assert_allclose(s1, s2, atol=1e-4)
+        assert (i1 == i2).mean() > 0.95

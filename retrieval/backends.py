@@ -1,0 +1,96 @@
+"""Search backends behind one interface: ``search(q, k) -> (scores [nq, k], global ids [nq, k])``.
+
+- ``FaissBackend``: the shards' faiss indexes; a thread per shard (faiss releases the GIL), merged
+  top-k. On GPU (``faiss.get_num_gpus() > 0``) the shards are copied to the GPUs; faiss GPU limits
+  k and nprobe to 2048, so larger requests run on the CPU copies.
+- ``TorchBackend``: exact search with torch: all of a modality's embeddings in one tensor (fp16 on
+  CUDA, fp32 on CPU), matmul + top-k in query batches. Optional per-item offsets make it the exact
+  BSAP/NNN search too. Used automatically on machines with CUDA torch but CPU-only faiss.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import numpy as np
+
+GPU_MAX_K = 2048
+BACKENDS = ("auto", "faiss-cpu", "faiss-gpu", "torch")
+
+
+def pick_backend(name: str = "auto") -> str:
+    """Resolve 'auto': faiss-gpu if faiss sees GPUs, else torch if CUDA, else faiss-cpu."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        return "faiss-gpu"
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "faiss-cpu"
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (scores, local ids) into global top-k (ids -1 stay -1)."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([np.where(p[1] >= 0, p[1] + off, -1) for p, off in zip(parts, offsets)], axis=1)
+    kk = min(k, scores.shape[1])
+    if kk < scores.shape[1]:
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        sub = np.take_along_axis(scores, part, 1)
+        order = np.take_along_axis(part, np.argsort(-sub, axis=1, kind="stable"), 1)
+    else:
+        order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+class FaissBackend:
+    def __init__(self, indexes: list, offsets: np.ndarray, gpu: bool = False):
+        self.cpu, self.offsets = indexes, offsets
+        self.gpu = None
+        if gpu:
+            import faiss
+
+            if faiss.get_num_gpus() == 0:
+                raise ValueError("backend faiss-gpu requested but faiss sees no GPU")
+            self.gpu = [faiss.index_cpu_to_all_gpus(ix) for ix in indexes]
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(indexes), os.cpu_count() or 1)))
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.gpu if self.gpu is not None and k <= GPU_MAX_K else self.cpu
+        if len(idx) == 1:
+            parts = [idx[0].search(q, min(k, idx[0].ntotal))]
+        else:
+            parts = list(self.pool.map(lambda ix: ix.search(q, min(k, ix.ntotal)), idx))
+        return merge_topk(parts, self.offsets, k)
+
+
+class TorchBackend:
+    def __init__(self, embeddings: list[np.ndarray], device: Optional[str] = None, batch: int = 1024):
+        import torch
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.x = torch.cat([torch.from_numpy(np.array(e)).to(self.device, dtype) for e in embeddings])  # copy: mmaps are read-only
+        self.batch = batch
+
+    def search(self, q: np.ndarray, k: int, offsets: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        k = min(k, self.x.shape[0])
+        off = None if offsets is None else torch.as_tensor(np.asarray(offsets), device=self.device, dtype=torch.float32)
+        out_s, out_i = [], []
+        with torch.inference_mode():
+            for i in range(0, len(q), self.batch):
+                qq = torch.as_tensor(q[i:i + self.batch], device=self.device).to(self.x.dtype)
+                s = (qq @ self.x.T).float()
+                if off is not None:
+                    s -= off
+                top = torch.topk(s, k, dim=1)
+                out_s.append(top.values.cpu().numpy())
+                out_i.append(top.indices.cpu().numpy().astype(np.int64))
+        return np.concatenate(out_s), np.concatenate(out_i)
