@@ -62,11 +62,23 @@ class FaissBackend:
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.gpu if self.gpu is not None and k <= GPU_MAX_K else self.cpu
-        if len(idx) == 1:
-            parts = [idx[0].search(q, min(k, idx[0].ntotal))]
-        else:
-            parts = list(self.pool.map(lambda ix: ix.search(q, min(k, ix.ntotal)), idx))
-        return merge_topk(parts, self.offsets, k)
+        return search_shards(idx, q, k, self.offsets, self.pool)
+
+
+THREADED_MAX_QUERIES = 16  # above this, faiss's own OpenMP parallelism over queries wins
+
+
+def search_shards(indexes: list, q: np.ndarray, k: int, offsets: np.ndarray,
+                  pool: Optional[ThreadPoolExecutor] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Search every shard index and merge: sequential for query batches, a thread per shard for a few queries."""
+    def one(ix):
+        return ix.search(q, min(k, ix.ntotal))
+
+    if pool is not None and len(indexes) > 1 and len(q) <= THREADED_MAX_QUERIES:
+        parts = list(pool.map(one, indexes))
+    else:
+        parts = [one(ix) for ix in indexes]
+    return merge_topk(parts, offsets, k)
 
 
 class TorchBackend:

@@ -69,8 +69,8 @@ def _write_errors(out: Path, errors: list[dict]) -> None:
 class _ShardWriter:
     """Accumulates rows and commits full shards (files first, manifest last)."""
 
-    def __init__(self, out: Path, manifest: dict, reader: CorpusReader, settings: dict, errors: list[dict]):
-        self.out, self.manifest, self.reader, self.s = out, manifest, reader, settings
+    def __init__(self, out: Path, manifest: dict, schema, settings: dict, errors: list[dict]):
+        self.out, self.manifest, self.schema, self.s = out, manifest, schema, settings
         self.errors = errors  # committed errors (pos < last committed end_pos)
         self.pending_errors: list[dict] = []
         self.img: list[np.ndarray] = []
@@ -110,7 +110,7 @@ class _ShardWriter:
                  "files": files, "index": {}}
         _save_npy(self.out / files["img_emb"], img)
         _save_npy(self.out / files["text_emb"], txt)
-        _save_parquet(self.out / files["metadata"], self.rows, self.reader.metadata_schema)
+        _save_parquet(self.out / files["metadata"], self.rows, self.schema)
         for modality, vecs in (("image", img), ("text", txt)):
             if n == 0:
                 continue
@@ -212,7 +212,7 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
         manifest = new_manifest(clip.identity, reader.describe(), dict(settings))
     start_pos = manifest["shards"][-1]["end_pos"] if manifest["shards"] else 0
     resumed = len(manifest["shards"])
-    writer = _ShardWriter(out, manifest, reader, settings, _read_errors(out, start_pos))
+    writer = _ShardWriter(out, manifest, reader.metadata_schema, settings, _read_errors(out, start_pos))
     writer.last_end = start_pos
     encoder = Encoder(clip)
     t_model = 0.0
@@ -258,3 +258,47 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
         manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
     return manifest
 
+
+
+def build_from_embeddings(out: str | os.PathLike, image_emb: np.ndarray, text_emb: np.ndarray, model: dict,
+                          rows: Optional[list[dict]] = None, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                          index_key: Optional[str] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                          recall_target: float = 0.95, bias_bank: Optional[str] = "corpus", clip=None) -> dict:
+    """Write an index folder from precomputed, row-aligned embeddings (e.g. another tool's output).
+
+    ``model`` is the identity the embeddings come from (at least arch, embed_dim, logit_scale);
+    ``rows`` are metadata dicts (default: ``{"key": str(i)}``). Returns the manifest.
+    """
+    import pyarrow as pa
+
+    img, txt = np.asarray(image_emb), np.asarray(text_emb)
+    if img.ndim != 2 or img.shape != txt.shape:
+        raise ValueError(f"image and text embeddings must be 2-D and row-aligned, got {img.shape} and {txt.shape}")
+    rows = rows if rows is not None else [{"key": str(i), "image_path": "", "caption": ""} for i in range(len(img))]
+    if len(rows) != len(img):
+        raise ValueError(f"{len(rows)} metadata rows for {len(img)} embeddings")
+    if len({r["key"] for r in rows}) != len(rows):
+        raise ValueError("metadata keys must be unique")
+    out = Path(out)
+    if load_manifest(out) is not None:
+        raise IndexFolderError(f"{out} already holds an index; use another folder")
+    model = {"embed_dim": img.shape[1], "logit_scale": 100.0, "context_length": 77, **model}
+    settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
+                "recall_target": recall_target, "dim": img.shape[1], "max_pixels": None}
+    manifest = new_manifest(model, {"type": "embeddings", "path": None}, dict(settings))
+    out.mkdir(parents=True, exist_ok=True)
+    schema = pa.Table.from_pylist(rows[:1]).schema
+    writer = _ShardWriter(out, manifest, schema, settings, [])
+    writer.last_end = 0
+    for start in range(0, len(img), shard_size):
+        sl = slice(start, start + shard_size)
+        writer.add(np.asarray(img[sl], np.float32), np.asarray(txt[sl], np.float32), rows[sl],
+                   list(range(start, min(start + shard_size, len(img)))), [], min(start + shard_size, len(img)))
+    writer.finish()
+    manifest["complete"] = True
+    save_manifest(out, manifest)
+    if bias_bank:
+        from .bias import compute_biases
+
+        manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
+    return manifest

@@ -17,6 +17,7 @@ from .manifest import load_manifest
 from .models import ClipModel, describe, same_model
 
 MODALITIES = ("image", "text")
+AUGMENTED_CACHE = 4  # augmented Flat copies kept (one per modality x method x alpha)
 
 
 class Index:
@@ -54,6 +55,7 @@ class Index:
         self._meta: dict[int, object] = {}
         self._emb_cache: dict[str, list] = {}
         self._backends: dict[str, object] = {}
+        self._augmented: dict[tuple, list] = {}
         self.backend_name = pick_backend(backend)
         self._bias_cache: dict[tuple, list] = {}
 
@@ -144,23 +146,45 @@ class Index:
         return self._bias_cache[key]
 
     def _gather_bias(self, method: str, modality: str, ids: np.ndarray) -> np.ndarray:
-        parts = self._bias(method, modality)
-        sh = np.searchsorted(self.offsets, ids, side="right") - 1
-        return np.array([parts[a][b - self.offsets[a]] for a, b in zip(sh.ravel(), ids.ravel())],
-                        np.float32).reshape(ids.shape)
+        """Stored per-item scalars for global ``ids`` (any shape)."""
+        key = (method, modality, "all")
+        if key not in self._bias_cache:
+            self._bias_cache[key] = np.concatenate(self._bias(method, modality)).astype(np.float32)
+        return self._bias_cache[key][ids]
 
     # ---- search ----------------------------------------------------------------------------
-    def _offset_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray]):
+    def _offset_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray], tag: tuple):
         from .rerank import offset_search, top_k
 
         if self.backend_name == "torch":
             return self.backend(modality).search(q, k, np.concatenate(offsets))
+        if all(s["index"][modality]["key"] == "Flat" for s in self.shards):
+            return self._augmented_flat_search(q, k, modality, offsets, tag)
 
         parts = [offset_search(q, emb, off, k) for emb, off in zip(self._emb(modality), offsets)]
         scores = np.concatenate([p[0] for p in parts], axis=1)
         ids = np.concatenate([p[1] + off for p, off in zip(parts, self.offsets)], axis=1)
         best, pos = top_k(scores, k)
         return best, np.take_along_axis(ids, pos, 1)
+
+    def _augmented_flat_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray], tag: tuple):
+        """Exact s - c over Flat shards as faiss MIPS on [e, -c] . [q, 1] (built once per ``tag``)."""
+        import faiss
+
+        from .backends import search_shards
+        from .rerank import augment, augment_queries
+
+        key = (modality,) + tag
+        if key not in self._augmented:
+            while len(self._augmented) >= AUGMENTED_CACHE:  # bounded: each copy holds N x (d+1) floats
+                self._augmented.pop(next(iter(self._augmented)))
+            flats = []
+            for emb, off in zip(self._emb(modality), offsets):
+                ix = faiss.IndexFlatIP(self.dim + 1)
+                ix.add(augment(np.asarray(emb, np.float32), off))
+                flats.append(ix)
+            self._augmented[key] = flats
+        return search_shards(self._augmented[key], augment_queries(q), k, self.offsets)
 
     def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
                candidates: Optional[int] = None, tau: Optional[float] = None, lam: float = 0.5,
@@ -172,7 +196,7 @@ class Index:
         with ``candidates=N`` any method reranks CLIP's top N instead (hybrid always does: default
         N = max(k, 1000)).
         """
-        from .rerank import METHODS, bsap_from_offsets, rerank_scores, top_k
+        from .rerank import METHODS, bsap_from_offsets, hybrid_from_parts, top_k
 
         if rerank not in METHODS:
             raise ValueError(f"unknown rerank method {rerank!r}; choose one of {', '.join(METHODS)}")
@@ -187,16 +211,21 @@ class Index:
         if candidates is None:  # exact whole-corpus search with per-item offsets
             bias = self._bias(rerank, target)
             offsets = bias if rerank == "bsap" else [alpha * b for b in bias]
-            s, ids = self._offset_search(q, k, target, offsets)
+            s, ids = self._offset_search(q, k, target, offsets, (rerank, alpha if rerank == "nnn" else None))
             return (bsap_from_offsets(s, 0.0, tau) if rerank == "bsap" else s), ids
-        _, cand = self.search_vectors(q, max(candidates, k), target)
+        # candidates mode: the search already gave s(q, j); each method needs only a stored scalar per item
+        s, cand = self.search_vectors(q, max(candidates, k), target)
         if (cand < 0).any():  # fewer results than asked (approximate indexes): keep the valid ones
             n_valid = int((cand >= 0).sum(1).min())
-            cand = cand[:, :n_valid]
-        emb = self.embeddings(cand, target)
-        bank = np.load(self.folder / "bias" / f"bank_bsap_{target}.npy") if rerank in ("bsap", "hybrid") else None
-        bias = self._gather_bias("nnn", target, cand) if rerank == "nnn" else None
-        scores = rerank_scores(rerank, q, emb, tau=tau, bank=bank, bias=bias, lam=lam, alpha=alpha)
+            s, cand = s[:, :n_valid], cand[:, :n_valid]
+        if rerank == "clip":
+            scores = s
+        elif rerank == "nnn":
+            scores = s - alpha * self._gather_bias("nnn", target, cand)
+        else:
+            scores = bsap_from_offsets(s, self._gather_bias("bsap", target, cand), tau)
+            if rerank == "hybrid":
+                scores = hybrid_from_parts(s, scores, tau, lam)
         best, pos = top_k(scores, k)
         return best, np.take_along_axis(cand, pos, 1)
 

@@ -175,3 +175,23 @@ def test_torch_backend_matches_faiss_on_the_fixture_index(flickr_index, tiny_cli
         s2, i2 = to.search(q, 20, **kw)
         np.testing.assert_allclose(s1, s2, atol=1e-4)
         assert (i1 == i2).mean() > 0.95
+
+
+def test_build_from_embeddings_round_trip(tmp_path):
+    from retrieval.build import build_from_embeddings
+
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((250, 16)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt = img + 0.1 * rng.standard_normal(img.shape).astype(np.float32)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    m = build_from_embeddings(tmp_path / "e", img, txt, {"arch": "synthetic"}, shard_size=100)
+    assert [s["rows"] for s in m["shards"]] == [100, 100, 50] and m["bias"]["bank"] == "corpus"
+    idx = open_index(tmp_path / "e")
+    _, ids = idx.search(txt[:20], 1)
+    assert (ids[:, 0] == np.arange(20)).mean() > 0.9
+    assert idx.metadata([123])[0]["key"] == "123"
+    with pytest.raises(IndexFolderError, match="already holds"):
+        build_from_embeddings(tmp_path / "e", img, txt, {"arch": "synthetic"})
+    with pytest.raises(ValueError, match="row-aligned"):
+        build_from_embeddings(tmp_path / "f", img, txt[:10], {"arch": "synthetic"})
