@@ -154,7 +154,8 @@ class Index:
 
     # ---- search ----------------------------------------------------------------------------
     def _offset_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray], tag: tuple):
-        from .rerank import offset_search, top_k
+        from .backends import merge_topk
+        from .rerank import offset_search
 
         if self.backend_name == "torch":
             return self.backend(modality).search(q, k, np.concatenate(offsets))
@@ -162,10 +163,7 @@ class Index:
             return self._augmented_flat_search(q, k, modality, offsets, tag)
 
         parts = [offset_search(q, emb, off, k) for emb, off in zip(self._emb(modality), offsets)]
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] + off for p, off in zip(parts, self.offsets)], axis=1)
-        best, pos = top_k(scores, k)
-        return best, np.take_along_axis(ids, pos, 1)
+        return merge_topk(parts, self.offsets, k)
 
     def _augmented_flat_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray], tag: tuple):
         """Exact s - c over Flat shards as faiss MIPS on [e, -c] . [q, 1] (built once per ``tag``)."""
