@@ -54,11 +54,13 @@ def _sample_rows(folder: Path, shards: list[dict], modality: str, size: int, see
 
 def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
                    bank_size: int = 64, nnn_k: int = 128, ref_size: int = 4096, tau: Optional[float] = None,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, augmented: bool = True) -> dict:
     """(Re)compute ``bias/`` for a complete index folder; returns the manifest's ``bias`` section.
 
     ``bank``: 'generic' (GENERIC_PROMPTS, needs ``clip``), 'texts' (``bank_texts``, needs ``clip``) or
-    'corpus' (``bank_size`` sampled caption embeddings; no model needed).
+    'corpus' (``bank_size`` sampled caption embeddings; no model needed). ``augmented`` also builds,
+    for shards whose index is not Flat, the bias-augmented indexes used by exact BSAP/NNN search
+    (``bias/aug_{method}_{modality}_{shard}.faiss``; Flat shards build theirs in memory on first use).
     """
     folder = Path(folder)
     m = load_manifest(folder)
@@ -84,20 +86,49 @@ def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", 
     refs = {"image": _sample_rows(folder, shards, "text", ref_size, seed + 2),
             "text": _sample_rows(folder, shards, "image", ref_size, seed + 3)}
     bias_dir = folder / "bias"
+    shifts: dict[str, dict[str, float]] = {"bsap": {}, "nnn": {}}
     for modality in ("image", "text"):
         _save(bias_dir / f"bank_bsap_{modality}.npy", banks[modality].astype(np.float32))
+        per = {"bsap": [], "nnn": []}
         for s in shards:
             emb = np.asarray(np.load(folder / s["files"][EMB_FILE[modality]], mmap_mode="r"), np.float32)
-            name = shard_name(s["id"])
-            _save(bias_dir / f"bsap_{modality}_{name}.npy", bsap_offsets(emb, banks[modality], tau))
-            _save(bias_dir / f"nnn_{modality}_{name}.npy", nnn_bias(emb, refs[modality], k=nnn_k))
+            per["bsap"].append(bsap_offsets(emb, banks[modality], tau))
+            per["nnn"].append(nnn_bias(emb, refs[modality], k=nnn_k))
+            for method in per:
+                _save(bias_dir / f"{method}_{modality}_{shard_name(s['id'])}.npy", per[method][-1])
+        for method, offs in per.items():
+            shifts[method][modality] = float(np.mean(np.concatenate(offs), dtype=np.float64))
+            if augmented:
+                for s, off in zip(shards, offs):
+                    _save_augmented(folder, s, modality, method, off, shifts[method][modality])
     section = {"tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                "bank_texts": texts if bank in ("generic", "texts") else None, "nnn_k": nnn_k,
                "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()}, "seed": seed,
+               "shift": shifts, "augmented": bool(augmented),
                "seconds": round(time.perf_counter() - t0, 3)}
     m["bias"] = section
     save_manifest(folder, m)
     return section
+
+
+def augmented_path(folder: str | os.PathLike, method: str, modality: str, shard_id: int) -> Path:
+    return Path(folder) / "bias" / f"aug_{method}_{modality}_{shard_name(shard_id)}.faiss"
+
+
+def _save_augmented(folder: Path, shard: dict, modality: str, method: str, offsets: np.ndarray, shift: float) -> None:
+    """Write the augmented index of one non-Flat shard (atomic)."""
+    import faiss
+
+    from .augmented import build_augmented
+
+    info = shard["index"][modality]
+    if info["key"] == "Flat":
+        return
+    plain = faiss.read_index(str(folder / shard["files"][f"{modality}_index"]))
+    emb = np.load(folder / shard["files"][EMB_FILE[modality]], mmap_mode="r")
+    aug = build_augmented(plain, info["key"], emb, offsets, shift, seed=shard["id"])
+    with atomic_path(augmented_path(folder, method, modality, shard["id"])) as tmp:
+        faiss.write_index(aug, str(tmp))
 
 
 def load_bias(folder: str | os.PathLike, manifest: dict, method: str, modality: str) -> list[np.ndarray]:

@@ -155,14 +155,3 @@ def offset_search(q: np.ndarray, items: np.ndarray, offsets: np.ndarray, k: int,
         best_s, pos = top_k(np.concatenate([best_s, cs], 1), k)
         best_i = np.take_along_axis(np.concatenate([best_i, ci + i], 1), pos, 1)
     return best_s, best_i
-
-
-def augment(items: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """[e_j, -c_j]: inner product with ``augment_queries(q)`` equals s(q, j) - c_j (for faiss MIPS)."""
-    return np.hstack([np.asarray(items, np.float32), -np.asarray(offsets, np.float32)[:, None]])
-
-
-def augment_queries(q: np.ndarray) -> np.ndarray:
-    """[q, 1]."""
-    q = _f32(q, "queries", (2,))
-    return np.hstack([q, np.ones((len(q), 1), np.float32)])

@@ -6,6 +6,7 @@ row count, and (given a model) that the model is the one the index was built wit
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -17,13 +18,23 @@ from .manifest import load_manifest
 from .models import ClipModel, describe, same_model
 
 MODALITIES = ("image", "text")
-AUGMENTED_CACHE = 4  # augmented Flat copies kept (one per modality x method x alpha)
+AUGMENTED_CACHE = 4  # augmented index sets kept (one per modality x method; any α)
+log = logging.getLogger(__name__)
+
+
+def _read_flag(key: str, mmap: Optional[bool]) -> int:
+    """faiss read flag: memory-map Flat shards; by default read IVF/HNSW shards into RAM, because
+    faiss's memory-mapped inverted lists (OnDiskInvertedLists) search 1.5-5x slower."""
+    import faiss
+
+    use = (key == "Flat") if mmap is None else mmap
+    return faiss.IO_FLAG_MMAP if use else 0
 
 
 class Index:
-    """A built index folder, opened read-only."""
+    """A built index folder, opened read-only (``mmap``: None = Flat shards only, True/False = all)."""
 
-    def __init__(self, folder: str | os.PathLike, clip: Optional[ClipModel] = None, mmap: bool = True,
+    def __init__(self, folder: str | os.PathLike, clip: Optional[ClipModel] = None, mmap: Optional[bool] = None,
                  backend: str = "auto"):
         import faiss
 
@@ -38,14 +49,13 @@ class Index:
         if clip is not None and not same_model(m["model"], clip.identity):
             raise IndexFolderError(f"{self.folder} was built with {describe(m['model'])}; "
                                    f"the query model is {describe(clip.identity)}")
-        self.manifest, self.clip = m, clip
+        self.manifest, self.clip, self._mmap = m, clip, mmap
         self.shards = [s for s in m["shards"] if s["rows"] > 0]
-        flag = faiss.IO_FLAG_MMAP if mmap else 0
         self._faiss = {mod: [] for mod in MODALITIES}
         for s in self.shards:
             self._check_shard(s)
             for mod in MODALITIES:
-                idx = faiss.read_index(str(self.folder / s["files"][f"{mod}_index"]), flag)
+                idx = faiss.read_index(str(self.folder / s["files"][f"{mod}_index"]), _read_flag(s["index"][mod]["key"], mmap))
                 if idx.ntotal != s["rows"]:
                     raise IndexFolderError(f"shard {s['id']}: {mod} index holds {idx.ntotal} vectors, manifest says {s['rows']}")
                 if s["index"][mod]["params"]:
@@ -153,36 +163,57 @@ class Index:
         return self._bias_cache[key][ids]
 
     # ---- search ----------------------------------------------------------------------------
-    def _offset_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray], tag: tuple):
-        from .backends import merge_topk
+    def _offset_search(self, q: np.ndarray, k: int, modality: str, method: str, alpha: float):
+        """Exact top-k of s(q, j) - scale * c_j (scale 1 for BSAP, α for NNN) over the whole corpus."""
+        from .backends import merge_topk, search_shards
         from .rerank import offset_search
 
+        scale = 1.0 if method == "bsap" else float(alpha)
+        offsets = self._bias(method, modality)
         if self.backend_name == "torch":
-            return self.backend(modality).search(q, k, np.concatenate(offsets))
-        if all(s["index"][modality]["key"] == "Flat" for s in self.shards):
-            return self._augmented_flat_search(q, k, modality, offsets, tag)
+            return self.backend(modality).search(q, k, scale * np.concatenate(offsets))
+        aug = self._augmented_indexes(modality, method, offsets)
+        if aug is None:  # non-Flat shards without stored augmented indexes: exact numpy scan (slow)
+            parts = [offset_search(q, emb, scale * off, k) for emb, off in zip(self._emb(modality), offsets)]
+            return merge_topk(parts, self.offsets, k)
+        from .augmented import augment_query
 
-        parts = [offset_search(q, emb, off, k) for emb, off in zip(self._emb(modality), offsets)]
-        return merge_topk(parts, self.offsets, k)
+        shift = float(self.manifest["bias"].get("shift", {}).get(method, {}).get(modality, 0.0))
+        s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.offsets)
+        return s - np.float32(scale * shift), ids
 
-    def _augmented_flat_search(self, q: np.ndarray, k: int, modality: str, offsets: list[np.ndarray], tag: tuple):
-        """Exact s - c over Flat shards as faiss MIPS on [e, -c] . [q, 1] (built once per ``tag``)."""
+    def _augmented_indexes(self, modality: str, method: str, offsets: list[np.ndarray]) -> Optional[list]:
+        """Per-shard bias-augmented indexes (stored ones for non-Flat shards, in-memory Flat ones)."""
         import faiss
 
-        from .backends import search_shards
-        from .rerank import augment, augment_queries
+        from .augmented import build_augmented
+        from .bias import augmented_path
 
-        key = (modality,) + tag
-        if key not in self._augmented:
-            while len(self._augmented) >= AUGMENTED_CACHE:  # bounded: each copy holds N x (d+1) floats
-                self._augmented.pop(next(iter(self._augmented)))
-            flats = []
-            for emb, off in zip(self._emb(modality), offsets):
-                ix = faiss.IndexFlatIP(self.dim + 1)
-                ix.add(augment(np.asarray(emb, np.float32), off))
-                flats.append(ix)
-            self._augmented[key] = flats
-        return search_shards(self._augmented[key], augment_queries(q), k, self.offsets)
+        key = (modality, method)
+        if key in self._augmented:
+            return self._augmented[key]
+        shift = float(self.manifest["bias"].get("shift", {}).get(method, {}).get(modality, 0.0))
+        out = []
+        for s, emb, off, plain in zip(self.shards, self._emb(modality), offsets, self._faiss[modality]):
+            info = s["index"][modality]
+            if info["key"] == "Flat":
+                out.append(build_augmented(plain, "Flat", emb, off, shift))
+                continue
+            path = augmented_path(self.folder, method, modality, s["id"])
+            if not path.exists():
+                log.warning("%s: no augmented index for shard %s (re-run `retrieval bias`); "
+                            "exact %s search falls back to a numpy scan", self.folder, s["id"], method)
+                return None
+            ix = faiss.read_index(str(path), _read_flag(info["key"], self._mmap))
+            if ix.ntotal != s["rows"]:
+                raise IndexFolderError(f"{path} holds {ix.ntotal} vectors, shard has {s['rows']}")
+            if info["params"]:
+                faiss.ParameterSpace().set_index_parameters(ix, info["params"])
+            out.append(ix)
+        while len(self._augmented) >= AUGMENTED_CACHE:  # bounded: Flat copies hold N x (d+1) floats
+            self._augmented.pop(next(iter(self._augmented)))
+        self._augmented[key] = out
+        return out
 
     def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
                candidates: Optional[int] = None, tau: Optional[float] = None, lam: float = 0.5,
@@ -207,9 +238,7 @@ class Index:
         if rerank == "hybrid" and candidates is None:
             candidates = max(k, 1000)
         if candidates is None:  # exact whole-corpus search with per-item offsets
-            bias = self._bias(rerank, target)
-            offsets = bias if rerank == "bsap" else [alpha * b for b in bias]
-            s, ids = self._offset_search(q, k, target, offsets, (rerank, alpha if rerank == "nnn" else None))
+            s, ids = self._offset_search(q, k, target, rerank, alpha)
             return (bsap_from_offsets(s, 0.0, tau) if rerank == "bsap" else s), ids
         # candidates mode: the search already gave s(q, j); each method needs only a stored scalar per item
         s, cand = self.search_vectors(q, max(candidates, k), target)
@@ -284,9 +313,11 @@ class Index:
         return self.query(text=list(texts), k=k, target=modality)
 
 
-def open_index(folder: str | os.PathLike, clip: Optional[ClipModel] = None, backend: str = "auto") -> Index:
+def open_index(folder: str | os.PathLike, clip: Optional[ClipModel] = None, backend: str = "auto",
+               mmap: Optional[bool] = None) -> Index:
     """Open ``folder`` for search (model checked against the manifest when given).
 
     ``backend``: 'auto' (faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu), or one of them.
+    ``mmap``: None memory-maps Flat shards and reads IVF/HNSW shards into RAM; True/False for all.
     """
-    return Index(folder, clip, backend=backend)
+    return Index(folder, clip, backend=backend, mmap=mmap)

@@ -6,7 +6,8 @@ then times batched queries (--queries random unit vectors, k=--k):
 - ours: ``Index.search`` (faiss-cpu backend; shards searched in threads, merged top-k);
 - ours exact BSAP / NNN: whole-corpus search with the stored per-item offsets;
 - ours hybrid: BSAP-H rerank of --candidates CLIP candidates;
-- torch exact (CPU here; the GPU path on CUDA).
+- torch exact (CPU here; the GPU path on CUDA);
+- recall@k of plain and exact BSAP/NNN results against numpy brute force (--recall-queries).
 """
 from __future__ import annotations
 
@@ -20,9 +21,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _unit(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def _unit(n: int, d: int, seed: int, clusters: int = 0, spread: float = 1.0) -> np.ndarray:
+    """n unit vectors: isotropic (clusters=0) or around ``clusters`` seeded centres (noise ``spread``)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, d), np.float32)
+    centres = np.random.default_rng(12345).standard_normal((clusters, d)).astype(np.float32) if clusters else None
+    for i in range(0, n, 100_000):
+        m = min(100_000, n - i)
+        x = rng.standard_normal((m, d)).astype(np.float32)
+        if clusters:
+            x = centres[rng.integers(0, clusters, m)] + spread * x
+        out[i:i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _recall(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / want.shape[1] for a, b in zip(got.tolist(), want.tolist())]))
 
 
 def main() -> None:
@@ -36,8 +50,16 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None, help="keep the index folder here (default: a temp folder)")
-    ap.add_argument("--skip-exact", action="store_true",
-                    help="skip exact BSAP/NNN and torch runs (brute force over N on non-Flat shards: slow on CPU)")
+    ap.add_argument("--clusters", type=int, default=0,
+                    help="draw corpus and queries around this many random centres (0: isotropic random vectors)")
+    ap.add_argument("--spread", type=float, default=1.0, help="noise scale around the centres (with --clusters)")
+    ap.add_argument("--nprobe", type=int, default=None,
+                    help="IVF: set this nprobe in the folder's manifest (both sides, augmented indexes too) "
+                         "instead of the build's tuned value")
+    ap.add_argument("--skip-exact", action="store_true", help="skip the exact BSAP/NNN runs")
+    ap.add_argument("--skip-torch", action="store_true", help="skip the torch exact run (brute force: slow at 1M on CPU)")
+    ap.add_argument("--recall-queries", type=int, default=100,
+                    help="queries whose top-k is checked against numpy brute force (plain, BSAP, NNN)")
     a = ap.parse_args()
 
     import faiss
@@ -48,13 +70,21 @@ def main() -> None:
     tmp = Path(a.out or tempfile.mkdtemp(prefix="bench-search-"))
     folder = tmp / "idx"
     if not (folder / "manifest.json").exists():
-        x = _unit(a.n, a.dim, 0).astype(np.float16)
+        x = _unit(a.n, a.dim, 0, a.clusters, a.spread).astype(np.float16)
         t = time.perf_counter()
         build_from_embeddings(folder, x, x, {"arch": "synthetic", "logit_scale": 100.0},
                               shard_size=-(-a.n // a.shards), index_key=a.index_key)
         print(f"built {a.n} x {a.dim} in {a.shards} shards ({a.index_key}) in {time.perf_counter() - t:.1f} s", flush=True)
+    if a.nprobe is not None:
+        from retrieval.manifest import load_manifest, save_manifest
+
+        m = load_manifest(folder)
+        for s in m["shards"]:
+            for mod in ("image", "text"):
+                s["index"][mod]["params"] = f"nprobe={a.nprobe}"
+        save_manifest(folder, m)
     idx = open_index(folder, backend="faiss-cpu")
-    q = _unit(a.queries, a.dim, 1)
+    q = _unit(a.queries, a.dim, 1, a.clusters, a.spread)
     raw = [faiss.read_index(str(folder / s["files"]["image_index"])) for s in idx.shards]
     for ix, s in zip(raw, idx.shards):
         if s["index"]["image"]["params"]:
@@ -68,7 +98,7 @@ def main() -> None:
         top = np.argsort(-sc, 1)[:, :a.k]
         return np.take_along_axis(sc, top, 1), np.take_along_axis(ids, top, 1)
 
-    torch_idx = None if a.skip_exact else open_index(folder, backend="torch")
+    torch_idx = None if a.skip_torch else open_index(folder, backend="torch")
     runs = {
         "raw faiss": raw_faiss,
         "ours clip": lambda: idx.search(q, a.k),
@@ -78,9 +108,8 @@ def main() -> None:
         f"ours clip, k={a.candidates}": lambda: idx.search(q, a.candidates),
         "torch exact (cpu)": lambda: torch_idx.search(q, a.k),
     }
-    if a.skip_exact:
-        for name in ("ours exact bsap", "ours exact nnn", "torch exact (cpu)"):
-            runs.pop(name)
+    for name in (("ours exact bsap", "ours exact nnn") if a.skip_exact else ()) + (("torch exact (cpu)",) if a.skip_torch else ()):
+        runs.pop(name)
     for f in runs.values():  # warm-up (page cache, lazy loads)
         f()
     assert np.array_equal(np.sort(runs["raw faiss"]()[1], 1), np.sort(runs["ours clip"]()[1], 1))
@@ -92,19 +121,42 @@ def main() -> None:
             res[name].append(a.queries / (time.perf_counter() - t))
             print(f"  {name:<28} {res[name][-1]:10.1f} QPS", flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
+    recalls = _recalls(idx, q[:a.recall_queries], a.k, a.skip_exact) if a.recall_queries else {}
     print(f"\n{a.n} x {a.dim} synthetic unit vectors, {a.shards} shards, {a.index_key}, {a.queries} queries per batch, "
           f"k={a.k}, median of {a.repeats} (QPS):")
     for name, v in med.items():
         print(f"  {name:<28} {v:10.1f}")
-    print(f"  ratio ours / raw faiss            {med['ours clip'] / med['raw faiss']:.3f}")
+    # ratios per repeat (both sides timed back to back), then their median: robust to machine noise
+    def ratio(num: str, den: str) -> float:
+        return statistics.median(res[num][i] / res[den][i] for i in range(a.repeats))
+
+    print(f"  ratio ours / raw faiss            {ratio('ours clip', 'raw faiss'):.3f}   (median of per-repeat ratios)")
     for m in ("bsap", "nnn"):
         if f"ours exact {m}" in med:
-            print(f"  time exact {m} / plain           {med['ours clip'] / med[f'ours exact {m}']:.3f}")
+            print(f"  time exact {m} / plain           {ratio('ours clip', f'ours exact {m}'):.3f}")
+    for name, r in recalls.items():
+        print(f"  recall@{a.k} {name:<22} {r:.3f}")
     hyb = [k for k in med if k.startswith("ours hybrid")][0]
     base = [k for k in med if k.startswith("ours clip, k=")][0]
-    print(f"  time hybrid / plain top-{a.candidates}        {med[base] / med[hyb]:.3f}")
+    print(f"  time hybrid / plain top-{a.candidates}        {ratio(base, hyb):.3f}")
     if a.out is None:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _recalls(idx, q: np.ndarray, k: int, skip_exact: bool) -> dict[str, float]:
+    """recall@k of our results against numpy brute force over the stored fp16 vectors."""
+    from retrieval.rerank import offset_search
+
+    x = [np.asarray(e) for e in idx._emb("image")]
+    def brute(offsets):
+        parts = [offset_search(q, e, o, k) for e, o in zip(x, offsets)]
+        from retrieval.backends import merge_topk
+        return merge_topk(parts, idx.offsets, k)[1]
+    out = {"plain vs exact cosine": _recall(idx.search(q, k)[1], brute([np.zeros(len(e), np.float32) for e in x]))}
+    if not skip_exact:
+        out["bsap vs brute force"] = _recall(idx.search(q, k, rerank="bsap")[1], brute(idx._bias("bsap", "image")))
+        out["nnn vs brute force"] = _recall(idx.search(q, k, rerank="nnn")[1], brute([0.75 * b for b in idx._bias("nnn", "image")]))
+    return out
 
 
 if __name__ == "__main__":
