@@ -7,7 +7,7 @@ SHARED ?= ../shared
 INDEX  ?= indexes/flickr8k-tiny
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup browser test test-fast demo bench serve clean
 
 # venv + pinned install. constraints.txt pins torch==2.13.0 in every pip call: an unpinned
 # resolve would pull a multi-GB CUDA build. The torchvision shim lives in retrieval/_compat.py.
@@ -18,7 +18,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed
+# The web-page test drives Debian's chromium through chromedriver; install them when missing
+# (as root, or with sudo). If apt cannot install them, that one test skips with the reason.
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null 2>&1) || \
+	  echo "warning: could not install chromium + chromium-driver; the web-page test will skip"
+
+setup: $(VENV)/.installed browser
 
 test: setup
 	$(PY) -m pytest -q -ra
@@ -33,6 +42,10 @@ demo: setup
 
 bench: setup
 	$(PY) scripts/bench_build.py
+
+# Serve the demo index (run `make demo` first) on http://127.0.0.1:8000
+serve: setup
+	$(VENV)/bin/retrieval serve $(INDEX)
 
 clean:
 	rm -rf $(VENV) indexes/*/ .pytest_cache

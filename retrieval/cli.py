@@ -310,5 +310,31 @@ def evaluate(index, classes_file, labels_file, templates, neighbours, captions, 
                                 f"({s['skipped']} skipped), {s['classes']} classes, R={s['neighbours']}, K={s['captions']}"))
 
 
+@main.command()
+@click.argument("indexes", nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--max-batch", default=64, show_default=True, help="Most search requests run as one batch.")
+@click.option("--max-wait-ms", default=4.0, show_default=True, help="Longest wait for a batch to fill.")
+@click.option("--max-body", default="16MB", show_default=True, help="Largest request body (bigger: 413).")
+@click.option("--backend", type=click.Choice(["auto", "faiss-cpu", "faiss-gpu", "torch"]), default="auto", show_default=True)
+def serve(indexes, host, port, max_batch, max_wait_ms, max_body, backend):
+    """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /."""
+    import uvicorn
+
+    from .search import open_index
+    from .server import create_app
+
+    opened = {}
+    for spec in indexes:
+        name, _, folder = spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
+        if name in opened:
+            raise click.BadParameter(f"two indexes named {name!r}; use NAME=FOLDER", param_hint="INDEXES")
+        opened[name] = open_index(folder, _load_for(folder), backend=backend)
+    app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=_size(max_body))
+    click.echo(f"serving {', '.join(f'{n} ({len(i)} rows)' for n, i in opened.items())} on http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     main()

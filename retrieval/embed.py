@@ -134,7 +134,9 @@ class Encoder:
 
     def __init__(self, clip, trim_text: bool = True):
         self.clip = clip
-        self.trim_text = trim_text and self._trimming_is_exact()
+        if trim_text and not hasattr(clip, "_trim_exact"):  # checked once per loaded model
+            clip._trim_exact = self._trimming_is_exact()
+        self.trim_text = trim_text and clip._trim_exact
 
     def _trimming_is_exact(self) -> bool:
         """Use the cut-context text path only if it matches ``encode_text`` on this model."""

@@ -114,18 +114,22 @@ class Index:
         return self.backend(modality).search(q, k)
 
     def metadata(self, ids) -> list[dict]:
-        """Metadata rows for global ids (reads only the shards those ids live in)."""
+        """Metadata rows for global ids, in order (reads only the shards those ids live in)."""
         import pyarrow.parquet as pq
 
-        out = []
-        for gid in np.asarray(ids, dtype=np.int64).ravel().tolist():
-            sh = int(np.searchsorted(self.offsets, gid, side="right") - 1)
-            if gid < 0 or sh < 0 or gid >= self.offsets[sh] + self.shards[sh]["rows"]:
-                raise IndexError(f"id {gid} is not in this index")
-            if sh not in self._meta:
-                self._meta[sh] = pq.read_table(self.folder / self.shards[sh]["files"]["metadata"])
-            row = self._meta[sh].slice(gid - int(self.offsets[sh]), 1).to_pylist()[0]
-            out.append({"id": gid, **row})
+        flat = np.asarray(ids, dtype=np.int64).ravel()
+        sh = np.searchsorted(self.offsets, flat, side="right") - 1
+        ends = self.offsets + np.array([s["rows"] for s in self.shards], dtype=np.int64)
+        bad = (flat < 0) | (sh < 0) | (flat >= ends[np.clip(sh, 0, None)])
+        if bad.any():
+            raise IndexError(f"id {int(flat[bad][0])} is not in this index")
+        out: list = [None] * len(flat)
+        for k in np.unique(sh):
+            if k not in self._meta:
+                self._meta[k] = pq.read_table(self.folder / self.shards[k]["files"]["metadata"])
+            pos = np.flatnonzero(sh == k)
+            for p, row in zip(pos, self._meta[k].take(flat[pos] - self.offsets[k]).to_pylist()):
+                out[p] = {"id": int(flat[p]), **row}
         return out
 
     # ---- embeddings and biases -------------------------------------------------------------
