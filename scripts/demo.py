@@ -46,6 +46,21 @@ def main() -> int:
             print(f"\n> {q}")
             for r in results:
                 print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
+        q = QUERIES[0]
+        print(f"\n> {q}  (rerank nnn, exact over the whole corpus)")
+        for r in index.query(text=q, k=a.k, rerank="nnn")[0]:
+            print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
+        cifar = shared / "data" / "cifar10_test_1k"
+        if not a.corpus and cifar.is_dir():
+            from retrieval.classify import Classifier
+
+            classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+            paths = [cifar / c / "0000.jpg" for c in classes]
+            print("\nX-MoRe classification of CIFAR-10 test photos with the Flickr index as caption bank:")
+            for r in Classifier(index, classes).classify(paths):
+                print(f"  {Path(r.path).parent.name:>10} -> {r.label:<10} (image top: {r.image_top[0][0]}, "
+                      f"captions top: {r.caption_top[0][0]}, w_img {r.w_img:.2f}, w_cap {r.w_cap:.2f})")
+        print(f"\nnext: `retrieval serve {a.out}` (or `make serve`) and open http://127.0.0.1:8000/")
     except RetrievalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
