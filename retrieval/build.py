@@ -38,13 +38,16 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
+METADATA_ROW_GROUP = 4096  # small row groups: a query reads only the groups its results live in
+
+
 def _save_parquet(path: Path, rows: list[dict], schema) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=METADATA_ROW_GROUP)
 
 
 def _save_faiss(path: Path, index) -> None:

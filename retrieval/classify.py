@@ -141,6 +141,20 @@ class Classifier:
         pred = mix(p_img, caption_probs(top, self.class_emb, self.tau), method, normalise, means, stream)
         return pred, np.take_along_axis(ids, pos, 1)
 
+    def calibration_means(self, paths: Sequence[str | os.PathLike], batch_size: int = 64,
+                          errors: Optional[list] = None) -> tuple[float, float]:
+        """Mean image and caption confidences (α, β) over a calibration set, for ``means=``."""
+        from .xmore import confidence
+
+        embs = [e for _, e in self.embed_paths(paths, batch_size, errors=errors)]
+        if not embs:
+            raise ValueError("no calibration image could be read")
+        x = np.concatenate(embs)
+        caps, _ = self.neighbour_captions(x)
+        top, _ = select_captions(x, caps, self.captions)
+        return (float(confidence(image_probs(x, self.class_emb, self.tau)).mean()),
+                float(confidence(caption_probs(top, self.class_emb, self.tau)).mean()))
+
     def embed_paths(self, paths: Sequence[str | os.PathLike], batch_size: int = 64, progress: bool = False,
                     errors: Optional[list] = None) -> Iterator[tuple[list[str], np.ndarray]]:
         """(paths that loaded, embeddings) per batch; failures appended to ``errors`` as (path, reason)."""

@@ -237,9 +237,11 @@ def _with(options):
               help="xmore: entropy-weighted mix; image: zero-shot CLIP; caption: captions only; fixed: 0.5/0.5.")
 @click.option("--normalise", type=click.Choice(["batch", "stream"]), default="batch", show_default=True,
               help="Confidence weights divided by their means over the images (batch) or running sums (official stream).")
+@click.option("--calibration", "calibration", multiple=True, type=click.Path(),
+              help="Images or folders whose mean confidences normalise the weights (instead of the batch's).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (stderr).")
 def classify(index, images, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json,
-             method, normalise, progress):
+             method, normalise, calibration, progress):
     """Classify IMAGES (files or folders) with X-MoRe over INDEX's captions."""
     from .classify import expand_images
 
@@ -251,7 +253,15 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
     if not paths:
         raise click.UsageError("no images: give IMAGE_OR_FOLDER arguments or --labels FILE")
     errors: list = []
-    results = clf.classify(paths, method, normalise, batch_size, progress and not as_json, errors)
+    means = None
+    if calibration:
+        if normalise == "stream":
+            raise click.UsageError("--calibration applies to --normalise batch")
+        try:
+            means = clf.calibration_means(expand_images(calibration), batch_size, errors)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--calibration") from None
+    results = clf.classify(paths, method, normalise, batch_size, progress and not as_json, errors, means)
     truth = {str(p): lab for p, lab in zip(lab_paths or [], labels or [])}
     for p, why in errors:
         click.echo(f"skipped {p}: {why}", err=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +21,7 @@ from .models import ClipModel, describe, same_model
 
 MODALITIES = ("image", "text")
 AUGMENTED_CACHE = 4  # augmented index sets kept (one per modality x method; any α)
+META_CACHE = 256  # Parquet row groups kept in memory (4096 rows each for indexes built by this version)
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +65,9 @@ class Index:
                     faiss.ParameterSpace().set_index_parameters(idx, s["index"][mod]["params"])
                 self._faiss[mod].append(idx)
         self.offsets = np.array([s["offset"] for s in self.shards], dtype=np.int64)
-        self._meta: dict[int, object] = {}
+        self._meta: dict[int, tuple] = {}
+        self._groups: OrderedDict = OrderedDict()
+        self._meta_lock = threading.Lock()
         self._emb_cache: dict[str, list] = {}
         self._backends: dict[str, object] = {}
         self._augmented: dict[tuple, list] = {}
@@ -114,9 +119,8 @@ class Index:
         return self.backend(modality).search(q, k)
 
     def metadata(self, ids) -> list[dict]:
-        """Metadata rows for global ids, in order (reads only the shards those ids live in)."""
-        import pyarrow.parquet as pq
-
+        """Metadata rows for global ids, in order. Reads only the Parquet row groups holding them
+        (cached, at most ``META_CACHE`` groups), never whole shards."""
         flat = np.asarray(ids, dtype=np.int64).ravel()
         sh = np.searchsorted(self.offsets, flat, side="right") - 1
         ends = self.offsets + np.array([s["rows"] for s in self.shards], dtype=np.int64)
@@ -124,13 +128,39 @@ class Index:
         if bad.any():
             raise IndexError(f"id {int(flat[bad][0])} is not in this index")
         out: list = [None] * len(flat)
+        local = flat - self.offsets[sh]
         for k in np.unique(sh):
-            if k not in self._meta:
-                self._meta[k] = pq.read_table(self.folder / self.shards[k]["files"]["metadata"])
-            pos = np.flatnonzero(sh == k)
-            for p, row in zip(pos, self._meta[k].take(flat[pos] - self.offsets[k]).to_pylist()):
-                out[p] = {"id": int(flat[p]), **row}
+            starts = self._row_group_starts(int(k))
+            sel = np.flatnonzero(sh == k)
+            groups = np.searchsorted(starts, local[sel], side="right") - 1
+            for g in np.unique(groups):
+                pos = sel[groups == g]
+                table = self._row_group(int(k), int(g))
+                for p, row in zip(pos, table.take(local[pos] - starts[g]).to_pylist()):
+                    out[p] = {"id": int(flat[p]), **row}
         return out
+
+    def _row_group_starts(self, shard: int) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        with self._meta_lock:
+            if shard in self._meta:
+                return self._meta[shard][1]
+            pf = pq.ParquetFile(self.folder / self.shards[shard]["files"]["metadata"])
+            sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+            self._meta[shard] = (pf, np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
+        return self._meta[shard][1]
+
+    def _row_group(self, shard: int, group: int):
+        key = (shard, group)
+        with self._meta_lock:  # the cache and pyarrow's ParquetFile are shared across threads
+            if key in self._groups:
+                self._groups.move_to_end(key)
+                return self._groups[key]
+            while len(self._groups) >= META_CACHE:
+                self._groups.popitem(last=False)
+            self._groups[key] = self._meta[shard][0].read_row_group(group)
+            return self._groups[key]
 
     # ---- embeddings and biases -------------------------------------------------------------
     def _emb(self, modality: str) -> list[np.ndarray]:

@@ -148,3 +148,24 @@ def test_index_without_caption_embeddings_is_refused(tiny_clip, tmp_path):
     clf = Classifier(open_index(tmp_path / "idx", tiny_clip), ["cat", "dog"], neighbours=8, captions=4)
     with pytest.raises(IndexFolderError, match="no caption embeddings"):
         clf.predict(img[:2])
+
+
+def test_calibration_means_make_weights_independent_of_the_batch(flickr_index, tiny_clip, tmp_path):
+    paths, labels = read_labels(_subset(CIFAR, tmp_path, per_class=2))
+    clf = Classifier(open_index(flickr_index, tiny_clip), sorted(set(labels)), neighbours=32)
+    means = clf.calibration_means(paths[10:])
+    assert 0 < means[0] < 1 and 0 < means[1] < 1
+    alone = clf.classify(paths[:1], means=means)[0]
+    together = clf.classify(paths[:5], means=means)[0]
+    assert (alone.w_img, alone.w_cap) == (together.w_img, together.w_cap)
+    assert clf.classify(paths[:1])[0].w_img == 1.0        # batch of one without calibration: mean = itself
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    for i, p in enumerate(paths[10:14]):
+        (folder / f"{i}_{p.name}").write_bytes(p.read_bytes())
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(sorted(set(labels))))
+    r = CliRunner().invoke(main, ["classify", str(flickr_index), str(paths[0]), "--classes", str(classes),
+                                  "--calibration", str(folder), "--json", "--neighbours", "32"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["w_img"] != 1.0

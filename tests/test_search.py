@@ -195,3 +195,19 @@ def test_build_from_embeddings_round_trip(tmp_path):
         build_from_embeddings(tmp_path / "e", img, txt, {"arch": "synthetic"})
     with pytest.raises(ValueError, match="row-aligned"):
         build_from_embeddings(tmp_path / "f", img, txt[:10], {"arch": "synthetic"})
+
+
+def test_metadata_reads_only_the_row_groups_results_need(tmp_path):
+    from retrieval.build import METADATA_ROW_GROUP, build_from_embeddings
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10_000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = [{"key": f"k{i}", "image_path": f"{i}.jpg", "caption": f"caption {i}"} for i in range(len(x))]
+    build_from_embeddings(tmp_path / "idx", x, x, {"arch": "synthetic"}, rows, shard_size=10_000, bias_bank=None)
+    idx = open_index(tmp_path / "idx")
+    got = idx.metadata([5000, 4097, 9999, 5001])
+    assert [r["key"] for r in got] == ["k5000", "k4097", "k9999", "k5001"] and got[2]["id"] == 9999
+    assert set(idx._groups) == {(0, 5000 // METADATA_ROW_GROUP), (0, 9999 // METADATA_ROW_GROUP)}
+    with pytest.raises(IndexError, match="not in this index"):
+        idx.metadata([10_000])

@@ -230,3 +230,20 @@ def test_a_failing_request_does_not_fail_its_batch():
     b.close()
     assert out[:2] == [2, 4] and out[3] == 8 and isinstance(out[2], ValueError)
     assert b.batches >= 1 and not b._thread.is_alive()
+
+
+def test_a_slow_client_does_not_block_others(server):
+    """A client that sends half a request and stalls; meanwhile other requests are served promptly."""
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        body = json.dumps({"text": "a dog", "k": 3}).encode()
+        slow.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+        t = time.perf_counter()
+        for _ in range(5):
+            assert call(server, "POST", "/search", {"text": "a man on a bike", "k": 3})[0] == 200
+        assert time.perf_counter() - t < 10
+        slow.sendall(body[5:])                                   # the slow one still completes
+        assert b"200 OK" in slow.recv(65536).split(b"\r\n")[0]
+    finally:
+        slow.close()
