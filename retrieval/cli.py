@@ -37,7 +37,8 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
-    """CLIP retrieval engine: build sharded FAISS indexes over image-text corpora, inspect and search them."""
+    """CLIP retrieval engine: build sharded FAISS indexes over image-text corpora; search (clip, BSAP, BSAP-H,
+    NNN), classify with X-MoRe, evaluate, and serve them over HTTP."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

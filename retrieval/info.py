@@ -37,7 +37,19 @@ def index_info(folder: str | os.PathLike) -> dict:
     return {"path": str(folder), "complete": m.get("complete", False), "model": m["model"],
             "model_text": describe(m["model"]), "corpus": m["corpus"], "counts": m.get("counts", {}),
             "shards": shards, "total_bytes": sum(sum(s["bytes"].values()) for s in shards),
-            "reasons": dict(reasons.most_common()), "stats": m.get("stats", {}), "build": m.get("build", {})}
+            "reasons": dict(reasons.most_common()), "stats": m.get("stats", {}), "build": m.get("build", {}),
+            "bias": _bias_info(folder, m)}
+
+
+def _bias_info(folder: Path, m: dict) -> dict:
+    """The manifest's bias section plus how many augmented index files exist (non-Flat shards)."""
+    if "bias" not in m:
+        return {}
+    b = m["bias"]
+    need = 2 * sum(1 for s in m["shards"] if s["rows"] for mod in ("image", "text") if s["index"][mod]["key"] != "Flat")
+    have = len(list((folder / "bias").glob("aug_*.faiss")))
+    return {"bank": b.get("bank"), "bank_rows": b.get("bank_rows"), "nnn_k": b.get("nnn_k"), "tau": b.get("tau"),
+            "augmented_needed": need, "augmented_present": have}
 
 
 def _human(n: float) -> str:
@@ -65,6 +77,14 @@ def format_info(info: dict) -> str:
     if info["reasons"]:
         lines.append("skipped / repaired items (see errors.jsonl):")
         lines += [f"  {n:>7}  {r}" for r, n in info["reasons"].items()]
+    b = info.get("bias") or {}
+    if b:
+        aug = (f"{b['augmented_present']}/{b['augmented_needed']} augmented indexes for non-Flat shards"
+               if b["augmented_needed"] else "Flat shards: augmented in memory")
+        lines.append(f"bias      bank={b['bank']} ({(b.get('bank_rows') or {}).get('image')} prompts), "
+                     f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}; {aug}")
+    else:
+        lines.append("bias      none: run `retrieval bias INDEX` for exact BSAP/NNN search")
     st = info.get("stats") or {}
     if st.get("elapsed_s"):
         lines.append(f"build     {st['elapsed_s']:.1f} s, {st.get('rows_per_s') or 0:.1f} rows/s")

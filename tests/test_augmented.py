@@ -84,6 +84,9 @@ def test_ivf_index_folder_exact_search_through_stored_augmented_indexes(tmp_path
     build_from_embeddings(folder, x, t, {"arch": "synthetic", "logit_scale": 50.0}, shard_size=4000,
                           index_key="IVF32,Flat", recall_target=0.99)
     assert len(list((folder / "bias").glob("aug_*.faiss"))) == 3 * 2 * 2  # shards x methods x modalities
+    from retrieval.info import format_info, index_info
+
+    assert "12/12 augmented indexes" in format_info(index_info(folder))
     idx = open_index(folder, backend="faiss-cpu")
     q = _clustered(25, 16, 10)
     x = idx.embeddings(np.arange(len(idx)), "image")  # the stored fp16 vectors
