@@ -279,6 +279,8 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
     if truth and results:
         acc = sum(r.label == truth[r.path] for r in results) / len(results)
         click.echo(f"accuracy {acc:.4f} on {len(results)} images ({len(errors)} skipped)", err=True)
+    else:
+        click.echo(f"classified {len(results)} images ({len(errors)} skipped)", err=True)
     if not results:
         raise click.ClickException(f"none of the {len(paths)} images could be read")
 

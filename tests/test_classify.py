@@ -84,7 +84,7 @@ def test_cli_classify_folder_skips_a_corrupt_image(flickr_index, tmp_path):
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(lines) == 3 and {d["label"] for d in lines} <= {"airplane", "cat", "ship", "dog"}
     assert all(len(d["image_top3"]) == 3 and len(d["caption_top3"]) == 3 and "w_img" in d for d in lines)
-    assert "skipped" in r.stderr and "broken.jpg" in r.stderr
+    assert "skipped" in r.stderr and "broken.jpg" in r.stderr and "classified 3 images (1 skipped)" in r.stderr
     table = CliRunner().invoke(main, ["classify", str(flickr_index), str(folder / "airplane_0000.jpg"),
                                       "--classes", str(classes), "--method", "image", "--no-progress"])
     assert table.exit_code == 0 and "image:" in table.stdout and "->" in table.stdout
