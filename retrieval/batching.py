@@ -1,10 +1,11 @@
 """Micro-batching for the service: concurrent requests become one model forward and one search.
 
 ``MicroBatcher(fn)`` runs ``fn(items) -> results`` (same length, an Exception instance in place of a
-failed item's result) on a worker thread. The worker takes the first queued item, then waits at
-most ``max_wait_ms`` for more, up to ``max_batch``. Awaiting callers get their own result. When
-``fn`` raises for a whole batch, the batch is retried one item at a time, so one bad request fails
-alone and never takes its neighbours down.
+failed item's result) on a worker thread. The worker takes the first queued item and everything
+already queued, up to ``max_batch``; when the previous batch held more than one item (concurrent
+load) it also waits at most ``max_wait_ms`` for more, so a lone client never waits. Awaiting callers
+get their own result. When ``fn`` raises for a whole batch, the batch is retried one item at a
+time, so one bad request fails alone and never takes its neighbours down.
 """
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ GENERIC_PROMPTS = (
     "a photo taken outdoors.",
 )
 EMB_FILE = {"image": "img_emb", "text": "text_emb"}
-OTHER = {"image": "text", "text": "image"}
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
@@ -98,9 +97,9 @@ def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", 
                 _save(bias_dir / f"{method}_{modality}_{shard_name(s['id'])}.npy", per[method][-1])
         for method, offs in per.items():
             shifts[method][modality] = float(np.mean(np.concatenate(offs), dtype=np.float64))
-            if augmented:
-                for s, off in zip(shards, offs):
-                    _save_augmented(folder, s, modality, method, off, shifts[method][modality])
+        if augmented:
+            for i, s in enumerate(shards):
+                _save_augmented(folder, s, modality, {m: (per[m][i], shifts[m][modality]) for m in per})
     section = {"tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                "bank_texts": texts if bank in ("generic", "texts") else None, "nnn_k": nnn_k,
                "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()}, "seed": seed,
@@ -115,8 +114,9 @@ def augmented_path(folder: str | os.PathLike, method: str, modality: str, shard_
     return Path(folder) / "bias" / f"aug_{method}_{modality}_{shard_name(shard_id)}.faiss"
 
 
-def _save_augmented(folder: Path, shard: dict, modality: str, method: str, offsets: np.ndarray, shift: float) -> None:
-    """Write the augmented index of one non-Flat shard (atomic)."""
+def _save_augmented(folder: Path, shard: dict, modality: str, methods: dict[str, tuple[np.ndarray, float]]) -> None:
+    """Write the augmented index of one non-Flat shard per method ({method: (offsets, shift)}), atomically.
+    The shard's plain index and embeddings are read once for all methods."""
     import faiss
 
     from .augmented import build_augmented
@@ -126,9 +126,10 @@ def _save_augmented(folder: Path, shard: dict, modality: str, method: str, offse
         return
     plain = faiss.read_index(str(folder / shard["files"][f"{modality}_index"]))
     emb = np.load(folder / shard["files"][EMB_FILE[modality]], mmap_mode="r")
-    aug = build_augmented(plain, info["key"], emb, offsets, shift, seed=shard["id"])
-    with atomic_path(augmented_path(folder, method, modality, shard["id"])) as tmp:
-        faiss.write_index(aug, str(tmp))
+    for method, (offsets, shift) in methods.items():
+        aug = build_augmented(plain, info["key"], emb, offsets, shift, seed=shard["id"])
+        with atomic_path(augmented_path(folder, method, modality, shard["id"])) as tmp:
+            faiss.write_index(aug, str(tmp))
 
 
 def load_bias(folder: str | os.PathLike, manifest: dict, method: str, modality: str) -> list[np.ndarray]:

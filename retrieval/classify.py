@@ -128,18 +128,26 @@ class Classifier:
             raise IndexFolderError(f"{self.index.folder} has no caption embeddings; X-MoRe needs a captioned index")
         return caps, ids
 
+    def image_probs(self, images: np.ndarray) -> np.ndarray:
+        """p_img [n, C]: CLIP's zero-shot class distribution of image embeddings [n, d]."""
+        return image_probs(images, self.class_emb, self.tau)
+
+    def caption_probs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p_cap [n, C], neighbour ids whose captions were used [n, K]) for image embeddings [n, d]."""
+        caps, ids = self.neighbour_captions(images)
+        top, pos = select_captions(images, caps, self.captions)
+        return caption_probs(top, self.class_emb, self.tau), np.take_along_axis(ids, pos, 1)
+
     def predict(self, images: np.ndarray, method: str = "xmore", normalise: str = "batch",
                 means: Optional[tuple[float, float]] = None, stream: Optional[StreamNormaliser] = None
                 ) -> tuple[Prediction, np.ndarray]:
         """X-MoRe on image embeddings [n, d]: (prediction, neighbour ids used [n, K])."""
         images = np.atleast_2d(np.asarray(images, np.float32))
-        p_img = image_probs(images, self.class_emb, self.tau)
+        p_img = self.image_probs(images)
         if method == "image":
             return mix(p_img, p_img, "image"), np.zeros((len(images), 0), np.int64)
-        caps, ids = self.neighbour_captions(images)
-        top, pos = select_captions(images, caps, self.captions)
-        pred = mix(p_img, caption_probs(top, self.class_emb, self.tau), method, normalise, means, stream)
-        return pred, np.take_along_axis(ids, pos, 1)
+        p_cap, used = self.caption_probs(images)
+        return mix(p_img, p_cap, method, normalise, means, stream), used
 
     def calibration_means(self, paths: Sequence[str | os.PathLike], batch_size: int = 64,
                           errors: Optional[list] = None) -> tuple[float, float]:
@@ -150,10 +158,7 @@ class Classifier:
         if not embs:
             raise ValueError("no calibration image could be read")
         x = np.concatenate(embs)
-        caps, _ = self.neighbour_captions(x)
-        top, _ = select_captions(x, caps, self.captions)
-        return (float(confidence(image_probs(x, self.class_emb, self.tau)).mean()),
-                float(confidence(caption_probs(top, self.class_emb, self.tau)).mean()))
+        return float(confidence(self.image_probs(x)).mean()), float(confidence(self.caption_probs(x)[0]).mean())
 
     def embed_paths(self, paths: Sequence[str | os.PathLike], batch_size: int = 64, progress: bool = False,
                     errors: Optional[list] = None) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -8,7 +8,7 @@ which is what makes a killed build resumable from an input position.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import numpy as np
 import torch

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .rerank import METHODS as RERANK_METHODS
-from .xmore import StreamNormaliser, caption_probs, image_probs, mix, select_captions
+from .xmore import StreamNormaliser, mix
 
 CLASSIFY_ROWS = (("zero-shot CLIP (image only)", "image", "batch"), ("captions only", "caption", "batch"),
                  ("fixed 0.5/0.5", "fixed", "batch"), ("X-MoRe (batch-mean weights)", "xmore", "batch"),
@@ -71,12 +71,10 @@ def eval_classification(classifier, paths: Sequence, labels: Sequence[str], batc
     y = np.array([index[label_of[p]] for p in got])
     t_embed = time.perf_counter() - t0
     t = time.perf_counter()
-    p_img = image_probs(x, classifier.class_emb, classifier.tau)
+    p_img = classifier.image_probs(x)
     t_zero = time.perf_counter() - t
     t = time.perf_counter()
-    caps, _ = classifier.neighbour_captions(x)
-    top, _ = select_captions(x, caps, classifier.captions)
-    p_cap = caption_probs(top, classifier.class_emb, classifier.tau)
+    p_cap, _ = classifier.caption_probs(x)
     t_retr = time.perf_counter() - t
     order = np.random.default_rng(seed).permutation(len(x))  # the stream variant sees a seeded order
     rows = []

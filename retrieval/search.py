@@ -212,9 +212,12 @@ class Index:
             return merge_topk(parts, self.offsets, k)
         from .augmented import augment_query
 
-        shift = float(self.manifest["bias"].get("shift", {}).get(method, {}).get(modality, 0.0))
         s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.offsets)
-        return s - np.float32(scale * shift), ids
+        return s - np.float32(scale * self._shift(method, modality)), ids
+
+    def _shift(self, method: str, modality: str) -> float:
+        """The constant subtracted from the stored offsets in the augmented indexes (0 for older folders)."""
+        return float(self.manifest["bias"].get("shift", {}).get(method, {}).get(modality, 0.0))
 
     def _augmented_indexes(self, modality: str, method: str, offsets: list[np.ndarray]) -> Optional[list]:
         """Per-shard bias-augmented indexes (stored ones for non-Flat shards, in-memory Flat ones)."""
@@ -226,7 +229,16 @@ class Index:
         key = (modality, method)
         if key in self._augmented:
             return self._augmented[key]
-        shift = float(self.manifest["bias"].get("shift", {}).get(method, {}).get(modality, 0.0))
+        while len(self._augmented) >= AUGMENTED_CACHE:  # bounded: Flat copies hold N x (d+1) floats
+            self._augmented.pop(next(iter(self._augmented)))
+        missing = [s["id"] for s in self.shards if s["index"][modality]["key"] != "Flat"
+                   and not augmented_path(self.folder, method, modality, s["id"]).exists()]
+        if missing:  # remembered, so the warning and this check happen once per method and modality
+            log.warning("%s: no augmented index for shard(s) %s (re-run `retrieval bias`); "
+                        "exact %s search falls back to a numpy scan", self.folder, missing, method)
+            self._augmented[key] = None
+            return None
+        shift = self._shift(method, modality)
         out = []
         for s, emb, off, plain in zip(self.shards, self._emb(modality), offsets, self._faiss[modality]):
             info = s["index"][modality]
@@ -234,18 +246,12 @@ class Index:
                 out.append(build_augmented(plain, "Flat", emb, off, shift))
                 continue
             path = augmented_path(self.folder, method, modality, s["id"])
-            if not path.exists():
-                log.warning("%s: no augmented index for shard %s (re-run `retrieval bias`); "
-                            "exact %s search falls back to a numpy scan", self.folder, s["id"], method)
-                return None
             ix = faiss.read_index(str(path), _read_flag(info["key"], self._mmap))
             if ix.ntotal != s["rows"]:
                 raise IndexFolderError(f"{path} holds {ix.ntotal} vectors, shard has {s['rows']}")
             if info["params"]:
                 faiss.ParameterSpace().set_index_parameters(ix, info["params"])
             out.append(ix)
-        while len(self._augmented) >= AUGMENTED_CACHE:  # bounded: Flat copies hold N x (d+1) floats
-            self._augmented.pop(next(iter(self._augmented)))
         self._augmented[key] = out
         return out
 

@@ -13,7 +13,7 @@ import binascii
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -177,5 +177,3 @@ def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max
 
     return build_app(Service(indexes, max_batch, max_wait_ms), max_body)
 
-
-SearchTarget = Literal["image", "text"]

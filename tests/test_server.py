@@ -9,7 +9,6 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
 from .conftest import FLICKR, SHARED, make_image
