@@ -1,34 +1,39 @@
 """CLIP retrieval engine: sharded FAISS indexes over image-text corpora.
 
-Public API (factory functions, numpy in and out):
+Public API (stable; factory functions, numpy in and out):
 
-- :func:`build_index` — corpus -> index folder (resumable)
-- :func:`load_model` — open_clip model from a hub tag or local checkpoint
-- :func:`open_corpus` — streaming reader for a folder / manifest / WebDataset tars
-- :func:`index_info` — summary of an index folder
-- :func:`choose_index_key` — the faiss index rule (pure)
+- :func:`build_index` — corpus -> index folder (resumable), with the bias offsets
+- :func:`build_from_embeddings` — precomputed, row-aligned embeddings -> index folder
 - :func:`open_index` — open an index folder for search (``Index.query`` / ``Index.search``)
-- :class:`Classifier` — X-MoRe classification over an index
-- :func:`create_app` — the HTTP service (``retrieval.server``; needs fastapi)
+- :func:`load_model` — open_clip model from a hub tag or local checkpoint
+- :func:`index_info` — summary of an index folder
+- :func:`open_corpus` — streaming reader for a folder / manifest / WebDataset tars
+- :func:`choose_index_key` — the faiss index rule (pure)
+- :class:`Classifier` — X-MoRe classification over an index; :mod:`xmore` — its math
+- :func:`create_app` — the HTTP service (needs fastapi)
+- the errors: :class:`RetrievalError` and its subclasses
+
+The packages behind it follow the data path (see ARCHITECTURE.md): corpus -> embed -> store ->
+methods -> ops / query -> classify -> serve, cli.
 """
-from .build import build_index
-from .errors import CorpusError, IndexFolderError, ModelLoadError, RetrievalError
-from .index_factory import choose_index_key
-from .info import index_info
-from .models import load_model
-from .readers import open_corpus
-from .search import open_index
 from .classify import Classifier
+from .corpus import open_corpus
+from .embed import load_model
+from .errors import CorpusError, IndexFolderError, ModelLoadError, RetrievalError
+from .methods import xmore
+from .ops import build_from_embeddings, build_index
+from .query import Index, open_index
+from .store import choose_index_key, index_info
 
 
 def create_app(*args, **kwargs):
-    """The FastAPI app over opened indexes (see :func:`retrieval.server.create_app`)."""
-    from .server import create_app as _create
+    """The FastAPI app over opened indexes (see :func:`retrieval.serve.create_app`)."""
+    from .serve import create_app as _create
 
     return _create(*args, **kwargs)
 
 
-__all__ = ["build_index", "load_model", "open_corpus", "index_info", "choose_index_key", "open_index", "Classifier",
-           "create_app",
+__all__ = ["build_index", "build_from_embeddings", "open_index", "Index", "load_model", "index_info", "open_corpus",
+           "choose_index_key", "Classifier", "xmore", "create_app",
            "RetrievalError", "CorpusError", "IndexFolderError", "ModelLoadError"]
 __version__ = "0.1.0"

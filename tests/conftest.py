@@ -19,7 +19,7 @@ needs_shared = pytest.mark.skipif(not TINY.is_dir() or not FLICKR.is_dir(), reas
 def tiny_clip():
     if not TINY.is_dir():
         pytest.skip("../shared/models/tiny-clip-mix not present")
-    from retrieval.models import load_model
+    from retrieval import load_model
 
     return load_model(str(TINY), device="cpu")
 
@@ -29,7 +29,7 @@ def flickr_index(tmp_path_factory, tiny_clip):
     """The Flickr 1k fixture indexed with the tiny model in 4 shards (300 rows each, last 100)."""
     if not FLICKR.is_dir():
         pytest.skip("../shared/data/flickr8k_1k not present")
-    from retrieval.build import build_index
+    from retrieval import build_index
 
     out = tmp_path_factory.mktemp("flickr") / "idx"
     build_index(FLICKR / "captions.csv", out, image_root=str(FLICKR / "images"), shard_size=300,

@@ -1,0 +1,89 @@
+"""``retrieval build``, ``info`` and ``bias``: write and inspect index folders."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, parse_size
+
+
+@click.command()
+@click.argument("corpus", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Index folder to write (e.g. indexes/NAME); re-run to resume.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="open_clip arch, 'local-dir:FOLDER', or a folder holding open_clip_config.json.")
+@click.option("--pretrained", default=DEFAULT_PRETRAINED, show_default=True,
+              help="Pretrained tag (hub), a local .safetensors/.pt file, or 'random'. Ignored for local folders.")
+@click.option("--batch-size", default=64, show_default=True, help="Images per model forward.")
+@click.option("--shard-size", default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
+@click.option("--index-key", default=None, help="faiss factory string for every shard (default: chosen per shard).")
+@click.option("--memory-budget", default="4GB", show_default=True, help="Memory budget of one shard's index, e.g. 4GB.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True,
+              help="DataLoader workers that read and decode images (0 = in the main process).")
+@click.option("--image-root", default=None, type=click.Path(), help="Manifest only: folder its image paths are relative to.")
+@click.option("--image-column", default=None, help="Manifest only: image-path column (auto-detected).")
+@click.option("--caption-column", default=None, help="Manifest only: caption column (auto-detected).")
+@click.option("--key-column", default=None, help="Manifest only: unique key column (default: 'key' if present, else the image path).")
+@click.option("--max-pixels", default=89_478_485, show_default=True, help="Skip images with more pixels (decompression bombs).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, memory_budget, device, workers,
+          image_root, image_column, caption_column, key_column, max_pixels, quiet):
+    """Embed CORPUS with open_clip and write a sharded index folder.
+
+    CORPUS is a folder of images with same-stem .txt captions (and optional .json metadata), a
+    .parquet/.csv/.tsv manifest (image-path + caption columns), a WebDataset .tar, or a folder of .tar.
+    """
+    from ..ops import build_index
+
+    if batch_size <= 0 or shard_size <= 0:
+        raise click.BadParameter("--batch-size and --shard-size must be positive")
+    try:
+        budget = parse_size(memory_budget)
+    except ValueError:
+        raise click.BadParameter(f"{memory_budget!r} is not a size such as 4GB or 512MB",
+                                 param_hint="--memory-budget") from None
+    m = build_index(corpus, out, model, pretrained, batch_size=batch_size, shard_size=shard_size,
+                    index_key=index_key, memory_budget=budget, device=device, workers=workers,
+                    image_root=image_root, image_column=image_column, caption_column=caption_column,
+                    key_column=key_column, max_pixels=max_pixels, progress=not quiet)
+    c, st = m["counts"], m.get("stats", {})
+    click.echo(f"built {c['rows']} items in {len(m['shards'])} shards from {c['inputs']} inputs "
+               f"(skipped {c['skipped']}, repaired {c['repaired']}) in {st.get('elapsed_s', 0):.1f} s "
+               f"[{st.get('rows_per_s') or 0:.1f} items/s] -> {out}")
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(index, as_json):
+    """Show an index folder: counts, model, shards, index types, sizes, skipped items."""
+    from ..store import format_info, index_info
+
+    data = index_info(index)
+    click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.option("--bank", type=click.Choice(["generic", "corpus", "texts"]), default="generic", show_default=True,
+              help="BSAP auxiliary prompts: built-in list, sampled corpus captions, or --text values.")
+@click.option("--text", "texts", multiple=True, help="An auxiliary prompt (repeatable; with --bank texts).")
+@click.option("--bank-size", default=64, show_default=True, help="Sampled rows for --bank corpus.")
+@click.option("--nnn-k", default=128, show_default=True, help="NNN: top-k reference similarities averaged.")
+@click.option("--ref-size", default=4096, show_default=True, help="NNN: reference queries sampled from the corpus.")
+def bias(index, bank, texts, bank_size, nnn_k, ref_size):
+    """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding)."""
+    from ..ops import compute_biases
+    from ..store.manifest import recorded_model
+
+    clip = recorded_model(index) if bank in ("generic", "texts") else None
+    try:
+        sec = compute_biases(index, clip, bank=bank, bank_texts=list(texts), bank_size=bank_size, nnn_k=nnn_k,
+                             ref_size=ref_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    click.echo(f"bias/ recomputed in {sec['seconds']:.1f} s: bank={sec['bank']} ({sec['bank_rows']['image']} prompts), "
+               f"nnn_k={sec['nnn_k']}, tau={sec['tau']:.2f}")

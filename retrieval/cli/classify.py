@@ -1,0 +1,141 @@
+"""``retrieval classify`` and ``retrieval eval``."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import with_options
+
+
+def _classifier(index: str, classes_file, labels_file, templates, neighbours: int, captions: int):
+    """(Classifier, labelled paths or None, labels or None) from the CLI options."""
+    from ..classify import Classifier, check_classes, read_classes, read_labels
+    from ..query import open_index
+
+    try:
+        paths = labels = None
+        if labels_file:
+            paths, labels = read_labels(labels_file)
+        if classes_file:
+            classes = read_classes(classes_file)
+        elif labels is not None:
+            classes = check_classes(sorted(set(labels)))
+        else:
+            raise click.UsageError("give --classes FILE or --labels FILE")
+        if labels is not None:
+            unknown = sorted(set(labels) - set(classes))
+            if unknown:
+                raise ValueError(f"labels not among the classes: {', '.join(unknown[:5])}")
+        clf = Classifier(open_index(index, "auto"), classes, templates or ("a photo of a {}.",),
+                         neighbours=neighbours, captions=captions)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return clf, paths, labels
+
+
+_CLASSIFY_OPTIONS = [
+    click.option("--classes", "classes_file", type=click.Path(), help="Class names, one per line."),
+    click.option("--labels", "labels_file", type=click.Path(),
+                 help="CSV with path,label (paths relative to it); its images and labels (classes = its labels "
+                      "unless --classes)."),
+    click.option("--template", "templates", multiple=True,
+                 help="Prompt template with {} (repeatable; averaged). Default: 'a photo of a {}.'"),
+    click.option("--neighbours", default=128, show_default=True, help="R: image neighbours retrieved per image."),
+    click.option("--captions", default=16, show_default=True, help="K: their captions kept (most similar to the image)."),
+    click.option("--batch-size", default=64, show_default=True, help="Images per model forward."),
+    click.option("--json", "as_json", is_flag=True, help="JSON instead of a table."),
+]
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
+@with_options(_CLASSIFY_OPTIONS)
+@click.option("--method", type=click.Choice(["xmore", "image", "caption", "fixed"]), default="xmore", show_default=True,
+              help="xmore: entropy-weighted mix; image: zero-shot CLIP; caption: captions only; fixed: 0.5/0.5.")
+@click.option("--normalise", type=click.Choice(["batch", "stream"]), default="batch", show_default=True,
+              help="Confidence weights divided by their means over the images (batch) or running sums (official stream).")
+@click.option("--calibration", "calibration", multiple=True, type=click.Path(),
+              help="Images or folders whose mean confidences normalise the weights (instead of the batch's).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (stderr).")
+def classify(index, images, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json,
+             method, normalise, calibration, progress):
+    """Classify IMAGES (files or folders) with X-MoRe over INDEX's captions."""
+    from ..classify import expand_images
+
+    clf, lab_paths, labels = _classifier(index, classes_file, labels_file, templates, neighbours, captions)
+    try:
+        paths = expand_images(images) if images else lab_paths
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="IMAGES") from None
+    if not paths:
+        raise click.UsageError("no images: give IMAGE_OR_FOLDER arguments or --labels FILE")
+    errors: list = []
+    means = None
+    if calibration:
+        if normalise == "stream":
+            raise click.UsageError("--calibration applies to --normalise batch")
+        try:
+            means = clf.calibration_means(expand_images(calibration), batch_size, errors)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--calibration") from None
+    results = clf.classify(paths, method, normalise, batch_size, progress and not as_json, errors, means)
+    truth = {str(p): lab for p, lab in zip(lab_paths or [], labels or [])}
+    for p, why in errors:
+        click.echo(f"skipped {p}: {why}", err=True)
+    if as_json:
+        for r in results:
+            click.echo(json.dumps({**r.as_dict(), **({"truth": truth[r.path]} if r.path in truth else {})}, ensure_ascii=False))
+    else:
+        top = lambda t: ", ".join(f"{c} {p:.2f}" for c, p in t)  # noqa: E731
+        for r in results:
+            click.echo(f"{r.path}\n  -> {r.label}  (w_img {r.w_img:.2f}, w_cap {r.w_cap:.2f})"
+                       + (f"  truth {truth[r.path]}" if r.path in truth else "")
+                       + f"\n     image: {top(r.image_top)}"
+                       + (f"\n     captions: {top(r.caption_top)}" if r.caption_top else ""))
+    if truth and results:
+        acc = sum(r.label == truth[r.path] for r in results) / len(results)
+        click.echo(f"accuracy {acc:.4f} on {len(results)} images ({len(errors)} skipped)", err=True)
+    else:
+        click.echo(f"classified {len(results)} images ({len(errors)} skipped)", err=True)
+    if not results:
+        raise click.ClickException(f"none of the {len(paths)} images could be read")
+
+
+@click.command(name="eval")
+@click.argument("index", type=click.Path())
+@with_options(_CLASSIFY_OPTIONS)
+@click.option("--max-queries", type=int, default=None, help="Retrieval: a seeded sample of this many rows (default all).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the query sample and of the stream order.")
+@click.option("--no-retrieval", is_flag=True, help="Skip the retrieval table.")
+def evaluate(index, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json, max_queries,
+             seed, no_retrieval):
+    """Measure INDEX: retrieval recall per rerank method; with --labels, zero-shot vs X-MoRe accuracy."""
+    from ..classify import eval_classification, eval_retrieval, format_table
+    from ..query import open_index
+
+    out: dict = {}
+    if not no_retrieval:
+        idx = open_index(index, "auto")
+        out["retrieval"] = eval_retrieval(idx, max_queries=max_queries, seed=seed)
+    if labels_file:
+        clf, paths, labels = _classifier(index, classes_file, labels_file, templates, neighbours, captions)
+        try:
+            out["classification"], out["classification_summary"] = eval_classification(
+                clf, paths, labels, batch_size, progress=not as_json, seed=seed)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    elif classes_file:
+        raise click.UsageError("--classes needs --labels (the labelled images to classify)")
+    if not out:
+        raise click.UsageError("nothing to do: drop --no-retrieval or give --labels")
+    if as_json:
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    if "retrieval" in out:
+        click.echo(format_table(out["retrieval"], f"Retrieval recall on {index} (own image-caption pairs)"))
+    if "classification" in out:
+        s = out["classification_summary"]
+        click.echo(format_table(out["classification"], f"\nClassification of {s['images']} images "
+                                f"({s['skipped']} skipped), {s['classes']} classes, R={s['neighbours']}, K={s['captions']}"))

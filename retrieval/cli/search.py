@@ -1,0 +1,52 @@
+"""``retrieval search``: query an index from the command line."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.argument("text", required=False)
+@click.option("--image", "image", type=click.Path(), help="Search with an image file instead of text.")
+@click.option("--k", default=20, show_default=True, help="Results per query.")
+@click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
+              help="Search among the corpus images or its captions.")
+@click.option("--rerank", type=click.Choice(["clip", "bsap", "hybrid", "nnn"]), default="clip", show_default=True,
+              help="clip cosine; bsap/nnn exact over the whole corpus; hybrid over --candidates.")
+@click.option("--candidates", type=int, default=None, help="Rerank CLIP's top N instead of searching exactly.")
+@click.option("--lam", default=0.5, show_default=True, help="BSAP-H weight of the CLIP softmax.")
+@click.option("--alpha", default=0.75, show_default=True, help="NNN bias weight.")
+@click.option("--backend", type=click.Choice(["auto", "faiss-cpu", "faiss-gpu", "torch"]), default="auto",
+              show_default=True, help="auto: faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, as_json):
+    """Search INDEX with TEXT (or --image PATH) and print the top-k rows."""
+    from ..query import open_index
+
+    if (text is None) == (image is None):
+        raise click.UsageError("give a TEXT or --image PATH (one of them)")
+    if k <= 0:
+        raise click.BadParameter("must be positive", param_hint="--k")
+    if text is not None and not text.strip():
+        raise click.BadParameter("the query text is empty", param_hint="TEXT")
+    if image is not None and not os.path.isfile(image):
+        raise click.BadParameter(f"{image} is not a file", param_hint="--image")
+    try:
+        idx = open_index(index, "auto", backend=backend)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--backend") from None
+    try:
+        rows = idx.query(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates,
+                         lam=lam, alpha=alpha)[0]
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False, default=str))
+        return
+    click.echo(f"{'rank':>4}  {'score':>8}  {'id':>7}  {'key':<30}  caption")
+    for i, r in enumerate(rows, 1):
+        click.echo(f"{i:>4}  {r['score']:8.4f}  {r['id']:>7}  {str(r['key'])[:30]:<30}  {str(r['caption'])[:80]}")

@@ -1,0 +1,84 @@
+"""The reader interface: :class:`Entry` records and the :class:`CorpusReader` base class.
+
+Every reader yields :class:`Entry` objects in a deterministic order, one per input item, each with
+its input position. ``entries(want)`` loads an item's payload (image bytes/path, caption) only
+where ``want(pos)`` is true, so DataLoader workers can all walk the cheap listing and each load
+only the items it owns. Nothing holds the corpus in memory.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Union
+
+import pyarrow as pa
+
+from .images import decode_text
+
+Want = Callable[[int], bool]
+BASE_FIELDS = [pa.field("key", pa.string()), pa.field("image_path", pa.string()), pa.field("caption", pa.string())]
+
+
+@dataclass
+class Entry:
+    """One input item. ``image`` is a filesystem path or raw bytes; None when not loaded."""
+
+    pos: int
+    key: str
+    image_path: str = ""
+    image: Union[str, bytes, None] = None
+    caption: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+    repairs: list = field(default_factory=list)
+    error: Optional[tuple] = None  # (stage, reason)
+
+
+class CorpusReader:
+    kind = "abstract"
+    extra_schema: pa.Schema = pa.schema([])
+
+    def _entries(self, want: Want) -> Iterator[Entry]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def entries(self, want: Want = lambda pos: True) -> Iterator[Entry]:
+        """All entries in order; duplicate keys after the first are marked as errors."""
+        seen: set[str] = set()
+        for e in self._entries(want):
+            if e.key in seen:
+                e.error = ("reader", f"duplicate key {e.key!r}")
+                e.image = None
+            else:
+                seen.add(e.key)
+            yield e
+
+    @property
+    def metadata_schema(self) -> pa.Schema:
+        return pa.schema(BASE_FIELDS + list(self.extra_schema))
+
+
+def read_caption_file(path: str) -> tuple[Optional[str], list[str]]:
+    try:
+        with open(path, "rb") as f:
+            return decode_text(f.read())
+    except FileNotFoundError:
+        return None, []
+
+
+def json_text(data: Optional[bytes], repairs: list) -> Optional[str]:
+    if data is None:
+        return None
+    try:
+        return json.dumps(json.loads(data.decode("utf-8", errors="replace")), ensure_ascii=False, sort_keys=True)
+    except ValueError:
+        repairs.append("metadata .json is not valid JSON; dropped")
+        return None
+
+
+def finish_entry(e: Entry, caption: Optional[str]) -> Entry:
+    e.caption = caption
+    if caption is None and e.error is None:
+        e.error = ("caption", "missing or empty caption")
+    return e

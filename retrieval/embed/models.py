@@ -1,0 +1,183 @@
+"""Load an open_clip model from a hub tag or a local checkpoint, with a stable identity.
+
+Accepted forms (``load_model(model, pretrained)``):
+- ``("ViT-B-32", "laion2b_s34b_b79k")``: an open_clip arch and pretrained tag (hub, needs network
+  or a warm cache);
+- ``("local-dir:PATH", None)`` or just a folder holding ``open_clip_config.json``: open_clip's
+  local folder scheme (config + weights, no network);
+- ``("ViT-B-32", "/path/weights.safetensors" | "/path/weights.pt")``: arch + a local file, ``.pt``
+  read with ``torch.load(weights_only=True)``;
+- ``("ViT-B-32", "random")``: random init (seeded), for benchmarks and tests only.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import ModelLoadError
+
+RANDOM = "random"
+_WEIGHT_NAMES = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
+    "open_clip_pytorch_model.bin", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+
+
+@dataclass
+class ClipModel:
+    """A loaded CLIP: the torch module, its transforms and tokenizer, and its identity."""
+
+    model: Any
+    preprocess: Callable
+    tokenizer: Callable
+    device: str
+    dtype: Any
+    identity: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.identity["embed_dim"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.identity["logit_scale"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.identity["context_length"])
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but torch sees no CUDA GPU")
+    return device
+
+
+def _normalise_spec(model: str, pretrained: Optional[str]) -> tuple[str, Optional[str]]:
+    """Turn a bare folder into open_clip's ``local-dir:`` scheme."""
+    if not model.startswith(("local-dir:", "hf-hub:")) and os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "open_clip_config.json")):
+            raise ModelLoadError(f"model folder {model} has no open_clip_config.json")
+        model = "local-dir:" + model
+    if model.startswith("local-dir:"):
+        folder = model[len("local-dir:"):]
+        model = "local-dir:" + os.path.abspath(folder)
+        pretrained = None
+    return model, pretrained
+
+
+def _weights_file(model: str, pretrained: Optional[str]) -> Optional[str]:
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):])
+        for name in _WEIGHT_NAMES:
+            if (folder / name).is_file():
+                return str(folder / name)
+        found = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt*"))
+        if not found:
+            raise ModelLoadError(f"model folder {folder} holds no weights file (*.safetensors, *.bin, *.pt)")
+        return str(found[0])
+    if pretrained and pretrained != RANDOM and (os.sep in pretrained or os.path.splitext(pretrained)[1]):
+        if not os.path.isfile(pretrained):
+            raise ModelLoadError(f"checkpoint file not found: {pretrained}")
+        return os.path.abspath(pretrained)
+    return None
+
+
+def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34b_b79k",
+               device: str = "auto", precision: Optional[str] = None, seed: int = 0) -> ClipModel:
+    """Load a CLIP for inference; fail fast with a one-line :class:`ModelLoadError`.
+
+    ``precision`` defaults to fp16 on CUDA and fp32 on CPU.
+    """
+    import torch
+
+    from .._compat import import_open_clip
+
+    open_clip = import_open_clip()
+    device = resolve_device(device)
+    precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
+    model, pretrained = _normalise_spec(model, pretrained)
+    weights = _weights_file(model, pretrained)
+    is_local = model.startswith("local-dir:")
+    arch = model
+    if not is_local and arch not in open_clip.list_models():
+        raise ModelLoadError(f"unknown open_clip model {arch!r} (see open_clip.list_models())")
+    if not is_local and pretrained not in (None, RANDOM) and weights is None:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {arch}; known: {', '.join(tags) or 'none'}")
+    torch.manual_seed(seed)
+    logging.disable(logging.ERROR)  # open_clip logs its failures itself; ours is the one line below
+    try:
+        net, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=None if pretrained == RANDOM else pretrained,
+            precision=precision, device=device, weights_only=True)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as e:  # hub errors, bad checkpoints, shape mismatches: one clear line
+        what = weights or (f"{arch} / {pretrained}" if pretrained else arch)
+        hint = ""
+        if weights is None and pretrained not in (None, RANDOM) and not is_local:
+            hint = " (hub weights need network or a warm cache; pass a local file with --pretrained PATH)"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load model {what}: {msg[:300]}{hint}") from None
+    finally:
+        logging.disable(logging.NOTSET)
+    net.eval()
+    cfg_dim = getattr(net, "embed_dim", None)
+    if cfg_dim is None:
+        with torch.no_grad():
+            cfg_dim = int(net.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+    image_size = getattr(getattr(net, "visual", None), "image_size", None)
+    identity = {
+        "arch": arch,
+        "pretrained": pretrained,
+        "weights_path": weights,
+        "weights_sha256": sha256_file(weights) if weights else None,
+        "embed_dim": int(cfg_dim),
+        "logit_scale": float(net.logit_scale.exp().item()),
+        "context_length": int(getattr(tokenizer, "context_length", 77) or 77),
+        "image_size": list(image_size) if isinstance(image_size, (tuple, list)) else image_size,
+        "open_clip_version": getattr(open_clip, "__version__", None),
+    }
+    if pretrained == RANDOM:
+        identity["seed"] = seed
+    return ClipModel(net, preprocess, tokenizer, device, next(net.parameters()).dtype, identity)
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Whether two identities describe the same weights (sha256 when known, else arch+tag)."""
+    if a.get("weights_sha256") or b.get("weights_sha256"):
+        return a.get("weights_sha256") == b.get("weights_sha256")
+    keys = ("arch", "pretrained", "embed_dim") + (("seed",) if a.get("pretrained") == RANDOM else ())
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def describe(identity: dict) -> str:
+    w = identity.get("weights_path") or identity.get("pretrained") or "?"
+    sha = identity.get("weights_sha256")
+    return f"{identity.get('arch')} [{w}{' sha256:' + sha[:12] if sha else ''}] dim={identity.get('embed_dim')}"
+
+
+def load_recorded_model(identity: dict, device: str = "auto") -> ClipModel:
+    """Load the model an index records in its manifest (its ``model`` identity)."""
+    arch = identity.get("arch") or ""
+    if arch.startswith("local-dir:"):
+        return load_model(arch, device=device)
+    return load_model(arch, identity.get("weights_path") or identity.get("pretrained"), device=device,
+                      seed=identity.get("seed", 0))

@@ -1,0 +1,128 @@
+"""Embedding pipeline: DataLoader workers read, decode, preprocess and tokenize; the model encodes.
+
+Input positions are cut into batches of ``batch_size`` positions; worker ``w`` of ``W`` owns the
+batches ``b`` with ``b % W == w`` and loads only their payloads. Each batch carries its index, and
+the consumer re-orders them, so the output order is the corpus order whatever the scheduling —
+which is what makes a killed build resumable from an input position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..corpus import CorpusReader
+from ..corpus.images import DEFAULT_MAX_PIXELS, decode_image
+from ..errors import ItemError
+
+
+@dataclass
+class Batch:
+    index: int
+    first_pos: int
+    end_pos: int  # one past the last input position the batch covers
+    images: object = None  # float tensor [n, 3, H, W] (None when n == 0)
+    tokens: object = None  # long tensor [n, ctx]
+    rows: list = field(default_factory=list)  # metadata dicts, row-aligned with images/tokens
+    errors: list = field(default_factory=list)  # {"pos","key","path","stage","reason","action"}
+
+
+def _err(e, stage: str, reason: str, action: str = "skipped") -> dict:
+    return {"pos": e.pos, "key": e.key, "path": e.image_path, "stage": stage, "reason": reason, "action": action}
+
+
+def caption_too_long(tokenizer, text: str) -> bool:
+    """Whether ``text`` exceeds the tokenizer's context (start/end tokens included)."""
+    enc = getattr(tokenizer, "encode", None)
+    ctx = getattr(tokenizer, "context_length", None)
+    if enc is None or ctx is None:
+        return False
+    return len(enc(text)) + 2 > ctx
+
+
+class EmbedStream(IterableDataset):
+    """Batches of decoded, preprocessed, tokenized items; in a DataLoader each worker owns every W-th batch."""
+
+    def __init__(self, reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int,
+                 start_pos: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.reader, self.preprocess, self.tokenizer = reader, preprocess, tokenizer
+        self.batch_size, self.start_pos, self.max_pixels = batch_size, start_pos, max_pixels
+
+    def _batch_of(self, pos: int) -> int:
+        return (pos - self.start_pos) // self.batch_size
+
+    def _finish(self, b: int, items: list, errors: list, end_pos: int) -> Batch:
+        batch = Batch(b, self.start_pos + b * self.batch_size, end_pos, errors=errors)
+        if items:
+            batch.images = torch.stack([t for t, _, _ in items])
+            batch.tokens = self.tokenizer([c for _, c, _ in items])
+            batch.rows = [r for _, _, r in items]
+        return batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        w, nw = (info.id, info.num_workers) if info else (0, 1)
+
+        def want(pos: int) -> bool:
+            return pos >= self.start_pos and self._batch_of(pos) % nw == w
+
+        cur, items, errors, last = None, [], [], None
+        for e in self.reader.entries(want):
+            if not want(e.pos):
+                continue
+            b = self._batch_of(e.pos)
+            if cur is not None and b != cur:
+                yield self._finish(cur, items, errors, last + 1)
+                items, errors = [], []
+            cur, last = b, e.pos
+            if e.error is not None:
+                errors.append(_err(e, *e.error))
+                continue
+            try:
+                img, repairs = decode_image(e.image, self.max_pixels)
+                tensor = self.preprocess(img)
+            except ItemError as ie:
+                errors.append(_err(e, ie.stage, ie.reason))
+                continue
+            except Exception as ex:  # a transform failing on an odd image must not kill the build
+                errors.append(_err(e, "preprocess", f"{type(ex).__name__}: {str(ex)[:200]}"))
+                continue
+            repairs = list(e.repairs) + repairs
+            if caption_too_long(self.tokenizer, e.caption):
+                repairs.append("caption longer than the model context; truncated for embedding")
+            for r in repairs:
+                errors.append(_err(e, "repair", r, action="repaired"))
+            row = {"key": e.key, "image_path": e.image_path, "caption": e.caption, **e.extra, "_pos": e.pos}
+            items.append((tensor, e.caption, row))
+        if cur is not None:
+            yield self._finish(cur, items, errors, last + 1)
+
+
+def _as_is(batch: Batch) -> Batch:
+    """Module-level collate function (picklable under spawn/forkserver): batches are built in workers."""
+    return batch
+
+
+def iter_batches(reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int = 64,
+                 workers: int = 2, start_pos: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 prefetch: int = 4) -> Iterator[Batch]:
+    """Batches in corpus order, starting at input position ``start_pos``."""
+    from torch.utils.data import DataLoader
+
+    ds = EmbedStream(reader, preprocess, tokenizer, batch_size, start_pos, max_pixels)
+    if workers <= 0:
+        yield from ds
+        return
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=prefetch,
+                        persistent_workers=False, collate_fn=_as_is)
+    pending: dict[int, Batch] = {}
+    nxt = 0
+    for batch in loader:
+        pending[batch.index] = batch
+        while nxt in pending:
+            yield pending.pop(nxt)
+            nxt += 1
+    if pending:  # cannot happen with contiguous positions; never drop data silently
+        raise RuntimeError(f"embedding stream lost batches before {sorted(pending)[:3]}")

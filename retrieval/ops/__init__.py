@@ -1,0 +1,9 @@
+"""Operations that write an index folder by composing the store with the methods: the build entry
+points (shards, then per-item bias offsets) and ``compute_biases`` (``retrieval bias``).
+
+Imports ``methods``, ``store``, ``embed`` and ``corpus``; never ``query``, ``classify`` or ``serve``.
+"""
+from .bias import GENERIC_PROMPTS, compute_biases
+from .build import build_from_embeddings, build_index
+
+__all__ = ["build_index", "build_from_embeddings", "compute_biases", "GENERIC_PROMPTS"]

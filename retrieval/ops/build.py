@@ -1,0 +1,63 @@
+"""The build entry points: corpus (or precomputed embeddings) -> shards -> per-item bias offsets.
+
+The store's indexer writes the shards; this module orchestrates the step after it (``compute_biases``)
+so that the store never reaches up into the methods.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+
+from ..corpus import DEFAULT_MAX_PIXELS, open_corpus
+from ..embed import ClipModel, load_model
+from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
+from .bias import compute_biases
+
+log = logging.getLogger("retrieval.build")
+
+
+def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = "ViT-B-32",
+                pretrained: Optional[str] = "laion2b_s34b_b79k", *, batch_size: int = 64,
+                shard_size: int = DEFAULT_SHARD_SIZE, index_key: Optional[str] = None,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, device: str = "auto", workers: int = 2,
+                image_root: Optional[str] = None, image_column: Optional[str] = None,
+                caption_column: Optional[str] = None, key_column: Optional[str] = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS, recall_target: float = 0.95, progress: bool = True,
+                bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None) -> dict:
+    """Build (or resume) an index folder at ``out``; returns its manifest.
+
+    ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
+    ``bias_bank`` ('generic' | 'corpus' | None) computes the ``bias/`` offsets for exact BSAP/NNN search.
+    """
+    if batch_size <= 0 or shard_size <= 0:
+        raise ValueError("batch_size and shard_size must be positive")
+    reader = open_corpus(corpus, image_root, image_column, caption_column, key_column)
+    clip = clip or load_model(model, pretrained, device)
+    settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
+                "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
+                "recall_target": recall_target}
+    manifest, worked = index_corpus(reader, out, clip, settings, progress)
+    if bias_bank and "bias" not in manifest:
+        manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
+    elif not worked:
+        log.warning("%s is already complete; nothing to do", out)
+    return manifest
+
+
+def build_from_embeddings(out: str | os.PathLike, image_emb: np.ndarray, text_emb: np.ndarray, model: dict,
+                          rows: Optional[list[dict]] = None, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                          index_key: Optional[str] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                          recall_target: float = 0.95, bias_bank: Optional[str] = "corpus", clip=None) -> dict:
+    """Write an index folder from precomputed, row-aligned embeddings (e.g. another tool's output).
+
+    ``model`` is the identity the embeddings come from (at least arch, embed_dim, logit_scale);
+    ``rows`` are metadata dicts (default: ``{"key": str(i)}``). Returns the manifest.
+    """
+    manifest = write_embeddings(out, image_emb, text_emb, model, rows, shard_size=shard_size, index_key=index_key,
+                                memory_budget=memory_budget, recall_target=recall_target)
+    if bias_bank:
+        manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
+    return manifest

@@ -1,0 +1,56 @@
+"""Search among one modality's items through the chosen backend: plain cosine top-k, or the exact
+top-k of s(q, j) - scale * c_j with a method's stored per-item offsets c (DESIGN §4).
+
+How the offset search runs depends on the backend: torch subtracts the offsets inside its matmul;
+faiss searches the bias-augmented indexes with [q, scale] (and adds back the stored shift); a folder
+without augmented files falls back to an exact numpy scan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..methods.augmented import augment_query
+from ..methods.rerank import offset_search
+from .backends import FaissBackend, TorchBackend, merge_topk, search_shards
+from .biases import Biases
+from .shards import ShardSet
+
+
+@dataclass(frozen=True)
+class Offset:
+    """Subtract ``scale`` times the stored offsets of ``method`` ('bsap' | 'nnn') from every score."""
+
+    method: str
+    scale: float
+
+
+class ModalitySearch:
+    def __init__(self, shards: ShardSet, biases: Biases, modality: str, backend: str):
+        self.shards, self.biases, self.modality, self.backend_name = shards, biases, modality, backend
+        if backend == "torch":
+            self.backend = TorchBackend(shards.embeddings(modality))
+        else:
+            self.backend = FaissBackend(shards.faiss[modality], shards.starts, gpu=backend == "faiss-gpu")
+
+    def search(self, q: np.ndarray, k: int, offset: Optional[Offset] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global ids) of queries [n, d]; with ``offset``, of s - scale * c exactly."""
+        if offset is None:
+            return self.backend.search(q, k)
+        scale = float(offset.scale)
+        if self.backend_name == "torch":
+            return self.backend.search(q, k, scale * self.biases.all(offset.method, self.modality))
+        aug = self.biases.augmented(self.modality, offset.method)
+        if aug is None:  # non-Flat shards without stored augmented indexes: exact numpy scan (slow)
+            offsets = self.biases.per_shard(offset.method, self.modality)
+            parts = [offset_search(q, emb, scale * off, k)
+                     for emb, off in zip(self.shards.embeddings(self.modality), offsets)]
+            return merge_topk(parts, self.shards.starts, k)
+        s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.shards.starts)
+        return s - np.float32(scale * self.biases.shift(offset.method, self.modality)), ids
+
+    def item_offsets(self, method: str, ids: np.ndarray) -> np.ndarray:
+        """The stored offsets of ``method`` for global ``ids`` (any shape)."""
+        return self.biases.gather(method, self.modality, ids)

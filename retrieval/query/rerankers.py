@@ -1,0 +1,87 @@
+"""Rerank methods as objects the searcher calls: ``method.search(engine, q, k) -> (scores, global ids)``.
+
+- :class:`Clip`: cosine top-k.
+- :class:`ExactBSAP`, :class:`ExactNNN`: the exact whole-corpus forms (s - c_j with stored offsets),
+  scores reported as b_j for BSAP and s - α bias for NNN.
+- :class:`Candidates`: rerank CLIP's top N with any method, from one stored scalar per candidate
+  (BSAP-H always runs this way: its softmax is over the candidates).
+
+A new method is a class with ``search`` plus a branch in :func:`make_method` (see ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..methods.rerank import METHODS, bsap_from_offsets, hybrid_from_parts, top_k
+from .engine import ModalitySearch, Offset
+
+HYBRID_CANDIDATES = 1000  # BSAP-H's default candidate count (at least k)
+
+
+@dataclass(frozen=True)
+class Clip:
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
+        return engine.search(q, k)
+
+
+@dataclass(frozen=True)
+class ExactBSAP:
+    tau: float
+
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
+        s, ids = engine.search(q, k, Offset("bsap", 1.0))
+        return bsap_from_offsets(s, 0.0, self.tau), ids
+
+
+@dataclass(frozen=True)
+class ExactNNN:
+    alpha: float
+
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
+        return engine.search(q, k, Offset("nnn", self.alpha))
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """``method`` over CLIP's top ``n`` (None: max(k, HYBRID_CANDIDATES))."""
+
+    method: str
+    n: Optional[int]
+    tau: float
+    lam: float = 0.5
+    alpha: float = 0.75
+
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
+        s, cand = engine.search(q, max(self.n or HYBRID_CANDIDATES, k))
+        if (cand < 0).any():  # fewer results than asked (approximate indexes): keep the valid ones
+            n_valid = int((cand >= 0).sum(1).min())
+            s, cand = s[:, :n_valid], cand[:, :n_valid]
+        best, pos = top_k(self.rescore(engine, s, cand), k)
+        return best, np.take_along_axis(cand, pos, 1)
+
+    def rescore(self, engine: ModalitySearch, s: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        if self.method == "clip":
+            return s
+        if self.method == "nnn":
+            return s - self.alpha * engine.item_offsets("nnn", cand)
+        b = bsap_from_offsets(s, engine.item_offsets("bsap", cand), self.tau)
+        return hybrid_from_parts(s, b, self.tau, self.lam) if self.method == "hybrid" else b
+
+
+def make_method(rerank: str, tau: float, candidates: Optional[int] = None, lam: float = 0.5, alpha: float = 0.75):
+    """The method object for ``rerank`` ('clip' | 'bsap' | 'hybrid' | 'nnn'); exact unless ``candidates``
+    is given (BSAP-H always reranks candidates)."""
+    if rerank not in METHODS:
+        raise ValueError(f"unknown rerank method {rerank!r}; choose one of {', '.join(METHODS)}")
+    if candidates is not None and candidates <= 0:
+        raise ValueError(f"candidates must be positive, got {candidates}")
+    if candidates is not None or rerank == "hybrid":
+        return Candidates(rerank, candidates, tau, lam, alpha)
+    if rerank == "bsap":
+        return ExactBSAP(tau)
+    if rerank == "nnn":
+        return ExactNNN(alpha)
+    return Clip()

@@ -1,0 +1,34 @@
+"""The searcher: checks a query batch, then runs a rerank method on the target modality's engine."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..store.layout import MODALITIES
+from .biases import Biases
+from .engine import ModalitySearch
+from .shards import ShardSet
+
+
+class Searcher:
+    def __init__(self, shards: ShardSet, biases: Biases, backend: str):
+        self.shards, self.biases, self.backend = shards, biases, backend
+        self._engines: dict[str, ModalitySearch] = {}
+
+    def engine(self, modality: str) -> ModalitySearch:
+        """The search engine of ``modality`` (built on first use)."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        if modality not in self._engines:
+            self._engines[modality] = ModalitySearch(self.shards, self.biases, modality, self.backend)
+        return self._engines[modality]
+
+    def search(self, queries: np.ndarray, k: int, target: str, method) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global ids) of L2-normalised ``queries`` [n, d] among ``target`` items."""
+        if target not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {target!r}")
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.shards.dim:
+            raise ValueError(f"queries have dim {q.shape[1]}, index has {self.shards.dim}")
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        return method.search(self.engine(target), q, k)

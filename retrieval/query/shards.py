@@ -1,0 +1,105 @@
+"""The shards of an opened index folder: checked against the manifest, with their faiss indexes and
+(memory-mapped) embeddings, and the mapping from global ids to (shard, row)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import IndexFolderError
+from ..store.layout import EMB_FILE, INDEX_FILE, MODALITIES
+
+
+def read_flag(key: str, mmap: Optional[bool]) -> int:
+    """faiss read flag: memory-map Flat shards; by default read IVF/HNSW shards into RAM, because
+    faiss's memory-mapped inverted lists (OnDiskInvertedLists) search 1.5-5x slower."""
+    import faiss
+
+    use = (key == "Flat") if mmap is None else mmap
+    return faiss.IO_FLAG_MMAP if use else 0
+
+
+def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool]):
+    """One shard's faiss index, read with ``info``'s (the manifest's) key and search parameters."""
+    import faiss
+
+    ix = faiss.read_index(str(path), read_flag(info["key"], mmap))
+    if info["params"]:
+        faiss.ParameterSpace().set_index_parameters(ix, info["params"])
+    return ix
+
+
+class ShardSet:
+    """Non-empty shards of ``manifest`` under ``folder``; every file's rows checked on open."""
+
+    def __init__(self, folder: Path, manifest: dict, mmap: Optional[bool] = None):
+        self.folder, self.manifest, self.mmap = Path(folder), manifest, mmap
+        self.shards = [s for s in manifest["shards"] if s["rows"] > 0]
+        self.starts = np.array([s["offset"] for s in self.shards], dtype=np.int64)  # global id of each first row
+        self.rows = np.array([s["rows"] for s in self.shards], dtype=np.int64)
+        self.faiss: dict[str, list] = {mod: [] for mod in MODALITIES}
+        for s in self.shards:
+            self._check_files(s)
+            for mod in MODALITIES:
+                ix = read_shard_index(self.path(s, INDEX_FILE[mod]), s["index"][mod], mmap)
+                if ix.ntotal != s["rows"]:
+                    raise IndexFolderError(f"shard {s['id']}: {mod} index holds {ix.ntotal} vectors, "
+                                           f"manifest says {s['rows']}")
+                self.faiss[mod].append(ix)
+        self._emb: dict[str, list[np.ndarray]] = {}
+
+    def path(self, shard: dict, role: str) -> Path:
+        return self.folder / shard["files"][role]
+
+    def _check_files(self, s: dict) -> None:
+        import pyarrow.parquet as pq
+
+        for role in ("img_emb", "text_emb", "metadata", "image_index", "text_index"):
+            if not self.path(s, role).exists():
+                raise IndexFolderError(f"shard {s['id']}: missing {s['files'][role]}")
+        for role in ("img_emb", "text_emb"):
+            rows = np.load(self.path(s, role), mmap_mode="r").shape[0]
+            if rows != s["rows"]:
+                raise IndexFolderError(f"shard {s['id']}: {s['files'][role]} has {rows} rows, manifest says {s['rows']}")
+        rows = pq.ParquetFile(self.path(s, "metadata")).metadata.num_rows
+        if rows != s["rows"]:
+            raise IndexFolderError(f"shard {s['id']}: metadata has {rows} rows, manifest says {s['rows']}")
+
+    def __len__(self) -> int:
+        return int(self.rows.sum())
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["model"]["embed_dim"])
+
+    def embeddings(self, modality: str) -> list[np.ndarray]:
+        """Per-shard stored (fp16, memory-mapped) embeddings of ``modality``."""
+        if modality not in self._emb:
+            self._emb[modality] = [np.load(self.path(s, EMB_FILE[modality]), mmap_mode="r") for s in self.shards]
+        return self._emb[modality]
+
+    def locate(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(shard position, row in shard) of global ``ids`` [n]; IndexError for ids not in the index."""
+        flat = np.asarray(ids, dtype=np.int64).ravel()
+        sh = np.searchsorted(self.starts, flat, side="right") - 1
+        bad = (flat < 0) | (sh < 0) | (flat >= (self.starts + self.rows)[np.clip(sh, 0, None)])
+        if bad.any():
+            raise IndexError(f"id {int(flat[bad][0])} is not in this index")
+        return sh, flat - self.starts[sh]
+
+    def gather(self, ids, modality: str) -> np.ndarray:
+        """Stored embeddings of global ``ids`` as float32 [..., d] (ids < 0 give zero rows)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.ravel()
+        out = np.zeros((len(flat), self.dim), np.float32)
+        valid = flat >= 0
+        if valid.any():
+            sh, local = self.locate(flat[valid])
+            pos = np.flatnonzero(valid)
+            embs = self.embeddings(modality)
+            for k in np.unique(sh):
+                sel = sh == k
+                out[pos[sel]] = embs[k][local[sel]]
+        return out.reshape(ids.shape + (self.dim,))

@@ -1,0 +1,157 @@
+"""The HTTP routes and request models of the service, registered on a FastAPI app by ``add_routes``."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field, model_validator
+
+from ..errors import RetrievalError
+from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image
+
+Rerank = Literal["clip", "bsap", "hybrid", "nnn"]
+Target = Literal["image", "text"]
+Method = Literal["xmore", "image", "caption", "fixed"]
+
+
+class SearchBody(BaseModel):
+    """Exactly one of text, image_base64 (optionally a data: URL), embedding or item_id."""
+
+    index: Optional[str] = Field(None, description="index name (default: the first served)")
+    text: Optional[str] = Field(None, max_length=2000)
+    image_base64: Optional[str] = None
+    embedding: Optional[list[float]] = None
+    item_id: Optional[int] = Field(None, ge=0, description="'more like this': the stored image embedding of a row")
+    k: int = Field(10, ge=1, le=MAX_K)
+    target: Target = "image"
+    rerank: Rerank = "clip"
+    candidates: Optional[int] = Field(None, ge=1, le=100_000)
+    lam: float = Field(0.5, ge=0.0, le=1.0)
+    alpha: float = Field(0.75, ge=0.0, le=10.0)
+    return_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def one_query(self):
+        given = [x is not None for x in (self.text, self.image_base64, self.embedding, self.item_id)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of text, image_base64, embedding or item_id")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text is empty")
+        return self
+
+
+class ClassifyBody(BaseModel):
+    index: Optional[str] = None
+    images_base64: list[str] = Field(..., min_length=1, max_length=64,
+                                     description="images classified together (batch-mean confidence weights)")
+    classes: list[str] = Field(..., min_length=2, max_length=1000)
+    templates: list[str] = Field(["a photo of a {}."], min_length=1, max_length=32)
+    method: Method = "xmore"
+    neighbours: int = Field(128, ge=1, le=2048)
+    captions: int = Field(16, ge=1, le=1024)
+
+
+def add_routes(app: FastAPI, service: Service) -> None:
+    """Register every route of the service on ``app``."""
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs():  # FastAPI's Swagger UI loads its scripts from a CDN; this page needs none
+        return HTMLResponse((WEB / "docs.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "indexes": len(service.indexes)}
+
+    @app.get("/indexes")
+    async def indexes():
+        out = []
+        for name, idx in service.indexes.items():
+            m = idx.manifest
+            out.append({"name": name, "rows": len(idx), "dim": idx.dim, "model": m["model"].get("arch"),
+                        "pretrained": m["model"].get("pretrained"), "shards": len(idx.shards),
+                        "rerank": ["clip", "hybrid"] + (["bsap", "nnn"] if "bias" in m else []),
+                        "corpus": m["corpus"].get("type")})
+        return out
+
+    async def _search(body: SearchBody, image_bytes: Optional[bytes] = None):
+        name, idx = service.index(body.index)
+        q = Query(name, body.k, body.target, body.rerank, body.candidates, body.lam, body.alpha,
+                  body.return_embeddings, text=body.text)
+        if body.image_base64 is not None or image_bytes is not None:
+            data = image_bytes if image_bytes is not None else b64_image(body.image_base64)
+            q.image = await run_in_threadpool(service.decode_image, data, name)
+        elif body.embedding is not None:
+            v = np.asarray(body.embedding, np.float32)
+            if v.shape != (idx.dim,) or not np.isfinite(v).all() or np.linalg.norm(v) == 0:
+                return JSONResponse({"detail": f"embedding must be {idx.dim} finite numbers, not all zero"}, 422)
+            q.vector = v / np.linalg.norm(v)
+        elif body.item_id is not None:
+            if body.item_id >= len(idx):
+                raise HTTPError(404, f"index {name!r} has no item {body.item_id}")
+            q.vector = idx.embeddings([body.item_id], "image")[0]
+        if body.rerank in ("bsap", "nnn") and "bias" not in idx.manifest and body.candidates is None:
+            raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
+        try:
+            results = await service.batcher.submit(q)
+        except (ValueError, RetrievalError) as e:
+            raise HTTPError(400, str(e)) from None
+        return {"index": name, "k": body.k, "rerank": body.rerank, "target": body.target, "results": results}
+
+    @app.post("/search")
+    async def search(body: SearchBody):
+        """Search with a text, a base64 image or an embedding (micro-batched with concurrent requests)."""
+        return await _search(body)
+
+    @app.post("/search/upload")
+    async def search_upload(file: UploadFile = File(...), index: Optional[str] = Form(None),
+                            k: int = Form(10, ge=1, le=MAX_K), target: Target = Form("image"),
+                            rerank: Rerank = Form("clip")):
+        """Search by an uploaded image file (multipart/form-data)."""
+        data = await file.read()
+        if not data:
+            raise HTTPError(400, "the uploaded file is empty")
+        body = SearchBody.model_construct(index=index, text=None, image_base64=None, embedding=None, item_id=None,
+                                          k=k, target=target, rerank=rerank, candidates=None, lam=0.5, alpha=0.75,
+                                          return_embeddings=False)
+        return await _search(body, image_bytes=data)
+
+    @app.post("/classify")
+    async def classify(body: ClassifyBody):
+        """X-MoRe classification of one or more base64 images against the given classes."""
+        from ..classify import check_classes
+
+        name, idx = service.index(body.index)
+        try:
+            classes = tuple(check_classes(body.classes))
+        except ValueError as e:
+            raise HTTPError(422, str(e)) from None
+        if any("{}" not in t for t in body.templates):
+            raise HTTPError(422, "every template must contain '{}'")
+        tensors = [await run_in_threadpool(service.decode_image, b64_image(b), name) for b in body.images_base64]
+        try:
+            results = await run_in_threadpool(service.classify, name, tensors, classes, tuple(body.templates),
+                                              body.method, body.neighbours, body.captions)
+        except (ValueError, RetrievalError) as e:
+            raise HTTPError(400, str(e)) from None
+        return {"index": name, "method": body.method, "results": results}
+
+    @app.get("/items/{index}/{item_id}/image")
+    async def item_image(index: str, item_id: int):
+        """The source image of row ``item_id`` (only files this index points to)."""
+        from ..corpus.items import ItemImageError, item_image as read_item
+
+        name, idx = service.index(index)
+        if not 0 <= item_id < len(idx):
+            raise HTTPError(404, f"index {name!r} has no item {item_id}")
+        row = idx.metadata([item_id])[0]
+        try:
+            data, media = await run_in_threadpool(read_item, idx.manifest["corpus"], row.get("image_path") or "")
+        except ItemImageError as e:
+            raise HTTPError(404, str(e)) from None
+        return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})

@@ -1,0 +1,169 @@
+"""The service behind the HTTP routes, free of any web framework: the opened indexes, the
+micro-batched search (``batching``), cached classifiers, and the errors routes turn into statuses.
+
+Search requests are micro-batched: the texts/images queued within a few ms are encoded in one
+forward per index and searched in one call per parameter group.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .batching import MicroBatcher
+
+MAX_K = 10_000
+MAX_BODY = 16 << 20
+WEB = Path(__file__).parent / "web"
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+@dataclass
+class Query:
+    """One search request, validated, waiting in the batcher."""
+
+    index: str
+    k: int
+    target: str
+    rerank: str
+    candidates: Optional[int]
+    lam: float
+    alpha: float
+    return_embeddings: bool
+    text: Optional[str] = None
+    image: Any = None              # preprocessed image tensor
+    vector: Optional[np.ndarray] = None
+
+    def group(self) -> tuple:
+        cand = self.candidates
+        if self.rerank == "hybrid" and cand is None:
+            cand = max(self.k, 1000)  # the search's own default, made explicit so k can vary in a group
+        return (self.index, self.target, self.rerank, cand, self.lam, self.alpha)
+
+
+class Service:
+    """The indexes, their models, the search batcher and cached classifiers."""
+
+    def __init__(self, indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0):
+        if not indexes:
+            raise ValueError("no indexes to serve")
+        for name, idx in indexes.items():
+            if idx.clip is None:
+                raise ValueError(f"index {name!r} was opened without its model")
+        self.indexes = indexes
+        self.batcher = MicroBatcher(self.run_batch, max_batch, max_wait_ms, name="search-batcher")
+        self._classifiers: OrderedDict = OrderedDict()
+
+    def index(self, name: Optional[str]):
+        if name is None:
+            return next(iter(self.indexes.items()))
+        if name not in self.indexes:
+            raise HTTPError(404, f"unknown index {name!r}; serving: {', '.join(self.indexes)}")
+        return name, self.indexes[name]
+
+    def decode_image(self, data: bytes, name: str) -> Any:
+        """Preprocessed tensor of an uploaded image for index ``name`` (400 if unreadable)."""
+        from ..corpus.images import decode_image
+        from ..errors import ItemError
+
+        try:
+            img, _ = decode_image(bytes(data))
+            return self.indexes[name].clip.preprocess(img)
+        except ItemError as e:
+            raise HTTPError(400, f"not a readable image: {e.reason}") from None
+        except Exception as e:  # noqa: BLE001 - any decoder failure is the client's bad input
+            raise HTTPError(400, f"not a readable image: {type(e).__name__}") from None
+
+    # ---- the batched search -----------------------------------------------------------------
+    def run_batch(self, queries: list[Query]) -> list:
+        import torch
+
+        from ..embed import Encoder
+
+        for name in {q.index for q in queries}:
+            idx = self.indexes[name]
+            texts = [q for q in queries if q.index == name and q.text is not None]
+            if texts:
+                for q, v in zip(texts, idx.encode_texts([q.text for q in texts])):
+                    q.vector = v
+            images = [q for q in queries if q.index == name and q.image is not None]
+            if images:
+                vecs = Encoder(idx.clip).images(torch.stack([q.image for q in images]))
+                for q, v in zip(images, vecs):
+                    q.vector = v
+        out: list = [None] * len(queries)
+        groups: dict[tuple, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.group(), []).append(i)
+        for (name, target, rerank, cand, lam, alpha), members in groups.items():
+            idx = self.indexes[name]
+            qs = np.stack([queries[i].vector for i in members]).astype(np.float32)
+            kmax = max(queries[i].k for i in members)
+            scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam, alpha=alpha)
+            for row, i in enumerate(members):
+                out[i] = self._rows(name, idx, queries[i], scores[row, :queries[i].k], ids[row, :queries[i].k])
+        return out
+
+    @staticmethod
+    def _rows(name: str, idx, q: Query, scores: np.ndarray, ids: np.ndarray) -> list[dict]:
+        keep = ids >= 0
+        ids, scores = ids[keep], scores[keep]
+        meta = idx.metadata(ids)
+        embs = idx.embeddings(ids, q.target) if q.return_embeddings else None
+        rows = []
+        for j, (m, s) in enumerate(zip(meta, scores)):
+            r = {**m, "score": float(s), "image_url": f"/items/{name}/{m['id']}/image"}
+            if embs is not None:
+                r["embedding"] = [round(float(x), 6) for x in embs[j]]
+            rows.append(r)
+        return rows
+
+    # ---- classification --------------------------------------------------------------------
+    def classifier(self, name: str, classes: tuple, templates: tuple, neighbours: int, captions: int):
+        from ..classify import Classifier
+
+        key = (name, classes, templates, neighbours, captions)
+        if key not in self._classifiers:
+            while len(self._classifiers) >= 16:
+                self._classifiers.popitem(last=False)
+            self._classifiers[key] = Classifier(self.indexes[name], list(classes), list(templates), neighbours, captions)
+        self._classifiers.move_to_end(key)
+        return self._classifiers[key]
+
+    def classify(self, name: str, tensors: list, classes: tuple, templates: tuple, method: str,
+                 neighbours: int, captions: int) -> list[dict]:
+        import torch
+
+        from ..embed import Encoder
+
+        clf = self.classifier(name, classes, templates, neighbours, captions)
+        x = Encoder(self.indexes[name].clip).images(torch.stack(tensors))
+        pred, nbr = clf.predict(x, method)
+        return [r.as_dict() for r in clf.results([f"image {i}" for i in range(len(x))], pred, nbr,
+                                                 with_captions=method != "image")]
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def b64_image(text: str) -> bytes:
+    """Decode base64 (optionally a data: URL); 400 on bad input."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPError(400, "image_base64 is not valid base64") from None
+    if not data:
+        raise HTTPError(400, "image_base64 is empty")
+    return data

@@ -1,0 +1,76 @@
+"""Build, train and tune one shard's faiss index (inner product), with the key from :mod:`.keys`.
+
+Training uses a random sample (never the first rows); GPU train/add when faiss has GPUs; search
+parameters (nprobe / efSearch) are tuned once on self-queries to a recall target.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .keys import sample_ids, train_size
+
+
+def validate_key(key: str, d: int) -> None:
+    """Raise ValueError if faiss cannot build an index from ``key`` at dim ``d``."""
+    import faiss
+
+    try:
+        faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "rejected by faiss"
+        raise ValueError(f"invalid faiss index key {key!r} for dim {d}: {msg[:200]}") from None
+
+
+def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Optional[bool] = None):
+    """Train (on a random sample) and fill an inner-product faiss index with ``vectors``."""
+    import faiss
+
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    if use_gpu is None:
+        use_gpu = faiss.get_num_gpus() > 0 and "HNSW" not in key
+    work = index
+    if use_gpu:  # train and add on GPU (IVF/Flat families), store the CPU copy
+        work = faiss.index_cpu_to_all_gpus(index)
+    if not work.is_trained:
+        work.train(x[sample_ids(n, train_size(key, n), seed)])
+    work.add(x)
+    return faiss.index_gpu_to_cpu(work) if use_gpu else index
+
+
+def tune_params(index, vectors: np.ndarray, key: str, recall: float = 0.95, k: int = 10,
+                n_queries: int = 500, seed: int = 0) -> str:
+    """Smallest nprobe/efSearch whose recall@k on self-queries reaches ``recall`` ('' for Flat)."""
+    import faiss
+
+    if key == "Flat":
+        return ""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    q = x[rng.choice(n, min(n_queries, n), replace=False)]
+    k = min(k, n)
+    _, truth = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    ps = faiss.ParameterSpace()
+    if "HNSW" in key and "IVF" not in key:
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        nlist = faiss.extract_index_ivf(index).nlist
+        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if v <= nlist]
+    extra = ",quantizer_efSearch=128" if "_HNSW" in key else ""
+    best = f"{name}={values[-1]}{extra}"
+    for v in values:
+        params = f"{name}={v}{extra}"
+        ps.set_index_parameters(index, params)
+        _, got = index.search(q, k)
+        hits = sum(len(set(a) & set(b)) for a, b in zip(got.tolist(), truth.tolist()))
+        if hits / truth.size >= recall:
+            best = params
+            break
+    ps.set_index_parameters(index, best)
+    return best

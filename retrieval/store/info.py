@@ -1,0 +1,92 @@
+"""Summaries of an index folder (``retrieval info``)."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from ..embed.models import describe
+from ..errors import IndexFolderError
+from .layout import ERRORS, MODALITIES, augmented_files
+from .manifest import load_manifest
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def index_info(folder: str | os.PathLike) -> dict:
+    """Counts, model, per-shard rows / index types / bytes, and skipped-item reasons."""
+    folder = Path(folder)
+    m = load_manifest(folder)
+    if m is None:
+        raise IndexFolderError(f"{folder} is not an index folder (no manifest.json)")
+    shards = []
+    for s in m["shards"]:
+        sizes = {name: _size(folder / rel) for name, rel in s["files"].items()}
+        shards.append({"id": s["id"], "rows": s["rows"], "index": {k: v["key"] for k, v in s["index"].items()},
+                       "params": {k: v["params"] for k, v in s["index"].items()}, "bytes": sizes})
+    reasons: Counter = Counter()
+    err_path = folder / ERRORS
+    if err_path.exists():
+        import json
+
+        for line in err_path.read_text().splitlines():
+            if line.strip():
+                e = json.loads(line)
+                reasons[f"{e['action']}: {e['stage']}: {e['reason'].split(':')[0]}"] += 1
+    return {"path": str(folder), "complete": m.get("complete", False), "model": m["model"],
+            "model_text": describe(m["model"]), "corpus": m["corpus"], "counts": m.get("counts", {}),
+            "shards": shards, "total_bytes": sum(sum(s["bytes"].values()) for s in shards),
+            "reasons": dict(reasons.most_common()), "stats": m.get("stats", {}), "build": m.get("build", {}),
+            "bias": _bias_info(folder, m)}
+
+
+def _bias_info(folder: Path, m: dict) -> dict:
+    """The manifest's bias section plus how many augmented index files exist (non-Flat shards)."""
+    if "bias" not in m:
+        return {}
+    b = m["bias"]
+    need = 2 * sum(1 for s in m["shards"] if s["rows"] for mod in MODALITIES if s["index"][mod]["key"] != "Flat")
+    have = len(augmented_files(folder))
+    return {"bank": b.get("bank"), "bank_rows": b.get("bank_rows"), "nnn_k": b.get("nnn_k"), "tau": b.get("tau"),
+            "augmented_needed": need, "augmented_present": have}
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_info(info: dict) -> str:
+    c = info["counts"]
+    lines = [
+        f"index     {info['path']}{'' if info['complete'] else '  (INCOMPLETE: re-run the build to resume)'}",
+        f"model     {info['model_text']}  logit_scale={info['model'].get('logit_scale', 0):.2f}",
+        f"corpus    {info['corpus'].get('type')}: {info['corpus'].get('path')}",
+        f"rows      {c.get('rows', 0)} of {c.get('inputs', 0)} inputs; skipped {c.get('skipped', 0)}, "
+        f"repaired {c.get('repaired', 0)}",
+        f"size      {_human(info['total_bytes'])} in {len(info['shards'])} shards",
+        "shard      rows  image index          text index           bytes",
+    ]
+    for s in info["shards"]:
+        lines.append(f"{s['id']:>5} {s['rows']:>9}  {s['index'].get('image', '-'):<20} "
+                     f"{s['index'].get('text', '-'):<20} {_human(sum(s['bytes'].values()))}")
+    if info["reasons"]:
+        lines.append("skipped / repaired items (see errors.jsonl):")
+        lines += [f"  {n:>7}  {r}" for r, n in info["reasons"].items()]
+    b = info.get("bias") or {}
+    if b:
+        aug = (f"{b['augmented_present']}/{b['augmented_needed']} augmented indexes for non-Flat shards"
+               if b["augmented_needed"] else "Flat shards: augmented in memory")
+        lines.append(f"bias      bank={b['bank']} ({(b.get('bank_rows') or {}).get('image')} prompts), "
+                     f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}; {aug}")
+    else:
+        lines.append("bias      none: run `retrieval bias INDEX` for exact BSAP/NNN search")
+    st = info.get("stats") or {}
+    if st.get("elapsed_s"):
+        lines.append(f"build     {st['elapsed_s']:.1f} s, {st.get('rows_per_s') or 0:.1f} rows/s")
+    return "\n".join(lines)

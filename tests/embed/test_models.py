@@ -1,0 +1,119 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval.errors import ModelLoadError
+from retrieval.embed import load_model, same_model
+
+from tests.conftest import FLICKR, TINY, needs_shared
+
+
+@needs_shared
+def test_fixture_loads_offline_with_identity(tiny_clip):
+    ident = tiny_clip.identity
+    assert ident["embed_dim"] == 256 and tiny_clip.dim == 256
+    assert 10 < tiny_clip.logit_scale < 20  # read from the model (about 15), not assumed to be 100
+    assert ident["context_length"] == 32 and ident["image_size"] == [64, 64]
+    assert ident["weights_sha256"].startswith("9dce3be6") and ident["weights_sha256"].endswith("fe8f7ca1")
+    assert tiny_clip.device == "cpu"
+
+
+@needs_shared
+def test_right_caption_wins_on_five_flickr_photos(tiny_clip):
+    import csv
+
+    import torch
+
+    with open(FLICKR / "captions.csv") as f:
+        first = {}
+        for row in csv.DictReader(f):
+            first.setdefault(row["image"], row["caption"])
+    names = list(first)[:5]
+    ims = torch.stack([tiny_clip.preprocess(Image.open(FLICKR / "images" / n).convert("RGB")) for n in names])
+    with torch.inference_mode():
+        i = tiny_clip.model.encode_image(ims, normalize=True)
+        t = tiny_clip.model.encode_text(tiny_clip.tokenizer([first[n] for n in names]), normalize=True)
+    sims = (i @ t.T).numpy()
+    assert (sims.argmax(0) == np.arange(5)).all() and (sims.argmax(1) == np.arange(5)).all()
+
+
+@needs_shared
+def test_same_weights_from_safetensors_file_and_pt_file(tmp_path, tiny_clip):
+    import open_clip
+    import torch
+
+    cfg = json.loads((TINY / "open_clip_config.json").read_text())["model_cfg"]
+    (tmp_path / "tiny-test-arch.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    tokens = tiny_clip.tokenizer(["a dog runs on the grass"])
+    ref = tiny_clip.model.encode_text(tokens).detach()
+    via_st = load_model("tiny-test-arch", str(TINY / "open_clip_model.safetensors"), device="cpu")
+    assert same_model(via_st.identity, tiny_clip.identity)
+    torch.save(via_st.model.state_dict(), tmp_path / "w.pt")
+    via_pt = load_model("tiny-test-arch", str(tmp_path / "w.pt"), device="cpu")
+    for m in (via_st, via_pt):
+        torch.testing.assert_close(m.model.encode_text(tokens).detach(), ref)
+    assert not same_model(via_pt.identity, tiny_clip.identity)  # another file, another sha256
+
+
+@pytest.mark.parametrize("model,pretrained,msg", [
+    ("ViT-B-99", "x", "unknown open_clip model"),
+    ("ViT-B-32", "no-such-tag", "unknown pretrained tag"),
+    ("ViT-B-32", "/no/such/weights.safetensors", "checkpoint file not found"),
+    ("ViT-B-32", "laion2b_s34b_b79k", "cannot load model"),  # hub is offline in tests: fails fast, one line
+])
+def test_unavailable_models_fail_fast_with_one_line(model, pretrained, msg):
+    with pytest.raises(ModelLoadError, match=msg) as e:
+        load_model(model, pretrained, device="cpu")
+    assert "\n" not in str(e.value)
+
+
+def test_model_folder_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="open_clip_config.json"):
+        load_model(str(tmp_path))
+
+
+def test_cuda_request_without_gpu_is_clear():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("machine has a GPU")
+    with pytest.raises(ModelLoadError, match="CUDA"):
+        load_model("ViT-B-32", "random", device="cuda")
+
+
+def test_same_model_rules():
+    a = {"arch": "ViT-B-32", "pretrained": "random", "embed_dim": 512, "seed": 0, "weights_sha256": None}
+    assert same_model(a, dict(a)) and not same_model(a, {**a, "seed": 1})
+    assert not same_model({**a, "weights_sha256": "x"}, a)
+
+
+@needs_shared
+def test_trimmed_text_encoding_equals_open_clip(tiny_clip):
+    import torch
+
+    from retrieval.embed import Encoder
+    from retrieval.embed.text_fast import encode_text_trimmed, supports_trimming
+
+    assert supports_trimming(tiny_clip.model)
+    caps = ["a dog.", "", "two children play football on a wide green field near a river bank ."] * 7
+    caps.append("word " * 100)  # longer than the context: truncated by the tokenizer
+    tokens = tiny_clip.tokenizer(caps)
+    with torch.inference_mode():
+        full = tiny_clip.model.encode_text(tokens)
+        for group in (1, 4, 16, 64):
+            torch.testing.assert_close(encode_text_trimmed(tiny_clip.model, tokens, group=group), full,
+                                       atol=1e-5, rtol=1e-4)
+    enc = Encoder(tiny_clip)
+    assert enc.trim_text
+    np.testing.assert_allclose(enc.tokens(tokens), Encoder(tiny_clip, trim_text=False).tokens(tokens), atol=1e-5)
+
+
+def test_trimming_refused_for_non_causal_text_towers():
+    import torch
+
+    from retrieval.embed.text_fast import supports_trimming
+
+    assert not supports_trimming(torch.nn.Linear(2, 2))

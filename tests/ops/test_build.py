@@ -1,0 +1,273 @@
+"""End-to-end builds with the tiny fixture model (real photos, real captions)."""
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from retrieval import build_index
+from retrieval.cli import main
+from retrieval.errors import CorpusError, IndexFolderError
+from retrieval import index_info
+
+from tests.conftest import FLICKR, TINY, make_image, needs_shared
+
+pytestmark = needs_shared
+
+
+def _layout(folder):
+    """Read an index folder with plain numpy / pyarrow, as embedding-reader users would."""
+    shards = sorted(os.listdir(folder / "img_emb"))
+    img = np.concatenate([np.load(folder / "img_emb" / f) for f in shards])
+    txt = np.concatenate([np.load(folder / "text_emb" / f.replace("img_emb", "text_emb")) for f in shards])
+    meta = pa.concat_tables([pq.read_table(folder / "metadata" / f.replace("img_emb", "metadata").replace(".npy", ".parquet"))
+                             for f in shards])
+    return img, txt, meta
+
+
+def _first_captions():
+    with open(FLICKR / "captions.csv") as f:
+        first = {}
+        for row in csv.DictReader(f):
+            first.setdefault(row["image"], row["caption"])
+    return first
+
+
+def test_flickr_layout_alignment_and_recall(flickr_index):
+    img, txt, meta = _layout(flickr_index)
+    assert img.dtype == np.float16 and img.shape == (1000, 256) and txt.shape == (1000, 256)
+    np.testing.assert_allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    first = _first_captions()
+    assert meta.column("key").to_pylist() == list(first)  # corpus order, one row per photo
+    assert meta.column("caption").to_pylist() == [" ".join(c.split()) for c in first.values()]
+    assert all(len(c) == 5 for c in meta.column("captions").to_pylist())
+    s = txt.astype(np.float32) @ img.astype(np.float32).T
+    top5 = np.argsort(-s, axis=1)[:, :5]
+    assert (top5 == np.arange(1000)[:, None]).any(1).mean() > 0.7  # README of the fixture: R@5 = 77.5 %
+
+
+def test_flickr_manifest_and_faiss_files(flickr_index):
+    m = json.loads((flickr_index / "manifest.json").read_text())
+    assert m["complete"] and [s["rows"] for s in m["shards"]] == [300, 300, 300, 100]
+    assert [s["offset"] for s in m["shards"]] == [0, 300, 600, 900]
+    assert m["counts"]["rows"] == 1000 and m["counts"]["inputs"] == 1000 and m["counts"]["skipped"] == 0
+    assert m["model"]["weights_sha256"].startswith("9dce3be6") and m["model"]["embed_dim"] == 256
+    img, _, _ = _layout(flickr_index)
+    for s in m["shards"]:
+        for modality in ("image", "text"):
+            index = faiss.read_index(str(flickr_index / s["files"][f"{modality}_index"]))
+            assert index.ntotal == s["rows"] and index.metric_type == faiss.METRIC_INNER_PRODUCT
+        q = img[s["offset"]:s["offset"] + 3].astype(np.float32)
+        _, ids = faiss.read_index(str(flickr_index / s["files"]["image_index"])).search(q, 1)
+        assert ids[:, 0].tolist() == [0, 1, 2]
+    errors = [json.loads(line) for line in (flickr_index / "errors.jsonl").read_text().splitlines()]
+    assert errors and all(e["action"] == "repaired" and "truncated" in e["reason"] for e in errors)
+    assert m["counts"]["repaired"] == len(errors)
+
+
+def test_info_cli(flickr_index):
+    r = CliRunner().invoke(main, ["info", str(flickr_index)])
+    assert r.exit_code == 0, r.output
+    assert "1000 of 1000 inputs" in r.output and "Flat" in r.output and "sha256:9dce3be66e9f" in r.output
+    data = json.loads(CliRunner().invoke(main, ["info", str(flickr_index), "--json"]).output)
+    assert len(data["shards"]) == 4 and data["total_bytes"] > 0
+
+
+def test_rebuild_of_complete_index_is_a_no_op(flickr_index, tiny_clip):
+    before = (flickr_index / "manifest.json").read_text()
+    build_index(FLICKR / "captions.csv", flickr_index, image_root=str(FLICKR / "images"), shard_size=300,
+                progress=False, clip=tiny_clip)
+    assert (flickr_index / "manifest.json").read_text() == before
+
+
+def test_output_folder_of_another_model_or_setting_is_refused(flickr_index, tiny_clip):
+    from retrieval import load_model
+
+    with pytest.raises(IndexFolderError, match="holds an index of"):
+        build_index(FLICKR / "captions.csv", flickr_index, image_root=str(FLICKR / "images"), shard_size=300,
+                    progress=False, clip=load_model("ViT-B-32", "random", device="cpu"))
+    with pytest.raises(IndexFolderError, match="other settings"):
+        build_index(FLICKR / "captions.csv", flickr_index, image_root=str(FLICKR / "images"), shard_size=100,
+                    progress=False, clip=tiny_clip)
+
+
+def _bad_corpus(tmp_path):
+    root = tmp_path / "bad"
+    good = [make_image(root / f"good{i}.jpg", color=(10 * i, 100, 200)) for i in range(3)]
+    for i, p in enumerate(good):
+        p.with_suffix(".txt").write_text(f"good picture number {i}")
+    cases = {
+        "zero.jpg": b"",
+        "text.jpg": b"this is not an image at all",
+        "trunc.jpg": good[0].read_bytes()[:200],
+    }
+    for name, data in cases.items():
+        (root / name).write_bytes(data)
+        (root / name).with_suffix(".txt").write_text("a broken file")
+    from PIL import Image
+
+    Image.new("1", (10_000, 10_000)).save(root / "bomb.png")
+    (root / "bomb.txt").write_text("huge")
+    Image.new("CMYK", (50, 50), (0, 255, 255, 0)).save(root / "cmyk.jpg")
+    (root / "cmyk.txt").write_text("a cmyk picture")
+    Image.fromarray(np.arange(2500, dtype=np.uint16).reshape(50, 50) * 20).save(root / "deep.png")
+    (root / "deep.txt").write_bytes(b"sixteen bit \xff picture")
+    p = Image.new("P", (50, 50), 0)
+    p.putpalette([0, 255, 0] * 256)
+    p.save(root / "pal.png", transparency=0)
+    (root / "pal.txt").write_text("palette " * 100)  # longer than the context: truncated
+    make_image(root / "nocap.jpg")
+    return root
+
+
+def test_bad_inputs_are_skipped_or_repaired_and_logged(tmp_path, tiny_clip):
+    out = tmp_path / "idx"
+    m = build_index(_bad_corpus(tmp_path), out, shard_size=4, batch_size=3, workers=2, progress=False, clip=tiny_clip)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    skipped = {e["key"]: e["reason"] for e in errors if e["action"] == "skipped"}
+    assert set(skipped) == {"zero", "text", "trunc", "bomb", "nocap"}
+    assert "zero-byte" in skipped["zero"] and "not an image" in skipped["text"]
+    assert "unreadable" in skipped["trunc"] and "decompression bomb" in skipped["bomb"]
+    assert "caption" in skipped["nocap"]
+    repaired = {e["key"] for e in errors if e["action"] == "repaired"}
+    assert repaired == {"cmyk", "deep", "pal"}
+    _, _, meta = _layout(out)
+    assert sorted(meta.column("key").to_pylist()) == ["cmyk", "deep", "good0", "good1", "good2", "pal"]
+    assert m["counts"] == {"rows": 6, "inputs": 11, "skipped": 5, "repaired": 3,
+                           "skipped_by_stage": {"image": 4, "caption": 1}}
+
+
+def test_webdataset_build(tmp_path, tiny_clip):
+    names = list(_first_captions().items())[:6]
+    shards = tmp_path / "wds"
+    shards.mkdir()
+    for t in range(2):
+        with tarfile.open(shards / f"{t:05d}.tar", "w") as tf:
+            for name, cap in names[t * 3:(t + 1) * 3]:
+                stem = name.rsplit(".", 1)[0]
+                for ext, data in (("jpg", (FLICKR / "images" / name).read_bytes()), ("txt", cap.encode()),
+                                  ("json", json.dumps({"src": name}).encode())):
+                    info = tarfile.TarInfo(f"{stem}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    m = build_index(shards, tmp_path / "idx", shard_size=4, workers=0, progress=False, clip=tiny_clip)
+    _, _, meta = _layout(tmp_path / "idx")
+    assert m["counts"]["rows"] == 6 and [s["rows"] for s in m["shards"]] == [4, 2]
+    assert [json.loads(j)["src"] for j in meta.column("json").to_pylist()] == [n for n, _ in names]
+
+
+def test_all_bad_corpus_is_an_error(tmp_path, tiny_clip):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.jpg").write_bytes(b"nope")
+    (tmp_path / "c" / "a.txt").write_text("x")
+    with pytest.raises(CorpusError, match="no usable items"):
+        build_index(tmp_path / "c", tmp_path / "idx", workers=0, progress=False, clip=tiny_clip)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["/no/such/corpus"], "corpus not found"),
+    (["{empty}"], "no images found"),
+    (["{flickr}", "--model", "ViT-B-99"], "unknown open_clip model"),
+])
+def test_cli_errors_are_one_line_and_non_zero(tmp_path, args, msg):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty", flickr=FLICKR / "captions.csv") for a in args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "retrieval.cli", "build", *args, "--out", str(tmp_path / "o"),
+                        "--image-root", str(FLICKR / "images")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and msg in r.stderr
+
+
+def _cli_build(out, extra=()):
+    return [sys.executable, "-m", "retrieval.cli", "build", str(FLICKR / "captions.csv"), "--out", str(out),
+            "--image-root", str(FLICKR / "images"), "--model", str(TINY), "--shard-size", "100",
+            "--batch-size", "50", "--workers", "2", "--quiet", *extra]
+
+
+def test_kill_9_mid_build_then_resume_gives_identical_index(tmp_path, flickr_index):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_build(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            n = len(json.loads((out / "manifest.json").read_text())["shards"])
+        except (OSError, ValueError):
+            n = 0
+        if n >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    m = json.loads((out / "manifest.json").read_text())
+    assert not m["complete"] and 3 <= len(m["shards"]) < 10
+    r = subprocess.run(_cli_build(out), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["complete"] and m["stats"]["resumed_from_shard"] >= 3 and len(m["shards"]) == 10
+    img, txt, meta = _layout(out)
+    ref_img, ref_txt, ref_meta = _layout(flickr_index)  # uninterrupted build, other shard size
+    assert meta.column("key").to_pylist() == ref_meta.column("key").to_pylist()
+    assert len(set(meta.column("key").to_pylist())) == 1000
+    np.testing.assert_allclose(img.astype(np.float32), ref_img.astype(np.float32), atol=2e-3)
+    assert not [p for p in out.rglob(".*tmp-*")]
+    assert index_info(out)["counts"]["rows"] == 1000
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_worker_count_does_not_change_order_and_stream_pickles(tmp_path, tiny_clip):
+    import pickle
+
+    from retrieval.embed import EmbedStream, iter_batches
+    from retrieval.corpus import open_corpus
+
+    root = tmp_path / "c"
+    for i in range(23):
+        make_image(root / f"{i:03d}.jpg", color=(i * 10, 0, 0)).with_suffix(".txt").write_text(f"item {i}")
+    (root / "007.jpg").write_bytes(b"broken")
+    reader = open_corpus(root)
+
+    def run(workers, start=0):
+        return [(b.index, b.first_pos, b.end_pos, [r["key"] for r in b.rows], [e["key"] for e in b.errors])
+                for b in iter_batches(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4, workers, start)]
+
+    ref = run(0)
+    assert run(3) == ref and ref[1][4] == ["007"] and ref[-1][2] == 23
+    assert [k for b in run(2, start=9) for k in b[3]] == [f"{i:03d}" for i in range(9, 23)]
+    pickle.loads(pickle.dumps(EmbedStream(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4)))
+
+
+def test_forced_index_key_builds_ivf_and_small_last_shard_falls_back(tmp_path, tiny_clip):
+    root = tmp_path / "c"
+    for i in range(70):
+        make_image(root / f"{i:03d}.jpg", color=(i * 3, 255 - i * 3, i)).with_suffix(".txt").write_text(f"item {i}")
+    m = build_index(root, tmp_path / "idx", index_key="IVF16,Flat", shard_size=60, workers=0, progress=False,
+                    clip=tiny_clip)
+    assert [s["index"]["image"]["key"] for s in m["shards"]] == ["IVF16,Flat", "Flat"]
+    assert m["shards"][0]["index"]["image"]["params"].startswith("nprobe=")
+    with pytest.raises(IndexFolderError, match="--index-key"):
+        build_index(root, tmp_path / "idx2", index_key="IVF4,Bogus", workers=0, progress=False, clip=tiny_clip)
+
+
+def test_cli_rejects_bad_sizes_before_any_work(tmp_path):
+    r = CliRunner().invoke(main, ["build", str(FLICKR / "captions.csv"), "--out", str(tmp_path / "o"),
+                                  "--memory-budget", "lots"])
+    assert r.exit_code == 2 and "--memory-budget" in r.output and not (tmp_path / "o").exists()
+    r = CliRunner().invoke(main, ["build", str(FLICKR / "captions.csv"), "--out", str(tmp_path / "o"),
+                                  "--batch-size", "0"])
+    assert r.exit_code == 2 and "must be positive" in r.output
+    from retrieval.cli.common import parse_size as _size
+
+    assert _size("4GB") == 4 * 2**30 and _size("512MiB") == 512 * 2**20 and _size("1e6") == 10**6
