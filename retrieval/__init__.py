@@ -6,7 +6,7 @@ Public API (stable; factory functions, numpy in and out):
 - :func:`build_from_embeddings` — precomputed, row-aligned embeddings -> index folder
 - :func:`open_index` — open an index folder for search (``Index.query`` / ``Index.search``)
 - :func:`load_model` — open_clip model from a hub tag or local checkpoint
-- :func:`index_info` — summary of an index folder
+- :func:`index_info` — summary of an index folder (:func:`format_info` prints it)
 - :func:`open_corpus` — streaming reader for a folder / manifest / WebDataset tars
 - :func:`choose_index_key` — the faiss index rule (pure)
 - :class:`Classifier` — X-MoRe classification over an index; :mod:`xmore` — its math
@@ -23,7 +23,7 @@ from .errors import CorpusError, IndexFolderError, ModelLoadError, RetrievalErro
 from .methods import xmore
 from .ops import build_from_embeddings, build_index
 from .query import Index, open_index
-from .store import choose_index_key, index_info
+from .store import choose_index_key, format_info, index_info
 
 
 def create_app(*args, **kwargs):
@@ -33,7 +33,7 @@ def create_app(*args, **kwargs):
     return _create(*args, **kwargs)
 
 
-__all__ = ["build_index", "build_from_embeddings", "open_index", "Index", "load_model", "index_info", "open_corpus",
+__all__ = ["build_index", "build_from_embeddings", "open_index", "Index", "load_model", "index_info", "format_info", "open_corpus",
            "choose_index_key", "Classifier", "xmore", "create_app",
            "RetrievalError", "CorpusError", "IndexFolderError", "ModelLoadError"]
 __version__ = "0.1.0"

@@ -47,10 +47,9 @@ def main() -> None:
     clip = load_model(a.model, a.pretrained, device=a.device)
     enc = Encoder(clip)
     full_text = Encoder(clip, trim_text=False)
-    first: dict[str, str] = {}
-    with open(flickr / "captions.csv") as f:
-        for row in csv.DictReader(f):
-            first.setdefault(row["image"], row["caption"])
+    from retrieval import open_corpus
+
+    first = {e.key: e.caption for e in open_corpus(flickr / "captions.csv").entries()}  # first caption per photo
     names = list(first)[: a.n]
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
     with open(tmp / "m.csv", "w", newline="") as f:

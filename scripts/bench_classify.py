@@ -29,9 +29,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
 
-    from retrieval import build_index, load_model
-    from retrieval.classify import Classifier, read_labels
-    from retrieval.search import open_index
+    from retrieval import Classifier, build_index, load_model, open_index
+    from retrieval.classify import read_labels
 
     shared = Path(a.shared)
     clip = load_model(str(shared / "models" / "tiny-clip-mix")) if a.index is None else None
@@ -41,12 +40,8 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix="bench-classify-")) / "idx"
         build_index(flickr / "captions.csv", folder, image_root=str(flickr / "images"), shard_size=300,
                     progress=False, clip=clip)
-    if clip is None:
-        from retrieval.cli import _load_for
-
-        clip = _load_for(str(folder))
     paths, labels = read_labels(a.labels or shared / "data" / "cifar10_test_1k" / "labels.csv")
-    clf = Classifier(open_index(folder, clip), sorted(set(labels)), neighbours=a.neighbours, captions=a.captions)
+    clf = Classifier(open_index(folder, clip or "auto"), sorted(set(labels)), neighbours=a.neighbours, captions=a.captions)
     clf.classify(paths[:64], "xmore")  # warm-up
 
     times: dict[str, list[float]] = {"zero-shot CLIP": [], "X-MoRe": [], "retrieval step only": []}

@@ -64,8 +64,7 @@ def main() -> None:
 
     import faiss
 
-    from retrieval.build import build_from_embeddings
-    from retrieval.search import open_index
+    from retrieval import build_from_embeddings, open_index
 
     tmp = Path(a.out or tempfile.mkdtemp(prefix="bench-search-"))
     folder = tmp / "idx"
@@ -75,20 +74,13 @@ def main() -> None:
         build_from_embeddings(folder, x, x, {"arch": "synthetic", "logit_scale": 100.0},
                               shard_size=-(-a.n // a.shards), index_key=a.index_key)
         print(f"built {a.n} x {a.dim} in {a.shards} shards ({a.index_key}) in {time.perf_counter() - t:.1f} s", flush=True)
-    if a.nprobe is not None:
-        from retrieval.manifest import load_manifest, save_manifest
-
-        m = load_manifest(folder)
-        for s in m["shards"]:
-            for mod in ("image", "text"):
-                s["index"][mod]["params"] = f"nprobe={a.nprobe}"
-        save_manifest(folder, m)
-    idx = open_index(folder, backend="faiss-cpu")
+    params = f"nprobe={a.nprobe}" if a.nprobe is not None else None
+    idx = open_index(folder, backend="faiss-cpu", search_params=params)
     q = _unit(a.queries, a.dim, 1, a.clusters, a.spread)
     raw = [faiss.read_index(str(folder / s["files"]["image_index"])) for s in idx.shards]
     for ix, s in zip(raw, idx.shards):
-        if s["index"]["image"]["params"]:
-            faiss.ParameterSpace().set_index_parameters(ix, s["index"]["image"]["params"])
+        if params or s["index"]["image"]["params"]:
+            faiss.ParameterSpace().set_index_parameters(ix, params or s["index"]["image"]["params"])
     offs = idx.offsets
 
     def raw_faiss():
@@ -98,7 +90,7 @@ def main() -> None:
         top = np.argsort(-sc, 1)[:, :a.k]
         return np.take_along_axis(sc, top, 1), np.take_along_axis(ids, top, 1)
 
-    torch_idx = None if a.skip_torch else open_index(folder, backend="torch")
+    torch_idx = None if a.skip_torch else open_index(folder, backend="torch", search_params=params)
     runs = {
         "raw faiss": raw_faiss,
         "ours clip": lambda: idx.search(q, a.k),
@@ -146,17 +138,16 @@ def main() -> None:
 
 def _recalls(idx, q: np.ndarray, k: int, skip_exact: bool) -> dict[str, float]:
     """recall@k of our results against numpy brute force over the stored fp16 vectors."""
-    from retrieval.rerank import offset_search
+    x = idx.embeddings(np.arange(len(idx)), "image")  # the stored fp16 vectors, in global id order
 
-    x = [np.asarray(e) for e in idx._emb("image")]
-    def brute(offsets):
-        parts = [offset_search(q, e, o, k) for e, o in zip(x, offsets)]
-        from retrieval.backends import merge_topk
-        return merge_topk(parts, idx.offsets, k)[1]
-    out = {"plain vs exact cosine": _recall(idx.search(q, k)[1], brute([np.zeros(len(e), np.float32) for e in x]))}
+    def brute(offsets: np.ndarray) -> np.ndarray:
+        s = q @ x.T - offsets
+        return np.argpartition(-s, k - 1, axis=1)[:, :k]
+
+    out = {"plain vs exact cosine": _recall(idx.search(q, k)[1], brute(np.zeros(len(x), np.float32)))}
     if not skip_exact:
-        out["bsap vs brute force"] = _recall(idx.search(q, k, rerank="bsap")[1], brute(idx._bias("bsap", "image")))
-        out["nnn vs brute force"] = _recall(idx.search(q, k, rerank="nnn")[1], brute([0.75 * b for b in idx._bias("nnn", "image")]))
+        out["bsap vs brute force"] = _recall(idx.search(q, k, rerank="bsap")[1], brute(idx.biases.all("bsap", "image")))
+        out["nnn vs brute force"] = _recall(idx.search(q, k, rerank="nnn")[1], brute(0.75 * idx.biases.all("nnn", "image")))
     return out
 
 

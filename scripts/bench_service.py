@@ -38,9 +38,7 @@ def main() -> None:
 
     import uvicorn
 
-    from retrieval import build_index, load_model
-    from retrieval.search import open_index
-    from retrieval.server import create_app
+    from retrieval import build_index, create_app, load_model, open_index
 
     shared = Path(a.shared)
     if a.index is None:
@@ -50,9 +48,7 @@ def main() -> None:
         build_index(flickr / "captions.csv", folder, image_root=str(flickr / "images"), shard_size=300,
                     progress=False, clip=clip)
     else:
-        from retrieval.cli import _load_for
-
-        folder, clip = Path(a.index), _load_for(a.index)
+        folder, clip = Path(a.index), "auto"
     idx = open_index(folder, clip)
     app = create_app({"idx": idx}, max_wait_ms=a.max_wait_ms)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))

@@ -16,7 +16,6 @@ needs the op-schema shim of retrieval/_compat.py, e.g. as a sitecustomize.py in 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import os
@@ -53,10 +52,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-vs-cr-"))
     corpus = tmp / "wds"  # one tar per worker: webdataset gives a worker without a shard an error
     corpus.mkdir()
-    first: dict[str, str] = {}
-    with open(flickr / "captions.csv") as f:
-        for row in csv.DictReader(f):
-            first.setdefault(row["image"], row["caption"])
+    from retrieval import open_corpus
+
+    first = {e.key: e.caption for e in open_corpus(flickr / "captions.csv").entries()}  # first caption per photo
     names = list(first)[: a.n]
     n_tars = max(1, a.workers)
     for t in range(n_tars):

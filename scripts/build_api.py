@@ -1,8 +1,7 @@
 """Build an index from Python and query it (copy and adapt)."""
 import sys
 
-from retrieval import build_index, load_model
-from retrieval.search import open_index
+from retrieval import build_index, load_model, open_index
 
 corpus, out = sys.argv[1], sys.argv[2]          # e.g. /data/photos indexes/photos
 clip = load_model("ViT-B-32", "laion2b_s34b_b79k")  # or load_model("/models/my-clip-folder")

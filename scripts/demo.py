@@ -9,10 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval import build_index, index_info, load_model
-from retrieval.errors import RetrievalError
-from retrieval.info import format_info
-from retrieval.search import open_index
+from retrieval import Classifier, RetrievalError, build_index, format_info, index_info, load_model, open_index
 
 QUERIES = ["a dog running on the grass", "children playing in the water", "a man riding a bicycle",
            "a snowy mountain", "people in a crowded street"]
@@ -52,8 +49,6 @@ def main() -> int:
             print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
         cifar = shared / "data" / "cifar10_test_1k"
         if not a.corpus and cifar.is_dir():
-            from retrieval.classify import Classifier
-
             classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
             paths = [cifar / c / "0000.jpg" for c in classes]
             print("\nX-MoRe classification of CIFAR-10 test photos with the Flickr index as caption bank:")

@@ -37,6 +37,33 @@ def flickr_index(tmp_path_factory, tiny_clip):
     return out
 
 
+def first_captions() -> dict[str, str]:
+    """The Flickr fixture's first caption of each image, in file order ({image name: caption})."""
+    import csv
+
+    with open(FLICKR / "captions.csv", newline="") as f:
+        first: dict[str, str] = {}
+        for row in csv.DictReader(f):
+            first.setdefault(row["image"], row["caption"])
+    return first
+
+
+def read_layout(folder):
+    """(image embeddings, text embeddings, metadata table) of an index folder, read with plain numpy /
+    pyarrow as embedding-reader users would."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    names = sorted(p.name for p in (folder / "img_emb").iterdir())
+    img = np.concatenate([np.load(folder / "img_emb" / f) for f in names])
+    txt = np.concatenate([np.load(folder / "text_emb" / f.replace("img_emb", "text_emb")) for f in names])
+    meta = pa.concat_tables([pq.read_table(folder / "metadata" / f.replace("img_emb", "metadata").replace(".npy", ".parquet"))
+                             for f in names])
+    return img, txt, meta
+
+
 def make_image(path, size=(40, 30), color=(200, 30, 30), mode="RGB", fmt=None):
     from PIL import Image
 

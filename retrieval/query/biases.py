@@ -94,7 +94,7 @@ class Biases:
                 out.append(build_augmented(plain, "Flat", emb, off, shift))
                 continue
             path = augmented_path(folder, method, modality, s["id"])
-            ix = read_shard_index(path, info, shards.mmap)
+            ix = read_shard_index(path, info, shards.mmap, shards.search_params)
             if ix.ntotal != s["rows"]:
                 raise IndexFolderError(f"{path} holds {ix.ntotal} vectors, shard has {s['rows']}")
             out.append(ix)

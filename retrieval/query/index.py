@@ -24,10 +24,10 @@ from .shards import ShardSet
 
 
 class Index:
-    """A built index folder, opened read-only (``mmap``: None = Flat shards only, True/False = all)."""
+    """A built index folder, opened read-only (see :func:`open_index` for the arguments)."""
 
     def __init__(self, folder: str | os.PathLike, clip: Optional[ClipModel] = None, mmap: Optional[bool] = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", search_params: Optional[str] = None):
         self.folder = Path(folder)
         m = load_manifest(self.folder)
         if m is None:
@@ -38,7 +38,7 @@ class Index:
             raise IndexFolderError(f"{self.folder} was built with {describe(m['model'])}; "
                                    f"the query model is {describe(clip.identity)}")
         self.manifest, self.clip = m, clip
-        self.shard_set = ShardSet(self.folder, m, mmap)
+        self.shard_set = ShardSet(self.folder, m, mmap, search_params)
         self.biases = Biases(self.shard_set)
         self.meta = MetadataReader(self.shard_set)
         self.backend_name = pick_backend(backend)
@@ -145,16 +145,17 @@ class Index:
 
 
 def open_index(folder: str | os.PathLike, clip: Union[ClipModel, str, None] = None, backend: str = "auto",
-               mmap: Optional[bool] = None) -> Index:
+               mmap: Optional[bool] = None, search_params: Optional[str] = None) -> Index:
     """Open ``folder`` for search (model checked against the manifest when given).
 
     ``clip``: a loaded model, None (search by embeddings only), or 'auto' to load the model the
     manifest records. ``backend``: 'auto' (faiss-gpu if faiss has GPUs, torch if CUDA, else
     faiss-cpu), or one of them. ``mmap``: None memory-maps Flat shards and reads IVF/HNSW shards
-    into RAM; True/False for all.
+    into RAM; True/False for all. ``search_params`` (e.g. 'nprobe=16' or 'efSearch=128') replaces the
+    build's tuned parameters of every non-Flat shard.
     """
     if isinstance(clip, str):
         if clip != "auto":
             raise ValueError(f"clip must be a loaded model, None or 'auto', got {clip!r}")
         clip = recorded_model(folder)
-    return Index(folder, clip, backend=backend, mmap=mmap)
+    return Index(folder, clip, backend=backend, mmap=mmap, search_params=search_params)

@@ -21,21 +21,26 @@ def read_flag(key: str, mmap: Optional[bool]) -> int:
     return faiss.IO_FLAG_MMAP if use else 0
 
 
-def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool]):
-    """One shard's faiss index, read with ``info``'s (the manifest's) key and search parameters."""
+def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], params: Optional[str] = None):
+    """One shard's faiss index, read with ``info``'s (the manifest's) key and tuned search parameters,
+    or ``params`` (e.g. 'nprobe=16') instead for non-Flat shards."""
     import faiss
 
     ix = faiss.read_index(str(path), read_flag(info["key"], mmap))
-    if info["params"]:
-        faiss.ParameterSpace().set_index_parameters(ix, info["params"])
+    use = params if params and info["key"] != "Flat" else info["params"]
+    if use:
+        try:
+            faiss.ParameterSpace().set_index_parameters(ix, use)
+        except RuntimeError:
+            raise ValueError(f"search parameters {use!r} do not apply to a {info['key']} index") from None
     return ix
 
 
 class ShardSet:
     """Non-empty shards of ``manifest`` under ``folder``; every file's rows checked on open."""
 
-    def __init__(self, folder: Path, manifest: dict, mmap: Optional[bool] = None):
-        self.folder, self.manifest, self.mmap = Path(folder), manifest, mmap
+    def __init__(self, folder: Path, manifest: dict, mmap: Optional[bool] = None, search_params: Optional[str] = None):
+        self.folder, self.manifest, self.mmap, self.search_params = Path(folder), manifest, mmap, search_params
         self.shards = [s for s in manifest["shards"] if s["rows"] > 0]
         self.starts = np.array([s["offset"] for s in self.shards], dtype=np.int64)  # global id of each first row
         self.rows = np.array([s["rows"] for s in self.shards], dtype=np.int64)
@@ -43,7 +48,7 @@ class ShardSet:
         for s in self.shards:
             self._check_files(s)
             for mod in MODALITIES:
-                ix = read_shard_index(self.path(s, INDEX_FILE[mod]), s["index"][mod], mmap)
+                ix = read_shard_index(self.path(s, INDEX_FILE[mod]), s["index"][mod], mmap, search_params)
                 if ix.ntotal != s["rows"]:
                     raise IndexFolderError(f"shard {s['id']}: {mod} index holds {ix.ntotal} vectors, "
                                            f"manifest says {s['rows']}")

@@ -7,7 +7,7 @@ from PIL import Image
 from retrieval.errors import ModelLoadError
 from retrieval.embed import load_model, same_model
 
-from tests.conftest import FLICKR, TINY, needs_shared
+from tests.conftest import FLICKR, TINY, first_captions, needs_shared
 
 
 @needs_shared
@@ -22,14 +22,10 @@ def test_fixture_loads_offline_with_identity(tiny_clip):
 
 @needs_shared
 def test_right_caption_wins_on_five_flickr_photos(tiny_clip):
-    import csv
 
     import torch
 
-    with open(FLICKR / "captions.csv") as f:
-        first = {}
-        for row in csv.DictReader(f):
-            first.setdefault(row["image"], row["caption"])
+    first = first_captions()
     names = list(first)[:5]
     ims = torch.stack([tiny_clip.preprocess(Image.open(FLICKR / "images" / n).convert("RGB")) for n in names])
     with torch.inference_mode():

@@ -1,5 +1,4 @@
 """End-to-end builds with the tiny fixture model (real photos, real captions)."""
-import csv
 import io
 import json
 import os
@@ -11,8 +10,6 @@ import time
 
 import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -21,34 +18,16 @@ from retrieval.cli import main
 from retrieval.errors import CorpusError, IndexFolderError
 from retrieval import index_info
 
-from tests.conftest import FLICKR, TINY, make_image, needs_shared
+from tests.conftest import FLICKR, TINY, first_captions, make_image, needs_shared, read_layout
 
 pytestmark = needs_shared
 
 
-def _layout(folder):
-    """Read an index folder with plain numpy / pyarrow, as embedding-reader users would."""
-    shards = sorted(os.listdir(folder / "img_emb"))
-    img = np.concatenate([np.load(folder / "img_emb" / f) for f in shards])
-    txt = np.concatenate([np.load(folder / "text_emb" / f.replace("img_emb", "text_emb")) for f in shards])
-    meta = pa.concat_tables([pq.read_table(folder / "metadata" / f.replace("img_emb", "metadata").replace(".npy", ".parquet"))
-                             for f in shards])
-    return img, txt, meta
-
-
-def _first_captions():
-    with open(FLICKR / "captions.csv") as f:
-        first = {}
-        for row in csv.DictReader(f):
-            first.setdefault(row["image"], row["caption"])
-    return first
-
-
 def test_flickr_layout_alignment_and_recall(flickr_index):
-    img, txt, meta = _layout(flickr_index)
+    img, txt, meta = read_layout(flickr_index)
     assert img.dtype == np.float16 and img.shape == (1000, 256) and txt.shape == (1000, 256)
     np.testing.assert_allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1.0, atol=2e-3)
-    first = _first_captions()
+    first = first_captions()
     assert meta.column("key").to_pylist() == list(first)  # corpus order, one row per photo
     assert meta.column("caption").to_pylist() == [" ".join(c.split()) for c in first.values()]
     assert all(len(c) == 5 for c in meta.column("captions").to_pylist())
@@ -63,7 +42,7 @@ def test_flickr_manifest_and_faiss_files(flickr_index):
     assert [s["offset"] for s in m["shards"]] == [0, 300, 600, 900]
     assert m["counts"]["rows"] == 1000 and m["counts"]["inputs"] == 1000 and m["counts"]["skipped"] == 0
     assert m["model"]["weights_sha256"].startswith("9dce3be6") and m["model"]["embed_dim"] == 256
-    img, _, _ = _layout(flickr_index)
+    img, _, _ = read_layout(flickr_index)
     for s in m["shards"]:
         for modality in ("image", "text"):
             index = faiss.read_index(str(flickr_index / s["files"][f"{modality}_index"]))
@@ -142,14 +121,14 @@ def test_bad_inputs_are_skipped_or_repaired_and_logged(tmp_path, tiny_clip):
     assert "caption" in skipped["nocap"]
     repaired = {e["key"] for e in errors if e["action"] == "repaired"}
     assert repaired == {"cmyk", "deep", "pal"}
-    _, _, meta = _layout(out)
+    _, _, meta = read_layout(out)
     assert sorted(meta.column("key").to_pylist()) == ["cmyk", "deep", "good0", "good1", "good2", "pal"]
     assert m["counts"] == {"rows": 6, "inputs": 11, "skipped": 5, "repaired": 3,
                            "skipped_by_stage": {"image": 4, "caption": 1}}
 
 
 def test_webdataset_build(tmp_path, tiny_clip):
-    names = list(_first_captions().items())[:6]
+    names = list(first_captions().items())[:6]
     shards = tmp_path / "wds"
     shards.mkdir()
     for t in range(2):
@@ -162,7 +141,7 @@ def test_webdataset_build(tmp_path, tiny_clip):
                     info.size = len(data)
                     tf.addfile(info, io.BytesIO(data))
     m = build_index(shards, tmp_path / "idx", shard_size=4, workers=0, progress=False, clip=tiny_clip)
-    _, _, meta = _layout(tmp_path / "idx")
+    _, _, meta = read_layout(tmp_path / "idx")
     assert m["counts"]["rows"] == 6 and [s["rows"] for s in m["shards"]] == [4, 2]
     assert [json.loads(j)["src"] for j in meta.column("json").to_pylist()] == [n for n, _ in names]
 
@@ -217,8 +196,8 @@ def test_kill_9_mid_build_then_resume_gives_identical_index(tmp_path, flickr_ind
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["complete"] and m["stats"]["resumed_from_shard"] >= 3 and len(m["shards"]) == 10
-    img, txt, meta = _layout(out)
-    ref_img, ref_txt, ref_meta = _layout(flickr_index)  # uninterrupted build, other shard size
+    img, txt, meta = read_layout(out)
+    ref_img, ref_txt, ref_meta = read_layout(flickr_index)  # uninterrupted build, other shard size
     assert meta.column("key").to_pylist() == ref_meta.column("key").to_pylist()
     assert len(set(meta.column("key").to_pylist())) == 1000
     np.testing.assert_allclose(img.astype(np.float32), ref_img.astype(np.float32), atol=2e-3)

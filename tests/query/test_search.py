@@ -8,10 +8,9 @@ import pytest
 from retrieval.errors import IndexFolderError
 from retrieval import open_index
 
-from tests.conftest import FLICKR, needs_shared
+from tests.conftest import FLICKR, first_captions, needs_shared, read_layout
 
 FLICKR_IMAGES = FLICKR / "images"
-from tests.ops.test_build import _first_captions, _layout
 
 pytestmark = needs_shared
 
@@ -19,7 +18,7 @@ pytestmark = needs_shared
 def test_sharded_search_equals_one_flat_index(flickr_index):
     idx = open_index(flickr_index)
     assert len(idx) == 1000 and len(idx.shards) == 4
-    img, txt, _ = _layout(flickr_index)
+    img, txt, _ = read_layout(flickr_index)
     q = txt[:50].astype(np.float32)
     scores, ids = idx.search_vectors(q, k=20)
     brute = q @ img.astype(np.float32).T
@@ -32,7 +31,7 @@ def test_sharded_search_equals_one_flat_index(flickr_index):
 
 def test_text_search_finds_the_captioned_photo(flickr_index, tiny_clip):
     idx = open_index(flickr_index, tiny_clip)
-    first = _first_captions()
+    first = first_captions()
     names, caps = list(first)[:40], list(first.values())[:40]
     hits = [n in [r["key"] for r in res] for n, res in zip(names, idx.search_text(caps, k=5))]
     assert np.mean(hits) >= 0.6
@@ -212,3 +211,23 @@ def test_metadata_reads_only_the_row_groups_results_need(tmp_path):
     assert set(idx.meta.groups) == {(0, 5000 // METADATA_ROW_GROUP), (0, 9999 // METADATA_ROW_GROUP)}
     with pytest.raises(IndexError, match="not in this index"):
         idx.metadata([10_000])
+
+
+def test_search_params_override_the_tuned_ones(tmp_path):
+    from retrieval import build_from_embeddings
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    build_from_embeddings(tmp_path / "ivf", x, x, {"arch": "synthetic"}, shard_size=1500, index_key="IVF32,Flat",
+                          bias_bank=None)
+    q = x[:40] + 0.3 * rng.standard_normal((40, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    stored = open_index(tmp_path / "ivf").embeddings(np.arange(3000), "image")
+    truth = np.argsort(-(q @ stored.T), axis=1)[:, :10]
+    few = open_index(tmp_path / "ivf", search_params="nprobe=1").search(q, 10)[1]
+    every = open_index(tmp_path / "ivf", search_params="nprobe=32").search(q, 10)[1]
+    assert (np.sort(every, 1) == np.sort(truth, 1)).all()       # nprobe = nlist: exact
+    assert (np.sort(few, 1) == np.sort(truth, 1)).mean() < 1.0  # nprobe 1 misses some
+    with pytest.raises(ValueError, match="do not apply"):
+        open_index(tmp_path / "ivf", search_params="efSearch=64")
