@@ -5,6 +5,8 @@ import json
 
 import click
 
+from ..methods.xmore import METHODS as XMORE_METHODS
+
 from .common import with_options
 
 
@@ -52,7 +54,7 @@ _CLASSIFY_OPTIONS = [
 @click.argument("index", type=click.Path())
 @click.argument("images", nargs=-1, type=click.Path())
 @with_options(_CLASSIFY_OPTIONS)
-@click.option("--method", type=click.Choice(["xmore", "image", "caption", "fixed"]), default="xmore", show_default=True,
+@click.option("--method", type=click.Choice(XMORE_METHODS), default="xmore", show_default=True,
               help="xmore: entropy-weighted mix; image: zero-shot CLIP; caption: captions only; fixed: 0.5/0.5.")
 @click.option("--normalise", type=click.Choice(["batch", "stream"]), default="batch", show_default=True,
               help="Confidence weights divided by their means over the images (batch) or running sums (official stream).")

@@ -6,6 +6,9 @@ import os
 
 import click
 
+from ..methods.rerank import METHODS as RERANK_METHODS
+from ..query.backends import BACKENDS
+
 
 @click.command()
 @click.argument("index", type=click.Path())
@@ -14,12 +17,12 @@ import click
 @click.option("--k", default=20, show_default=True, help="Results per query.")
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Search among the corpus images or its captions.")
-@click.option("--rerank", type=click.Choice(["clip", "bsap", "hybrid", "nnn"]), default="clip", show_default=True,
+@click.option("--rerank", type=click.Choice(RERANK_METHODS), default="clip", show_default=True,
               help="clip cosine; bsap/nnn exact over the whole corpus; hybrid over --candidates.")
 @click.option("--candidates", type=int, default=None, help="Rerank CLIP's top N instead of searching exactly.")
 @click.option("--lam", default=0.5, show_default=True, help="BSAP-H weight of the CLIP softmax.")
 @click.option("--alpha", default=0.75, show_default=True, help="NNN bias weight.")
-@click.option("--backend", type=click.Choice(["auto", "faiss-cpu", "faiss-gpu", "torch"]), default="auto",
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True, help="auto: faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, as_json):

@@ -5,6 +5,8 @@ import os
 
 import click
 
+from ..query.backends import BACKENDS
+
 from .common import parse_size
 
 
@@ -15,7 +17,7 @@ from .common import parse_size
 @click.option("--max-batch", default=64, show_default=True, help="Most search requests run as one batch.")
 @click.option("--max-wait-ms", default=4.0, show_default=True, help="Longest wait for a batch to fill.")
 @click.option("--max-body", default="16MB", show_default=True, help="Largest request body (bigger: 413).")
-@click.option("--backend", type=click.Choice(["auto", "faiss-cpu", "faiss-gpu", "torch"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 def serve(indexes, host, port, max_batch, max_wait_ms, max_body, backend):
     """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /."""
     import uvicorn

@@ -10,11 +10,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 
 from ..errors import RetrievalError
+from ..methods.rerank import METHODS as RERANK_METHODS
+from ..methods.xmore import METHODS as XMORE_METHODS
 from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image
 
-Rerank = Literal["clip", "bsap", "hybrid", "nnn"]
+Rerank = Literal[RERANK_METHODS]
 Target = Literal["image", "text"]
-Method = Literal["xmore", "image", "caption", "fixed"]
+Method = Literal[XMORE_METHODS]
 
 
 class SearchBody(BaseModel):
