@@ -64,6 +64,14 @@ def read_layout(folder):
     return img, txt, meta
 
 
+def bias_folder(index_folder) -> Path:
+    """The folder of an index's current bias generation (the manifest's ``bias.dir``)."""
+    import json
+
+    m = json.loads((Path(index_folder) / "manifest.json").read_text())
+    return Path(index_folder) / (m["bias"].get("dir") or "bias")
+
+
 def make_image(path, size=(40, 30), color=(200, 30, 30), mode="RGB", fmt=None):
     from PIL import Image
 

@@ -7,11 +7,16 @@ For each shard and target modality (``image``: text->image search; ``text``: ima
 Banks (our choice, recorded in the manifest): image targets use text prompts (the generic list below,
 user texts, or a seeded sample of the corpus's caption embeddings) and caption embeddings as NNN
 references; text targets use seeded samples of the corpus's image embeddings. The banks are saved
-as ``bias/bank_*.npy``. Recomputing (``compute_biases``) reads stored embeddings only.
+as ``bank_*.npy``. Recomputing (``compute_biases``) reads stored embeddings only.
+
+Each computation writes a new generation folder ``bias/gNNNNNN/`` and publishes it with the one
+manifest write (``store.generations``): a run killed at any point leaves the previous bank wholly in
+force, and the superseded files are collected at the next publish.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,9 +25,13 @@ import numpy as np
 
 from ..errors import IndexFolderError
 from ..methods.rerank import bsap_offsets, nnn_bias
-from ..store.atomic import atomic_path
-from ..store.layout import EMB_FILE, INDEX_FILE, MODALITIES, augmented_path, bank_path, bias_path
-from ..store.manifest import load_manifest, save_manifest
+from ..store.generations import next_generation, publish
+from ..store.integrity import file_record
+from ..store.layout import (EMB_FILE, INDEX_FILE, MODALITIES, augmented_path, bank_path, bias_generation_dir,
+                            bias_path)
+from ..store.lock import write_lock
+from ..store.manifest import load_manifest
+from ..store.writer import save_faiss, save_npy
 
 GENERIC_PROMPTS = (
     "a photo.", "an image.", "a picture of something.", "a photo of an object.", "a photo of a thing.",
@@ -30,11 +39,6 @@ GENERIC_PROMPTS = (
     "a photo of a person.", "a photo of an animal.", "a photo of a place.", "a drawing.", "a picture.",
     "a photo taken outdoors.",
 )
-
-
-def _save(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr)
 
 
 def _sample_rows(folder: Path, shards: list[dict], modality: str, size: int, seed: int) -> np.ndarray:
@@ -54,64 +58,80 @@ def _sample_rows(folder: Path, shards: list[dict], modality: str, size: int, see
 def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
                    bank_size: int = 64, nnn_k: int = 128, ref_size: int = 4096, tau: Optional[float] = None,
                    seed: int = 0, augmented: bool = True) -> dict:
-    """(Re)compute ``bias/`` for a complete index folder; returns the manifest's ``bias`` section.
+    """(Re)compute the bias offsets of a complete index folder; returns the manifest's ``bias`` section.
 
     ``bank``: 'generic' (GENERIC_PROMPTS, needs ``clip``), 'texts' (``bank_texts``, needs ``clip``) or
     'corpus' (``bank_size`` sampled caption embeddings; no model needed). ``augmented`` also builds,
     for shards whose index is not Flat, the bias-augmented indexes used by exact BSAP/NNN search
-    (``bias/aug_{method}_{modality}_{shard}.faiss``; Flat shards build theirs in memory on first use).
+    (Flat shards build theirs in memory on first use).
     """
     folder = Path(folder)
-    m = load_manifest(folder)
-    if m is None or not m.get("complete"):
-        raise IndexFolderError(f"{folder} is not a complete index folder")
-    shards = [s for s in m["shards"] if s["rows"] > 0]
-    tau = float(tau if tau is not None else m["model"]["logit_scale"])
-    t0 = time.perf_counter()
-    if bank in ("generic", "texts"):
-        texts = list(GENERIC_PROMPTS if bank == "generic" else (bank_texts or []))
-        if not texts:
-            raise ValueError("bank 'texts' needs at least one text")
-        if clip is None:
-            raise ValueError(f"bank {bank!r} needs the index's model to encode its prompts")
-        from ..embed import Encoder
+    for name, v in (("bank_size", bank_size), ("nnn_k", nnn_k), ("ref_size", ref_size)):
+        if v <= 0:
+            raise ValueError(f"{name} must be positive, got {v}")
+    with write_lock(folder):
+        m = load_manifest(folder)
+        if m is None or not m.get("complete"):
+            raise IndexFolderError(f"{folder} is not a complete index folder")
+        shards = [s for s in m["shards"] if s["rows"] > 0]
+        tau = float(tau if tau is not None else m["model"]["logit_scale"])
+        t0 = time.perf_counter()
+        texts = None
+        if bank in ("generic", "texts"):
+            texts = list(GENERIC_PROMPTS if bank == "generic" else (bank_texts or []))
+            if not texts:
+                raise ValueError("bank 'texts' needs at least one text")
+            if clip is None:
+                raise ValueError(f"bank {bank!r} needs the index's model to encode its prompts")
+            from ..embed import Encoder
 
-        text_bank = Encoder(clip).texts(texts)
-    elif bank == "corpus":
-        text_bank = _sample_rows(folder, shards, "text", bank_size, seed)
-    else:
-        raise ValueError(f"unknown bank {bank!r}; choose generic, texts or corpus")
-    banks = {"image": text_bank, "text": _sample_rows(folder, shards, "image", bank_size, seed + 1)}
-    refs = {"image": _sample_rows(folder, shards, "text", ref_size, seed + 2),
-            "text": _sample_rows(folder, shards, "image", ref_size, seed + 3)}
-    shifts: dict[str, dict[str, float]] = {"bsap": {}, "nnn": {}}
-    for modality in MODALITIES:
-        _save(bank_path(folder, modality), banks[modality].astype(np.float32))
-        per = {"bsap": [], "nnn": []}
-        for s in shards:
-            emb = np.asarray(np.load(folder / s["files"][EMB_FILE[modality]], mmap_mode="r"), np.float32)
-            per["bsap"].append(bsap_offsets(emb, banks[modality], tau))
-            per["nnn"].append(nnn_bias(emb, refs[modality], k=nnn_k))
-            for method in per:
-                _save(bias_path(folder, method, modality, s["id"]), per[method][-1])
-        for method, offs in per.items():
-            shifts[method][modality] = float(np.mean(np.concatenate(offs), dtype=np.float64))
-        if augmented:
-            for i, s in enumerate(shards):
-                _save_augmented(folder, s, modality, {m: (per[m][i], shifts[m][modality]) for m in per})
-    section = {"tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
-               "bank_texts": texts if bank in ("generic", "texts") else None, "nnn_k": nnn_k,
-               "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()}, "seed": seed,
-               "shift": shifts, "augmented": bool(augmented),
-               "seconds": round(time.perf_counter() - t0, 3)}
-    m["bias"] = section
-    save_manifest(folder, m)
+            text_bank = Encoder(clip).texts(texts)
+        elif bank == "corpus":
+            text_bank = _sample_rows(folder, shards, "text", bank_size, seed)
+        else:
+            raise ValueError(f"unknown bank {bank!r}; choose generic, texts or corpus")
+        banks = {"image": text_bank, "text": _sample_rows(folder, shards, "image", bank_size, seed + 1)}
+        refs = {"image": _sample_rows(folder, shards, "text", ref_size, seed + 2),
+                "text": _sample_rows(folder, shards, "image", ref_size, seed + 3)}
+        where = bias_generation_dir(next_generation(m))
+        shutil.rmtree(folder / where, ignore_errors=True)  # what a killed run of this generation left
+        files: dict[str, dict] = {}
+
+        def save(path: Path, write) -> None:
+            write(path)
+            files[path.relative_to(folder).as_posix()] = file_record(path)
+
+        shifts: dict[str, dict[str, float]] = {"bsap": {}, "nnn": {}}
+        for modality in MODALITIES:
+            save(bank_path(folder, modality, where), lambda p: save_npy(p, banks[modality].astype(np.float32)))
+            per: dict[str, list] = {"bsap": [], "nnn": []}
+            for s in shards:
+                emb = np.asarray(np.load(folder / s["files"][EMB_FILE[modality]], mmap_mode="r"), np.float32)
+                per["bsap"].append(bsap_offsets(emb, banks[modality], tau))
+                per["nnn"].append(nnn_bias(emb, refs[modality], k=nnn_k))
+                for method in per:
+                    save(bias_path(folder, method, modality, s["id"], where), lambda p: save_npy(p, per[method][-1]))
+            for method, offs in per.items():
+                shifts[method][modality] = float(np.mean(np.concatenate(offs), dtype=np.float64))
+            if augmented:
+                for i, s in enumerate(shards):
+                    for method, index in _augmented(folder, s, modality,
+                                                    {mt: (per[mt][i], shifts[mt][modality]) for mt in per}):
+                        save(augmented_path(folder, method, modality, s["id"], where),
+                             lambda p: save_faiss(p, index))
+        section = {"tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
+                   "bank_texts": texts, "nnn_k": nnn_k,
+                   "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()}, "seed": seed,
+                   "shift": shifts, "augmented": bool(augmented), "dir": where, "files": files,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+        m["bias"] = section
+        publish(folder, m)
     return section
 
 
-def _save_augmented(folder: Path, shard: dict, modality: str, methods: dict[str, tuple[np.ndarray, float]]) -> None:
-    """Write the augmented index of one non-Flat shard per method ({method: (offsets, shift)}), atomically.
-    The shard's plain index and embeddings are read once for all methods."""
+def _augmented(folder: Path, shard: dict, modality: str, methods: dict[str, tuple[np.ndarray, float]]):
+    """(method, augmented index) of one non-Flat shard per method ({method: (offsets, shift)}); the
+    shard's plain index and embeddings are read once for all methods. Flat shards have none stored."""
     import faiss
 
     from ..methods.augmented import build_augmented
@@ -122,6 +142,4 @@ def _save_augmented(folder: Path, shard: dict, modality: str, methods: dict[str,
     plain = faiss.read_index(str(folder / shard["files"][INDEX_FILE[modality]]))
     emb = np.load(folder / shard["files"][EMB_FILE[modality]], mmap_mode="r")
     for method, (offsets, shift) in methods.items():
-        aug = build_augmented(plain, info["key"], emb, offsets, shift, seed=shard["id"])
-        with atomic_path(augmented_path(folder, method, modality, shard["id"])) as tmp:
-            faiss.write_index(aug, str(tmp))
+        yield method, build_augmented(plain, info["key"], emb, offsets, shift, seed=shard["id"])

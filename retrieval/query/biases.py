@@ -13,8 +13,8 @@ import numpy as np
 
 from ..errors import IndexFolderError
 from ..methods.augmented import build_augmented
-from ..store.layout import augmented_path, bias_path
-from .shards import ShardSet, read_shard_index
+from ..store.layout import augmented_path, bias_dir, bias_path
+from .shards import ShardSet, read_shard_index, reading
 
 AUGMENTED_CACHE = 4  # augmented index sets kept (one per modality x method; any α)
 log = logging.getLogger("retrieval.query")
@@ -24,6 +24,7 @@ class Biases:
     def __init__(self, shards: ShardSet):
         self.shards = shards
         self.section: Optional[dict] = shards.manifest.get("bias")
+        self.where = bias_dir(self.section)  # the current generation's folder
         self._per_shard: dict[tuple, list[np.ndarray]] = {}
         self._all: dict[tuple, np.ndarray] = {}
         self._augmented: dict[tuple, Optional[list]] = {}
@@ -45,10 +46,11 @@ class Biases:
                                        f"`retrieval bias`)")
             out = []
             for s in self.shards.shards:
-                path = bias_path(self.shards.folder, method, modality, s["id"])
+                path = bias_path(self.shards.folder, method, modality, s["id"], self.where)
                 if not path.exists():
                     raise IndexFolderError(f"missing {path}; recompute with `retrieval bias`")
-                arr = np.load(path)
+                with reading(path):
+                    arr = np.load(path)
                 if len(arr) != s["rows"]:
                     raise IndexFolderError(f"{path} has {len(arr)} rows, shard has {s['rows']}")
                 out.append(arr)
@@ -80,7 +82,7 @@ class Biases:
             self._augmented.pop(next(iter(self._augmented)))
         shards, folder = self.shards, self.shards.folder
         missing = [s["id"] for s in shards.shards if s["index"][modality]["key"] != "Flat"
-                   and not augmented_path(folder, method, modality, s["id"]).exists()]
+                   and not augmented_path(folder, method, modality, s["id"], self.where).exists()]
         if missing:  # remembered, so the warning and this check happen once per method and modality
             log.warning("%s: no augmented index for shard(s) %s (re-run `retrieval bias`); "
                         "exact %s search falls back to a numpy scan", folder, missing, method)
@@ -93,7 +95,7 @@ class Biases:
             if info["key"] == "Flat":
                 out.append(build_augmented(plain, "Flat", emb, off, shift))
                 continue
-            path = augmented_path(folder, method, modality, s["id"])
+            path = augmented_path(folder, method, modality, s["id"], self.where)
             ix = read_shard_index(path, info, shards.mmap, shards.search_params)
             if ix.ntotal != s["rows"]:
                 raise IndexFolderError(f"{path} holds {ix.ntotal} vectors, shard has {s['rows']}")

@@ -1,15 +1,46 @@
 """The shards of an opened index folder: checked against the manifest, with their faiss indexes and
-(memory-mapped) embeddings, and the mapping from global ids to (shard, row)."""
+(memory-mapped) embeddings, and the mapping from global ids to (shard, row).
+
+Opening checks, in O(files): every listed file's size and sampled fingerprint
+(``store.integrity.quick_check``), each Parquet file's shard identity, and the row counts of the
+npy headers, Parquet footers and faiss indexes. Any file that fails to load is named in the error.
+"""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from ..errors import IndexFolderError
+from ..store.integrity import quick_check
 from ..store.layout import EMB_FILE, INDEX_FILE, MODALITIES
+from ..store.writer import PARQUET_SHARD_KEY
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turn any failure to read ``path`` into one IndexFolderError line naming the file."""
+    try:
+        yield
+    except IndexFolderError:
+        raise
+    except Exception as e:  # numpy, faiss and pyarrow each raise their own kinds
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise IndexFolderError(f"{path} is unreadable ({type(e).__name__}: {msg}); "
+                               f"run `retrieval verify` on the index folder") from None
+
+
+def check_listed_files(folder: Path, manifest: dict) -> None:
+    """The cheap check of every file the manifest lists; IndexFolderError naming the first bad one."""
+    problems = quick_check(folder, manifest)
+    if problems:
+        rel, why = problems[0]
+        more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
+        raise IndexFolderError(f"{folder / rel}: {why}{more}; run `retrieval verify {folder}`")
 
 
 def read_flag(key: str, mmap: Optional[bool]) -> int:
@@ -26,7 +57,8 @@ def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], 
     or ``params`` (e.g. 'nprobe=16') instead for non-Flat shards."""
     import faiss
 
-    ix = faiss.read_index(str(path), read_flag(info["key"], mmap))
+    with reading(path):
+        ix = faiss.read_index(str(path), read_flag(info["key"], mmap))
     use = params if params and info["key"] != "Flat" else info["params"]
     if use:
         try:
@@ -45,6 +77,7 @@ class ShardSet:
         self.starts = np.array([s["offset"] for s in self.shards], dtype=np.int64)  # global id of each first row
         self.rows = np.array([s["rows"] for s in self.shards], dtype=np.int64)
         self.faiss: dict[str, list] = {mod: [] for mod in MODALITIES}
+        check_listed_files(self.folder, manifest)
         for s in self.shards:
             self._check_files(s)
             for mod in MODALITIES:
@@ -65,12 +98,20 @@ class ShardSet:
             if not self.path(s, role).exists():
                 raise IndexFolderError(f"shard {s['id']}: missing {s['files'][role]}")
         for role in ("img_emb", "text_emb"):
-            rows = np.load(self.path(s, role), mmap_mode="r").shape[0]
-            if rows != s["rows"]:
-                raise IndexFolderError(f"shard {s['id']}: {s['files'][role]} has {rows} rows, manifest says {s['rows']}")
-        rows = pq.ParquetFile(self.path(s, "metadata")).metadata.num_rows
-        if rows != s["rows"]:
-            raise IndexFolderError(f"shard {s['id']}: metadata has {rows} rows, manifest says {s['rows']}")
+            with reading(self.path(s, role)):
+                shape = np.load(self.path(s, role), mmap_mode="r").shape
+            if shape[0] != s["rows"]:
+                raise IndexFolderError(f"shard {s['id']}: {s['files'][role]} has {shape[0]} rows, manifest says {s['rows']}")
+            if len(shape) != 2 or shape[1] != self.dim:
+                raise IndexFolderError(f"shard {s['id']}: {s['files'][role]} has shape {shape}, the index has dim {self.dim}")
+        with reading(self.path(s, "metadata")):
+            meta = pq.ParquetFile(self.path(s, "metadata")).metadata
+        if meta.num_rows != s["rows"]:
+            raise IndexFolderError(f"shard {s['id']}: metadata has {meta.num_rows} rows, manifest says {s['rows']}")
+        owner = (meta.metadata or {}).get(PARQUET_SHARD_KEY)
+        if owner is not None and json.loads(owner) != [s["id"], s["offset"]]:
+            raise IndexFolderError(f"{self.path(s, 'metadata')} holds the rows of shard {json.loads(owner)[0]}, "
+                                   f"not shard {s['id']}")
 
     def __len__(self) -> int:
         return int(self.rows.sum())
@@ -82,7 +123,11 @@ class ShardSet:
     def embeddings(self, modality: str) -> list[np.ndarray]:
         """Per-shard stored (fp16, memory-mapped) embeddings of ``modality``."""
         if modality not in self._emb:
-            self._emb[modality] = [np.load(self.path(s, EMB_FILE[modality]), mmap_mode="r") for s in self.shards]
+            out = []
+            for s in self.shards:
+                with reading(self.path(s, EMB_FILE[modality])):
+                    out.append(np.load(self.path(s, EMB_FILE[modality]), mmap_mode="r"))
+            self._emb[modality] = out
         return self._emb[modality]
 
     def locate(self, ids) -> tuple[np.ndarray, np.ndarray]:

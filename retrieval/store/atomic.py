@@ -1,27 +1,56 @@
-"""Atomic file writes: write to a hidden temp name in the same folder, fsync, then rename."""
+"""Atomic file writes: write to a hidden temp name in the same folder, fsync, then rename.
+
+A write that fails for a reason of the machine's (disk full, quota, read-only file system,
+permissions) becomes one :class:`~retrieval.errors.StorageError` line naming the path; the temp
+file is removed and the target is left as it was.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Iterator, Union
 
+from ..errors import StorageError
+
 PathLike = Union[str, os.PathLike]
 TMP_MARK = ".tmp-"
+_MACHINE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+            errno.EFBIG: "file too large for this file system"}
+
+
+def storage_error(e: OSError, path: PathLike) -> StorageError:
+    """The one-line error for a failed write of ``path``."""
+    what = _MACHINE.get(e.errno or 0) or e.strerror or type(e).__name__
+    return StorageError(f"cannot write {path}: {what}")
+
+
+def is_machine_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and (e.errno in _MACHINE)
 
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield str(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if is_machine_error(e):
+            raise storage_error(e, path) from None
+        raise
+    except RuntimeError as e:  # faiss reports a failed write as a RuntimeError naming the errno text
+        if any(t in str(e) for t in ("No space left", "Disk quota", "Read-only file system")):
+            raise StorageError(f"cannot write {path}: {str(e).strip().splitlines()[-1][:120]}") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..embed.models import describe
 from ..errors import IndexFolderError
-from .layout import ERRORS, MODALITIES, augmented_files
+from .layout import ERRORS, MODALITIES, bias_dir
 from .manifest import load_manifest
 
 
@@ -48,7 +48,9 @@ def _bias_info(folder: Path, m: dict) -> dict:
         return {}
     b = m["bias"]
     need = 2 * sum(1 for s in m["shards"] if s["rows"] for mod in MODALITIES if s["index"][mod]["key"] != "Flat")
-    have = len(augmented_files(folder))
+    files = b.get("files")
+    have = (sum(Path(rel).name.startswith("aug_") for rel in files) if files is not None
+            else len(list((folder / bias_dir(b)).glob("aug_*.faiss"))))
     return {"bank": b.get("bank"), "bank_rows": b.get("bank_rows"), "nnn_k": b.get("nnn_k"), "tau": b.get("tau"),
             "augmented_needed": need, "augmented_present": have}
 

@@ -6,15 +6,20 @@ img_emb/img_emb_{k}.npy            fp16, L2-normalised, row-aligned (clip-retrie
 text_emb/text_emb_{k}.npy
 metadata/metadata_{k}.parquet      key, image_path, caption, extra columns
 faiss/{image,text}_{k}.index       one faiss index per shard and modality
-bias/{bsap,nnn}_{modality}_{k}.npy per-item offsets; bias/bank_bsap_{modality}.npy the BSAP banks
-bias/aug_{method}_{modality}_{k}.faiss   bias-augmented indexes of non-Flat shards
+bias/gNNNNNN/                      one generation of bias files (the manifest's ``bias.dir``):
+  {bsap,nnn}_{modality}_{k}.npy    per-item offsets
+  bank_bsap_{modality}.npy         the BSAP banks
+  aug_{method}_{modality}_{k}.faiss    bias-augmented indexes of non-Flat shards
 errors.jsonl                       one line per skipped or repaired input
+.lock                              held by the one writer (see ``lock.py``)
 ```
+Folders written before generations keep their bias files directly in ``bias/`` (no ``bias.dir``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 MODALITIES = ("image", "text")
 EMB_FILE = {"image": "img_emb", "text": "text_emb"}   # shard ``files`` name of each modality's embeddings
@@ -41,20 +46,43 @@ def shard_files(k: int) -> dict[str, str]:
     }
 
 
-def bias_path(folder: str | os.PathLike, method: str, modality: str, shard_id: int) -> Path:
+def bias_dir(section: Optional[dict]) -> str:
+    """The folder (relative) of the current bias generation named by the manifest's ``bias`` section."""
+    return (section or {}).get("dir") or BIAS_DIR
+
+
+def bias_generation_dir(generation: int) -> str:
+    return f"{BIAS_DIR}/g{generation:06d}"
+
+
+def bias_path(folder: str | os.PathLike, method: str, modality: str, shard_id: int, where: str = BIAS_DIR) -> Path:
     """Per-item offsets of ``method`` ('bsap' | 'nnn') for ``modality`` targets in one shard."""
-    return Path(folder) / BIAS_DIR / f"{method}_{modality}_{shard_name(shard_id)}.npy"
+    return Path(folder) / where / f"{method}_{modality}_{shard_name(shard_id)}.npy"
 
 
-def bank_path(folder: str | os.PathLike, modality: str) -> Path:
+def bank_path(folder: str | os.PathLike, modality: str, where: str = BIAS_DIR) -> Path:
     """The BSAP auxiliary bank used for ``modality`` targets."""
-    return Path(folder) / BIAS_DIR / f"bank_bsap_{modality}.npy"
+    return Path(folder) / where / f"bank_bsap_{modality}.npy"
 
 
-def augmented_path(folder: str | os.PathLike, method: str, modality: str, shard_id: int) -> Path:
+def augmented_path(folder: str | os.PathLike, method: str, modality: str, shard_id: int, where: str = BIAS_DIR) -> Path:
     """The bias-augmented faiss index of one non-Flat shard."""
-    return Path(folder) / BIAS_DIR / f"aug_{method}_{modality}_{shard_name(shard_id)}.faiss"
+    return Path(folder) / where / f"aug_{method}_{modality}_{shard_name(shard_id)}.faiss"
 
 
-def augmented_files(folder: str | os.PathLike) -> list[Path]:
-    return sorted((Path(folder) / BIAS_DIR).glob("aug_*.faiss"))
+def legacy_bias_files(manifest: dict) -> list[str]:
+    """The bias files a folder from before generations holds directly in ``bias/`` (none otherwise)."""
+    section = manifest.get("bias")
+    if not section or section.get("dir"):
+        return []
+    folder = Path(".")
+    out = [bank_path(folder, mod).as_posix() for mod in MODALITIES]
+    for s in manifest["shards"]:
+        if s["rows"] == 0:
+            continue
+        for mod in MODALITIES:
+            for method in ("bsap", "nnn"):
+                out.append(bias_path(folder, method, mod, s["id"]).as_posix())
+                if section.get("augmented") and s["index"][mod]["key"] != "Flat":
+                    out.append(augmented_path(folder, method, mod, s["id"]).as_posix())
+    return out

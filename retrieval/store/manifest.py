@@ -10,7 +10,7 @@ from ..errors import IndexFolderError
 from .atomic import write_json
 
 FORMAT = "clip-retrieval-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bias generations (bias.dir), file records (bytes, sample)
 MANIFEST = "manifest.json"
 
 

@@ -11,12 +11,13 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from ..embed.models import sha256_file
 from .atomic import atomic_path, write_bytes
 from .faiss_index import build_faiss_index, tune_params
+from .integrity import file_record
 from .keys import shard_key
 from .layout import ERRORS, METADATA_ROW_GROUP, shard_files
 from .manifest import save_manifest
@@ -29,10 +30,17 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
-def save_parquet(path: Path, rows: list[dict], schema) -> None:
+PARQUET_SHARD_KEY = b"retrieval.shard"  # key-value metadata: which shard (id, first global id) a file holds
+
+
+def save_parquet(path: Path, rows: list[dict], schema, shard: Optional[tuple[int, int]] = None) -> None:
+    """Row-aligned metadata in small row groups; ``shard`` = (id, offset) is stored in the file's
+    key-value metadata, so a metadata file swapped for another shard's is named on open."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if shard is not None:
+        schema = schema.with_metadata({**(schema.metadata or {}), PARQUET_SHARD_KEY: json.dumps(list(shard)).encode()})
     table = pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=METADATA_ROW_GROUP)
@@ -101,7 +109,7 @@ class ShardWriter:
                  "files": files, "index": {}}
         save_npy(self.out / files["img_emb"], img)
         save_npy(self.out / files["text_emb"], txt)
-        save_parquet(self.out / files["metadata"], self.rows, self.schema)
+        save_parquet(self.out / files["metadata"], self.rows, self.schema, (k, entry["offset"]))
         for modality, vecs in (("image", img), ("text", txt)):
             if n == 0:
                 continue
@@ -114,8 +122,10 @@ class ShardWriter:
             save_faiss(self.out / files[f"{modality}_index"], index)
             entry["index"][modality] = {"key": key, "params": params, "ntotal": int(index.ntotal),
                                         "build_s": round(time.perf_counter() - t0, 3)}
-        entry["sha256"] = {name: sha256_file(self.out / rel) for name, rel in files.items()
-                           if (self.out / rel).exists() and (n > 0 or not name.endswith("_index"))}
+        records = {name: file_record(self.out / rel) for name, rel in files.items()
+                   if n > 0 or not name.endswith("_index")}
+        for field in ("sha256", "bytes", "sample"):
+            entry[field] = {name: r[field] for name, r in records.items()}
         done = [e for e in self.pending_errors if e["pos"] < end_pos]
         self.pending_errors = [e for e in self.pending_errors if e["pos"] >= end_pos]
         self.errors.extend(done)

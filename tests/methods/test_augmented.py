@@ -9,6 +9,8 @@ from retrieval.methods.augmented import augment_query, augment_vectors, augmente
 from retrieval.store.faiss_index import build_faiss_index as build_index
 from retrieval.methods.rerank import nnn_bias, offset_search
 
+from tests.conftest import bias_folder
+
 
 def _clustered(n, d, seed, centers=32):
     rng = np.random.default_rng(seed)
@@ -83,7 +85,7 @@ def test_ivf_index_folder_exact_search_through_stored_augmented_indexes(tmp_path
     folder = tmp_path / "idx"
     build_from_embeddings(folder, x, t, {"arch": "synthetic", "logit_scale": 50.0}, shard_size=4000,
                           index_key="IVF32,Flat", recall_target=0.99)
-    assert len(list((folder / "bias").glob("aug_*.faiss"))) == 3 * 2 * 2  # shards x methods x modalities
+    assert len(list(bias_folder(folder).glob("aug_*.faiss"))) == 3 * 2 * 2  # shards x methods x modalities
     from retrieval import index_info
     from retrieval.store.info import format_info
 
@@ -91,7 +93,7 @@ def test_ivf_index_folder_exact_search_through_stored_augmented_indexes(tmp_path
     idx = open_index(folder, backend="faiss-cpu")
     q = _clustered(25, 16, 10)
     x = idx.embeddings(np.arange(len(idx)), "image")  # the stored fp16 vectors
-    bias = np.concatenate([np.load(p) for p in sorted((folder / "bias").glob("nnn_image_*.npy"))])
+    bias = np.concatenate([np.load(p) for p in sorted(bias_folder(folder).glob("nnn_image_*.npy"))])
     plain_recall = _recall(idx.search(q, 10)[1], offset_search(q, x, 0 * bias, 10)[1])
     for alpha in (0.5, 1.0):  # as good as the plain index at its tuned nprobe, for any α
         want_s, want_i = offset_search(q, x, alpha * bias, 10)
@@ -99,9 +101,15 @@ def test_ivf_index_folder_exact_search_through_stored_augmented_indexes(tmp_path
         assert _recall(got_i, want_i) >= plain_recall - 0.1
         same = got_i == want_i
         np.testing.assert_allclose(got_s[same], want_s[same], atol=1e-4)  # shift added back
-    # without the stored files: warned, and the exact numpy scan answers
-    for p in (folder / "bias").glob("aug_nnn_image_*.faiss"):
+    # without the stored files (a folder whose biases were computed without them): warned, and the
+    # exact numpy scan answers
+    import json
+
+    m = json.loads((folder / "manifest.json").read_text())
+    for p in bias_folder(folder).glob("aug_nnn_image_*.faiss"):
+        del m["bias"]["files"][p.relative_to(folder).as_posix()]
         p.unlink()
+    (folder / "manifest.json").write_text(json.dumps(m))
     idx = open_index(folder, backend="faiss-cpu")
     with caplog.at_level(logging.WARNING):
         got_s, got_i = idx.search(q, 10, rerank="nnn", alpha=0.5)

@@ -8,7 +8,7 @@ import pytest
 from retrieval.errors import IndexFolderError
 from retrieval import open_index
 
-from tests.conftest import FLICKR, first_captions, needs_shared, read_layout
+from tests.conftest import FLICKR, bias_folder, first_captions, needs_shared, read_layout
 
 FLICKR_IMAGES = FLICKR / "images"
 
@@ -45,6 +45,14 @@ def test_open_refuses_misaligned_metadata(flickr_index, tmp_path):
     shutil.copytree(flickr_index, bad)
     meta = bad / "metadata" / "metadata_0001.parquet"
     pq.write_table(pq.read_table(meta).slice(0, 299), meta)
+    with pytest.raises(IndexFolderError, match="metadata_0001.parquet: (truncated|content differs)"):
+        open_index(bad)  # the file records catch it first
+    import json
+
+    m = json.loads((bad / "manifest.json").read_text())
+    for s in m["shards"]:  # a folder written before file records: the row counts still catch it
+        s.pop("bytes"), s.pop("sample")
+    (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexFolderError, match="metadata has 299 rows"):
         open_index(bad)
     np.save(bad / "img_emb" / "img_emb_0002.npy", np.zeros((3, 256), np.float16))
@@ -82,12 +90,12 @@ def test_build_writes_biases_and_exact_bsap_nnn_equal_brute_force(flickr_index, 
     assert sec["bank"] == "generic" and sec["tau"] == pytest.approx(tiny_clip.logit_scale)
     img = _all(idx, "image")
     q = idx.encode_texts(["a dog running on the grass", "two children in a pool", "a man on a bike"])
-    bank = np.load(flickr_index / "bias" / "bank_bsap_image.npy")
+    bank = np.load(bias_folder(flickr_index) / "bank_bsap_image.npy")
     want_s, want_i = top_k(bsap_scores(q, img, bank, sec["tau"]), 15)
     got_s, got_i = idx.search(q, 15, rerank="bsap")
     assert np.array_equal(np.sort(got_i, 1), np.sort(want_i, 1))
     np.testing.assert_allclose(got_s, want_s, rtol=1e-4)
-    bias = np.concatenate([np.load(p) for p in sorted((flickr_index / "bias").glob("nnn_image_*.npy"))])
+    bias = np.concatenate([np.load(p) for p in sorted(bias_folder(flickr_index).glob("nnn_image_*.npy"))])
     want_s, want_i = top_k(q @ img.T - 0.5 * bias, 15)
     got_s, got_i = idx.search(q, 15, rerank="nnn", alpha=0.5)
     assert np.array_equal(np.sort(got_i, 1), np.sort(want_i, 1))
@@ -101,7 +109,7 @@ def test_candidates_mode_equals_brute_force_within_clip_top_n(flickr_index, tiny
     idx = open_index(flickr_index, tiny_clip)
     q = idx.encode_texts(["a black dog jumps over a log"])
     _, cand = idx.search(q, 50)
-    bank = np.load(flickr_index / "bias" / "bank_bsap_image.npy")
+    bank = np.load(bias_folder(flickr_index) / "bank_bsap_image.npy")
     h = hybrid_scores(q, idx.embeddings(cand[0], "image"), bank, idx.manifest["bias"]["tau"], 0.3)[0]
     got_s, got_i = idx.search(q, 10, rerank="hybrid", candidates=50, lam=0.3)
     assert got_i[0].tolist() == cand[0][np.lexsort((cand[0], -h))][:10].tolist()
@@ -151,10 +159,10 @@ def test_cli_search_and_bias_recompute(flickr_index, tmp_path):
 
     folder = tmp_path / "copy"
     shutil.copytree(flickr_index, folder)
-    before = np.load(folder / "bias" / "bsap_image_0000.npy")
+    before = np.load(bias_folder(folder) / "bsap_image_0000.npy")
     r = CliRunner().invoke(main, ["bias", str(folder), "--bank", "corpus", "--bank-size", "32"])
     assert r.exit_code == 0, r.output
-    assert not np.allclose(before, np.load(folder / "bias" / "bsap_image_0000.npy"))
+    assert not np.allclose(before, np.load(bias_folder(folder) / "bsap_image_0000.npy"))
     r = CliRunner().invoke(main, ["search", str(folder), "a dog runs through the grass", "--k", "3", "--rerank", "nnn"])
     assert r.exit_code == 0, r.output
     assert len(r.output.strip().splitlines()) == 4 and "rank" in r.output

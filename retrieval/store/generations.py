@@ -1,0 +1,69 @@
+"""Multi-file changes as generations: write new files under new names, publish them with the one
+manifest write, then collect what the switch made unreachable (DESIGN §10).
+
+A reader only ever follows a manifest, so it sees the old set of files or the new set, never a mix;
+kill -9 at any point leaves one of the two. Files that a publish stops referencing are *retired*:
+listed in the new manifest and deleted at the next publish, so a reader that opened the previous
+generation just before a switch can still load its files for one more generation. Anything else in
+the managed folders that no manifest knows (what a killed writer left) is swept at each publish.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .integrity import listed_files
+from .layout import BIAS_DIR, legacy_bias_files
+from .manifest import load_manifest, save_manifest
+
+MANAGED = (BIAS_DIR,)  # folders whose unreferenced entries are garbage
+
+
+def referenced(manifest: dict) -> set[str]:
+    """Relative paths of every file ``manifest`` needs."""
+    out = {rel for rel, _ in listed_files(manifest)}
+    out |= set(legacy_bias_files(manifest))
+    return out
+
+
+def next_generation(manifest: dict) -> int:
+    return int(manifest.get("generation", 0)) + 1
+
+
+def publish(folder: str | os.PathLike, manifest: dict) -> None:
+    """Make ``manifest`` the folder's state (one atomic write), then collect garbage."""
+    folder = Path(folder)
+    previous = load_manifest(folder) or {}
+    manifest["generation"] = max(next_generation(previous), int(manifest.get("generation", 0)))
+    now = referenced(manifest)
+    manifest["retired"] = sorted(referenced(previous) - now)
+    save_manifest(folder, manifest)
+    for rel in previous.get("retired", []):
+        if rel not in now:
+            _remove(folder / rel)
+    keep = now | set(manifest["retired"])
+    for managed in MANAGED:
+        _sweep(folder, folder / managed, keep)
+
+
+def _sweep(folder: Path, root: Path, keep: set[str]) -> None:
+    """Remove what under ``root`` holds no kept file (empty generation folders, orphans)."""
+    if not root.is_dir():
+        return
+    for p in sorted(root.iterdir()):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_dir():
+            if not any(k.startswith(rel + "/") for k in keep):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                _sweep(folder, p, keep)
+        elif rel not in keep:
+            _remove(p)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
