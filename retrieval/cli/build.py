@@ -87,3 +87,31 @@ def bias(index, bank, texts, bank_size, nnn_k, ref_size):
         raise click.BadParameter(str(e)) from None
     click.echo(f"bias/ recomputed in {sec['seconds']:.1f} s: bank={sec['bank']} ({sec['bank_rows']['image']} prompts), "
                f"nnn_k={sec['nnn_k']}, tau={sec['tau']:.2f}")
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(index, as_json):
+    """Check every byte of INDEX against its manifest (size and sha256 of every file it lists).
+
+    Prints one line per bad file and exits 1 if there is any. Opening an index already checks every
+    file's size and a sampled fingerprint; this reads everything.
+    """
+    from ..store.integrity import verify as full_verify
+    from ..store.manifest import require_manifest
+
+    res = full_verify(index, require_manifest(index))
+    rate = res.bytes / 2**30 / res.seconds if res.seconds > 0 else 0.0
+    if as_json:
+        click.echo(json.dumps({"ok": res.ok, "problems": [{"file": f, "problem": p} for f, p in res.problems],
+                               "files": res.files, "bytes": res.bytes, "seconds": round(res.seconds, 3),
+                               "gib_per_s": round(rate, 3)}))
+    else:
+        for rel, why in res.problems:
+            click.echo(f"{os.path.join(index, rel)}: {why}")
+        click.echo(f"{'ok' if res.ok else f'{len(res.problems)} bad file(s)'}: {res.files} files, "
+                   f"{res.bytes / 2**30:.2f} GiB checked in {res.seconds:.1f} s ({rate:.2f} GiB/s)",
+                   err=not res.ok)
+    if not res.ok:
+        raise SystemExit(1)

@@ -22,7 +22,7 @@ def open_corpus(path: Union[str, os.PathLike], image_root: Optional[str] = None,
     """Pick the reader for ``path`` (folder, .parquet/.csv/.tsv manifest, .tar or a folder of .tar) and check it."""
     path = str(path)
     if not os.path.exists(path):
-        raise CorpusError(f"corpus not found: {path}")
+        raise CorpusError(f"corpus not found: {path}", usage=True)
     low = path.lower()
     if os.path.isfile(path):
         if low.endswith((".parquet", ".csv", ".tsv")):
@@ -30,7 +30,8 @@ def open_corpus(path: Union[str, os.PathLike], image_root: Optional[str] = None,
         elif low.endswith(".tar"):
             reader = WebDatasetReader([path])
         else:
-            raise CorpusError(f"unsupported corpus file {path} (expected a folder, .parquet, .csv, .tsv or .tar)")
+            raise CorpusError(f"unsupported corpus file {path} (expected a folder, .parquet, .csv, .tsv or .tar)",
+                              usage=True)
     else:
         tars = sorted(str(p) for p in Path(path).iterdir() if p.name.endswith(".tar"))
         has_images = any(is_image_name(p.name) for p in Path(path).iterdir())

@@ -10,7 +10,59 @@ from ..errors import CorpusError
 from .base import CorpusReader, Entry, Want, finish_entry
 
 IMAGE_COLUMNS = ("image_path", "image", "filepath", "path", "file", "filename", "img")
+BAD_ROW = "\0bad-row"  # the key of a row that could not be parsed (never a real column name)
+MAX_FIELD = 16 << 20
+REMOTE = ("remote image URLs are not downloaded by this engine; download them first, e.g. "
+          "`img2dataset --url_list MANIFEST --input_format csv --url_col URL_COLUMN --output_format webdataset "
+          "--output_folder tars/`, then build from the tars")
 CAPTION_COLUMNS = ("caption", "text", "title", "txt", "captions")
+
+
+def find_column(names: list[str], wanted: str) -> Optional[str]:
+    """The column named ``wanted``: exactly, else the first case-insensitive match."""
+    if wanted in names:
+        return wanted
+    return next((n for n in names if n.lower() == wanted.lower()), None)
+
+
+def pick_column(names: list[str], given: Optional[str], candidates: tuple, what: str) -> str:
+    """The column the user named (``given``), else the first of ``candidates`` present."""
+    if given:
+        found = find_column(names, given)
+        if found is None:
+            raise CorpusError(f"no column {given!r} in manifest (columns: {', '.join(names)})", usage=True)
+        return found
+    for c in candidates:
+        found = find_column(names, c)
+        if found is not None:
+            return found
+    raise CorpusError(f"manifest has no {what} column (tried {', '.join(candidates)}; "
+                      f"columns: {', '.join(names)}); name it with --{what.split('-')[0]}-column", usage=True)
+
+
+def csv_rows(path: str, delimiter: str) -> Iterator[dict]:
+    """CSV rows as dicts; a row that cannot be parsed yields ``{BAD_ROW: reason}`` instead."""
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD))
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None) or []
+        while True:
+            line = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield {BAD_ROW: f"malformed CSV row at line {line}: {e}"}
+                continue
+            if not row or row == [""]:
+                continue
+            if len(row) != len(header):
+                yield {BAD_ROW: f"malformed CSV row at line {line}: {len(row)} fields, the header has {len(header)}"}
+                continue
+            yield dict(zip(header, row))
 
 
 class ManifestReader(CorpusReader):
@@ -18,6 +70,8 @@ class ManifestReader(CorpusReader):
 
     Other columns are kept as metadata. Consecutive rows naming the same image (e.g. Flickr's five
     captions per photo) become one item: ``caption`` is the first, ``captions`` holds them all.
+    Column names match case-insensitively. A CSV row that cannot be parsed (wrong number of fields,
+    a NUL byte, a field over 16 MiB) becomes one skipped item, logged like a corrupt image.
     """
 
     kind = "manifest"
@@ -28,14 +82,13 @@ class ManifestReader(CorpusReader):
         self.image_root = os.path.abspath(image_root) if image_root else os.path.dirname(self.path)
         schema = self._schema()
         names = schema.names
-        self.image_column = self._pick(names, image_column, IMAGE_COLUMNS, "image-path")
-        self.caption_column = self._pick(names, caption_column, CAPTION_COLUMNS, "caption")
-        self.key_column = key_column if key_column else ("key" if "key" in names else None)
-        if self.key_column and self.key_column not in names:
-            raise CorpusError(f"{self.path}: no column {self.key_column!r} (columns: {', '.join(names)})")
+        self.image_column = pick_column(names, image_column, IMAGE_COLUMNS, "image-path")
+        self.caption_column = pick_column(names, caption_column, CAPTION_COLUMNS, "caption")
+        self.key_column = (pick_column(names, key_column, (), "key") if key_column
+                           else find_column(names, "key"))
         used = {self.image_column, self.caption_column, self.key_column}
         reserved = {"key", "image_path", "caption", "captions"}
-        self.extra_columns = [n for n in names if n not in used and n not in reserved]
+        self.extra_columns = [n for n in names if n not in used and n.lower() not in reserved]
         self.extra_schema = pa.schema([schema.field(n) for n in self.extra_columns]
                                       + [pa.field("captions", pa.list_(pa.string()))])
 
@@ -49,15 +102,18 @@ class ManifestReader(CorpusReader):
 
     def _schema(self) -> pa.Schema:
         if not os.path.isfile(self.path):
-            raise CorpusError(f"manifest not found: {self.path}")
+            raise CorpusError(f"manifest not found: {self.path}", usage=True)
         try:
             if self._is_csv():
                 import csv
 
-                with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+                with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
                     header = next(csv.reader(f, delimiter=self._delimiter()), None)
                 if not header:
                     raise CorpusError(f"manifest {self.path} is empty")
+                dups = sorted({h for h in header if header.count(h) > 1})
+                if dups:
+                    raise CorpusError(f"manifest {self.path} names column(s) {', '.join(map(repr, dups))} twice")
                 return pa.schema([pa.field(h, pa.string()) for h in header])
             import pyarrow.parquet as pq
 
@@ -70,39 +126,24 @@ class ManifestReader(CorpusReader):
     def _delimiter(self) -> str:
         return "\t" if self.path.lower().endswith(".tsv") else ","
 
-    @staticmethod
-    def _pick(names: list[str], given: Optional[str], candidates: tuple, what: str) -> str:
-        if given:
-            if given not in names:
-                raise CorpusError(f"no column {given!r} in manifest (columns: {', '.join(names)})")
-            return given
-        for c in candidates:
-            if c in names:
-                return c
-        raise CorpusError(f"manifest has no {what} column (tried {', '.join(candidates)}; "
-                          f"columns: {', '.join(names)}); name it with --{what.split('-')[0]}-column")
-
-    def _batches(self) -> Iterator[pa.RecordBatch]:
-        if self._is_csv():
-            import pyarrow.csv as pcsv
-
-            schema = self._schema()
-            reader = pcsv.open_csv(
-                self.path, parse_options=pcsv.ParseOptions(delimiter=self._delimiter(), newlines_in_values=True),
-                convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in schema.names}))
-            yield from reader
-        else:
-            import pyarrow.parquet as pq
-
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=8192)
-
     def _rows(self) -> Iterator[dict]:
-        for batch in self._batches():
+        if self._is_csv():
+            yield from csv_rows(self.path, self._delimiter())
+            return
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=8192):
             yield from batch.to_pylist()
 
     def _groups(self) -> Iterator[list[dict]]:
         group: list[dict] = []
         for row in self._rows():
+            if BAD_ROW in row:
+                if group:
+                    yield group
+                    group = []
+                yield [row]
+                continue
             if group and (self.key_column or row[self.image_column] != group[0][self.image_column]):
                 yield group
                 group = []
@@ -116,6 +157,9 @@ class ManifestReader(CorpusReader):
     def _entries(self, want: Want) -> Iterator[Entry]:
         for pos, rows in enumerate(self._groups()):
             row = rows[0]
+            if BAD_ROW in row:
+                yield Entry(pos, f"row-{pos}", "", error=("reader", row[BAD_ROW]))
+                continue
             img = row[self.image_column]
             key = str(row[self.key_column]) if self.key_column and row[self.key_column] is not None else (img or f"row-{pos}")
             e = Entry(pos, key, str(img or ""))
@@ -127,23 +171,28 @@ class ManifestReader(CorpusReader):
                 if not img:
                     e.error = ("reader", "empty image path")
                 elif "://" in img:
-                    e.error = ("reader", "remote image URLs are not supported; download them first (e.g. img2dataset)")
+                    e.error = ("reader", REMOTE)
                 else:
                     e.image = self._resolve(img)
                 finish_entry(e, captions[0] if captions else None)
             yield e
 
     def check(self) -> None:
-        n_rows, n_found = 0, 0
+        n_rows, n_found, n_urls = 0, 0, 0
         for row in self._rows():
-            p = row[self.image_column]
-            if p and "://" not in p:
+            p = None if BAD_ROW in row else row[self.image_column]
+            if p and "://" in p:
+                n_urls += 1
+            elif p:
                 n_rows += 1
                 n_found += os.path.exists(self._resolve(p))
             if n_rows >= 20:
                 break
+        if n_rows == 0 and n_urls:
+            raise CorpusError(f"the image column {self.image_column!r} of {os.path.basename(self.path)} holds remote "
+                              f"URLs ({n_urls} rows, none a local path): {REMOTE}")
         if n_rows == 0:
             raise CorpusError(f"manifest {self.path} has no rows with an image path")
         if n_found == 0:
             raise CorpusError(f"none of the first {n_rows} image paths in {os.path.basename(self.path)} exist "
-                              f"under {self.image_root}; pass --image-root")
+                              f"under {self.image_root}; pass --image-root", usage=True)

@@ -2,7 +2,9 @@
 
 - ``FaissBackend``: the shards' faiss indexes; a thread per shard (faiss releases the GIL), merged
   top-k. On GPU (``faiss.get_num_gpus() > 0``) the shards are copied to the GPUs; faiss GPU limits
-  k and nprobe to 2048, so larger requests run on the CPU copies.
+  k and nprobe to 2048, so larger requests run on the CPU copies. A shard that returns fewer than
+  min(k, its size) ids (IVF probing found too few, HNSW stopped short) is searched again for those
+  queries exhaustively (nprobe = nlist); what still falls short is left for the caller's exact scan.
 - ``TorchBackend``: exact search with torch: all of a modality's embeddings in one tensor (fp16 on
   CUDA, fp32 on CPU), matmul + top-k in query batches. Optional per-item offsets make it the exact
   BSAP/NNN search too. Used automatically on machines with CUDA torch but CPU-only faiss.
@@ -48,6 +50,36 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, 
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
+def exhaustive_params(index):
+    """faiss SearchParameters that make ``index`` return every item it holds (nprobe = nlist for
+    IVF, also under a pre-transform such as OPQ), or None where there are none (Flat needs none;
+    HNSW cannot promise it)."""
+    import faiss
+
+    ix = faiss.downcast_index(index)
+    if isinstance(ix, faiss.IndexPreTransform):
+        inner = exhaustive_params(ix.index)
+        return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
+    if isinstance(ix, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=int(ix.nlist))
+    return None
+
+
+def complete(index, q: np.ndarray, k: int, part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Search again, exhaustively, the queries for which ``index`` returned fewer than min(k, ntotal) ids."""
+    s, ids = part
+    short = np.flatnonzero((ids >= 0).sum(1) < min(k, index.ntotal))
+    if len(short) == 0:
+        return part
+    params = exhaustive_params(index)
+    if params is None:
+        return part
+    s2, i2 = index.search(q[short], ids.shape[1], params=params)
+    s, ids = s.copy(), ids.copy()
+    s[short], ids[short] = s2, i2
+    return s, ids
+
+
 class FaissBackend:
     def __init__(self, indexes: list, offsets: np.ndarray, gpu: bool = False):
         self.cpu, self.offsets = indexes, offsets
@@ -72,7 +104,8 @@ def search_shards(indexes: list, q: np.ndarray, k: int, offsets: np.ndarray,
                   pool: Optional[ThreadPoolExecutor] = None) -> tuple[np.ndarray, np.ndarray]:
     """Search every shard index and merge: sequential for query batches, a thread per shard for a few queries."""
     def one(ix):
-        return ix.search(q, min(k, ix.ntotal))
+        kk = min(k, ix.ntotal)
+        return complete(ix, q, kk, ix.search(q, kk))
 
     if pool is not None and len(indexes) > 1 and len(q) <= THREADED_MAX_QUERIES:
         parts = list(pool.map(one, indexes))

@@ -4,6 +4,9 @@ top-k of s(q, j) - scale * c_j with a method's stored per-item offsets c (DESIGN
 How the offset search runs depends on the backend: torch subtracts the offsets inside its matmul;
 faiss searches the bias-augmented indexes with [q, scale] (and adds back the stored shift); a folder
 without augmented files falls back to an exact numpy scan.
+
+Every search returns min(k, N) results per query: queries for which the backend still found too few
+(after its own exhaustive retry) are answered by an exact scan of the stored embeddings.
 """
 from __future__ import annotations
 
@@ -37,6 +40,14 @@ class ModalitySearch:
 
     def search(self, q: np.ndarray, k: int, offset: Optional[Offset] = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, global ids) of queries [n, d]; with ``offset``, of s - scale * c exactly."""
+        s, ids = self._search(q, k, offset)
+        short = (ids >= 0).sum(1) < min(k, len(self.shards))
+        if short.any():
+            s, ids = s.copy(), ids.copy()
+            s[short], ids[short] = self.exact(q[short], ids.shape[1], offset)
+        return s, ids
+
+    def _search(self, q: np.ndarray, k: int, offset: Optional[Offset]) -> tuple[np.ndarray, np.ndarray]:
         if offset is None:
             return self.backend.search(q, k)
         scale = float(offset.scale)
@@ -44,12 +55,19 @@ class ModalitySearch:
             return self.backend.search(q, k, scale * self.biases.all(offset.method, self.modality))
         aug = self.biases.augmented(self.modality, offset.method)
         if aug is None:  # non-Flat shards without stored augmented indexes: exact numpy scan (slow)
-            offsets = self.biases.per_shard(offset.method, self.modality)
-            parts = [offset_search(q, emb, scale * off, k)
-                     for emb, off in zip(self.shards.embeddings(self.modality), offsets)]
-            return merge_topk(parts, self.shards.starts, k)
+            return self.exact(q, k, offset)
         s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.shards.starts)
         return s - np.float32(scale * self.biases.shift(offset.method, self.modality)), ids
+
+    def exact(self, q: np.ndarray, k: int, offset: Optional[Offset] = None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top-k by a numpy scan of the stored embeddings (minus scale * offsets)."""
+        embs = self.shards.embeddings(self.modality)
+        if offset is None:
+            offsets = [np.zeros(len(e), np.float32) for e in embs]
+        else:
+            offsets = [offset.scale * o for o in self.biases.per_shard(offset.method, self.modality)]
+        parts = [offset_search(q, emb, off, k) for emb, off in zip(embs, offsets)]
+        return merge_topk(parts, self.shards.starts, k)
 
     def item_offsets(self, method: str, ids: np.ndarray) -> np.ndarray:
         """The stored offsets of ``method`` for global ``ids`` (any shape)."""

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..embed import ClipModel, describe, same_model
 from ..errors import IndexFolderError, ItemError
-from ..store.manifest import load_manifest, recorded_model
+from ..store.integrity import verify as full_verify
+from ..store.manifest import recorded_model, require_manifest
 from .backends import pick_backend
 from .biases import Biases
 from .metadata import MetadataReader
@@ -27,11 +28,15 @@ class Index:
     """A built index folder, opened read-only (see :func:`open_index` for the arguments)."""
 
     def __init__(self, folder: str | os.PathLike, clip: Optional[ClipModel] = None, mmap: Optional[bool] = None,
-                 backend: str = "auto", search_params: Optional[str] = None):
+                 backend: str = "auto", search_params: Optional[str] = None, verify: bool = False):
         self.folder = Path(folder)
-        m = load_manifest(self.folder)
-        if m is None:
-            raise IndexFolderError(f"{self.folder} is not an index folder (no manifest.json)")
+        m = require_manifest(self.folder)
+        if verify:
+            check = full_verify(self.folder, m)
+            if not check.ok:
+                rel, why = check.problems[0]
+                more = f" (and {len(check.problems) - 1} more file(s))" if len(check.problems) > 1 else ""
+                raise IndexFolderError(f"{self.folder / rel}: {why}{more}")
         if not m.get("complete"):
             raise IndexFolderError(f"{self.folder} is incomplete; re-run its build to finish it")
         if clip is not None and not same_model(m["model"], clip.identity):
@@ -128,7 +133,10 @@ class Index:
             q = self.encode_images([image] if isinstance(image, (str, os.PathLike)) else list(image))
         else:
             q = np.atleast_2d(np.asarray(embedding, np.float32))
-            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+            norms = np.linalg.norm(q, axis=1, keepdims=True)
+            if not np.isfinite(q).all() or (norms == 0).any():
+                raise ValueError("a query embedding is all zeros or holds NaN or infinite values")
+            q = q / norms
         scores, ids = self.search(q, k, target, **search_kw)
         out = []
         for sc, row_ids in zip(scores, ids):
@@ -145,17 +153,18 @@ class Index:
 
 
 def open_index(folder: str | os.PathLike, clip: Union[ClipModel, str, None] = None, backend: str = "auto",
-               mmap: Optional[bool] = None, search_params: Optional[str] = None) -> Index:
+               mmap: Optional[bool] = None, search_params: Optional[str] = None, verify: bool = False) -> Index:
     """Open ``folder`` for search (model checked against the manifest when given).
 
     ``clip``: a loaded model, None (search by embeddings only), or 'auto' to load the model the
     manifest records. ``backend``: 'auto' (faiss-gpu if faiss has GPUs, torch if CUDA, else
     faiss-cpu), or one of them. ``mmap``: None memory-maps Flat shards and reads IVF/HNSW shards
     into RAM; True/False for all. ``search_params`` (e.g. 'nprobe=16' or 'efSearch=128') replaces the
-    build's tuned parameters of every non-Flat shard.
+    build's tuned parameters of every non-Flat shard. Opening always checks every file's size and a
+    sampled fingerprint against the manifest; ``verify=True`` first checks every byte (sha256).
     """
     if isinstance(clip, str):
         if clip != "auto":
             raise ValueError(f"clip must be a loaded model, None or 'auto', got {clip!r}")
         clip = recorded_model(folder)
-    return Index(folder, clip, backend=backend, mmap=mmap, search_params=search_params)
+    return Index(folder, clip, backend=backend, mmap=mmap, search_params=search_params, verify=verify)

@@ -10,6 +10,7 @@ A new method is a class with ``search`` plus a branch in :func:`make_method` (se
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -78,6 +79,11 @@ def make_method(rerank: str, tau: float, candidates: Optional[int] = None, lam: 
         raise ValueError(f"unknown rerank method {rerank!r}; choose one of {', '.join(METHODS)}")
     if candidates is not None and candidates <= 0:
         raise ValueError(f"candidates must be positive, got {candidates}")
+    for name, v in (("tau", tau), ("lam", lam), ("alpha", alpha)):
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
     if candidates is not None or rerank == "hybrid":
         return Candidates(rerank, candidates, tau, lam, alpha)
     if rerank == "bsap":

@@ -31,4 +31,6 @@ class Searcher:
             raise ValueError(f"queries have dim {q.shape[1]}, index has {self.shards.dim}")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        if not np.isfinite(q).all():
+            raise ValueError("query embeddings hold NaN or infinite values")
         return method.search(self.engine(target), q, k)

@@ -9,6 +9,7 @@ not computed here: the build entry points (:mod:`retrieval.ops.build`) add them 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,10 +19,11 @@ import numpy as np
 
 from ..corpus import CorpusReader
 from ..embed import ClipModel, Encoder, describe, iter_batches, same_model
-from ..errors import CorpusError, IndexFolderError
+from ..errors import CorpusError, IndexFolderError, StorageError, UsageError
 from .atomic import remove_stale_temps
 from .faiss_index import validate_key
 from .layout import ERRORS
+from .lock import write_lock
 from .manifest import load_manifest, new_manifest, save_manifest
 from .writer import ShardWriter, read_errors
 
@@ -40,19 +42,39 @@ def check_index_key(index_key: Optional[str], dim: int) -> None:
             raise IndexFolderError(f"--index-key: {e}") from None
 
 
+def prepare_out(out: Path) -> None:
+    """Create the output folder, or say in one line why it cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out}: {e.strerror or type(e).__name__}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} is not writable")
+
+
+def committed(manifest: dict) -> str:
+    """What a folder holds so far, for messages: shards, rows and bytes."""
+    shards = manifest["shards"]
+    size = sum(sum(s.get("bytes", {}).values()) for s in shards)
+    return f"{len(shards)} shard(s), {sum(s['rows'] for s in shards)} items, {size / 2**20:.1f} MiB"
+
+
 def _check_existing(out: Path, clip: ClipModel, reader: CorpusReader, settings: dict) -> Optional[dict]:
     m = load_manifest(out)
     if m is None:
         return None
     if not same_model(m["model"], clip.identity):
         raise IndexFolderError(f"{out} holds an index of {describe(m['model'])}, not {describe(clip.identity)}; "
-                               f"use another --out")
+                               f"use another --out", usage=True)
     if m["corpus"] != reader.describe():
-        raise IndexFolderError(f"{out} was built from another corpus ({m['corpus'].get('path')}); use another --out")
+        raise IndexFolderError(f"{out} was built from another corpus ({m['corpus'].get('path')}); use another --out",
+                               usage=True)
     diff = ", ".join(f"{k}={m['build'].get(k)}" for k in _RESUME_KEYS if m["build"].get(k) != settings.get(k))
     if diff:
         raise IndexFolderError(f"{out} was built with other settings ({diff}); "
-                               f"re-run with the same ones or use another --out")
+                               f"re-run with the same ones or use another --out", usage=True)
     return m
 
 
@@ -68,7 +90,18 @@ def index_corpus(reader: CorpusReader, out: str | Path, clip: ClipModel, setting
     manifest = _check_existing(out, clip, reader, settings)
     if manifest is not None and manifest.get("complete"):
         return manifest, False
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
+    with write_lock(out):
+        try:
+            return _embed_into(reader, out, clip, settings, manifest, progress, t_start)
+        except StorageError as e:
+            m = load_manifest(out) or {"shards": []}
+            raise StorageError(f"{e}; {committed(m)} committed: free space and re-run the same command "
+                               f"to resume") from None
+
+
+def _embed_into(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, manifest: Optional[dict],
+                progress: bool, t_start: float) -> tuple[dict, bool]:
     remove_stale_temps(out)
     if manifest is None:
         manifest = new_manifest(clip.identity, reader.describe(), dict(settings))
@@ -136,20 +169,21 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
         raise ValueError("metadata keys must be unique")
     out = Path(out)
     if load_manifest(out) is not None:
-        raise IndexFolderError(f"{out} already holds an index; use another folder")
+        raise IndexFolderError(f"{out} already holds an index; use another folder", usage=True)
     model = {"embed_dim": img.shape[1], "logit_scale": 100.0, "context_length": 77, **model}
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "recall_target": recall_target, "dim": img.shape[1], "max_pixels": None}
     manifest = new_manifest(model, {"type": "embeddings", "path": None}, dict(settings))
-    out.mkdir(parents=True, exist_ok=True)
-    schema = pa.Table.from_pylist(rows[:1]).schema
-    writer = ShardWriter(out, manifest, schema, settings, [])
-    writer.last_end = 0
-    for start in range(0, len(img), shard_size):
-        sl = slice(start, start + shard_size)
-        writer.add(np.asarray(img[sl], np.float32), np.asarray(txt[sl], np.float32), rows[sl],
-                   list(range(start, min(start + shard_size, len(img)))), [], min(start + shard_size, len(img)))
-    writer.finish()
-    manifest["complete"] = True
-    save_manifest(out, manifest)
+    prepare_out(out)
+    with write_lock(out):
+        schema = pa.Table.from_pylist(rows[:1]).schema
+        writer = ShardWriter(out, manifest, schema, settings, [])
+        writer.last_end = 0
+        for start in range(0, len(img), shard_size):
+            sl = slice(start, start + shard_size)
+            writer.add(np.asarray(img[sl], np.float32), np.asarray(txt[sl], np.float32), rows[sl],
+                       list(range(start, min(start + shard_size, len(img)))), [], min(start + shard_size, len(img)))
+        writer.finish()
+        manifest["complete"] = True
+        save_manifest(out, manifest)
     return manifest

@@ -43,7 +43,7 @@ def require_manifest(folder: str | os.PathLike) -> dict:
     """The manifest of ``folder``; IndexFolderError when it is not an index folder."""
     m = load_manifest(folder)
     if m is None:
-        raise IndexFolderError(f"{folder} is not an index folder (no manifest.json)")
+        raise IndexFolderError(f"{folder} is not an index folder (no manifest.json)", usage=True)
     return m
 
 
