@@ -4,7 +4,7 @@ Imports ``query`` (an opened :class:`~retrieval.query.Index`), ``methods``, ``em
 """
 from .classifier import DEFAULT_TEMPLATES, Classifier, Result
 from .evaluate import eval_classification, eval_retrieval, format_table, recall_at
-from .inputs import check_classes, expand_images, read_classes, read_labels
+from .inputs import check_classes, check_template, expand_images, read_classes, read_labels
 
-__all__ = ["Classifier", "Result", "DEFAULT_TEMPLATES", "check_classes", "read_classes", "read_labels",
+__all__ = ["Classifier", "Result", "DEFAULT_TEMPLATES", "check_classes", "check_template", "read_classes", "read_labels",
            "expand_images", "eval_retrieval", "eval_classification", "format_table", "recall_at"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import IndexFolderError, ItemError
 from ..methods.xmore import Prediction, StreamNormaliser, caption_probs, confidence, image_probs, mix, select_captions
-from .inputs import check_classes
+from .inputs import check_classes, check_template
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -50,8 +50,9 @@ class Classifier:
             raise IndexFolderError("classification needs the index's model; open the index with clip=")
         if neighbours <= 0 or captions <= 0:
             raise ValueError(f"neighbours and captions must be positive, got {neighbours} and {captions}")
-        if not templates or any("{}" not in t for t in templates):
-            raise ValueError("every template must contain '{}' for the class name")
+        if not templates:
+            raise ValueError("give at least one template")
+        templates = [check_template(t) for t in templates]
         self.index, self.classes = index, check_classes(classes)
         self.templates, self.neighbours, self.captions = list(templates), neighbours, captions
         self.tau = float(tau if tau is not None else index.clip.logit_scale)

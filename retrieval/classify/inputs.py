@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import string
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -61,3 +62,15 @@ def expand_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             raise ValueError(f"no such image or folder: {p}")
     return out
+
+
+def check_template(template: str) -> str:
+    """A prompt template with exactly one ``{}`` (literal braces written ``{{`` and ``}}``)."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"template {template!r} is not a valid format string ({e}); write literal braces as {{{{ }}}}") from None
+    if fields != [""]:
+        raise ValueError(f"template {template!r} must contain exactly one {{}} for the class name "
+                         f"(it has {len(fields)} field(s)); write literal braces as {{{{ }}}}") from None
+    return template

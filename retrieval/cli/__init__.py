@@ -6,20 +6,52 @@ import sys
 
 import click
 
-from ..errors import RetrievalError
+from ..errors import DATA, USAGE, RetrievalError
+from ..store.atomic import is_machine_error, storage_error
 from . import build, classify, search, serve
 
 
 class _Group(click.Group):
+    """Every error is one line on stderr: exit 2 for usage errors, 1 for data errors (see errors.py)."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as e:  # bad options and arguments, BadParameter included
+            _fail(e.format_message(), USAGE)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except RetrievalError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            _fail(str(e), e.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: committed shards are kept; re-run the same command to resume", err=True)
-            sys.exit(130)
+            _fail("interrupted: committed shards are kept; re-run the same command to resume", 130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except OSError as e:
+            if is_machine_error(e):
+                _fail(str(storage_error(e, e.filename or "a file")), DATA)
+            _unexpected(ctx, e)
+        except Exception as e:  # a bug: still one line, the traceback with -v
+            _unexpected(ctx, e)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
+def _unexpected(ctx, e: Exception):
+    if ctx.params.get("verbose") or logging.getLogger().isEnabledFor(logging.DEBUG):
+        raise e
+    _fail(f"internal error ({type(e).__name__}: {str(e)[:200]}); run with -v for the traceback and report it", DATA)
 
 
 @click.group(cls=_Group)

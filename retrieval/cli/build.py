@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, parse_size
+from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, Size
 
 
 @click.command()
@@ -16,18 +16,19 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, parse_size
               help="open_clip arch, 'local-dir:FOLDER', or a folder holding open_clip_config.json.")
 @click.option("--pretrained", default=DEFAULT_PRETRAINED, show_default=True,
               help="Pretrained tag (hub), a local .safetensors/.pt file, or 'random'. Ignored for local folders.")
-@click.option("--batch-size", default=64, show_default=True, help="Images per model forward.")
-@click.option("--shard-size", default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True, help="Images per model forward.")
+@click.option("--shard-size", type=POSITIVE, default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
 @click.option("--index-key", default=None, help="faiss factory string for every shard (default: chosen per shard).")
-@click.option("--memory-budget", default="4GB", show_default=True, help="Memory budget of one shard's index, e.g. 4GB.")
+@click.option("--memory-budget", type=Size(), default="4GB", show_default=True, help="Memory budget of one shard's index, e.g. 4GB.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True,
+@click.option("--workers", type=NON_NEGATIVE, default=min(4, os.cpu_count() or 1), show_default=True,
               help="DataLoader workers that read and decode images (0 = in the main process).")
 @click.option("--image-root", default=None, type=click.Path(), help="Manifest only: folder its image paths are relative to.")
 @click.option("--image-column", default=None, help="Manifest only: image-path column (auto-detected).")
 @click.option("--caption-column", default=None, help="Manifest only: caption column (auto-detected).")
 @click.option("--key-column", default=None, help="Manifest only: unique key column (default: 'key' if present, else the image path).")
-@click.option("--max-pixels", default=89_478_485, show_default=True, help="Skip images with more pixels (decompression bombs).")
+@click.option("--max-pixels", type=POSITIVE, default=89_478_485, show_default=True,
+              help="Skip images with more pixels (decompression bombs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, memory_budget, device, workers,
           image_root, image_column, caption_column, key_column, max_pixels, quiet):
@@ -38,15 +39,8 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
     """
     from ..ops import build_index
 
-    if batch_size <= 0 or shard_size <= 0:
-        raise click.BadParameter("--batch-size and --shard-size must be positive")
-    try:
-        budget = parse_size(memory_budget)
-    except ValueError:
-        raise click.BadParameter(f"{memory_budget!r} is not a size such as 4GB or 512MB",
-                                 param_hint="--memory-budget") from None
     m = build_index(corpus, out, model, pretrained, batch_size=batch_size, shard_size=shard_size,
-                    index_key=index_key, memory_budget=budget, device=device, workers=workers,
+                    index_key=index_key, memory_budget=memory_budget, device=device, workers=workers,
                     image_root=image_root, image_column=image_column, caption_column=caption_column,
                     key_column=key_column, max_pixels=max_pixels, progress=not quiet)
     c, st = m["counts"], m.get("stats", {})
@@ -71,9 +65,9 @@ def info(index, as_json):
 @click.option("--bank", type=click.Choice(["generic", "corpus", "texts"]), default="generic", show_default=True,
               help="BSAP auxiliary prompts: built-in list, sampled corpus captions, or --text values.")
 @click.option("--text", "texts", multiple=True, help="An auxiliary prompt (repeatable; with --bank texts).")
-@click.option("--bank-size", default=64, show_default=True, help="Sampled rows for --bank corpus.")
-@click.option("--nnn-k", default=128, show_default=True, help="NNN: top-k reference similarities averaged.")
-@click.option("--ref-size", default=4096, show_default=True, help="NNN: reference queries sampled from the corpus.")
+@click.option("--bank-size", type=POSITIVE, default=64, show_default=True, help="Sampled rows for --bank corpus.")
+@click.option("--nnn-k", type=POSITIVE, default=128, show_default=True, help="NNN: top-k reference similarities averaged.")
+@click.option("--ref-size", type=POSITIVE, default=4096, show_default=True, help="NNN: reference queries sampled from the corpus.")
 def bias(index, bank, texts, bank_size, nnn_k, ref_size):
     """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding)."""
     from ..ops import compute_biases

@@ -7,7 +7,7 @@ import click
 
 from ..methods.xmore import METHODS as XMORE_METHODS
 
-from .common import with_options
+from .common import NON_NEGATIVE, POSITIVE, Template, with_options
 
 
 def _classifier(index: str, classes_file, labels_file, templates, neighbours: int, captions: int):
@@ -41,11 +41,11 @@ _CLASSIFY_OPTIONS = [
     click.option("--labels", "labels_file", type=click.Path(),
                  help="CSV with path,label (paths relative to it); its images and labels (classes = its labels "
                       "unless --classes)."),
-    click.option("--template", "templates", multiple=True,
+    click.option("--template", "templates", multiple=True, type=Template(),
                  help="Prompt template with {} (repeatable; averaged). Default: 'a photo of a {}.'"),
-    click.option("--neighbours", default=128, show_default=True, help="R: image neighbours retrieved per image."),
-    click.option("--captions", default=16, show_default=True, help="K: their captions kept (most similar to the image)."),
-    click.option("--batch-size", default=64, show_default=True, help="Images per model forward."),
+    click.option("--neighbours", type=POSITIVE, default=128, show_default=True, help="R: image neighbours retrieved per image."),
+    click.option("--captions", type=POSITIVE, default=16, show_default=True, help="K: their captions kept (most similar to the image)."),
+    click.option("--batch-size", type=POSITIVE, default=64, show_default=True, help="Images per model forward."),
     click.option("--json", "as_json", is_flag=True, help="JSON instead of a table."),
 ]
 
@@ -108,8 +108,8 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
 @click.command(name="eval")
 @click.argument("index", type=click.Path())
 @with_options(_CLASSIFY_OPTIONS)
-@click.option("--max-queries", type=int, default=None, help="Retrieval: a seeded sample of this many rows (default all).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the query sample and of the stream order.")
+@click.option("--max-queries", type=POSITIVE, default=None, help="Retrieval: a seeded sample of this many rows (default all).")
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the query sample and of the stream order.")
 @click.option("--no-retrieval", is_flag=True, help="Skip the retrieval table.")
 def evaluate(index, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json, max_queries,
              seed, no_retrieval):

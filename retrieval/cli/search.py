@@ -8,20 +8,21 @@ import click
 
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.backends import BACKENDS
+from .common import POSITIVE, Finite
 
 
 @click.command()
 @click.argument("index", type=click.Path())
 @click.argument("text", required=False)
 @click.option("--image", "image", type=click.Path(), help="Search with an image file instead of text.")
-@click.option("--k", default=20, show_default=True, help="Results per query.")
+@click.option("--k", type=POSITIVE, default=20, show_default=True, help="Results per query.")
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Search among the corpus images or its captions.")
 @click.option("--rerank", type=click.Choice(RERANK_METHODS), default="clip", show_default=True,
               help="clip cosine; bsap/nnn exact over the whole corpus; hybrid over --candidates.")
-@click.option("--candidates", type=int, default=None, help="Rerank CLIP's top N instead of searching exactly.")
-@click.option("--lam", default=0.5, show_default=True, help="BSAP-H weight of the CLIP softmax.")
-@click.option("--alpha", default=0.75, show_default=True, help="NNN bias weight.")
+@click.option("--candidates", type=POSITIVE, default=None, help="Rerank CLIP's top N instead of searching exactly.")
+@click.option("--lam", type=Finite(0.0, 1.0), default=0.5, show_default=True, help="BSAP-H weight of the CLIP softmax.")
+@click.option("--alpha", type=Finite(), default=0.75, show_default=True, help="NNN bias weight.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True, help="auto: faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
@@ -31,16 +32,11 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
 
     if (text is None) == (image is None):
         raise click.UsageError("give a TEXT or --image PATH (one of them)")
-    if k <= 0:
-        raise click.BadParameter("must be positive", param_hint="--k")
     if text is not None and not text.strip():
         raise click.BadParameter("the query text is empty", param_hint="TEXT")
     if image is not None and not os.path.isfile(image):
         raise click.BadParameter(f"{image} is not a file", param_hint="--image")
-    try:
-        idx = open_index(index, "auto", backend=backend)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--backend") from None
+    idx = open_index(index, "auto", backend=backend)
     try:
         rows = idx.query(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates,
                          lam=lam, alpha=alpha)[0]

@@ -5,32 +5,57 @@ import os
 
 import click
 
+from ..corpus.images import DEFAULT_MAX_PIXELS
+from ..errors import UsageError
 from ..query.backends import BACKENDS
+from .common import POSITIVE, Count, Finite, Size
 
-from .common import parse_size
+
+def check_listen(host: str, port: int) -> None:
+    """Fail in one line, before any index or model is loaded, when ``host:port`` cannot be bound."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 @click.command()
 @click.argument("indexes", nargs=-1, required=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
-@click.option("--port", default=8000, show_default=True)
-@click.option("--max-batch", default=64, show_default=True, help="Most search requests run as one batch.")
-@click.option("--max-wait-ms", default=4.0, show_default=True, help="Longest wait for a batch to fill.")
-@click.option("--max-body", default="16MB", show_default=True, help="Largest request body (bigger: 413).")
+@click.option("--port", type=Count(1, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=POSITIVE, default=64, show_default=True, help="Most search requests run as one batch.")
+@click.option("--max-wait-ms", type=Finite(0.0, 10_000.0), default=4.0, show_default=True,
+              help="Longest wait for a batch to fill.")
+@click.option("--max-body", type=Size(), default="16MB", show_default=True, help="Largest request body (bigger: 413).")
+@click.option("--max-pixels", type=POSITIVE, default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest uploaded image in pixels (bigger: 413); the build's default.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-def serve(indexes, host, port, max_batch, max_wait_ms, max_body, backend):
+@click.option("--verify", is_flag=True, help="Check every byte of every index (sha256) before serving.")
+def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, backend, verify):
     """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /."""
     import uvicorn
 
     from ..query import open_index
     from ..serve import create_app
 
-    opened = {}
+    check_listen(host, port)
+    specs = {}
     for spec in indexes:
         name, _, folder = spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
-        if name in opened:
-            raise click.BadParameter(f"two indexes named {name!r}; use NAME=FOLDER", param_hint="INDEXES")
-        opened[name] = open_index(folder, "auto", backend=backend)
-    app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=parse_size(max_body))
+        if not name or name in specs:
+            raise click.BadParameter(f"two indexes named {name!r} (or an empty name); use NAME=FOLDER",
+                                     param_hint="INDEXES")
+        specs[name] = folder
+    opened = {name: open_index(folder, "auto", backend=backend, verify=verify) for name, folder in specs.items()}
+    app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=max_body, max_pixels=max_pixels)
     click.echo(f"serving {', '.join(f'{n} ({len(i)} rows)' for n, i in opened.items())} on http://{host}:{port}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -41,6 +41,19 @@ def _to_rgb(im: Image.Image, repairs: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
+# Our own limit (``max_pixels``, checked from the header before any pixel is decoded) replaces PIL's
+# bomb warning, so it is silenced once here. Turning it into an error per call with
+# ``warnings.catch_warnings`` is not thread-safe: concurrent decodes in the server left the "error"
+# filter installed for good.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def allow_pil(max_pixels: int) -> None:
+    """Raise PIL's own hard limit (2 x MAX_IMAGE_PIXELS) when ours is set higher; never lowers it."""
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+
+
 def decode_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[str]]:
     """Return (RGB image, repairs) or raise ItemError(stage='image', reason)."""
     repairs: list[str] = []
@@ -53,16 +66,15 @@ def decode_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
             if os.path.getsize(source) == 0:
                 raise ItemError("image", "zero-byte file")
             fp = open(source, "rb")
+        allow_pil(max_pixels)
         with fp:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(fp)
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ItemError("image", f"decompression bomb: {w}x{h} pixels exceeds limit {max_pixels}")
-                if w == 0 or h == 0:
-                    raise ItemError("image", "empty image (0 pixels)")
-                im.load()
+            im = Image.open(fp)
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ItemError("image", f"decompression bomb: {w}x{h} pixels exceeds limit {max_pixels}")
+            if w == 0 or h == 0:
+                raise ItemError("image", "empty image (0 pixels)")
+            im.load()
             im = ImageOps.exif_transpose(im) if im.getexif() else im
             return _to_rgb(im, repairs), repairs
     except ItemError:
@@ -71,11 +83,24 @@ def decode_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         raise ItemError("image", "file not found") from None
     except UnidentifiedImageError:
         raise ItemError("image", "not an image (unidentified format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise ItemError("image", f"decompression bomb: {e}") from None
     except Exception as e:  # truncated data, codec errors, permission errors...
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ItemError("image", f"unreadable: {type(e).__name__}: {msg[:200]}") from None
+
+
+def image_size(source: Source) -> tuple[int, int]:
+    """(width, height) from the image header alone (nothing decoded); ItemError when unreadable."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
+            return im.size
+    except FileNotFoundError:
+        raise ItemError("image", "file not found") from None
+    except UnidentifiedImageError:
+        raise ItemError("image", "not an image (unidentified format)") from None
+    except Exception as e:  # noqa: BLE001 - any header failure is the input's
+        raise ItemError("image", f"unreadable: {type(e).__name__}") from None
 
 
 def is_image_name(name: str) -> bool:

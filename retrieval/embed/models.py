@@ -60,12 +60,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def resolve_device(device: str = "auto") -> str:
+    """'auto' (cuda when torch sees a GPU, else cpu), 'cpu', 'cuda' or 'cuda:N' (checked)."""
+    import re
+
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device == "cpu":
+        return device
+    m = re.fullmatch(r"cuda(?::(\d+))?", device or "")
+    if m is None:
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but torch sees no CUDA GPU")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r} requested but torch sees {torch.cuda.device_count()} GPU(s)")
     return device
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..corpus import DEFAULT_MAX_PIXELS, open_corpus
 from ..embed import ClipModel, load_model
-from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
+from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, check_out, index_corpus, write_embeddings
 from .bias import compute_biases
 
 log = logging.getLogger("retrieval.build")
@@ -35,6 +35,7 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
     reader = open_corpus(corpus, image_root, image_column, caption_column, key_column)
+    check_out(out)
     clip = clip or load_model(model, pretrained, device)
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,

@@ -6,21 +6,30 @@ unknown index or item 404 (the routes raise :class:`~retrieval.serve.service.HTT
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from ..corpus.images import DEFAULT_MAX_PIXELS
 from .bodylimit import BodyLimit
 from .routes import add_routes
 from .service import MAX_BODY, HTTPError, Service
 
 
-def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max_body: int = MAX_BODY) -> FastAPI:
-    """The FastAPI app serving ``indexes`` ({name: Index opened with its model})."""
-    service = Service(indexes, max_batch, max_wait_ms)
+def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max_body: int = MAX_BODY,
+               max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None) -> FastAPI:
+    """The FastAPI app serving ``indexes`` ({name: Index opened with its model}).
+
+    ``max_pixels``: the largest uploaded image (the build's limit by default); ``decode_budget``:
+    pixels decoded at once across requests (default 2 x max_pixels).
+    """
+    service = Service(indexes, max_batch, max_wait_ms, max_pixels, decode_budget)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        service.batcher.start()  # running already unless a previous lifespan closed it
         yield
         service.close()  # clean shutdown: finish queued searches, stop the batcher thread
 
@@ -33,5 +42,16 @@ def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max
     async def _http_error(request: Request, exc: HTTPError):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
     add_routes(app, service)
     return app
+
+
+def validation_detail(errors: list) -> list[dict]:
+    """FastAPI's validation errors as plain JSON: location, message and type, never the input (it may
+    hold NaN, which JSON cannot carry, or a 16 MB image)."""
+    return [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors]

@@ -30,8 +30,15 @@ class MicroBatcher:
         self.batches = 0      # statistics: batches run and items served
         self.items = 0
         self._last = 1        # size of the previous batch
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self.name = name
+        self._thread = threading.Thread()
+        self.start()
+
+    def start(self) -> None:
+        """Start the worker (again, after ``close``); a no-op while it runs."""
+        if not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
 
     async def submit(self, item: Any) -> Any:
         """Queue ``item`` and wait for its result (raises the item's exception)."""

@@ -1,60 +1,17 @@
 """The HTTP routes and request models of the service, registered on a FastAPI app by ``add_routes``."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field, model_validator
 
 from ..errors import RetrievalError
-from ..methods.rerank import METHODS as RERANK_METHODS
-from ..methods.xmore import METHODS as XMORE_METHODS
+from .models import (ClassifyBody, ClassifyResult, Health, IndexSummary, Rerank, SearchBody, SearchResult, Target,
+                     errors)
 from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image
-
-Rerank = Literal[RERANK_METHODS]
-Target = Literal["image", "text"]
-Method = Literal[XMORE_METHODS]
-
-
-class SearchBody(BaseModel):
-    """Exactly one of text, image_base64 (optionally a data: URL), embedding or item_id."""
-
-    index: Optional[str] = Field(None, description="index name (default: the first served)")
-    text: Optional[str] = Field(None, max_length=2000)
-    image_base64: Optional[str] = None
-    embedding: Optional[list[float]] = None
-    item_id: Optional[int] = Field(None, ge=0, description="'more like this': the stored image embedding of a row")
-    k: int = Field(10, ge=1, le=MAX_K)
-    target: Target = "image"
-    rerank: Rerank = "clip"
-    candidates: Optional[int] = Field(None, ge=1, le=100_000)
-    lam: float = Field(0.5, ge=0.0, le=1.0)
-    alpha: float = Field(0.75, ge=0.0, le=10.0)
-    return_embeddings: bool = False
-
-    @model_validator(mode="after")
-    def one_query(self):
-        given = [x is not None for x in (self.text, self.image_base64, self.embedding, self.item_id)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of text, image_base64, embedding or item_id")
-        if self.text is not None and not self.text.strip():
-            raise ValueError("text is empty")
-        return self
-
-
-class ClassifyBody(BaseModel):
-    index: Optional[str] = None
-    images_base64: list[str] = Field(..., min_length=1, max_length=64,
-                                     description="images classified together (batch-mean confidence weights)")
-    classes: list[str] = Field(..., min_length=2, max_length=1000)
-    templates: list[str] = Field(["a photo of a {}."], min_length=1, max_length=32)
-    method: Method = "xmore"
-    neighbours: int = Field(128, ge=1, le=2048)
-    captions: int = Field(16, ge=1, le=1024)
-
 
 def add_routes(app: FastAPI, service: Service) -> None:
     """Register every route of the service on ``app``."""
@@ -66,11 +23,11 @@ def add_routes(app: FastAPI, service: Service) -> None:
     async def docs():  # FastAPI's Swagger UI loads its scripts from a CDN; this page needs none
         return HTMLResponse((WEB / "docs.html").read_text(encoding="utf-8"))
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health():
         return {"status": "ok", "indexes": len(service.indexes)}
 
-    @app.get("/indexes")
+    @app.get("/indexes", response_model=list[IndexSummary])
     async def indexes():
         out = []
         for name, idx in service.indexes.items():
@@ -105,12 +62,12 @@ def add_routes(app: FastAPI, service: Service) -> None:
             raise HTTPError(400, str(e)) from None
         return {"index": name, "k": body.k, "rerank": body.rerank, "target": body.target, "results": results}
 
-    @app.post("/search")
+    @app.post("/search", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422))
     async def search(body: SearchBody):
         """Search with a text, a base64 image or an embedding (micro-batched with concurrent requests)."""
         return await _search(body)
 
-    @app.post("/search/upload")
+    @app.post("/search/upload", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422))
     async def search_upload(file: UploadFile = File(...), index: Optional[str] = Form(None),
                             k: int = Form(10, ge=1, le=MAX_K), target: Target = Form("image"),
                             rerank: Rerank = Form("clip")):
@@ -123,27 +80,30 @@ def add_routes(app: FastAPI, service: Service) -> None:
                                           return_embeddings=False)
         return await _search(body, image_bytes=data)
 
-    @app.post("/classify")
+    @app.post("/classify", response_model=ClassifyResult, responses=errors(400, 404, 413, 422))
     async def classify(body: ClassifyBody):
         """X-MoRe classification of one or more base64 images against the given classes."""
-        from ..classify import check_classes
+        from ..classify import check_classes, check_template
 
         name, idx = service.index(body.index)
         try:
             classes = tuple(check_classes(body.classes))
         except ValueError as e:
             raise HTTPError(422, str(e)) from None
-        if any("{}" not in t for t in body.templates):
-            raise HTTPError(422, "every template must contain '{}'")
+        try:
+            templates = tuple(check_template(t) for t in body.templates)
+        except ValueError as e:
+            raise HTTPError(422, str(e)) from None
         tensors = [await run_in_threadpool(service.decode_image, b64_image(b), name) for b in body.images_base64]
         try:
-            results = await run_in_threadpool(service.classify, name, tensors, classes, tuple(body.templates),
+            results = await run_in_threadpool(service.classify, name, tensors, classes, templates,
                                               body.method, body.neighbours, body.captions)
         except (ValueError, RetrievalError) as e:
             raise HTTPError(400, str(e)) from None
         return {"index": name, "method": body.method, "results": results}
 
-    @app.get("/items/{index}/{item_id}/image")
+    @app.get("/items/{index}/{item_id}/image", responses={**errors(404, 422), 200: {
+        "content": {"image/*": {}, "application/octet-stream": {}}, "description": "the image file"}})
     async def item_image(index: str, item_id: int):
         """The source image of row ``item_id`` (only files this index points to)."""
         from ..corpus.items import ItemImageError, item_image as read_item

@@ -15,7 +15,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..corpus.images import DEFAULT_MAX_PIXELS
 from .batching import MicroBatcher
+from .decoding import ImageDecoder
 
 MAX_K = 10_000
 MAX_BODY = 16 << 20
@@ -54,13 +56,15 @@ class Query:
 class Service:
     """The indexes, their models, the search batcher and cached classifiers."""
 
-    def __init__(self, indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0):
+    def __init__(self, indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None):
         if not indexes:
             raise ValueError("no indexes to serve")
         for name, idx in indexes.items():
             if idx.clip is None:
                 raise ValueError(f"index {name!r} was opened without its model")
         self.indexes = indexes
+        self.decoder = ImageDecoder(max_pixels, decode_budget)
         self.batcher = MicroBatcher(self.run_batch, max_batch, max_wait_ms, name="search-batcher")
         self._classifiers: OrderedDict = OrderedDict()
 
@@ -72,14 +76,15 @@ class Service:
         return name, self.indexes[name]
 
     def decode_image(self, data: bytes, name: str) -> Any:
-        """Preprocessed tensor of an uploaded image for index ``name`` (400 if unreadable)."""
-        from ..corpus.images import decode_image
+        """Preprocessed tensor of an uploaded image for index ``name`` (400 if unreadable, 413 if over
+        the pixel limit); concurrent decodes share one pixel budget."""
         from ..errors import ItemError
 
         try:
-            img, _ = decode_image(bytes(data))
-            return self.indexes[name].clip.preprocess(img)
+            return self.decoder.decode(bytes(data), self.indexes[name].clip.preprocess)
         except ItemError as e:
+            if e.stage == "pixels":
+                raise HTTPError(413, f"image too large: {e.reason}") from None
             raise HTTPError(400, f"not a readable image: {e.reason}") from None
         except Exception as e:  # noqa: BLE001 - any decoder failure is the client's bad input
             raise HTTPError(400, f"not a readable image: {type(e).__name__}") from None

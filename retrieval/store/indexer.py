@@ -42,6 +42,21 @@ def check_index_key(index_key: Optional[str], dim: int) -> None:
             raise IndexFolderError(f"--index-key: {e}") from None
 
 
+def check_out(out: Path) -> None:
+    """Whether ``out`` can become an index folder, without creating anything (checked before the
+    model is loaded): not a file, and its nearest existing ancestor a writable folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --out {out}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create --out {out}: {probe} is not writable")
+
+
 def prepare_out(out: Path) -> None:
     """Create the output folder, or say in one line why it cannot be one."""
     if out.exists() and not out.is_dir():

@@ -154,18 +154,18 @@ def test_all_bad_corpus_is_an_error(tmp_path, tiny_clip):
         build_index(tmp_path / "c", tmp_path / "idx", workers=0, progress=False, clip=tiny_clip)
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["/no/such/corpus"], "corpus not found"),
-    (["{empty}"], "no images found"),
-    (["{flickr}", "--model", "ViT-B-99"], "unknown open_clip model"),
+@pytest.mark.parametrize("args,msg,code", [
+    (["/no/such/corpus"], "corpus not found", 2),                          # usage: the command line is wrong
+    (["{empty}"], "no images found", 1),                                   # data: the folder holds nothing usable
+    (["{flickr}", "--model", "ViT-B-99"], "unknown open_clip model", 2),
 ])
-def test_cli_errors_are_one_line_and_non_zero(tmp_path, args, msg):
+def test_cli_errors_are_one_line_and_non_zero(tmp_path, args, msg, code):
     (tmp_path / "empty").mkdir()
     args = [a.format(empty=tmp_path / "empty", flickr=FLICKR / "captions.csv") for a in args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "retrieval.cli", "build", *args, "--out", str(tmp_path / "o"),
                         "--image-root", str(FLICKR / "images")], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2
+    assert r.returncode == code
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and msg in r.stderr
 
 

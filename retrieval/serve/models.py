@@ -1,0 +1,116 @@
+"""Request and response models of the HTTP API (what ``/openapi.json`` declares).
+
+Numbers must be finite: NaN and infinities (which Python's JSON parser accepts) are refused with 422
+like any other invalid value.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, Field, model_validator
+
+from ..methods.rerank import METHODS as RERANK_METHODS
+from ..methods.xmore import METHODS as XMORE_METHODS
+from .service import MAX_K
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+Rerank = Literal[RERANK_METHODS]
+Target = Literal["image", "text"]
+Method = Literal[XMORE_METHODS]
+
+
+class SearchBody(BaseModel):
+    """Exactly one of text, image_base64 (optionally a data: URL), embedding or item_id."""
+
+    index: Optional[str] = Field(None, description="index name (default: the first served)")
+    text: Optional[str] = Field(None, max_length=2000)
+    image_base64: Optional[str] = None
+    embedding: Optional[list[FiniteFloat]] = None
+    item_id: Optional[int] = Field(None, ge=0, description="'more like this': the stored image embedding of a row")
+    k: int = Field(10, ge=1, le=MAX_K)
+    target: Target = "image"
+    rerank: Rerank = "clip"
+    candidates: Optional[int] = Field(None, ge=1, le=100_000)
+    lam: FiniteFloat = Field(0.5, ge=0.0, le=1.0)
+    alpha: FiniteFloat = Field(0.75, ge=0.0, le=10.0)
+    return_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def one_query(self):
+        given = [x is not None for x in (self.text, self.image_base64, self.embedding, self.item_id)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of text, image_base64, embedding or item_id")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text is empty")
+        return self
+
+
+class ClassifyBody(BaseModel):
+    index: Optional[str] = None
+    images_base64: list[str] = Field(..., min_length=1, max_length=64,
+                                     description="images classified together (batch-mean confidence weights)")
+    classes: list[str] = Field(..., min_length=2, max_length=1000)
+    templates: list[str] = Field(["a photo of a {}."], min_length=1, max_length=32,
+                                 description="prompt templates, each with exactly one {} for the class name")
+    method: Method = "xmore"
+    neighbours: int = Field(128, ge=1, le=2048)
+    captions: int = Field(16, ge=1, le=1024)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one line, or (422) the validation errors."""
+
+    detail: Union[str, list[dict[str, Any]]]
+
+
+class SearchResult(BaseModel):
+    index: str
+    k: int
+    rerank: str
+    target: str
+    results: list[dict[str, Any]] = Field(..., description="rows, best first: id, score, image_url, key, caption, "
+                                                           "metadata columns (and embedding if asked)")
+
+
+class Label(BaseModel):
+    label: str
+    p: float
+
+
+class Classified(BaseModel):
+    path: str
+    label: str
+    score: float
+    image_top3: list[Label]
+    caption_top3: list[Label]
+    w_img: float
+    w_cap: float
+    neighbours: list[int]
+
+
+class ClassifyResult(BaseModel):
+    index: str
+    method: str
+    results: list[Classified]
+
+
+class Health(BaseModel):
+    status: str
+    indexes: int
+
+
+class IndexSummary(BaseModel):
+    name: str
+    rows: int
+    dim: int
+    model: Optional[str]
+    pretrained: Optional[str]
+    shards: int
+    rerank: list[str]
+    corpus: Optional[str]
+
+
+def errors(*codes: int) -> dict:
+    """The ``responses=`` declaration of a route's error statuses."""
+    return {c: {"model": ErrorBody} for c in codes}

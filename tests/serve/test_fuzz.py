@@ -1,0 +1,65 @@
+"""Schema-driven fuzzing of the whole HTTP API (Schemathesis over the app's own /openapi.json).
+
+For every operation, a bounded number of generated requests (valid and invalid by the schema): no
+answer is a 5xx, every status code is one the operation declares, and every body matches the
+declared schema and content type.
+"""
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,  # noqa: E402
+                                 status_code_conformance)
+
+from tests.conftest import needs_shared  # noqa: E402
+
+pytestmark = needs_shared
+EXAMPLES = 50  # per operation and generation mode: bounded for CI
+
+
+@pytest.fixture(scope="module")
+def api_schema(flickr_index, tiny_clip):
+    from retrieval import create_app, open_index
+
+    app = create_app({"flk": open_index(flickr_index, tiny_clip)}, max_body=1 << 20)
+    yield schemathesis.openapi.from_asgi("/openapi.json", app)
+    app.state.service.close()
+
+
+WITH_INPUT = ["POST /search", "POST /search/upload", "POST /classify", "GET /items/{index}/{item_id}/image"]
+CASES = ([(op, "positive") for op in ["GET /health", "GET /indexes"] + WITH_INPUT]
+         + [(op, "negative") for op in WITH_INPUT])  # operations without inputs have no invalid requests
+
+
+@pytest.mark.parametrize("label,mode", CASES)
+def test_no_5xx_and_every_answer_matches_the_schema(api_schema, label, mode):
+    from hypothesis import given
+    from schemathesis import GenerationMode
+
+    op = next(r.ok() for r in api_schema.get_all_operations() if r.ok().label == label)
+
+    @given(case=op.as_strategy(GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    def run(case):
+        case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                       response_schema_conformance])
+
+    run()
+def test_nan_and_infinity_are_422_with_a_json_detail(api_schema, flickr_index, tiny_clip):
+    from starlette.testclient import TestClient
+
+    from retrieval import create_app, open_index
+
+    client = TestClient(create_app({"flk": open_index(flickr_index, tiny_clip)}))
+    for field, value in (("k", "NaN"), ("lam", "NaN"), ("alpha", "Infinity"), ("alpha", "-Infinity"), ("k", "1e999")):
+        r = client.post("/search", content=f'{{"text": "a dog", "{field}": {value}}}',
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, (field, value, r.text)
+        assert r.json()["detail"][0]["loc"][-1] == field
+    r = client.post("/search", content='{"embedding": [NaN, 1.0]}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "embedding" in str(r.json()["detail"])
+    for template in ("{} {}", "{0}", "{name}", "{", "no field"):
+        r = client.post("/classify", json={"images_base64": ["x"], "classes": ["cat", "dog"], "templates": [template]})
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and ("exactly one {}" in detail or "format string" in detail), (template, r.text)
