@@ -39,15 +39,21 @@ class Index:
                 raise IndexFolderError(f"{self.folder / rel}: {why}{more}")
         if not m.get("complete"):
             raise IndexFolderError(f"{self.folder} is incomplete; re-run its build to finish it")
-        if clip is not None and not same_model(m["model"], clip.identity):
-            raise IndexFolderError(f"{self.folder} was built with {describe(m['model'])}; "
-                                   f"the query model is {describe(clip.identity)}")
-        self.manifest, self.clip = m, clip
+        self.manifest, self.clip = m, None
+        if clip is not None:
+            self.attach_model(clip)
         self.shard_set = ShardSet(self.folder, m, mmap, search_params)
         self.biases = Biases(self.shard_set)
         self.meta = MetadataReader(self.shard_set)
         self.backend_name = pick_backend(backend)
         self.searcher = Searcher(self.shard_set, self.biases, self.backend_name)
+
+    def attach_model(self, clip: ClipModel) -> None:
+        """Use ``clip`` to encode queries; it must be the model the index was built with."""
+        if not same_model(self.manifest["model"], clip.identity):
+            raise IndexFolderError(f"{self.folder} was built with {describe(self.manifest['model'])}; "
+                                   f"the query model is {describe(clip.identity)}")
+        self.clip = clip
 
     @property
     def shards(self) -> list[dict]:
@@ -163,8 +169,11 @@ def open_index(folder: str | os.PathLike, clip: Union[ClipModel, str, None] = No
     build's tuned parameters of every non-Flat shard. Opening always checks every file's size and a
     sampled fingerprint against the manifest; ``verify=True`` first checks every byte (sha256).
     """
-    if isinstance(clip, str):
-        if clip != "auto":
-            raise ValueError(f"clip must be a loaded model, None or 'auto', got {clip!r}")
-        clip = recorded_model(folder)
-    return Index(folder, clip, backend=backend, mmap=mmap, search_params=search_params, verify=verify)
+    auto = isinstance(clip, str)
+    if auto and clip != "auto":
+        raise ValueError(f"clip must be a loaded model, None or 'auto', got {clip!r}")
+    index = Index(folder, None if auto else clip, backend=backend, mmap=mmap, search_params=search_params,
+                  verify=verify)
+    if auto:  # the files are checked before the model is loaded
+        index.attach_model(recorded_model(folder))
+    return index

@@ -8,7 +8,7 @@ from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ..errors import RetrievalError
+from ..errors import IndexFolderError, RetrievalError
 from .models import (ClassifyBody, ClassifyResult, Health, IndexSummary, Rerank, SearchBody, SearchResult, Target,
                      errors)
 from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image
@@ -54,20 +54,22 @@ def add_routes(app: FastAPI, service: Service) -> None:
             if body.item_id >= len(idx):
                 raise HTTPError(404, f"index {name!r} has no item {body.item_id}")
             q.vector = idx.embeddings([body.item_id], "image")[0]
-        if body.rerank in ("bsap", "nnn") and "bias" not in idx.manifest and body.candidates is None:
+        if body.rerank != "clip" and "bias" not in idx.manifest:  # every other method reads stored offsets
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
         try:
             results = await service.batcher.submit(q)
+        except IndexFolderError as e:  # the server's own files, not the request: unavailable
+            raise HTTPError(503, str(e)) from None
         except (ValueError, RetrievalError) as e:
             raise HTTPError(400, str(e)) from None
         return {"index": name, "k": body.k, "rerank": body.rerank, "target": body.target, "results": results}
 
-    @app.post("/search", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422))
+    @app.post("/search", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422, 503))
     async def search(body: SearchBody):
         """Search with a text, a base64 image or an embedding (micro-batched with concurrent requests)."""
         return await _search(body)
 
-    @app.post("/search/upload", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422))
+    @app.post("/search/upload", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422, 503))
     async def search_upload(file: UploadFile = File(...), index: Optional[str] = Form(None),
                             k: int = Form(10, ge=1, le=MAX_K), target: Target = Form("image"),
                             rerank: Rerank = Form("clip")):
@@ -80,7 +82,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
                                           return_embeddings=False)
         return await _search(body, image_bytes=data)
 
-    @app.post("/classify", response_model=ClassifyResult, responses=errors(400, 404, 413, 422))
+    @app.post("/classify", response_model=ClassifyResult, responses=errors(400, 404, 413, 422, 503))
     async def classify(body: ClassifyBody):
         """X-MoRe classification of one or more base64 images against the given classes."""
         from ..classify import check_classes, check_template
@@ -98,6 +100,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
         try:
             results = await run_in_threadpool(service.classify, name, tensors, classes, templates,
                                               body.method, body.neighbours, body.captions)
+        except IndexFolderError as e:
+            raise HTTPError(503, str(e)) from None
         except (ValueError, RetrievalError) as e:
             raise HTTPError(400, str(e)) from None
         return {"index": name, "method": body.method, "results": results}

@@ -28,6 +28,18 @@ def storage_error(e: OSError, path: PathLike) -> StorageError:
     return StorageError(f"cannot write {path}: {what}")
 
 
+def write_failure(path: PathLike, detail: str) -> StorageError:
+    """The one-line error for a write that failed without an errno (faiss says only "write error"):
+    the cause is read off the file system (full, or else the library's words)."""
+    try:
+        st = os.statvfs(Path(path).parent)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return StorageError(f"cannot write {path}: no space left on device")
+    except OSError:
+        pass
+    return StorageError(f"cannot write {path}: {detail}")
+
+
 def is_machine_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and (e.errno in _MACHINE)
 
@@ -46,10 +58,6 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     except OSError as e:
         if is_machine_error(e):
             raise storage_error(e, path) from None
-        raise
-    except RuntimeError as e:  # faiss reports a failed write as a RuntimeError naming the errno text
-        if any(t in str(e) for t in ("No space left", "Disk quota", "Read-only file system")):
-            raise StorageError(f"cannot write {path}: {str(e).strip().splitlines()[-1][:120]}") from None
         raise
     finally:
         if tmp.exists():

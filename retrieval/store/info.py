@@ -6,9 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..embed.models import describe
-from ..errors import IndexFolderError
 from .layout import ERRORS, MODALITIES, bias_dir
-from .manifest import load_manifest
+from .manifest import require_manifest
 
 
 def _size(path: Path) -> int:
@@ -18,9 +17,7 @@ def _size(path: Path) -> int:
 def index_info(folder: str | os.PathLike) -> dict:
     """Counts, model, per-shard rows / index types / bytes, and skipped-item reasons."""
     folder = Path(folder)
-    m = load_manifest(folder)
-    if m is None:
-        raise IndexFolderError(f"{folder} is not an index folder (no manifest.json)")
+    m = require_manifest(folder)
     shards = []
     for s in m["shards"]:
         sizes = {name: _size(folder / rel) for name, rel in s["files"].items()}

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .atomic import atomic_path, write_bytes
+from .atomic import atomic_path, write_bytes, write_failure
 from .faiss_index import build_faiss_index, tune_params
 from .integrity import file_record
 from .keys import shard_key
@@ -50,7 +50,10 @@ def save_faiss(path: Path, index) -> None:
     import faiss
 
     with atomic_path(path) as tmp:
-        faiss.write_index(index, tmp)
+        try:
+            faiss.write_index(index, tmp)
+        except RuntimeError:  # the index is in memory and valid: only the write can have failed
+            raise write_failure(path, "faiss could not write the file (the disk may be full)") from None
 
 
 def read_errors(out: Path, before_pos: int) -> list[dict]:

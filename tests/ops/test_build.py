@@ -250,3 +250,29 @@ def test_cli_rejects_bad_sizes_before_any_work(tmp_path):
     from retrieval.cli.common import parse_size as _size
 
     assert _size("4GB") == 4 * 2**30 and _size("512MiB") == 512 * 2**20 and _size("1e6") == 10**6
+
+
+def test_a_malformed_manifest_row_is_skipped_and_logged_not_fatal(tmp_path, tiny_clip):
+    imgs = [make_image(tmp_path / "imgs" / f"{i}.jpg", color=(40 * i, 90, 200)) for i in range(4)]
+    (tmp_path / "m.csv").write_text("Image,Caption,year\n"        # header spelled in capitals
+                                    f"{imgs[0].name},a blue square,2020\n"
+                                    f"{imgs[1].name},one,field,too many\n"
+                                    f"{imgs[2].name},\"a caption, with a comma\",2021\n"
+                                    f"{imgs[3].name},the last one,2022\n")
+    m = build_index(tmp_path / "m.csv", tmp_path / "idx", image_root=str(tmp_path / "imgs"), workers=0,
+                    progress=False, clip=tiny_clip, bias_bank=None)
+    assert m["counts"]["rows"] == 3 and m["counts"]["skipped"] == 1
+    logged = [json.loads(line) for line in (tmp_path / "idx" / "errors.jsonl").read_text().splitlines()]
+    assert logged == [{"pos": 1, "key": "row-1", "path": "", "stage": "reader", "action": "skipped",
+                       "reason": "malformed CSV row at line 3: 4 fields, the header has 3"}]
+    _, _, meta = read_layout(tmp_path / "idx")
+    assert meta.column("caption").to_pylist() == ["a blue square", "a caption, with a comma", "the last one"]
+    assert meta.column("year").to_pylist() == ["2020", "2021", "2022"]
+
+
+def test_a_manifest_of_urls_says_they_are_not_downloaded(tmp_path):
+    from retrieval import open_corpus
+
+    (tmp_path / "urls.csv").write_text("url,caption\n" + "".join(f"https://example.org/{i}.jpg,c{i}\n" for i in range(20)))
+    with pytest.raises(CorpusError, match=r"holds remote URLs \(20 rows.*img2dataset"):
+        open_corpus(tmp_path / "urls.csv", image_column="URL")  # names match case-insensitively

@@ -246,3 +246,22 @@ def test_a_slow_client_does_not_block_others(server):
         assert b"200 OK" in slow.recv(65536).split(b"\r\n")[0]
     finally:
         slow.close()
+
+
+def test_a_bias_file_corrupted_while_serving_is_a_503_naming_it(flickr_index, tiny_clip, tmp_path):
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from retrieval import create_app, open_index
+    from tests.conftest import bias_folder
+
+    folder = tmp_path / "copy"
+    shutil.copytree(flickr_index, folder)
+    client = TestClient(create_app({"flk": open_index(folder, tiny_clip)}))  # opened (and checked) while intact
+    target = bias_folder(folder) / "nnn_image_0001.npy"
+    target.write_bytes(target.read_bytes()[:60])
+    r = client.post("/search", json={"text": "a dog", "rerank": "nnn"})
+    assert r.status_code == 503 and "nnn_image_0001.npy is unreadable" in r.json()["detail"]
+    r = client.post("/search", json={"text": "a dog"})  # what does not need the file still works
+    assert r.status_code == 200 and len(r.json()["results"]) == 10
