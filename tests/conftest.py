@@ -37,6 +37,14 @@ def flickr_index(tmp_path_factory, tiny_clip):
     return out
 
 
+def unit_vectors(n: int, d: int, seed: int):
+    """n seeded random unit vectors of dim d (float32)."""
+    import numpy as np
+
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def first_captions() -> dict[str, str]:
     """The Flickr fixture's first caption of each image, in file order ({image name: caption})."""
     import csv

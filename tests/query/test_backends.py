@@ -3,11 +3,7 @@ import numpy as np
 import pytest
 
 from retrieval.query.backends import FaissBackend, TorchBackend, merge_topk, pick_backend
-
-
-def _unit(n, d, seed):
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from tests.conftest import unit_vectors
 
 
 def _shards(x, sizes):
@@ -22,7 +18,7 @@ def _shards(x, sizes):
 
 @pytest.mark.parametrize("k", [1, 7, 100, 5000])
 def test_faiss_and_torch_backends_equal_numpy_brute_force(k):
-    x, q = _unit(2000, 24, 0), _unit(13, 24, 1)
+    x, q = unit_vectors(2000, 24, 0), unit_vectors(13, 24, 1)
     brute = q @ x.T
     want_i = np.argsort(-brute, axis=1, kind="stable")[:, :k]
     want_s = np.take_along_axis(brute, want_i, 1)
@@ -35,7 +31,7 @@ def test_faiss_and_torch_backends_equal_numpy_brute_force(k):
 
 
 def test_torch_offsets_equal_brute_force():
-    x, q = _unit(1000, 16, 2), _unit(4, 16, 3)
+    x, q = unit_vectors(1000, 16, 2), unit_vectors(4, 16, 3)
     off = np.random.default_rng(4).uniform(0, 0.3, 1000).astype(np.float32)
     s, i = TorchBackend([x], device="cpu", batch=3).search(q, 10, off)
     want = np.argsort(-(q @ x.T - off), axis=1)[:, :10]

@@ -5,16 +5,14 @@ import pytest
 
 from retrieval import build_from_embeddings, open_index
 
+from tests.conftest import unit_vectors
 
-def _unit(n, d, seed):
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
 def ivf300(tmp_path_factory):
     out = tmp_path_factory.mktemp("ivf") / "idx"
-    x = _unit(300, 32, 0)
+    x = unit_vectors(300, 32, 0)
     build_from_embeddings(out, x, x, {"arch": "synthetic", "logit_scale": 50.0}, index_key="IVF8,Flat")
     return out
 
@@ -24,7 +22,7 @@ def ivf300(tmp_path_factory):
                                 {"rerank": "nnn", "candidates": 300}, {"target": "text"}])
 def test_k_results_whenever_k_items_exist(ivf300, backend, kw):
     idx = open_index(ivf300, backend=backend, search_params="nprobe=1")  # probes 1 list of 8: too few alone
-    q = _unit(7, 32, 1)
+    q = unit_vectors(7, 32, 1)
     for k in (300, 120, 5000):
         s, ids = idx.search(q, k, **kw)
         want = min(k, 300)
@@ -42,7 +40,7 @@ def test_a_backend_that_stays_short_is_filled_by_the_exact_scan(ivf300, monkeypa
 
     monkeypatch.setattr(backends, "exhaustive_params", lambda index: None)  # as for HNSW: no exhaustive mode
     idx = open_index(ivf300, search_params="nprobe=1")
-    q = _unit(3, 32, 2)
+    q = unit_vectors(3, 32, 2)
     for kw in ({}, {"rerank": "nnn"}):
         s, ids = idx.search(q, 300, **kw)
         assert (ids >= 0).all() and all(len(set(r)) == 300 for r in ids.tolist())
@@ -54,7 +52,7 @@ def test_a_backend_that_stays_short_is_filled_by_the_exact_scan(ivf300, monkeypa
 
 def test_nan_parameters_and_queries_are_refused(ivf300):
     idx = open_index(ivf300)
-    q = _unit(1, 32, 3)
+    q = unit_vectors(1, 32, 3)
     with pytest.raises(ValueError, match="alpha must be a finite number"):
         idx.search(q, 5, rerank="nnn", alpha=float("nan"))
     with pytest.raises(ValueError, match="lam must be in"):
@@ -78,6 +76,6 @@ def test_http_k_10000_returns_every_item(ivf300):
     idx.clip = types.SimpleNamespace()  # a synthetic index has no model; this test queries by embedding only
     client = TestClient(create_app({"ivf": idx}))
     for rerank in ("clip", "bsap", "nnn", "hybrid"):
-        r = client.post("/search", json={"embedding": _unit(1, 32, 4)[0].tolist(), "k": 10000, "rerank": rerank})
+        r = client.post("/search", json={"embedding": unit_vectors(1, 32, 4)[0].tolist(), "k": 10000, "rerank": rerank})
         rows = r.json()["results"]
         assert r.status_code == 200 and len(rows) == 300 and len({row["id"] for row in rows}) == 300

@@ -4,26 +4,21 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from retrieval import build_from_embeddings, open_index
 from retrieval.cli import main
 from retrieval.errors import IndexFolderError
-from tests.conftest import needs_shared
+from tests.conftest import needs_shared, unit_vectors
 
-
-def _unit(n, d, seed):
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """3 shards of 400 rows, IVF."""
     out = tmp_path_factory.mktemp("integrity") / "idx"
-    x = _unit(1200, 16, 0)
+    x = unit_vectors(1200, 16, 0)
     rows = [{"key": f"k{i:05d}", "image_path": f"{i:05d}.jpg", "caption": "a caption of fixed size"} for i in range(1200)]
     build_from_embeddings(out, x, x, {"arch": "synthetic"}, rows, shard_size=400, index_key="IVF8,Flat")
     return out
