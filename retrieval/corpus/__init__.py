@@ -18,7 +18,8 @@ __all__ = ["open_corpus", "CorpusReader", "Entry", "FolderReader", "ManifestRead
 
 
 def open_corpus(path: Union[str, os.PathLike], image_root: Optional[str] = None, image_column: Optional[str] = None,
-                caption_column: Optional[str] = None, key_column: Optional[str] = None) -> CorpusReader:
+                caption_column: Optional[str] = None, key_column: Optional[str] = None,
+                require_captions: bool = False) -> CorpusReader:
     """Pick the reader for ``path`` (folder, .parquet/.csv/.tsv manifest, .tar or a folder of .tar) and check it."""
     path = str(path)
     if not os.path.exists(path):
@@ -36,5 +37,5 @@ def open_corpus(path: Union[str, os.PathLike], image_root: Optional[str] = None,
         tars = sorted(str(p) for p in Path(path).iterdir() if p.name.endswith(".tar"))
         has_images = any(is_image_name(p.name) for p in Path(path).iterdir())
         reader = WebDatasetReader(tars) if tars and not has_images else FolderReader(path)
-    reader.check()
+    reader.check(require_captions)
     return reader

@@ -7,7 +7,9 @@ only the items it owns. Nothing holds the corpus in memory.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
@@ -17,6 +19,7 @@ from .images import decode_text
 
 Want = Callable[[int], bool]
 BASE_FIELDS = [pa.field("key", pa.string()), pa.field("image_path", pa.string()), pa.field("caption", pa.string())]
+SOURCE_FIELD = pa.field("_source", pa.string())  # each row's source fingerprint (how a rerun sees changes)
 
 
 @dataclass
@@ -31,22 +34,25 @@ class Entry:
     extra: dict = field(default_factory=dict)
     repairs: list = field(default_factory=list)
     error: Optional[tuple] = None  # (stage, reason)
+    source: str = ""  # a cheap fingerprint of the item's files (sizes, mtimes) or row; changes when it does
 
 
 class CorpusReader:
     kind = "abstract"
     extra_schema: pa.Schema = pa.schema([])
 
-    def _entries(self, want: Want) -> Iterator[Entry]:
+    def _entries(self, want: Want, sources: bool) -> Iterator[Entry]:
         raise NotImplementedError
 
     def describe(self) -> dict:
         raise NotImplementedError
 
-    def entries(self, want: Want = lambda pos: True) -> Iterator[Entry]:
-        """All entries in order; duplicate keys after the first are marked as errors."""
+    def entries(self, want: Want = lambda pos: True, sources: bool = False) -> Iterator[Entry]:
+        """All entries in order; duplicate keys after the first are marked as errors. Key and position
+        are known for every entry; the payload and ``source`` where ``want(pos)`` (``source`` for every
+        entry with ``sources=True``: a file stat or a row hash each, no payload read)."""
         seen: set[str] = set()
-        for e in self._entries(want):
+        for e in self._entries(want, sources):
             if e.key in seen:
                 e.error = ("reader", f"duplicate key {e.key!r}")
                 e.image = None
@@ -56,7 +62,7 @@ class CorpusReader:
 
     @property
     def metadata_schema(self) -> pa.Schema:
-        return pa.schema(BASE_FIELDS + list(self.extra_schema))
+        return pa.schema(BASE_FIELDS + list(self.extra_schema) + [SOURCE_FIELD])
 
 
 def read_caption_file(path: str) -> tuple[Optional[str], list[str]]:
@@ -78,7 +84,20 @@ def json_text(data: Optional[bytes], repairs: list) -> Optional[str]:
 
 
 def finish_entry(e: Entry, caption: Optional[str]) -> Entry:
+    """Set the caption (None: the item has none; whether that is allowed is the build's choice)."""
     e.caption = caption
-    if caption is None and e.error is None:
-        e.error = ("caption", "missing or empty caption")
     return e
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of the parts (file sizes and mtimes, row values)."""
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+
+def stat_part(path: str) -> tuple:
+    """(size, mtime_ns) of a file, or () when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_size, st.st_mtime_ns)

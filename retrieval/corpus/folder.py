@@ -1,6 +1,7 @@
 """Image folders: images anywhere under a root, with same-stem ``.txt`` captions and ``.json`` metadata."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -8,8 +9,10 @@ from typing import Iterator
 import pyarrow as pa
 
 from ..errors import CorpusError
-from .base import CorpusReader, Entry, Want, finish_entry, json_text, read_caption_file
+from .base import CorpusReader, Entry, Want, finish_entry, fingerprint, json_text, read_caption_file, stat_part
 from .images import is_image_name
+
+log = logging.getLogger("retrieval.corpus")
 
 
 class FolderReader(CorpusReader):
@@ -31,12 +34,15 @@ class FolderReader(CorpusReader):
                 if is_image_name(name) and not name.startswith("."):
                     yield os.path.join(dirpath, name)
 
-    def _entries(self, want: Want) -> Iterator[Entry]:
+    def _entries(self, want: Want, sources: bool) -> Iterator[Entry]:
         for pos, path in enumerate(self._walk()):
             rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+            stem = os.path.splitext(path)[0]
             e = Entry(pos, os.path.splitext(rel)[0], rel)
-            if want(pos):
-                stem = os.path.splitext(path)[0]
+            wanted = want(pos)
+            if wanted or sources:
+                e.source = fingerprint(stat_part(path), stat_part(stem + ".txt"), stat_part(stem + ".json"))
+            if wanted:
                 e.image = path
                 caption, e.repairs = read_caption_file(stem + ".txt")
                 meta = None
@@ -47,12 +53,14 @@ class FolderReader(CorpusReader):
                 finish_entry(e, caption)
             yield e
 
-    def check(self) -> None:
+    def check(self, require_captions: bool = False) -> None:
         first = next(iter(self._walk()), None)
         if first is None:
             raise CorpusError(f"no images found under {self.root}")
         has_txt = any(n.endswith(".txt") for _, _, fs in os.walk(self.root) for n in fs)
         if not has_txt:
             manifests = sorted(p.name for p in Path(self.root).iterdir() if p.suffix in (".csv", ".parquet", ".tsv"))
-            hint = f"; it holds {manifests[0]}: pass that file as the corpus" if manifests else ""
-            raise CorpusError(f"no .txt captions under {self.root}{hint}")
+            hint = f"; it holds {manifests[0]}: pass that file as the corpus to use its captions" if manifests else ""
+            if require_captions:
+                raise CorpusError(f"no .txt captions under {self.root}{hint}")
+            log.warning("no .txt captions under %s: indexing the images without captions%s", self.root, hint)

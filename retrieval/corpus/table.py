@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 import pyarrow as pa
 
 from ..errors import CorpusError
-from .base import CorpusReader, Entry, Want, finish_entry
+from .base import CorpusReader, Entry, Want, fingerprint, finish_entry, stat_part
 
 IMAGE_COLUMNS = ("image_path", "image", "filepath", "path", "file", "filename", "img")
 BAD_ROW = "\0bad-row"  # the key of a row that could not be parsed (never a real column name)
@@ -154,7 +154,7 @@ class ManifestReader(CorpusReader):
     def _resolve(self, p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(self.image_root, p)
 
-    def _entries(self, want: Want) -> Iterator[Entry]:
+    def _entries(self, want: Want, sources: bool) -> Iterator[Entry]:
         for pos, rows in enumerate(self._groups()):
             row = rows[0]
             if BAD_ROW in row:
@@ -163,7 +163,11 @@ class ManifestReader(CorpusReader):
             img = row[self.image_column]
             key = str(row[self.key_column]) if self.key_column and row[self.key_column] is not None else (img or f"row-{pos}")
             e = Entry(pos, key, str(img or ""))
-            if want(pos):
+            wanted = want(pos)
+            if wanted or sources:
+                local = self._resolve(img) if img and "://" not in img else ""
+                e.source = fingerprint([sorted(map(str, r.items())) for r in rows], stat_part(local) if local else ())
+            if wanted:
                 captions = [" ".join(str(r[self.caption_column]).split()) for r in rows
                             if r[self.caption_column] is not None and str(r[self.caption_column]).strip()]
                 e.extra = {n: row[n] for n in self.extra_columns}
@@ -177,7 +181,7 @@ class ManifestReader(CorpusReader):
                 finish_entry(e, captions[0] if captions else None)
             yield e
 
-    def check(self) -> None:
+    def check(self, require_captions: bool = False) -> None:
         n_rows, n_found, n_urls = 0, 0, 0
         for row in self._rows():
             p = None if BAD_ROW in row else row[self.image_column]

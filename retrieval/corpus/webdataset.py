@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 import pyarrow as pa
 
 from ..errors import CorpusError
-from .base import CorpusReader, Entry, Want, finish_entry, json_text
+from .base import CorpusReader, Entry, Want, fingerprint, finish_entry, json_text
 from .images import decode_text
 
 
@@ -63,7 +63,7 @@ class WebDatasetReader(CorpusReader):
                     return True
         return False
 
-    def _entries(self, want: Want) -> Iterator[Entry]:
+    def _entries(self, want: Want, sources: bool) -> Iterator[Entry]:
         pos = 0
         for tar in self.tars:
             tname = os.path.basename(tar)
@@ -75,7 +75,11 @@ class WebDatasetReader(CorpusReader):
                     continue
                 img_ext = next((x for x in ("jpg", "jpeg", "png", "webp") if x in mem), None)
                 e = Entry(pos, key, f"{tname}/{mem[img_ext].name}" if img_ext else f"{tname}/{key}")
-                if want(pos):
+                wanted = want(pos)
+                if wanted or sources:
+                    e.source = fingerprint(tname, sorted((x, m.size, m.mtime, m.offset) for x, m in mem.items()
+                                                         if x != "__tf__"))
+                if wanted:
                     tf = mem["__tf__"]
 
                     def read(ext: str) -> Optional[bytes]:
@@ -94,6 +98,6 @@ class WebDatasetReader(CorpusReader):
                 yield e
                 pos += 1
 
-    def check(self) -> None:
+    def check(self, require_captions: bool = False) -> None:
         if not self.tars:
             raise CorpusError("no .tar shards given")

@@ -1,15 +1,19 @@
 """Embedding pipeline: DataLoader workers read, decode, preprocess and tokenize; the model encodes.
 
-Input positions are cut into batches of ``batch_size`` positions; worker ``w`` of ``W`` owns the
-batches ``b`` with ``b % W == w`` and loads only their payloads. Each batch carries its index, and
-the consumer re-orders them, so the output order is the corpus order whatever the scheduling —
-which is what makes a killed build resumable from an input position.
+The input positions to embed (all of them, or the ones a run's plan lists) are cut into batches of
+``batch_size``; worker ``w`` of ``W`` owns the batches ``b`` with ``b % W == w`` and loads only their
+payloads. Each batch carries its index, and the consumer re-orders them, so the output order is the
+corpus order whatever the scheduling.
+
+Items without a caption are embedded (image only; ``has_caption`` says which rows have one) unless
+captions are required, in which case they are skipped and logged like any bad item.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -24,13 +28,15 @@ class Batch:
     first_pos: int
     end_pos: int  # one past the last input position the batch covers
     images: object = None  # float tensor [n, 3, H, W] (None when n == 0)
-    tokens: object = None  # long tensor [n, ctx]
-    rows: list = field(default_factory=list)  # metadata dicts, row-aligned with images/tokens
+    tokens: object = None  # long tensor [number of rows with a caption, ctx] (None when none has one)
+    rows: list = field(default_factory=list)  # metadata dicts, row-aligned with images
+    has_caption: list = field(default_factory=list)  # per row: whether it has a caption (and a token row)
     errors: list = field(default_factory=list)  # {"pos","key","path","stage","reason","action"}
 
 
 def _err(e, stage: str, reason: str, action: str = "skipped") -> dict:
-    return {"pos": e.pos, "key": e.key, "path": e.image_path, "stage": stage, "reason": reason, "action": action}
+    return {"pos": e.pos, "key": e.key, "path": e.image_path, "stage": stage, "reason": reason, "action": action,
+            "source": e.source}
 
 
 def caption_too_long(tokenizer, text: str) -> bool:
@@ -46,18 +52,26 @@ class EmbedStream(IterableDataset):
     """Batches of decoded, preprocessed, tokenized items; in a DataLoader each worker owns every W-th batch."""
 
     def __init__(self, reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int,
-                 start_pos: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 positions: Optional[np.ndarray] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 require_captions: bool = False):
         self.reader, self.preprocess, self.tokenizer = reader, preprocess, tokenizer
-        self.batch_size, self.start_pos, self.max_pixels = batch_size, start_pos, max_pixels
+        self.batch_size, self.max_pixels, self.require_captions = batch_size, max_pixels, require_captions
+        self.positions = None if positions is None else np.asarray(positions, np.int64)
 
     def _batch_of(self, pos: int) -> int:
-        return (pos - self.start_pos) // self.batch_size
+        """The batch of input position ``pos`` (-1 when it is not to be embedded)."""
+        if self.positions is None:
+            return pos // self.batch_size
+        i = int(np.searchsorted(self.positions, pos))
+        return i // self.batch_size if i < len(self.positions) and self.positions[i] == pos else -1
 
-    def _finish(self, b: int, items: list, errors: list, end_pos: int) -> Batch:
-        batch = Batch(b, self.start_pos + b * self.batch_size, end_pos, errors=errors)
+    def _finish(self, b: int, first: int, items: list, errors: list, end_pos: int) -> Batch:
+        batch = Batch(b, first, end_pos, errors=errors)
         if items:
             batch.images = torch.stack([t for t, _, _ in items])
-            batch.tokens = self.tokenizer([c for _, c, _ in items])
+            captions = [c for _, c, _ in items if c is not None]
+            batch.tokens = self.tokenizer(captions) if captions else None
+            batch.has_caption = [c is not None for _, c, _ in items]
             batch.rows = [r for _, _, r in items]
         return batch
 
@@ -66,17 +80,22 @@ class EmbedStream(IterableDataset):
         w, nw = (info.id, info.num_workers) if info else (0, 1)
 
         def want(pos: int) -> bool:
-            return pos >= self.start_pos and self._batch_of(pos) % nw == w
+            b = self._batch_of(pos)
+            return b >= 0 and b % nw == w
 
-        cur, items, errors, last = None, [], [], None
+        cur, first, items, errors, last = None, 0, [], [], None
         for e in self.reader.entries(want):
             if not want(e.pos):
                 continue
             b = self._batch_of(e.pos)
             if cur is not None and b != cur:
-                yield self._finish(cur, items, errors, last + 1)
+                yield self._finish(cur, first, items, errors, last + 1)
                 items, errors = [], []
+            if b != cur:
+                first = e.pos
             cur, last = b, e.pos
+            if e.error is None and e.caption is None and self.require_captions:
+                e.error = ("caption", "missing or empty caption")
             if e.error is not None:
                 errors.append(_err(e, *e.error))
                 continue
@@ -90,14 +109,15 @@ class EmbedStream(IterableDataset):
                 errors.append(_err(e, "preprocess", f"{type(ex).__name__}: {str(ex)[:200]}"))
                 continue
             repairs = list(e.repairs) + repairs
-            if caption_too_long(self.tokenizer, e.caption):
+            if e.caption is not None and caption_too_long(self.tokenizer, e.caption):
                 repairs.append("caption longer than the model context; truncated for embedding")
             for r in repairs:
                 errors.append(_err(e, "repair", r, action="repaired"))
-            row = {"key": e.key, "image_path": e.image_path, "caption": e.caption, **e.extra, "_pos": e.pos}
+            row = {"key": e.key, "image_path": e.image_path, "caption": e.caption, **e.extra,
+                   "_source": e.source, "_pos": e.pos}
             items.append((tensor, e.caption, row))
         if cur is not None:
-            yield self._finish(cur, items, errors, last + 1)
+            yield self._finish(cur, first, items, errors, last + 1)
 
 
 def _as_is(batch: Batch) -> Batch:
@@ -106,12 +126,12 @@ def _as_is(batch: Batch) -> Batch:
 
 
 def iter_batches(reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int = 64,
-                 workers: int = 2, start_pos: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 prefetch: int = 4) -> Iterator[Batch]:
-    """Batches in corpus order, starting at input position ``start_pos``."""
+                 workers: int = 2, positions: Optional[np.ndarray] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 prefetch: int = 4, require_captions: bool = False) -> Iterator[Batch]:
+    """Batches in corpus order of the input ``positions`` (None: every position)."""
     from torch.utils.data import DataLoader
 
-    ds = EmbedStream(reader, preprocess, tokenizer, batch_size, start_pos, max_pixels)
+    ds = EmbedStream(reader, preprocess, tokenizer, batch_size, positions, max_pixels, require_captions)
     if workers <= 0:
         yield from ds
         return

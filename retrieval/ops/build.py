@@ -1,20 +1,24 @@
 """The build entry points: corpus (or precomputed embeddings) -> shards -> per-item bias offsets.
 
-The store's indexer writes the shards; this module orchestrates the step after it (``compute_biases``)
-so that the store never reaches up into the methods.
+The store's indexer writes the shards; this module gives it the hook that adds each new shard's
+offsets to the same commit (``extend_biases``) and computes the banks when a folder has none
+(``compute_biases``), so that the store never reaches up into the methods. Re-running a build on a
+complete folder syncs it with the corpus: new items appended, changed ones replaced, gone ones deleted.
 """
 from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from typing import Optional
 
 import numpy as np
 
 from ..corpus import DEFAULT_MAX_PIXELS, open_corpus
 from ..embed import ClipModel, load_model
-from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, check_out, index_corpus, write_embeddings
-from .bias import compute_biases
+from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
+from ..store.outfolder import check_out
+from .bias import compute_biases, extend_biases
 
 log = logging.getLogger("retrieval.build")
 
@@ -26,25 +30,28 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 image_root: Optional[str] = None, image_column: Optional[str] = None,
                 caption_column: Optional[str] = None, key_column: Optional[str] = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, recall_target: float = 0.95, progress: bool = True,
-                bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None) -> dict:
-    """Build (or resume) an index folder at ``out``; returns its manifest.
+                bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None,
+                require_captions: bool = False, report: Optional[list] = None) -> dict:
+    """Build, resume or sync the index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
-    ``bias_bank`` ('generic' | 'corpus' | None) computes the ``bias/`` offsets for exact BSAP/NNN search.
+    ``bias_bank`` ('generic' | 'corpus' | None) computes the bias offsets for exact BSAP/NNN search.
+    Items without a caption are indexed (searchable by text->image and image->image) unless
+    ``require_captions``. ``report``, a list, receives the run's :class:`~retrieval.store.indexer.RunReport`.
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
-    reader = open_corpus(corpus, image_root, image_column, caption_column, key_column)
+    reader = open_corpus(corpus, image_root, image_column, caption_column, key_column, require_captions)
     check_out(out)
     clip = clip or load_model(model, pretrained, device)
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
-                "recall_target": recall_target}
-    manifest, worked = index_corpus(reader, out, clip, settings, progress)
-    if bias_bank and "bias" not in manifest:
-        manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
-    elif not worked:
-        log.warning("%s is already complete; nothing to do", out)
+                "recall_target": recall_target, "require_captions": require_captions}
+    manifest, run = index_corpus(reader, out, clip, settings, progress, extend=partial(extend_biases, out))
+    if bias_bank and ("bias" not in manifest or manifest["bias"].get("stale")):
+        manifest["bias"] = compute_biases(out, clip, bank=manifest.get("bias", {}).get("bank") or bias_bank)
+    if report is not None:
+        report.append(run)
     return manifest
 
 
@@ -58,7 +65,7 @@ def build_from_embeddings(out: str | os.PathLike, image_emb: np.ndarray, text_em
     ``rows`` are metadata dicts (default: ``{"key": str(i)}``). Returns the manifest.
     """
     manifest = write_embeddings(out, image_emb, text_emb, model, rows, shard_size=shard_size, index_key=index_key,
-                                memory_budget=memory_budget, recall_target=recall_target)
+                                memory_budget=memory_budget, recall_target=recall_target)  # a new folder: no biases yet
     if bias_bank:
         manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
     return manifest

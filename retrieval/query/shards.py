@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import IndexFolderError
 from ..store.integrity import quick_check
 from ..store.layout import EMB_FILE, INDEX_FILE, MODALITIES
-from ..store.writer import PARQUET_SHARD_KEY
+from ..store.files import PARQUET_SHARD_KEY
 
 
 @contextlib.contextmanager

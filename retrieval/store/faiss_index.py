@@ -23,14 +23,23 @@ def validate_key(key: str, d: int) -> None:
         raise ValueError(f"invalid faiss index key {key!r} for dim {d}: {msg[:200]}") from None
 
 
-def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Optional[bool] = None):
-    """Train (on a random sample) and fill an inner-product faiss index with ``vectors``."""
+def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Optional[bool] = None,
+                      trained=None, train_rows: Optional[np.ndarray] = None):
+    """Train (on a random sample) and fill an inner-product faiss index with ``vectors``.
+
+    ``trained``: an empty trained index of ``key`` to fill instead (no training: appended shards reuse
+    the folder's quantizer); ``train_rows``: the rows training may sample (default all).
+    """
     import faiss
 
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
+    if trained is not None:
+        index = faiss.clone_index(trained)
+        index.add(x)
+        return index
     index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
     if use_gpu is None:
         use_gpu = faiss.get_num_gpus() > 0 and "HNSW" not in key
@@ -38,13 +47,14 @@ def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Opt
     if use_gpu:  # train and add on GPU (IVF/Flat families), store the CPU copy
         work = faiss.index_cpu_to_all_gpus(index)
     if not work.is_trained:
-        work.train(x[sample_ids(n, train_size(key, n), seed)])
+        pool = np.arange(n) if train_rows is None else np.asarray(train_rows, np.int64)
+        work.train(x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]])
     work.add(x)
     return faiss.index_gpu_to_cpu(work) if use_gpu else index
 
 
 def tune_params(index, vectors: np.ndarray, key: str, recall: float = 0.95, k: int = 10,
-                n_queries: int = 500, seed: int = 0) -> str:
+                n_queries: int = 500, seed: int = 0, query_rows: Optional[np.ndarray] = None) -> str:
     """Smallest nprobe/efSearch whose recall@k on self-queries reaches ``recall`` ('' for Flat)."""
     import faiss
 
@@ -53,7 +63,10 @@ def tune_params(index, vectors: np.ndarray, key: str, recall: float = 0.95, k: i
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n = x.shape[0]
     rng = np.random.default_rng(seed)
-    q = x[rng.choice(n, min(n_queries, n), replace=False)]
+    pool = np.arange(n) if query_rows is None else np.asarray(query_rows, np.int64)
+    if len(pool) == 0:
+        return ""
+    q = x[pool[rng.choice(len(pool), min(n_queries, len(pool)), replace=False)]]
     k = min(k, n)
     _, truth = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
     ps = faiss.ParameterSpace()

@@ -14,10 +14,12 @@ import shutil
 from pathlib import Path
 
 from .integrity import listed_files
-from .layout import BIAS_DIR, legacy_bias_files
+from .layout import BIAS_DIR, TOMBSTONE_DIR, legacy_bias_files
 from .manifest import load_manifest, save_manifest
 
-MANAGED = (BIAS_DIR,)  # folders whose unreferenced entries are garbage
+# folders whose entries no manifest references are garbage (a killed writer's files); swept only by a
+# publish, which runs under the writer lock after every file it publishes is written
+MANAGED = ("img_emb", "text_emb", "metadata", "faiss", "captions", BIAS_DIR, TOMBSTONE_DIR)
 
 
 def referenced(manifest: dict) -> set[str]:

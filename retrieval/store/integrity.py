@@ -52,6 +52,10 @@ def listed_files(manifest: dict) -> Iterator[tuple[str, dict]]:
                 yield rel, rec
     for rel, rec in ((manifest.get("bias") or {}).get("files") or {}).items():
         yield rel, rec
+    for entry in (manifest.get("tombstones") or {}).values():
+        yield entry["file"], {k: entry[k] for k in ("bytes", "sha256", "sample") if k in entry}
+    for entry in (manifest.get("trained") or {}).values():
+        yield entry["file"], {k: entry[k] for k in ("bytes", "sha256", "sample") if k in entry}
 
 
 def check_file(folder: Path, rel: str, rec: dict) -> Optional[str]:

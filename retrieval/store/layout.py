@@ -8,8 +8,11 @@ metadata/metadata_{k}.parquet      key, image_path, caption, extra columns
 faiss/{image,text}_{k}.index       one faiss index per shard and modality
 bias/gNNNNNN/                      one generation of bias files (the manifest's ``bias.dir``):
   {bsap,nnn}_{modality}_{k}.npy    per-item offsets
-  bank_bsap_{modality}.npy         the BSAP banks
+  bank_bsap_{modality}.npy         the BSAP banks; ref_nnn_{modality}.npy the NNN reference queries
   aug_{method}_{modality}_{k}.faiss    bias-augmented indexes of non-Flat shards
+captions/captions_{k}.npy          rows of shard k that have a caption (packed bits; only when some lack one)
+tombstones/{k}_gNNNNNN.npy         rows of shard k deleted as of generation NNNNNN (packed bits)
+faiss/trained_{modality}.index     the trained, empty index appended shards are added to (no retraining)
 errors.jsonl                       one line per skipped or repaired input
 .lock                              held by the one writer (see ``lock.py``)
 ```
@@ -26,6 +29,7 @@ EMB_FILE = {"image": "img_emb", "text": "text_emb"}   # shard ``files`` name of 
 INDEX_FILE = {"image": "image_index", "text": "text_index"}
 ERRORS = "errors.jsonl"
 BIAS_DIR = "bias"
+TOMBSTONE_DIR = "tombstones"
 METADATA_ROW_GROUP = 4096  # small row groups: a query reads only the groups its results live in
 
 
@@ -46,6 +50,18 @@ def shard_files(k: int) -> dict[str, str]:
     }
 
 
+def caption_file(k: int) -> str:
+    return f"captions/captions_{shard_name(k)}.npy"
+
+
+def tombstone_file(k: int, generation: int) -> str:
+    return f"{TOMBSTONE_DIR}/{shard_name(k)}_g{generation:06d}.npy"
+
+
+def trained_file(modality: str) -> str:
+    return f"faiss/trained_{modality}.index"
+
+
 def bias_dir(section: Optional[dict]) -> str:
     """The folder (relative) of the current bias generation named by the manifest's ``bias`` section."""
     return (section or {}).get("dir") or BIAS_DIR
@@ -63,6 +79,11 @@ def bias_path(folder: str | os.PathLike, method: str, modality: str, shard_id: i
 def bank_path(folder: str | os.PathLike, modality: str, where: str = BIAS_DIR) -> Path:
     """The BSAP auxiliary bank used for ``modality`` targets."""
     return Path(folder) / where / f"bank_bsap_{modality}.npy"
+
+
+def reference_path(folder: str | os.PathLike, modality: str, where: str = BIAS_DIR) -> Path:
+    """The NNN reference queries used for ``modality`` targets (kept so appended shards get offsets)."""
+    return Path(folder) / where / f"ref_nnn_{modality}.npy"
 
 
 def augmented_path(folder: str | os.PathLike, method: str, modality: str, shard_id: int, where: str = BIAS_DIR) -> Path:

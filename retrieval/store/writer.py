@@ -1,158 +1,129 @@
-"""Write shards: npy + Parquet + one faiss index per modality, then the manifest (each file atomic).
+"""Commit shards: buffer embedded rows, write each full shard (``shard.write_shard``), and publish it.
 
-A shard's files are all written before the manifest names it, so a killed writer leaves the previous
-state (the manifest is the commit point). ``errors.jsonl`` holds the skipped/repaired inputs up to
-the last committed input position.
+Each commit is one published generation that is complete on its own: the new shard, the tombstones
+of the rows its items replace (a changed item's old version), the log of skipped items, and whatever
+the ``extend`` hook adds (the bias offsets of the new rows) go out in one manifest write. A reader
+never sees an item twice or a shard without its offsets; a killed writer leaves the previous state.
+Shard ids and global ids come from counters in the manifest and are never reused.
 """
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from .atomic import atomic_path, write_bytes, write_failure
-from .faiss_index import build_faiss_index, tune_params
-from .integrity import file_record
-from .keys import shard_key
-from .layout import ERRORS, METADATA_ROW_GROUP, shard_files
-from .manifest import save_manifest
+from .atomic import write_bytes
+from .generations import next_generation, publish
+from .layout import ERRORS
+from .masks import apply_tombstones, live_count
+from .shard import write_shard, zero_text_rows
 
-log = logging.getLogger("retrieval.build")
-
-
-def save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr)
+Extend = Callable[[dict, dict, int], None]  # (manifest, new shard entry, generation): add files to the commit
 
 
-PARQUET_SHARD_KEY = b"retrieval.shard"  # key-value metadata: which shard (id, first global id) a file holds
-
-
-def save_parquet(path: Path, rows: list[dict], schema, shard: Optional[tuple[int, int]] = None) -> None:
-    """Row-aligned metadata in small row groups; ``shard`` = (id, offset) is stored in the file's
-    key-value metadata, so a metadata file swapped for another shard's is named on open."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if shard is not None:
-        schema = schema.with_metadata({**(schema.metadata or {}), PARQUET_SHARD_KEY: json.dumps(list(shard)).encode()})
-    table = pa.Table.from_pylist(rows, schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=METADATA_ROW_GROUP)
-
-
-def save_faiss(path: Path, index) -> None:
-    import faiss
-
-    with atomic_path(path) as tmp:
-        try:
-            faiss.write_index(index, tmp)
-        except RuntimeError:  # the index is in memory and valid: only the write can have failed
-            raise write_failure(path, "faiss could not write the file (the disk may be full)") from None
-
-
-def read_errors(out: Path, before_pos: int) -> list[dict]:
+def read_errors(out: Path) -> list[dict]:
     path = out / ERRORS
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("pos", 0) < before_pos]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_errors(out: Path, errors: list[dict]) -> None:
     write_bytes(out / ERRORS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode())
 
 
-class ShardWriter:
-    """Accumulates rows and commits full shards (files first, manifest last)."""
+def next_ids(manifest: dict) -> tuple[int, int]:
+    """(next shard id, next global id) of a folder (counted from its shards when the counters are absent)."""
+    shards = manifest["shards"]
+    k = manifest.get("next_shard", max((s["id"] for s in shards), default=-1) + 1)
+    i = manifest.get("next_id", max((s["offset"] + s["rows"] for s in shards), default=0))
+    return k, i
 
-    def __init__(self, out: Path, manifest: dict, schema, settings: dict, errors: list[dict]):
+
+def update_counts(manifest: dict, errors: list[dict], inputs: Optional[int] = None) -> None:
+    by_action = Counter(e["action"] for e in errors)
+    old = manifest.get("counts") or {}
+    rows = sum(s["rows"] for s in manifest["shards"])
+    live = live_count(manifest)
+    manifest["counts"] = {
+        "rows": rows, "live": live, "deleted": rows - live,
+        "captionless": sum(s.get("captionless", 0) for s in manifest["shards"]),
+        "inputs": old.get("inputs", 0) if inputs is None else inputs,
+        "skipped": by_action.get("skipped", 0),
+        "repaired": len({e["key"] for e in errors if e["action"] == "repaired"}),
+        "skipped_by_stage": dict(Counter(e["stage"] for e in errors if e["action"] == "skipped")),
+    }
+
+
+class ShardWriter:
+    """Accumulates rows and commits full shards (files first, the manifest last)."""
+
+    def __init__(self, out: Path, manifest: dict, schema, settings: dict, errors: list[dict],
+                 replaced: Optional[dict] = None, extend: Optional[Extend] = None):
         self.out, self.manifest, self.schema, self.s = out, manifest, schema, settings
-        self.errors = errors  # committed errors (pos < last committed end_pos)
+        self.errors = errors  # the log as published (what earlier commits and runs wrote)
         self.pending_errors: list[dict] = []
+        self.replaced = replaced or {}  # key -> global id its new row replaces
+        self.extend = extend
         self.img: list[np.ndarray] = []
         self.txt: list[np.ndarray] = []
+        self.has_caption: list[bool] = []
         self.rows: list[dict] = []
-        self.row_pos: list[int] = []
+        self.last_end = 0
+        self.committed = 0  # shards committed by this writer
 
     @property
     def n(self) -> int:
         return len(self.rows)
 
-    def add(self, img: np.ndarray, txt: np.ndarray, rows: list[dict], positions: list[int], errors: list[dict],
+    def add(self, img: np.ndarray, txt: np.ndarray, rows: list[dict], has_caption: list[bool], errors: list[dict],
             end_pos: int) -> None:
+        """Rows (image embeddings [n, d], text embeddings of the captioned rows only) of one batch."""
         self.pending_errors.extend(errors)
-        shard_size = self.s["shard_size"]
+        txt_all = zero_text_rows(txt, np.asarray(has_caption, bool), len(rows), img.shape[1])
         start = 0
         while start < len(rows):
-            take = min(shard_size - self.n, len(rows) - start)
+            take = min(self.s["shard_size"] - self.n, len(rows) - start)
             self.img.append(img[start:start + take].astype(np.float16))  # buffer what is written
-            self.txt.append(txt[start:start + take].astype(np.float16))
+            self.txt.append(txt_all[start:start + take])
+            self.has_caption.extend(has_caption[start:start + take])
             self.rows.extend(rows[start:start + take])
-            self.row_pos.extend(positions[start:start + take])
             start += take
-            if self.n == shard_size:
-                self.commit(self.row_pos[-1] + 1)
+            if self.n == self.s["shard_size"]:
+                self.commit(self.rows[-1]["_pos"] + 1)
         self.last_end = end_pos
 
     def commit(self, end_pos: int) -> None:
-        shards = self.manifest["shards"]
-        k = len(shards)
-        files = shard_files(k)
-        empty = np.zeros((0, self.s["dim"]), np.float16)
-        img = np.concatenate(self.img) if self.img else empty
-        txt = np.concatenate(self.txt) if self.txt else empty
-        n = len(self.rows)
-        entry = {"id": k, "rows": n, "offset": sum(s["rows"] for s in shards), "end_pos": end_pos,
-                 "files": files, "index": {}}
-        save_npy(self.out / files["img_emb"], img)
-        save_npy(self.out / files["text_emb"], txt)
-        save_parquet(self.out / files["metadata"], self.rows, self.schema, (k, entry["offset"]))
-        for modality, vecs in (("image", img), ("text", txt)):
-            if n == 0:
-                continue
-            key = shard_key(n, vecs.shape[1], self.s["memory_budget"], self.s["index_key"])
-            if self.s["index_key"] and key != self.s["index_key"]:
-                log.warning("shard %d has %d rows, too few to train %s; using %s", k, n, self.s["index_key"], key)
-            t0 = time.perf_counter()
-            index = build_faiss_index(vecs, key, seed=k)
-            params = tune_params(index, vecs, key, recall=self.s["recall_target"], seed=k)
-            save_faiss(self.out / files[f"{modality}_index"], index)
-            entry["index"][modality] = {"key": key, "params": params, "ntotal": int(index.ntotal),
-                                        "build_s": round(time.perf_counter() - t0, 3)}
-        records = {name: file_record(self.out / rel) for name, rel in files.items()
-                   if n > 0 or not name.endswith("_index")}
-        for field in ("sha256", "bytes", "sample"):
-            entry[field] = {name: r[field] for name, r in records.items()}
-        done = [e for e in self.pending_errors if e["pos"] < end_pos]
-        self.pending_errors = [e for e in self.pending_errors if e["pos"] >= end_pos]
+        m = self.manifest
+        k, offset = next_ids(m)
+        rows = [{c: v for c, v in r.items() if c != "_pos"} for r in self.rows]
+        entry = write_shard(self.out, m, k, offset, np.concatenate(self.img), np.concatenate(self.txt), rows,
+                            np.asarray(self.has_caption, bool), self.schema, self.s)
+        entry["end_pos"] = end_pos
+        gen = next_generation(m)
+        apply_tombstones(self.out, m, [self.replaced.pop(r["key"]) for r in rows if r["key"] in self.replaced], gen)
+        m["shards"].append(entry)
+        m["next_shard"], m["next_id"] = k + 1, offset + entry["rows"]
+        if self.extend is not None:
+            self.extend(m, entry, gen)
+        self._log(end_pos)
+        publish(self.out, m)
+        self.committed += 1
+        self.img, self.txt, self.has_caption, self.rows = [], [], [], []
+
+    def _log(self, end_pos: Optional[int] = None) -> None:
+        """Move the pending log lines up to ``end_pos`` (all when None) into the published log."""
+        done = [e for e in self.pending_errors if end_pos is None or e["pos"] < end_pos]
+        self.pending_errors = [e for e in self.pending_errors if end_pos is not None and e["pos"] >= end_pos]
         self.errors.extend(done)
         write_errors(self.out, self.errors)
-        shards.append(entry)
-        self._update_counts(end_pos)
-        save_manifest(self.out, self.manifest)
-        self.img, self.txt, self.rows, self.row_pos = [], [], [], []
+        update_counts(self.manifest, self.errors)
 
     def finish(self) -> None:
         """Commit the last partial shard; trailing skipped items are logged without an empty shard."""
         if self.n:
             self.commit(self.last_end)
-        self.errors.extend(self.pending_errors)
-        self.pending_errors = []
-        write_errors(self.out, self.errors)
-        self._update_counts(self.last_end)
-
-    def _update_counts(self, inputs: int) -> None:
-        by_action = Counter(e["action"] for e in self.errors)
-        self.manifest["counts"] = {
-            "rows": sum(s["rows"] for s in self.manifest["shards"]),
-            "inputs": inputs,
-            "skipped": by_action.get("skipped", 0),
-            "repaired": len({e["pos"] for e in self.errors if e["action"] == "repaired"}),
-            "skipped_by_stage": dict(Counter(e["stage"] for e in self.errors if e["action"] == "skipped")),
-        }
+        self._log()

@@ -39,7 +39,7 @@ def test_folder_reader_order_keys_captions_and_errors(tmp_path):
     b, a, c1, c2, d, e = es
     assert b.caption == "a red square" and b.error is None and b.image.endswith("b.jpg")
     assert a.caption == "caf\ufffd" and "UTF-8" in a.repairs[0] and json.loads(a.extra["json"]) == {"w": 40}
-    assert c1.error == ("caption", "missing or empty caption")
+    assert c1.error is None and c1.caption is None  # no caption: the build indexes it image-only (or skips it)
     assert "duplicate key" in c2.error[1]
     assert d.error is None and d.caption == "fake"  # the image itself is checked by the decoder
     assert e.extra["json"] is None and "not valid JSON" in e.repairs[0]
@@ -52,11 +52,14 @@ def test_entries_load_only_wanted_payloads(tmp_path):
     assert es[0].image is not None and es[1].image is None and es[1].caption is None
 
 
-def test_folder_without_captions_points_at_manifest(tmp_path):
+def test_folder_without_captions_points_at_manifest(tmp_path, caplog):
     make_image(tmp_path / "x.jpg")
     (tmp_path / "captions.csv").write_text("image,caption\nx.jpg,hi\n")
     with pytest.raises(CorpusError, match="captions.csv"):
-        open_corpus(tmp_path)
+        open_corpus(tmp_path, require_captions=True)
+    with caplog.at_level("WARNING"):
+        assert isinstance(open_corpus(tmp_path), FolderReader)  # caption-less photos are a corpus too
+    assert "without captions" in caplog.text and "captions.csv" in caplog.text
 
 
 def test_missing_and_empty_and_unsupported_corpus(tmp_path):
@@ -91,10 +94,10 @@ def test_csv_manifest_groups_captions_and_keeps_columns(tmp_path):
     es = list(r.entries())
     assert [e.key for e in es] == ["p1.jpg", "p2.jpg", "http://example.org/x.jpg", "p1.jpg"]
     assert es[0].caption == "first" and es[0].extra == {"score": "0.5", "captions": ["first", "second"]}
-    assert es[1].error == ("caption", "missing or empty caption")
+    assert es[1].error is None and es[1].caption is None
     assert "remote image URLs" in es[2].error[1]
     assert "duplicate key" in es[3].error[1]
-    assert r.metadata_schema.names == ["key", "image_path", "caption", "score", "captions"]
+    assert r.metadata_schema.names == ["key", "image_path", "caption", "score", "captions", "_source"]
 
 
 def test_parquet_manifest_with_key_column_and_typed_extras(tmp_path):
@@ -145,7 +148,7 @@ def test_webdataset_reader(tmp_path):
     assert es[0].caption == "a cat" and es[0].image == jpg and json.loads(es[0].extra["json"]) == {"id": 1}
     assert es[0].image_path == "00000.tar/s/000.jpg"
     assert "no image member" in es[1].error[1]
-    assert es[2].error == ("caption", "missing or empty caption")
+    assert es[2].error is None and es[2].caption is None
     assert es[3].repairs and es[3].image == jpg
 
 

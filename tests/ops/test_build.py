@@ -112,7 +112,8 @@ def _bad_corpus(tmp_path):
 
 def test_bad_inputs_are_skipped_or_repaired_and_logged(tmp_path, tiny_clip):
     out = tmp_path / "idx"
-    m = build_index(_bad_corpus(tmp_path), out, shard_size=4, batch_size=3, workers=2, progress=False, clip=tiny_clip)
+    m = build_index(_bad_corpus(tmp_path), out, shard_size=4, batch_size=3, workers=2, progress=False, clip=tiny_clip,
+                    require_captions=True)
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     skipped = {e["key"]: e["reason"] for e in errors if e["action"] == "skipped"}
     assert set(skipped) == {"zero", "text", "trunc", "bomb", "nocap"}
@@ -123,8 +124,11 @@ def test_bad_inputs_are_skipped_or_repaired_and_logged(tmp_path, tiny_clip):
     assert repaired == {"cmyk", "deep", "pal"}
     _, _, meta = read_layout(out)
     assert sorted(meta.column("key").to_pylist()) == ["cmyk", "deep", "good0", "good1", "good2", "pal"]
-    assert m["counts"] == {"rows": 6, "inputs": 11, "skipped": 5, "repaired": 3,
-                           "skipped_by_stage": {"image": 4, "caption": 1}}
+    assert m["counts"] == {"rows": 6, "live": 6, "deleted": 0, "captionless": 0, "inputs": 11, "skipped": 5,
+                           "repaired": 3, "skipped_by_stage": {"image": 4, "caption": 1}}
+    m = build_index(tmp_path / "bad", tmp_path / "idx2", shard_size=4, batch_size=3, workers=2, progress=False,
+                    clip=tiny_clip)  # by default the photo without a caption is indexed, image-only
+    assert m["counts"]["rows"] == 7 and m["counts"]["captionless"] == 1 and m["counts"]["skipped"] == 4
 
 
 def test_webdataset_build(tmp_path, tiny_clip):
@@ -218,13 +222,15 @@ def test_worker_count_does_not_change_order_and_stream_pickles(tmp_path, tiny_cl
     (root / "007.jpg").write_bytes(b"broken")
     reader = open_corpus(root)
 
-    def run(workers, start=0):
+    def run(workers, positions=None):
         return [(b.index, b.first_pos, b.end_pos, [r["key"] for r in b.rows], [e["key"] for e in b.errors])
-                for b in iter_batches(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4, workers, start)]
+                for b in iter_batches(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4, workers, positions)]
 
     ref = run(0)
     assert run(3) == ref and ref[1][4] == ["007"] and ref[-1][2] == 23
-    assert [k for b in run(2, start=9) for k in b[3]] == [f"{i:03d}" for i in range(9, 23)]
+    assert [k for b in run(2, np.arange(9, 23)) for k in b[3]] == [f"{i:03d}" for i in range(9, 23)]
+    sparse = run(2, np.array([1, 5, 6, 12, 13, 20]))  # a sync's plan: only some positions, same batching
+    assert [b[3] for b in sparse] == [["001", "005", "006", "012"], ["013", "020"]] and sparse == run(0, [1, 5, 6, 12, 13, 20])
     pickle.loads(pickle.dumps(EmbedStream(reader, tiny_clip.preprocess, tiny_clip.tokenizer, 4)))
 
 
@@ -264,7 +270,7 @@ def test_a_malformed_manifest_row_is_skipped_and_logged_not_fatal(tmp_path, tiny
     assert m["counts"]["rows"] == 3 and m["counts"]["skipped"] == 1
     logged = [json.loads(line) for line in (tmp_path / "idx" / "errors.jsonl").read_text().splitlines()]
     assert logged == [{"pos": 1, "key": "row-1", "path": "", "stage": "reader", "action": "skipped",
-                       "reason": "malformed CSV row at line 3: 4 fields, the header has 3"}]
+                       "reason": "malformed CSV row at line 3: 4 fields, the header has 3", "source": ""}]
     _, _, meta = read_layout(tmp_path / "idx")
     assert meta.column("caption").to_pylist() == ["a blue square", "a caption, with a comma", "the last one"]
     assert meta.column("year").to_pylist() == ["2020", "2021", "2022"]

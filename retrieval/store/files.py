@@ -1,0 +1,42 @@
+"""Atomic writers of the folder's file formats: npy, Parquet (with the shard id), faiss."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .atomic import atomic_path, write_failure
+from .layout import METADATA_ROW_GROUP
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+PARQUET_SHARD_KEY = b"retrieval.shard"  # key-value metadata: which shard (id, first global id) a file holds
+
+
+def save_parquet(path: Path, rows: list[dict], schema, shard: Optional[tuple[int, int]] = None) -> None:
+    """Row-aligned metadata in small row groups; ``shard`` = (id, offset) is stored in the file's
+    key-value metadata, so a metadata file swapped for another shard's is named on open."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if shard is not None:
+        schema = schema.with_metadata({**(schema.metadata or {}), PARQUET_SHARD_KEY: json.dumps(list(shard)).encode()})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=METADATA_ROW_GROUP)
+
+
+def save_faiss(path: Path, index) -> None:
+    import faiss
+
+    with atomic_path(path) as tmp:
+        try:
+            faiss.write_index(index, tmp)
+        except RuntimeError:  # the index is in memory and valid: only the write can have failed
+            raise write_failure(path, "faiss could not write the file (the disk may be full)") from None

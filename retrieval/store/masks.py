@@ -1,0 +1,138 @@
+"""Per-shard row bitmaps: tombstones (deleted rows) and caption masks (rows that have a caption).
+
+Both are packed little-endian bitmaps (``np.packbits(mask, bitorder="little")``, the layout faiss's
+``IDSelectorBitmap`` reads) saved as .npy. Shards are immutable, so a caption mask is one of a shard's
+files. Tombstones change: each change writes a new file named with the manifest generation that
+publishes it (``tombstones/0003_g000012.npy``), listed in the manifest's ``tombstones`` section, and
+the one it replaces is retired (DESIGN §10).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from ..errors import IndexFolderError
+from .integrity import file_record
+from .layout import tombstone_file
+from .files import save_npy
+
+
+def pack(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(mask, bool), bitorder="little")
+
+
+def unpack(bits: np.ndarray, rows: int) -> np.ndarray:
+    return np.unpackbits(np.asarray(bits, np.uint8), count=rows, bitorder="little").astype(bool)
+
+
+def load_mask(path: str | os.PathLike, rows: int) -> np.ndarray:
+    """A saved bitmap as a bool array of ``rows``; IndexFolderError naming the file if unreadable."""
+    try:
+        bits = np.load(path)
+        if bits.dtype != np.uint8 or bits.ndim != 1 or len(bits) != (rows + 7) // 8:
+            raise ValueError(f"holds {bits.dtype} {bits.shape}, not {(rows + 7) // 8} packed bytes")
+    except Exception as e:  # noqa: BLE001 - numpy raises several kinds
+        raise IndexFolderError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    return unpack(bits, rows)
+
+
+def deleted_mask(folder: str | os.PathLike, manifest: dict, shard: dict) -> Optional[np.ndarray]:
+    """The shard's tombstones (True = deleted), or None when it has none."""
+    entry = (manifest.get("tombstones") or {}).get(str(shard["id"]))
+    return None if entry is None else load_mask(Path(folder) / entry["file"], shard["rows"])
+
+
+def caption_mask(folder: str | os.PathLike, shard: dict) -> Optional[np.ndarray]:
+    """True for rows with a caption, or None when every row has one."""
+    rel = shard["files"].get("captions")
+    return None if rel is None else load_mask(Path(folder) / rel, shard["rows"])
+
+
+def live_count(manifest: dict) -> int:
+    rows = sum(s["rows"] for s in manifest["shards"])
+    return rows - sum(t["count"] for t in (manifest.get("tombstones") or {}).values())
+
+
+def apply_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[int], generation: int) -> int:
+    """Mark global ``ids`` deleted in ``manifest`` (new files under ``generation``; the caller publishes).
+    Returns how many were live before."""
+    folder = Path(folder)
+    ids = np.unique(np.asarray(list(ids), np.int64))
+    if len(ids) == 0:
+        return 0
+    shards = [s for s in manifest["shards"] if s["rows"] > 0]
+    starts = np.array([s["offset"] for s in shards], np.int64)
+    sh = np.searchsorted(starts, ids, side="right") - 1
+    tomb = manifest.setdefault("tombstones", {})
+    newly = 0
+    for k in np.unique(sh):
+        s = shards[int(k)]
+        local = ids[sh == k] - s["offset"]
+        if (local < 0).any() or (local >= s["rows"]).any():
+            raise IndexFolderError(f"id {int(local.max() + s['offset'])} is not in shard {s['id']}")
+        mask = deleted_mask(folder, manifest, s)
+        mask = np.zeros(s["rows"], bool) if mask is None else mask
+        newly += int((~mask[local]).sum())
+        mask[local] = True
+        rel = tombstone_file(s["id"], generation)
+        save_npy(folder / rel, pack(mask))
+        tomb[str(s["id"])] = {"file": rel, "count": int(mask.sum()), **file_record(folder / rel)}
+    return newly
+
+
+@dataclass
+class KeyLookup:
+    """Global ids of keys: ``ids`` of the live ones found, and the keys ``missing`` or ``deleted`` already."""
+
+    ids: np.ndarray
+    found: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) -> KeyLookup:
+    """Where ``keys`` live (one pass over the shards' key columns, in C++ by pyarrow)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    wanted = pa.array(sorted({str(k) for k in keys}), pa.string())
+    ids, found, deleted = [], [], []
+    for s in manifest["shards"]:
+        if s["rows"] == 0:
+            continue
+        col = pq.read_table(folder / s["files"]["metadata"], columns=["key"]).column("key")
+        rows = np.flatnonzero(pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
+        if len(rows) == 0:
+            continue
+        dead = deleted_mask(folder, manifest, s)
+        for r in rows:
+            key = col[int(r)].as_py()
+            (deleted if dead is not None and dead[r] else found).append(key)
+            if dead is None or not dead[r]:
+                ids.append(s["offset"] + int(r))
+    seen = set(found) | set(deleted)
+    return KeyLookup(np.array(ids, np.int64), found, [k for k in wanted.to_pylist() if k not in seen],
+                     sorted(set(deleted) - set(found)))
+
+
+def delete_keys(folder: str | os.PathLike, keys: Iterable[str]) -> KeyLookup:
+    """Tombstone the rows of ``keys`` and publish (one manifest write); returns what was found."""
+    from .generations import next_generation, publish
+    from .lock import write_lock
+    from .manifest import require_manifest
+
+    with write_lock(folder):
+        m = require_manifest(folder)
+        if not m.get("complete"):
+            raise IndexFolderError(f"{folder} is incomplete; finish its build before deleting")
+        found = find_keys(folder, m, keys)
+        if len(found.ids):
+            apply_tombstones(folder, m, found.ids, next_generation(m))
+            publish(folder, m)
+    return found
