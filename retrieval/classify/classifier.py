@@ -68,7 +68,7 @@ class Classifier:
 
     def neighbour_captions(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored caption embeddings of each image's R image neighbours: ([n, R, d], ids [n, R])."""
-        _, ids = self.index.search(images, self.neighbours, target="image")
+        _, ids = self.index.search(images, self.neighbours, target="image", captioned=True)  # only rows with captions
         ids = ids[:, :int((ids >= 0).sum(1).min())]
         caps = self.index.embeddings(ids, "text")
         if not np.any(np.linalg.norm(caps, axis=-1) > 0.5):

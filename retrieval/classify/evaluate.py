@@ -32,10 +32,9 @@ def recall_at(ids: np.ndarray, truth: np.ndarray, ks: Sequence[int]) -> dict[int
 def eval_retrieval(index, ks: Sequence[int] = (1, 5, 10), methods: Sequence[str] = RERANK_METHODS,
                    max_queries: Optional[int] = None, seed: int = 0) -> list[dict]:
     """Rows {direction, method, R@k..., seconds}: text→image and image→text recall per method."""
-    n = len(index)
-    rows = np.arange(n)
-    if max_queries is not None and max_queries < n:
-        rows = np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
+    rows = index.ids("text")  # live items with a caption: each is a query in both directions
+    if max_queries is not None and max_queries < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
     has_bias = "bias" in index.manifest
     out = []
     for direction, source, target in (("text→image", "text", "image"), ("image→text", "image", "text")):

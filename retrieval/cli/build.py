@@ -29,24 +29,54 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, S
 @click.option("--key-column", default=None, help="Manifest only: unique key column (default: 'key' if present, else the image path).")
 @click.option("--max-pixels", type=POSITIVE, default=89_478_485, show_default=True,
               help="Skip images with more pixels (decompression bombs).")
+@click.option("--require-captions", is_flag=True,
+              help="Skip (and log) items without a caption instead of indexing them image-only.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, memory_budget, device, workers,
-          image_root, image_column, caption_column, key_column, max_pixels, quiet):
-    """Embed CORPUS with open_clip and write a sharded index folder.
+          image_root, image_column, caption_column, key_column, max_pixels, require_captions, quiet):
+    """Embed CORPUS with open_clip and write a sharded index folder; on an existing folder, sync it.
 
-    CORPUS is a folder of images with same-stem .txt captions (and optional .json metadata), a
+    CORPUS is a folder of images (same-stem .txt captions and .json metadata optional), a
     .parquet/.csv/.tsv manifest (image-path + caption columns), a WebDataset .tar, or a folder of .tar.
+    Re-running the same command resumes a killed build, and on a complete index brings it in step
+    with the corpus: new items appended, changed ones replaced, vanished ones deleted.
     """
     from ..ops import build_index
 
+    report: list = []
     m = build_index(corpus, out, model, pretrained, batch_size=batch_size, shard_size=shard_size,
                     index_key=index_key, memory_budget=memory_budget, device=device, workers=workers,
                     image_root=image_root, image_column=image_column, caption_column=caption_column,
-                    key_column=key_column, max_pixels=max_pixels, progress=not quiet)
-    c, st = m["counts"], m.get("stats", {})
-    click.echo(f"built {c['rows']} items in {len(m['shards'])} shards from {c['inputs']} inputs "
-               f"(skipped {c['skipped']}, repaired {c['repaired']}) in {st.get('elapsed_s', 0):.1f} s "
-               f"[{st.get('rows_per_s') or 0:.1f} items/s] -> {out}")
+                    key_column=key_column, max_pixels=max_pixels, progress=not quiet,
+                    require_captions=require_captions, report=report)
+    c, st, run = m["counts"], m.get("stats", {}), report[0]
+    if run.first_build:
+        click.echo(f"built {c['live']} items ({c['captionless']} without a caption) in {len(m['shards'])} shards "
+                   f"from {c['inputs']} inputs (skipped {c['skipped']}, repaired {c['repaired']}) in "
+                   f"{st.get('elapsed_s', 0):.1f} s [{st.get('rows_per_s') or 0:.1f} items/s] -> {out}")
+    else:
+        click.echo(f"{run.line()}, {run.unchanged} unchanged, {run.skipped} skipped -> {out} "
+                   f"({c['live']} items)")
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.argument("keys", nargs=-1)
+@click.option("--keys-file", type=click.Path(exists=True, dir_okay=False),
+              help="A file of keys to delete, one per line.")
+def delete(index, keys, keys_file):
+    """Delete items of INDEX by KEY (tombstones, published atomically; `retrieval compact` reclaims space)."""
+    from ..store.masks import delete_keys
+
+    keys = list(keys)
+    if keys_file:
+        with open(keys_file, encoding="utf-8") as f:
+            keys += [line.strip() for line in f if line.strip()]
+    if not keys:
+        raise click.UsageError("give KEY arguments or --keys-file FILE")
+    found = delete_keys(index, keys)
+    click.echo(f"deleted {len(found.found)}, already deleted {len(found.deleted)}, not found {len(found.missing)}"
+               + (f" (e.g. {found.missing[0]!r})" if found.missing else ""))
 
 
 @click.command()

@@ -8,6 +8,7 @@ import click
 
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.backends import BACKENDS
+from ..methods.dedup import DEFAULT_THRESHOLD as DEDUP
 from .common import POSITIVE, Finite
 
 
@@ -25,8 +26,12 @@ from .common import POSITIVE, Finite
 @click.option("--alpha", type=Finite(), default=0.75, show_default=True, help="NNN bias weight.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True, help="auto: faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu.")
+@click.option("--where", default=None, help="SQL filter over the metadata columns, e.g. \"year >= 2020 AND "
+                                          "folder = 'trips'\".")
+@click.option("--dedup", type=Finite(0.0, 1.0), is_flag=False, flag_value=DEDUP, default=None,
+              help=f"Collapse near-duplicates (cosine >= THRESHOLD; --dedup alone: {DEDUP}).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, as_json):
+def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, where, dedup, as_json):
     """Search INDEX with TEXT (or --image PATH) and print the top-k rows."""
     from ..query import open_index
 
@@ -39,7 +44,7 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
     idx = open_index(index, "auto", backend=backend)
     try:
         rows = idx.query(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates,
-                         lam=lam, alpha=alpha)[0]
+                         lam=lam, alpha=alpha, where=where, dedup=dedup)[0]
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     if as_json:
@@ -48,4 +53,4 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
         return
     click.echo(f"{'rank':>4}  {'score':>8}  {'id':>7}  {'key':<30}  caption")
     for i, r in enumerate(rows, 1):
-        click.echo(f"{i:>4}  {r['score']:8.4f}  {r['id']:>7}  {str(r['key'])[:30]:<30}  {str(r['caption'])[:80]}")
+        click.echo(f"{i:>4}  {r['score']:8.4f}  {r['id']:>7}  {str(r['key'])[:30]:<30}  {('' if r['caption'] is None else str(r['caption']))[:80]}")

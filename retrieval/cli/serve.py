@@ -40,13 +40,25 @@ def check_listen(host: str, port: int) -> None:
               help="Largest uploaded image in pixels (bigger: 413); the build's default.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--verify", is_flag=True, help="Check every byte of every index (sha256) before serving.")
-def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, backend, verify):
+@click.option("--write-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Turn on the mutating routes (deletes, reload) for requests carrying this file's token "
+                   "(else $RETRIEVAL_WRITE_TOKEN; without either, writes are off).")
+@click.option("--reload-interval", type=Finite(0.0, 86_400.0), default=2.0, show_default=True,
+              help="Seconds between checks for a newer manifest (a sync or delete by another process); 0: never.")
+def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, backend, verify, write_token_file,
+          reload_interval):
     """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /."""
     import uvicorn
 
     from ..query import open_index
     from ..serve import create_app
 
+    from ..serve.admin import read_token
+
+    try:
+        token = read_token(write_token_file)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--write-token-file") from None
     check_listen(host, port)
     specs = {}
     for spec in indexes:
@@ -56,6 +68,9 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
                                      param_hint="INDEXES")
         specs[name] = folder
     opened = {name: open_index(folder, "auto", backend=backend, verify=verify) for name, folder in specs.items()}
-    app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=max_body, max_pixels=max_pixels)
-    click.echo(f"serving {', '.join(f'{n} ({len(i)} rows)' for n, i in opened.items())} on http://{host}:{port}", err=True)
+    app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=max_body, max_pixels=max_pixels,
+                     write_token=token, reload_interval=reload_interval)
+    writes = "writes on (token)" if token else "writes off"
+    click.echo(f"serving {', '.join(f'{n} ({len(i)} items)' for n, i in opened.items())} on http://{host}:{port} "
+               f"({writes})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

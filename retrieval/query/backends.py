@@ -2,12 +2,12 @@
 
 - ``FaissBackend``: the shards' faiss indexes; a thread per shard (faiss releases the GIL), merged
   top-k. On GPU (``faiss.get_num_gpus() > 0``) the shards are copied to the GPUs; faiss GPU limits
-  k and nprobe to 2048, so larger requests run on the CPU copies. A shard that returns fewer than
-  min(k, its size) ids (IVF probing found too few, HNSW stopped short) is searched again for those
-  queries exhaustively (nprobe = nlist); what still falls short is left for the caller's exact scan.
+  k and nprobe to 2048, so larger requests run on the CPU copies. Row selections, full top-k:
+  ``faiss_search``.
 - ``TorchBackend``: exact search with torch: all of a modality's embeddings in one tensor (fp16 on
   CUDA, fp32 on CPU), matmul + top-k in query batches. Optional per-item offsets make it the exact
-  BSAP/NNN search too. Used automatically on machines with CUDA torch but CPU-only faiss.
+  BSAP/NNN search too; a selection masks excluded rows. Used automatically on machines with CUDA
+  torch but CPU-only faiss.
 """
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
+
+from .faiss_search import search_shards
+from .selection import Selection
 
 GPU_MAX_K = 2048
 BACKENDS = ("auto", "faiss-cpu", "faiss-gpu", "torch")
@@ -50,36 +53,6 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, 
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
-def exhaustive_params(index):
-    """faiss SearchParameters that make ``index`` return every item it holds (nprobe = nlist for
-    IVF, also under a pre-transform such as OPQ), or None where there are none (Flat needs none;
-    HNSW cannot promise it)."""
-    import faiss
-
-    ix = faiss.downcast_index(index)
-    if isinstance(ix, faiss.IndexPreTransform):
-        inner = exhaustive_params(ix.index)
-        return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
-    if isinstance(ix, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(nprobe=int(ix.nlist))
-    return None
-
-
-def complete(index, q: np.ndarray, k: int, part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Search again, exhaustively, the queries for which ``index`` returned fewer than min(k, ntotal) ids."""
-    s, ids = part
-    short = np.flatnonzero((ids >= 0).sum(1) < min(k, index.ntotal))
-    if len(short) == 0:
-        return part
-    params = exhaustive_params(index)
-    if params is None:
-        return part
-    s2, i2 = index.search(q[short], ids.shape[1], params=params)
-    s, ids = s.copy(), ids.copy()
-    s[short], ids[short] = s2, i2
-    return s, ids
-
-
 class FaissBackend:
     def __init__(self, indexes: list, offsets: np.ndarray, gpu: bool = False):
         self.cpu, self.offsets = indexes, offsets
@@ -92,26 +65,12 @@ class FaissBackend:
             self.gpu = [faiss.index_cpu_to_all_gpus(ix) for ix in indexes]
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(indexes), os.cpu_count() or 1)))
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.gpu if self.gpu is not None and k <= GPU_MAX_K else self.cpu
-        return search_shards(idx, q, k, self.offsets, self.pool)
-
-
-THREADED_MAX_QUERIES = 16  # above this, faiss's own OpenMP parallelism over queries wins
-
-
-def search_shards(indexes: list, q: np.ndarray, k: int, offsets: np.ndarray,
-                  pool: Optional[ThreadPoolExecutor] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Search every shard index and merge: sequential for query batches, a thread per shard for a few queries."""
-    def one(ix):
-        kk = min(k, ix.ntotal)
-        return complete(ix, q, kk, ix.search(q, kk))
-
-    if pool is not None and len(indexes) > 1 and len(q) <= THREADED_MAX_QUERIES:
-        parts = list(pool.map(one, indexes))
-    else:
-        parts = [one(ix) for ix in indexes]
-    return merge_topk(parts, offsets, k)
+    def search(self, q: np.ndarray, k: int, selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over the shards; ``selection`` limits the rows (GPU indexes ignore selectors: the CPU
+        copies answer selective searches)."""
+        plain = selection is None or selection.is_everything
+        idx = self.gpu if self.gpu is not None and k <= GPU_MAX_K and plain else self.cpu
+        return search_shards(idx, q, k, self.offsets, self.pool, None if plain else selection)
 
 
 class TorchBackend:
@@ -123,9 +82,15 @@ class TorchBackend:
         self.x = torch.cat([torch.from_numpy(np.array(e)).to(self.device, dtype) for e in embeddings])  # copy: mmaps are read-only
         self.batch = batch
 
-    def search(self, q: np.ndarray, k: int, offsets: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, offsets: Optional[np.ndarray] = None,
+               selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of s - offsets among the rows ``selection`` allows (excluded rows: -inf)."""
         import torch
 
+        if selection is not None and not selection.is_everything:
+            excluded = np.where(selection.flat(), 0.0, np.inf).astype(np.float32)
+            offsets = excluded if offsets is None else np.asarray(offsets, np.float32) + excluded
+            k = min(k, selection.total)
         k = min(k, self.x.shape[0])
         off = None if offsets is None else torch.as_tensor(np.asarray(offsets), device=self.device, dtype=torch.float32)
         out_s, out_i = [], []
@@ -138,4 +103,6 @@ class TorchBackend:
                 top = torch.topk(s, k, dim=1)
                 out_s.append(top.values.cpu().numpy())
                 out_i.append(top.indices.cpu().numpy().astype(np.int64))
+        if not out_s:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         return np.concatenate(out_s), np.concatenate(out_i)

@@ -21,9 +21,10 @@ log = logging.getLogger("retrieval.query")
 
 
 class Biases:
-    def __init__(self, shards: ShardSet):
+    def __init__(self, shards: ShardSet, manifest: Optional[dict] = None):
         self.shards = shards
-        self.section: Optional[dict] = shards.manifest.get("bias")
+        self.manifest = manifest if manifest is not None else shards.manifest
+        self.section: Optional[dict] = self.manifest.get("bias")
         self.where = bias_dir(self.section)  # the current generation's folder
         self._per_shard: dict[tuple, list[np.ndarray]] = {}
         self._all: dict[tuple, np.ndarray] = {}
@@ -35,7 +36,7 @@ class Biases:
 
     def tau(self) -> float:
         """The temperature the offsets were computed with (else the model's logit scale)."""
-        return float((self.section or {}).get("tau", self.shards.manifest["model"]["logit_scale"]))
+        return float((self.section or {}).get("tau", self.manifest["model"]["logit_scale"]))
 
     def per_shard(self, method: str, modality: str) -> list[np.ndarray]:
         """Offsets of ``method`` for targets of ``modality``, one array per shard."""

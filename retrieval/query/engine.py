@@ -5,8 +5,10 @@ How the offset search runs depends on the backend: torch subtracts the offsets i
 faiss searches the bias-augmented indexes with [q, scale] (and adds back the stored shift); a folder
 without augmented files falls back to an exact numpy scan.
 
-Every search returns min(k, N) results per query: queries for which the backend still found too few
-(after its own exhaustive retry) are answered by an exact scan of the stored embeddings.
+A :class:`~retrieval.query.selection.Selection` limits every path to the allowed rows (live,
+captioned for text, matching a filter). Every search returns min(k, allowed rows) results per query:
+queries for which the backend still found too few (after its own exhaustive retry) are answered by
+an exact scan of the stored embeddings.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import numpy as np
 
 from ..methods.augmented import augment_query
 from ..methods.rerank import offset_search
-from .backends import FaissBackend, TorchBackend, merge_topk, search_shards
+from .backends import FaissBackend, TorchBackend, merge_topk
 from .biases import Biases
+from .faiss_search import search_shards
+from .selection import Selection
 from .shards import ShardSet
 
 
@@ -38,36 +42,49 @@ class ModalitySearch:
         else:
             self.backend = FaissBackend(shards.faiss[modality], shards.starts, gpu=backend == "faiss-gpu")
 
-    def search(self, q: np.ndarray, k: int, offset: Optional[Offset] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, global ids) of queries [n, d]; with ``offset``, of s - scale * c exactly."""
-        s, ids = self._search(q, k, offset)
-        short = (ids >= 0).sum(1) < min(k, len(self.shards))
+    def search(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
+               selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global ids) of queries [n, d] among the ``selection``'s rows (all when None);
+        with ``offset``, of s - scale * c exactly. Full: min(k, allowed rows) results per query."""
+        if selection is not None and selection.is_everything:
+            selection = None
+        want = min(k, len(self.shards) if selection is None else selection.total)
+        if want == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        s, ids = self._search(q, want, offset, selection)
+        short = (ids >= 0).sum(1) < want
         if short.any():
             s, ids = s.copy(), ids.copy()
-            s[short], ids[short] = self.exact(q[short], ids.shape[1], offset)
+            s[short], ids[short] = self.exact(q[short], want, offset, selection)
         return s, ids
 
-    def _search(self, q: np.ndarray, k: int, offset: Optional[Offset]) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection]):
         if offset is None:
-            return self.backend.search(q, k)
+            return self.backend.search(q, k, selection=selection)
         scale = float(offset.scale)
         if self.backend_name == "torch":
-            return self.backend.search(q, k, scale * self.biases.all(offset.method, self.modality))
+            return self.backend.search(q, k, scale * self.biases.all(offset.method, self.modality), selection)
         aug = self.biases.augmented(self.modality, offset.method)
         if aug is None:  # non-Flat shards without stored augmented indexes: exact numpy scan (slow)
-            return self.exact(q, k, offset)
-        s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.shards.starts)
+            return self.exact(q, k, offset, selection)
+        s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.shards.starts, selection=selection)
         return s - np.float32(scale * self.biases.shift(offset.method, self.modality)), ids
 
-    def exact(self, q: np.ndarray, k: int, offset: Optional[Offset] = None) -> tuple[np.ndarray, np.ndarray]:
-        """The exact top-k by a numpy scan of the stored embeddings (minus scale * offsets)."""
+    def exact(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
+              selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top-k by a numpy scan of the stored embeddings (minus scale * offsets), excluded
+        rows given an infinite offset."""
         embs = self.shards.embeddings(self.modality)
         if offset is None:
             offsets = [np.zeros(len(e), np.float32) for e in embs]
         else:
             offsets = [offset.scale * o for o in self.biases.per_shard(offset.method, self.modality)]
+        if selection is not None:
+            offsets = [o if m is None else np.where(m, o, np.inf).astype(np.float32)
+                       for o, m in zip(offsets, selection.masks)]
         parts = [offset_search(q, emb, off, k) for emb, off in zip(embs, offsets)]
-        return merge_topk(parts, self.shards.starts, k)
+        s, ids = merge_topk(parts, self.shards.starts, k)
+        return s, np.where(np.isfinite(s), ids, -1)
 
     def item_offsets(self, method: str, ids: np.ndarray) -> np.ndarray:
         """The stored offsets of ``method`` for global ``ids`` (any shape)."""

@@ -1,27 +1,29 @@
 """``open_index`` and :class:`Index`: the query API over one index folder.
 
-The Index only wires the parts together and encodes queries: the shard set (open + checks), the
-stored biases, the metadata reader and the searcher; a search goes Index -> rerank method ->
-modality engine -> backend and comes straight back.
+The Index holds one :class:`~retrieval.query.snapshot.Snapshot` (the manifest and everything opened
+from it) and only wires calls to it: a search goes Index -> rerank method -> modality engine ->
+backend and comes straight back. ``refresh`` swaps in a newer snapshot atomically (after a delete,
+a sync, or when a server notices a newer manifest); calls in flight finish on the old one.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
 from ..embed import ClipModel, describe, same_model
-from ..errors import IndexFolderError, ItemError
-from ..store.integrity import verify as full_verify
-from ..store.manifest import recorded_model, require_manifest
+from ..errors import IndexFolderError
+from ..store.integrity import require_intact
+from ..store.manifest import load_manifest, recorded_model, require_manifest
 from .backends import pick_backend
-from .biases import Biases
-from .metadata import MetadataReader
-from .rerankers import Clip, make_method
-from .searcher import Searcher
-from .shards import ShardSet
+from .encode import encode_images, encode_texts, query_vectors
+from .rerankers import Clip, Deduplicated, make_method
+from .snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from ..store.masks import KeyLookup
 
 
 class Index:
@@ -32,21 +34,14 @@ class Index:
         self.folder = Path(folder)
         m = require_manifest(self.folder)
         if verify:
-            check = full_verify(self.folder, m)
-            if not check.ok:
-                rel, why = check.problems[0]
-                more = f" (and {len(check.problems) - 1} more file(s))" if len(check.problems) > 1 else ""
-                raise IndexFolderError(f"{self.folder / rel}: {why}{more}")
+            require_intact(self.folder, m)
         if not m.get("complete"):
             raise IndexFolderError(f"{self.folder} is incomplete; re-run its build to finish it")
-        self.manifest, self.clip = m, None
+        self.clip = None
+        self._mmap, self._params, self.backend_name = mmap, search_params, pick_backend(backend)
+        self._snap = Snapshot(self.folder, m, self.backend_name, mmap, search_params)
         if clip is not None:
             self.attach_model(clip)
-        self.shard_set = ShardSet(self.folder, m, mmap, search_params)
-        self.biases = Biases(self.shard_set)
-        self.meta = MetadataReader(self.shard_set)
-        self.backend_name = pick_backend(backend)
-        self.searcher = Searcher(self.shard_set, self.biases, self.backend_name)
 
     def attach_model(self, clip: ClipModel) -> None:
         """Use ``clip`` to encode queries; it must be the model the index was built with."""
@@ -55,94 +50,117 @@ class Index:
                                    f"the query model is {describe(clip.identity)}")
         self.clip = clip
 
+    def refresh(self) -> bool:
+        """Swap in the folder's newer manifest, if there is one (atomically); whether it changed."""
+        m = load_manifest(self.folder)
+        if m is None or not m.get("complete") or m.get("generation", 0) == self._snap.generation:
+            return False
+        self._snap = Snapshot(self.folder, m, self.backend_name, self._mmap, self._params, previous=self._snap)
+        return True
+
+    def delete(self, keys) -> "KeyLookup":
+        """Delete the items of ``keys`` (tombstones, one manifest write) and refresh; returns which
+        were found, missing or deleted already."""
+        from ..store.masks import delete_keys
+
+        found = delete_keys(self.folder, keys)
+        self.refresh()
+        return found
+
+    # ---- the current snapshot --------------------------------------------------------------
+    @property
+    def manifest(self) -> dict:
+        return self._snap.manifest
+
+    @property
+    def shard_set(self):
+        return self._snap.shard_set
+
+    @property
+    def biases(self):
+        return self._snap.biases
+
+    @property
+    def meta(self):
+        """The metadata reader (Parquet row groups, LRU-cached)."""
+        return self._snap.meta
+
     @property
     def shards(self) -> list[dict]:
         """The manifest entries of the non-empty shards."""
-        return self.shard_set.shards
+        return self._snap.shard_set.shards
 
-    @property
-    def offsets(self) -> np.ndarray:
-        """Global id of each shard's first row."""
-        return self.shard_set.starts
+    offsets = property(lambda self: self._snap.shard_set.starts, doc="Global id of each shard's first row.")
 
     def __len__(self) -> int:
-        return len(self.shard_set)
+        """Live items (deleted ones excluded)."""
+        return self._snap.rows.live().total
 
     @property
     def dim(self) -> int:
-        return self.shard_set.dim
+        return self._snap.shard_set.dim
 
+    def ids(self, target: str = "image") -> np.ndarray:
+        """Global ids of the items a search of ``target`` can return (live; captioned for text)."""
+        return self._snap.ids(target)
+
+    def is_live(self, ids) -> np.ndarray:
+        """Whether each global id is an item of this index that is not deleted."""
+        return self._snap.is_live(ids)
+
+    # ---- search ----------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, global ids) of L2-normalised ``queries`` [n, d] over all shards of ``modality``."""
-        return self.searcher.search(queries, k, modality, Clip())
+        """Top-k (scores, global ids) of L2-normalised ``queries`` [n, d] among live ``modality`` items."""
+        snap = self._snap
+        return snap.searcher.search(queries, k, modality, Clip(), snap.selection(modality))
 
     def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
                candidates: Optional[int] = None, tau: Optional[float] = None, lam: float = 0.5,
-               alpha: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, global ids) of query embeddings among ``target`` items.
+               alpha: float = 0.75, where: Optional[str] = None, dedup: Optional[float] = None,
+               captioned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global ids) of query embeddings among ``target`` items; ids -1 pad a row
+        when fewer than k items qualify.
 
         ``rerank``: 'clip' (cosine), 'bsap' (balanced score b_j), 'hybrid' (BSAP-H), 'nnn'
-        (s - α bias). BSAP and NNN search the whole corpus exactly with the stored ``bias/`` offsets;
+        (s - α bias). BSAP and NNN search the whole corpus exactly with the stored bias offsets;
         with ``candidates=N`` any method reranks CLIP's top N instead (hybrid always does: default
-        N = max(k, 1000)).
+        N = max(k, 1000)). ``where``: a SQL boolean expression over the metadata columns; ``dedup``:
+        collapse near-duplicates (cosine >= the threshold, e.g. 0.94); ``captioned``: only items
+        with a caption. Deleted items are never returned.
         """
-        tau = float(tau if tau is not None else self.biases.tau())
-        method = make_method(rerank, tau, candidates, lam, alpha)
-        return self.searcher.search(queries, k, target, method)
+        snap = self._snap
+        method = make_method(rerank, float(tau if tau is not None else snap.biases.tau()), candidates, lam, alpha)
+        if dedup is not None:
+            method = Deduplicated(method, float(dedup))
+        return snap.searcher.search(queries, k, target, method, snap.selection(target, where, captioned))
+
+    def check_where(self, where: str) -> None:
+        """Evaluate (and cache) a ``where`` filter; FilterError (a ValueError) when it is invalid."""
+        self._snap.filters.selection(where)
 
     def metadata(self, ids) -> list[dict]:
-        """Metadata rows for global ids, in order (only the Parquet row groups holding them are read)."""
-        return self.meta.rows(ids)
+        """Metadata rows of live global ids, in order (only the Parquet row groups holding them are
+        read); IndexError for an id that is not in the index or was deleted."""
+        ok = self.is_live(ids)
+        if not ok.all():
+            raise IndexError(f"id {int(np.asarray(ids).ravel()[~ok][0])} is not in this index (or was deleted)")
+        return [{c: v for c, v in row.items() if c != "_source"} for row in self._snap.meta.rows(ids)]
 
     def embeddings(self, ids, modality: str = "image") -> np.ndarray:
         """Stored (fp16) embeddings of global ``ids`` as float32 [..., d]."""
-        return self.shard_set.gather(ids, modality)
+        return self._snap.shard_set.gather(ids, modality)
 
-    # ---- queries from texts and images ------------------------------------------------------
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        self._need_model("search by text")
-        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
-            raise ValueError("query text is empty")
-        from ..embed import Encoder
-
-        return Encoder(self.clip).texts(list(texts))
+        return encode_texts(self.clip, texts)
 
     def encode_images(self, paths: list[str]) -> np.ndarray:
-        self._need_model("search by image")
-        import torch
-
-        from ..corpus.images import decode_image
-        from ..embed import Encoder
-
-        ims = []
-        for p in paths:
-            try:
-                ims.append(self.clip.preprocess(decode_image(str(p))[0]))
-            except ItemError as e:
-                raise ValueError(f"query image {p}: {e.reason}") from None
-        return Encoder(self.clip).images(torch.stack(ims))
-
-    def _need_model(self, what: str) -> None:
-        if self.clip is None:
-            raise IndexFolderError(f"this Index was opened without a model; pass clip= to {what}")
+        return encode_images(self.clip, paths)
 
     def query(self, text: Optional[list[str]] = None, image: Optional[list[str]] = None,
               embedding: Optional[np.ndarray] = None, k: int = 10, target: str = "image",
               return_embeddings: bool = False, **search_kw) -> list[list[dict]]:
         """Search with texts, image paths or raw embeddings; one list of result rows per query."""
-        given = [x is not None for x in (text, image, embedding)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of text, image or embedding")
-        if text is not None:
-            q = self.encode_texts([text] if isinstance(text, str) else list(text))
-        elif image is not None:
-            q = self.encode_images([image] if isinstance(image, (str, os.PathLike)) else list(image))
-        else:
-            q = np.atleast_2d(np.asarray(embedding, np.float32))
-            norms = np.linalg.norm(q, axis=1, keepdims=True)
-            if not np.isfinite(q).all() or (norms == 0).any():
-                raise ValueError("a query embedding is all zeros or holds NaN or infinite values")
-            q = q / norms
+        q = query_vectors(self.clip, text, image, embedding)
         scores, ids = self.search(q, k, target, **search_kw)
         out = []
         for sc, row_ids in zip(scores, ids):

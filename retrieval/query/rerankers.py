@@ -1,4 +1,5 @@
-"""Rerank methods as objects the searcher calls: ``method.search(engine, q, k) -> (scores, global ids)``.
+"""Rerank methods as objects the searcher calls: ``method.search(engine, q, k, selection) -> (scores,
+global ids)``, the selection (allowed rows) passed down to every engine search.
 
 - :class:`Clip`: cosine top-k.
 - :class:`ExactBSAP`, :class:`ExactNNN`: the exact whole-corpus forms (s - c_j with stored offsets),
@@ -16,24 +17,26 @@ from typing import Optional
 
 import numpy as np
 
+from ..methods.dedup import keep_mask
 from ..methods.rerank import METHODS, bsap_from_offsets, hybrid_from_parts, top_k
 from .engine import ModalitySearch, Offset
+from .selection import Selection
 
 HYBRID_CANDIDATES = 1000  # BSAP-H's default candidate count (at least k)
 
 
 @dataclass(frozen=True)
 class Clip:
-    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
-        return engine.search(q, k)
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
+        return engine.search(q, k, selection=selection)
 
 
 @dataclass(frozen=True)
 class ExactBSAP:
     tau: float
 
-    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
-        s, ids = engine.search(q, k, Offset("bsap", 1.0))
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
+        s, ids = engine.search(q, k, Offset("bsap", 1.0), selection)
         return bsap_from_offsets(s, 0.0, self.tau), ids
 
 
@@ -41,8 +44,8 @@ class ExactBSAP:
 class ExactNNN:
     alpha: float
 
-    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
-        return engine.search(q, k, Offset("nnn", self.alpha))
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
+        return engine.search(q, k, Offset("nnn", self.alpha), selection)
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,8 @@ class Candidates:
     lam: float = 0.5
     alpha: float = 0.75
 
-    def search(self, engine: ModalitySearch, q: np.ndarray, k: int):
-        s, cand = engine.search(q, max(self.n or HYBRID_CANDIDATES, k))
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
+        s, cand = engine.search(q, max(self.n or HYBRID_CANDIDATES, k), selection=selection)
         if (cand < 0).any():  # fewer results than asked (approximate indexes): keep the valid ones
             n_valid = int((cand >= 0).sum(1).min())
             s, cand = s[:, :n_valid], cand[:, :n_valid]
@@ -70,6 +73,34 @@ class Candidates:
             return s - self.alpha * engine.item_offsets("nnn", cand)
         b = bsap_from_offsets(s, engine.item_offsets("bsap", cand), self.tau)
         return hybrid_from_parts(s, b, self.tau, self.lam) if self.method == "hybrid" else b
+
+
+@dataclass(frozen=True)
+class Deduplicated:
+    """``inner``'s ranking with near-duplicates collapsed (``methods.dedup``), still k results when
+    k distinct groups exist: fetches 2k + 16, then twice as many until full."""
+
+    inner: object
+    threshold: float
+
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
+        total = len(engine.shards) if selection is None else selection.total
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        todo, fetch = np.arange(len(q)), min(total, 2 * k + 16)
+        while len(todo):
+            s, ids = self.inner.search(engine, q[todo], fetch, selection)
+            done = []
+            for r, row in enumerate(todo):
+                valid = ids[r] >= 0
+                keep = np.flatnonzero(valid)[keep_mask(engine.shards.gather(ids[r][valid], engine.modality),
+                                                       ids[r][valid], self.threshold)][:k]
+                if len(keep) == k or fetch >= total:
+                    out_s[row, :len(keep)], out_i[row, :len(keep)] = s[r, keep], ids[r, keep]
+                    done.append(r)
+            todo = np.delete(todo, done)
+            fetch = min(total, fetch * 2)
+        return out_s, out_i
 
 
 def make_method(rerank: str, tau: float, candidates: Optional[int] = None, lam: float = 0.5, alpha: float = 0.75):

@@ -1,11 +1,14 @@
 """The searcher: checks a query batch, then runs a rerank method on the target modality's engine."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ..store.layout import MODALITIES
 from .biases import Biases
 from .engine import ModalitySearch
+from .selection import Selection
 from .shards import ShardSet
 
 
@@ -22,8 +25,10 @@ class Searcher:
             self._engines[modality] = ModalitySearch(self.shards, self.biases, modality, self.backend)
         return self._engines[modality]
 
-    def search(self, queries: np.ndarray, k: int, target: str, method) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, global ids) of L2-normalised ``queries`` [n, d] among ``target`` items."""
+    def search(self, queries: np.ndarray, k: int, target: str, method,
+               selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global ids) of L2-normalised ``queries`` [n, d] among ``target`` items (those
+        ``selection`` allows)."""
         if target not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {target!r}")
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -33,4 +38,4 @@ class Searcher:
             raise ValueError(f"k must be positive, got {k}")
         if not np.isfinite(q).all():
             raise ValueError("query embeddings hold NaN or infinite values")
-        return method.search(self.engine(target), q, k)
+        return method.search(self.engine(target), q, k, selection)

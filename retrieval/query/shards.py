@@ -71,14 +71,22 @@ def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], 
 class ShardSet:
     """Non-empty shards of ``manifest`` under ``folder``; every file's rows checked on open."""
 
-    def __init__(self, folder: Path, manifest: dict, mmap: Optional[bool] = None, search_params: Optional[str] = None):
+    def __init__(self, folder: Path, manifest: dict, mmap: Optional[bool] = None, search_params: Optional[str] = None,
+                 previous: Optional["ShardSet"] = None):
+        """``previous``: the shard set of an older manifest of the same folder; its loaded indexes of
+        shards still present are reused (shards are immutable and their ids never reused)."""
         self.folder, self.manifest, self.mmap, self.search_params = Path(folder), manifest, mmap, search_params
         self.shards = [s for s in manifest["shards"] if s["rows"] > 0]
         self.starts = np.array([s["offset"] for s in self.shards], dtype=np.int64)  # global id of each first row
         self.rows = np.array([s["rows"] for s in self.shards], dtype=np.int64)
         self.faiss: dict[str, list] = {mod: [] for mod in MODALITIES}
         check_listed_files(self.folder, manifest)
+        old = {} if previous is None else {s["id"]: i for i, s in enumerate(previous.shards)}
         for s in self.shards:
+            if s["id"] in old:
+                for mod in MODALITIES:
+                    self.faiss[mod].append(previous.faiss[mod][old[s["id"]]])
+                continue
             self._check_files(s)
             for mod in MODALITIES:
                 ix = read_shard_index(self.path(s, INDEX_FILE[mod]), s["index"][mod], mmap, search_params)

@@ -19,17 +19,19 @@ from .service import MAX_BODY, HTTPError, Service
 
 
 def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max_body: int = MAX_BODY,
-               max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None,
+               write_token: Optional[str] = None, reload_interval: float = 0.0) -> FastAPI:
     """The FastAPI app serving ``indexes`` ({name: Index opened with its model}).
 
     ``max_pixels``: the largest uploaded image (the build's limit by default); ``decode_budget``:
-    pixels decoded at once across requests (default 2 x max_pixels).
+    pixels decoded at once across requests (default 2 x max_pixels). ``write_token`` turns on the
+    mutating routes (deletes, reload); ``reload_interval`` > 0 polls the folders for newer manifests.
     """
-    service = Service(indexes, max_batch, max_wait_ms, max_pixels, decode_budget)
+    service = Service(indexes, max_batch, max_wait_ms, max_pixels, decode_budget, write_token, reload_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        service.batcher.start()  # running already unless a previous lifespan closed it
+        service.start()  # the batcher runs already unless a previous lifespan closed it
         yield
         service.close()  # clean shutdown: finish queued searches, stop the batcher thread
 

@@ -34,6 +34,8 @@ class SearchBody(BaseModel):
     candidates: Optional[int] = Field(None, ge=1, le=100_000)
     lam: FiniteFloat = Field(0.5, ge=0.0, le=1.0)
     alpha: FiniteFloat = Field(0.75, ge=0.0, le=10.0)
+    where: Optional[str] = Field(None, max_length=2000, description="SQL boolean expression over the metadata columns")
+    dedup: Optional[FiniteFloat] = Field(None, gt=0.0, le=1.0, description="collapse near-duplicates (cosine >= this)")
     return_embeddings: bool = False
 
     @model_validator(mode="after")
@@ -56,6 +58,21 @@ class ClassifyBody(BaseModel):
     method: Method = "xmore"
     neighbours: int = Field(128, ge=1, le=2048)
     captions: int = Field(16, ge=1, le=1024)
+
+
+class DeleteBody(BaseModel):
+    keys: list[str] = Field(..., min_length=1, max_length=100_000)
+
+
+class Deleted(BaseModel):
+    index: str
+    deleted: int
+    already_deleted: int
+    not_found: list[str]
+
+
+class Reloaded(BaseModel):
+    indexes: dict[str, int] = Field(..., description="each index's manifest generation now served")
 
 
 class ErrorBody(BaseModel):

@@ -4,13 +4,15 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
-from .models import (ClassifyBody, ClassifyResult, Health, IndexSummary, Rerank, SearchBody, SearchResult, Target,
-                     errors)
+from ..query.filters import FilterError
+from .admin import authorised
+from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
+                     SearchBody, SearchResult, Target, errors)
 from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image
 
 def add_routes(app: FastAPI, service: Service) -> None:
@@ -41,7 +43,12 @@ def add_routes(app: FastAPI, service: Service) -> None:
     async def _search(body: SearchBody, image_bytes: Optional[bytes] = None):
         name, idx = service.index(body.index)
         q = Query(name, body.k, body.target, body.rerank, body.candidates, body.lam, body.alpha,
-                  body.return_embeddings, text=body.text)
+                  body.return_embeddings, where=body.where, dedup=body.dedup, text=body.text)
+        if body.where is not None:  # evaluated (and cached) now: a bad expression is the request's 422
+            try:
+                await run_in_threadpool(idx.check_where, body.where)
+            except FilterError as e:
+                raise HTTPError(422, str(e)) from None
         if body.image_base64 is not None or image_bytes is not None:
             data = image_bytes if image_bytes is not None else b64_image(body.image_base64)
             q.image = await run_in_threadpool(service.decode_image, data, name)
@@ -51,7 +58,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 return JSONResponse({"detail": f"embedding must be {idx.dim} finite numbers, not all zero"}, 422)
             q.vector = v / np.linalg.norm(v)
         elif body.item_id is not None:
-            if body.item_id >= len(idx):
+            if not idx.is_live([body.item_id])[0]:
                 raise HTTPError(404, f"index {name!r} has no item {body.item_id}")
             q.vector = idx.embeddings([body.item_id], "image")[0]
         if body.rerank != "clip" and "bias" not in idx.manifest:  # every other method reads stored offsets
@@ -106,6 +113,38 @@ def add_routes(app: FastAPI, service: Service) -> None:
             raise HTTPError(400, str(e)) from None
         return {"index": name, "method": body.method, "results": results}
 
+    async def _write(request: Request, name: str, keys: list[str]) -> dict:
+        status, why = authorised(service.write_token, request.headers.get("authorization"))
+        if status:
+            raise HTTPError(status, why)
+        name, idx = service.index(name)
+        try:
+            found = await run_in_threadpool(idx.delete, keys)
+        except IndexFolderError as e:  # another writer holds the folder, or it is incomplete
+            raise HTTPError(409, str(e)) from None
+        return {"index": name, "deleted": len(found.found), "already_deleted": len(found.deleted),
+                "not_found": found.missing[:1000]}
+
+    @app.delete("/items/{index}/{key}", response_model=Deleted, responses=errors(401, 403, 404, 409, 422))
+    async def delete_item(index: str, key: str, request: Request):
+        """Delete the item of ``key`` (needs the write token; a key holding '/' goes in the batch route)."""
+        return await _write(request, index, [key])
+
+    @app.post("/items/{index}/delete", response_model=Deleted, responses=errors(401, 403, 404, 409, 415, 422))
+    async def delete_items(index: str, body: DeleteBody, request: Request):
+        """Delete the items of ``keys`` in one manifest write (needs the write token and a JSON body)."""
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise HTTPError(415, "send the keys as application/json")
+        return await _write(request, index, body.keys)
+
+    @app.post("/admin/reload", response_model=Reloaded, responses=errors(401, 403))
+    async def reload(request: Request):
+        """Serve each index folder's newest manifest now (needs the write token)."""
+        status, why = authorised(service.write_token, request.headers.get("authorization"))
+        if status:
+            raise HTTPError(status, why)
+        return {"indexes": await run_in_threadpool(service.reloader.reload)}
+
     @app.get("/items/{index}/{item_id}/image", responses={**errors(404, 422), 200: {
         "content": {"image/*": {}, "application/octet-stream": {}}, "description": "the image file"}})
     async def item_image(index: str, item_id: int):
@@ -113,7 +152,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         from ..corpus.items import ItemImageError, item_image as read_item
 
         name, idx = service.index(index)
-        if not 0 <= item_id < len(idx):
+        if not idx.is_live([item_id])[0]:
             raise HTTPError(404, f"index {name!r} has no item {item_id}")
         row = idx.metadata([item_id])[0]
         try:

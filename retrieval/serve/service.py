@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..corpus.images import DEFAULT_MAX_PIXELS
+from .admin import Reloader
 from .batching import MicroBatcher
 from .decoding import ImageDecoder
 
@@ -42,6 +43,8 @@ class Query:
     lam: float
     alpha: float
     return_embeddings: bool
+    where: Optional[str] = None
+    dedup: Optional[float] = None
     text: Optional[str] = None
     image: Any = None              # preprocessed image tensor
     vector: Optional[np.ndarray] = None
@@ -50,16 +53,19 @@ class Query:
         cand = self.candidates
         if self.rerank == "hybrid" and cand is None:
             cand = max(self.k, 1000)  # the search's own default, made explicit so k can vary in a group
-        return (self.index, self.target, self.rerank, cand, self.lam, self.alpha)
+        return (self.index, self.target, self.rerank, cand, self.lam, self.alpha, self.where, self.dedup)
 
 
 class Service:
     """The indexes, their models, the search batcher and cached classifiers."""
 
     def __init__(self, indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None,
+                 write_token: Optional[str] = None, reload_interval: float = 0.0):
         if not indexes:
             raise ValueError("no indexes to serve")
+        self.write_token = write_token
+        self.reloader = Reloader(indexes, reload_interval)
         for name, idx in indexes.items():
             if idx.clip is None:
                 raise ValueError(f"index {name!r} was opened without its model")
@@ -110,11 +116,12 @@ class Service:
         groups: dict[tuple, list[int]] = {}
         for i, q in enumerate(queries):
             groups.setdefault(q.group(), []).append(i)
-        for (name, target, rerank, cand, lam, alpha), members in groups.items():
+        for (name, target, rerank, cand, lam, alpha, where, dedup), members in groups.items():
             idx = self.indexes[name]
             qs = np.stack([queries[i].vector for i in members]).astype(np.float32)
             kmax = max(queries[i].k for i in members)
-            scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam, alpha=alpha)
+            scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam, alpha=alpha,
+                                     where=where, dedup=dedup)
             for row, i in enumerate(members):
                 out[i] = self._rows(name, idx, queries[i], scores[row, :queries[i].k], ids[row, :queries[i].k])
         return out
@@ -157,7 +164,12 @@ class Service:
         return [r.as_dict() for r in clf.results([f"image {i}" for i in range(len(x))], pred, nbr,
                                                  with_captions=method != "image")]
 
+    def start(self) -> None:
+        self.batcher.start()
+        self.reloader.start()
+
     def close(self) -> None:
+        self.reloader.close()
         self.batcher.close()
 
 

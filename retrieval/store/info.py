@@ -62,12 +62,14 @@ def _human(n: float) -> str:
 
 def format_info(info: dict) -> str:
     c = info["counts"]
+    nocap = f" ({c['captionless']} without a caption)" if c.get("captionless") else ""
+    dead = f"; {c['deleted']} deleted rows (`retrieval compact` reclaims them)" if c.get("deleted") else ""
     lines = [
         f"index     {info['path']}{'' if info['complete'] else '  (INCOMPLETE: re-run the build to resume)'}",
         f"model     {info['model_text']}  logit_scale={info['model'].get('logit_scale', 0):.2f}",
         f"corpus    {info['corpus'].get('type')}: {info['corpus'].get('path')}",
-        f"rows      {c.get('rows', 0)} of {c.get('inputs', 0)} inputs; skipped {c.get('skipped', 0)}, "
-        f"repaired {c.get('repaired', 0)}",
+        f"items     {c.get('live', c.get('rows', 0))} of {c.get('inputs', 0)} inputs indexed and live{nocap}; "
+        f"skipped {c.get('skipped', 0)}, repaired {c.get('repaired', 0)}{dead}",
         f"size      {_human(info['total_bytes'])} in {len(info['shards'])} shards",
         "shard      rows  image index          text index           bytes",
     ]

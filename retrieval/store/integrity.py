@@ -123,3 +123,14 @@ def verify(folder: str | os.PathLike, manifest: dict, threads: Optional[int] = N
         results = list(pool.map(lambda item: _verify_file(folder, *item), files))
     problems = [(rel, why) for (rel, _), (why, _) in zip(files, results) if why is not None]
     return Verification(problems, len(files), sum(n for _, n in results), time.perf_counter() - t0)
+
+
+def require_intact(folder: str | os.PathLike, manifest: dict) -> None:
+    """The full check; IndexFolderError naming the first bad file (and how many more there are)."""
+    from ..errors import IndexFolderError
+
+    check = verify(folder, manifest)
+    if not check.ok:
+        rel, why = check.problems[0]
+        more = f" (and {len(check.problems) - 1} more file(s))" if len(check.problems) > 1 else ""
+        raise IndexFolderError(f"{Path(folder) / rel}: {why}{more}")

@@ -26,8 +26,9 @@ def api_schema(flickr_index, tiny_clip):
     app.state.service.close()
 
 
-WITH_INPUT = ["POST /search", "POST /search/upload", "POST /classify", "GET /items/{index}/{item_id}/image"]
-CASES = ([(op, "positive") for op in ["GET /health", "GET /indexes"] + WITH_INPUT]
+WITH_INPUT = ["POST /search", "POST /search/upload", "POST /classify", "GET /items/{index}/{item_id}/image",
+              "DELETE /items/{index}/{key}", "POST /items/{index}/delete"]
+CASES = ([(op, "positive") for op in ["GET /health", "GET /indexes", "POST /admin/reload"] + WITH_INPUT]
          + [(op, "negative") for op in WITH_INPUT])  # operations without inputs have no invalid requests
 
 

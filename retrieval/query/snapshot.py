@@ -1,0 +1,84 @@
+"""One consistent view of an index folder: a manifest and everything opened from it.
+
+An :class:`~retrieval.query.index.Index` holds one snapshot and swaps it for a new one in a single
+assignment when the folder changes (``Index.refresh``), so a search started on the old snapshot
+finishes on it and no search ever sees half an update. A new snapshot reuses what did not change:
+the loaded indexes of shards still present, and the biases, searcher, metadata reader and filter
+table when the shards and bias files are the same (a delete changes only the row masks).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .biases import Biases
+from .filters import Filters
+from .metadata import MetadataReader
+from .searcher import Searcher
+from .selection import RowMasks, Selection
+from .shards import ShardSet
+
+
+def _shard_ids(manifest: dict) -> tuple:
+    return tuple(s["id"] for s in manifest["shards"] if s["rows"] > 0)
+
+
+def _bias_files(manifest: dict) -> tuple:
+    b = manifest.get("bias") or {}
+    return (b.get("dir"), tuple(sorted(b.get("files") or ())), b.get("tau"), str(b.get("shift")))
+
+
+class Snapshot:
+    def __init__(self, folder: Path, manifest: dict, backend: str, mmap: Optional[bool] = None,
+                 search_params: Optional[str] = None, previous: Optional["Snapshot"] = None):
+        self.folder, self.manifest = Path(folder), manifest
+        same_shards = previous is not None and _shard_ids(previous.manifest) == _shard_ids(manifest)
+        same_bias = same_shards and _bias_files(previous.manifest) == _bias_files(manifest)
+        if same_shards:
+            self.shard_set = previous.shard_set  # same immutable shards; masks come from the new manifest
+            self.meta, self._filters = previous.meta, previous._filters
+        else:
+            self.shard_set = ShardSet(self.folder, manifest, mmap, search_params,
+                                      previous.shard_set if previous is not None else None)
+            self.meta, self._filters = MetadataReader(self.shard_set), None
+        if same_bias:
+            self.biases, self.searcher = previous.biases, previous.searcher
+        else:
+            self.biases = Biases(self.shard_set, manifest)
+            self.searcher = Searcher(self.shard_set, self.biases, backend)
+        self.rows = RowMasks(self.folder, manifest, self.shard_set.shards)
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest.get("generation", 0))
+
+    @property
+    def filters(self) -> Filters:
+        if self._filters is None:
+            self._filters = Filters(self.folder, self.shard_set.shards, self.shard_set.rows)
+        return self._filters
+
+    def selection(self, target: str, where: Optional[str] = None, captioned: bool = False) -> Selection:
+        """The rows a search of ``target`` may return (live, captioned for text, matching ``where``)."""
+        sel = self.rows.base(target, captioned)
+        return sel if not where else sel & self.filters.selection(where)
+
+    def ids(self, target: str) -> np.ndarray:
+        """Global ids of the items a search of ``target`` can return."""
+        parts = [s["offset"] + (np.arange(s["rows"]) if m is None else np.flatnonzero(m))
+                 for s, m in zip(self.shard_set.shards, self.rows.base(target).masks)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def is_live(self, ids) -> np.ndarray:
+        """Whether each global id is an item of this snapshot that is not deleted."""
+        starts, rows = self.shard_set.starts, self.shard_set.rows
+        flat = np.asarray(ids, np.int64).ravel()
+        sh = np.searchsorted(starts, flat, side="right") - 1
+        ok = (flat >= 0) & (sh >= 0) & (flat < (starts + rows)[np.clip(sh, 0, None)])
+        live = self.rows.live()
+        for i in np.flatnonzero(ok):
+            m = live.masks[sh[i]]
+            ok[i] = m is None or bool(m[flat[i] - starts[sh[i]]])
+        return ok
