@@ -130,7 +130,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         """Delete the item of ``key`` (needs the write token; a key holding '/' goes in the batch route)."""
         return await _write(request, index, [key])
 
-    @app.post("/items/{index}/delete", response_model=Deleted, responses=errors(401, 403, 404, 409, 415, 422))
+    @app.post("/items/{index}/delete", response_model=Deleted, responses=errors(400, 401, 403, 404, 409, 415, 422))
     async def delete_items(index: str, body: DeleteBody, request: Request):
         """Delete the items of ``keys`` in one manifest write (needs the write token and a JSON body)."""
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
