@@ -62,6 +62,6 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for _command in (build.build, build.info, build.verify, build.delete, search.search, build.bias,
+for _command in (build.build, build.info, build.verify, build.delete, build.compact, search.search, build.bias,
                  classify.classify, classify.evaluate, serve.serve):
     main.add_command(_command)

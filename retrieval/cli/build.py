@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, Size
+from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, Finite, Size
 
 
 @click.command()
@@ -139,3 +139,16 @@ def verify(index, as_json):
                    err=not res.ok)
     if not res.ok:
         raise SystemExit(1)
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.option("--threshold", type=Finite(0.0, 0.99), default=0.2, show_default=True,
+              help="Rewrite shards with more than this fraction of deleted rows.")
+@click.option("--min-rows", type=POSITIVE, default=None,
+              help="Merge shards with fewer live rows than this (default: a quarter of the shard size).")
+def compact(index, threshold, min_rows):
+    """Reclaim deleted rows of INDEX and merge small shards (no re-embedding; rewritten items get new ids)."""
+    from ..ops import compact as run
+
+    click.echo(run(index, threshold, min_rows).line())

@@ -162,6 +162,20 @@ def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", 
     return section
 
 
+def save_shard_offsets(folder: str | os.PathLike, manifest: dict, shard: dict, offsets: dict) -> None:
+    """Write a shard's given offsets ({(method, modality): array}) and augmented indexes beside the
+    current generation's files, listed in ``manifest`` (its publish makes them current)."""
+    folder, section = Path(folder), manifest["bias"]
+    where = section["dir"]
+    out = _Files(folder, section["files"])
+    for (method, modality), arr in offsets.items():
+        out.save(bias_path(folder, method, modality, shard["id"], where), lambda p: save_npy(p, np.asarray(arr, np.float32)))
+    if section.get("augmented", True):
+        for modality in MODALITIES:
+            _save_augmented(folder, shard, modality, {m: (offsets[(m, modality)], section["shift"][m][modality])
+                                                      for m in METHODS}, where, out)
+
+
 def extend_biases(folder: str | os.PathLike, manifest: dict, shard: dict, generation: int) -> None:
     """The ``extend`` hook of a build: offsets of a new shard from the stored banks and references,
     written beside the current generation's and listed in ``manifest`` (the commit publishes them).

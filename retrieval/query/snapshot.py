@@ -63,7 +63,7 @@ class Snapshot:
     def selection(self, target: str, where: Optional[str] = None, captioned: bool = False) -> Selection:
         """The rows a search of ``target`` may return (live, captioned for text, matching ``where``)."""
         sel = self.rows.base(target, captioned)
-        return sel if not where else sel & self.filters.selection(where)
+        return sel if where is None else sel & self.filters.selection(where)
 
     def ids(self, target: str) -> np.ndarray:
         """Global ids of the items a search of ``target`` can return."""

@@ -19,15 +19,15 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
 PARQUET_SHARD_KEY = b"retrieval.shard"  # key-value metadata: which shard (id, first global id) a file holds
 
 
-def save_parquet(path: Path, rows: list[dict], schema, shard: Optional[tuple[int, int]] = None) -> None:
-    """Row-aligned metadata in small row groups; ``shard`` = (id, offset) is stored in the file's
+def save_parquet(path: Path, rows, schema, shard: Optional[tuple[int, int]] = None) -> None:
+    """Row-aligned metadata (dicts or a pyarrow Table) in small row groups; ``shard`` = (id, offset) is stored in the file's
     key-value metadata, so a metadata file swapped for another shard's is named on open."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if shard is not None:
         schema = schema.with_metadata({**(schema.metadata or {}), PARQUET_SHARD_KEY: json.dumps(list(shard)).encode()})
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = rows.cast(schema) if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=METADATA_ROW_GROUP)
 

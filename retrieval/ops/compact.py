@@ -1,0 +1,120 @@
+"""``compact``: reclaim the space of deleted rows and merge small shards (like Qdrant's vacuum).
+
+Shards whose deleted fraction exceeds ``threshold`` (default 0.2), and shards with fewer live rows
+than ``min_rows`` when there are at least two of them (appends leave small shards), are rewritten
+into new shards of up to the build's shard size from what is stored: embeddings, metadata, caption
+masks and per-item bias offsets are copied (nothing is re-embedded or recomputed); the faiss indexes
+are built anew, added to the folder's trained quantizer when it has one. One manifest write retires
+the old shards. The rewritten items get new global ids (the ids of every other item stay); keys
+never change.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import IndexFolderError
+from ..store.generations import publish
+from ..store.layout import MODALITIES, augmented_path, bias_path
+from ..store.lock import write_lock
+from ..store.manifest import require_manifest
+from ..store.masks import caption_mask, deleted_mask
+from ..store.shard import embeddings_of, write_shard
+from ..store.writer import next_ids, update_counts, read_errors
+from .bias import METHODS, save_shard_offsets
+
+
+@dataclass
+class CompactReport:
+    shards_before: int
+    shards_after: int
+    rewritten_shards: int
+    rows_reclaimed: int
+    ids_changed: int
+    seconds: float
+
+    def line(self) -> str:
+        return (f"rewrote {self.rewritten_shards} shard(s): {self.rows_reclaimed} deleted rows reclaimed, "
+                f"{self.ids_changed} items got new ids (keys unchanged); {self.shards_before} -> "
+                f"{self.shards_after} shards in {self.seconds:.1f} s")
+
+
+def _live_rows(folder: Path, manifest: dict, shard: dict) -> np.ndarray:
+    dead = deleted_mask(folder, manifest, shard)
+    return np.arange(shard["rows"]) if dead is None else np.flatnonzero(~dead)
+
+
+def pick_shards(folder: Path, manifest: dict, threshold: float, min_rows: int) -> list[dict]:
+    """The shards compaction rewrites (pure in the manifest and its masks)."""
+    shards = [s for s in manifest["shards"] if s["rows"] > 0]
+    dead = {s["id"]: (manifest.get("tombstones") or {}).get(str(s["id"]), {}).get("count", 0) for s in shards}
+    heavy = [s for s in shards if dead[s["id"]] > threshold * s["rows"]]
+    small = [s for s in shards if s["rows"] - dead[s["id"]] < min_rows and s not in heavy]
+    return sorted(heavy + (small if len(small) + len(heavy) >= 2 else []), key=lambda s: s["offset"])
+
+
+def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optional[int] = None) -> CompactReport:
+    """Compact ``folder`` (see the module docstring); returns what it did."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    folder, t0 = Path(folder), time.perf_counter()
+    with write_lock(folder):
+        m = require_manifest(folder)
+        if not m.get("complete"):
+            raise IndexFolderError(f"{folder} is incomplete; finish its build before compacting")
+        settings = dict(m["build"])
+        size = int(settings["shard_size"])
+        before = sum(1 for s in m["shards"] if s["rows"])
+        chosen = pick_shards(folder, m, threshold, min_rows if min_rows is not None else max(1, size // 4))
+        if not chosen:
+            return CompactReport(before, before, 0, 0, 0, time.perf_counter() - t0)
+        parts = {"img": [], "txt": [], "cap": [], "meta": [], **{(mt, mod): [] for mt in METHODS for mod in MODALITIES}}
+        bias = m.get("bias") if (m.get("bias") or {}).get("dir") else None  # a pre-generation bias: recompute
+        if m.get("bias") and bias is None:
+            m["bias"]["stale"] = True
+        for s in chosen:
+            live = _live_rows(folder, m, s)
+            parts["img"].append(np.asarray(embeddings_of(folder, s, "image")[live]))
+            parts["txt"].append(np.asarray(embeddings_of(folder, s, "text")[live]))
+            cap = caption_mask(folder, s)
+            parts["cap"].append(np.ones(len(live), bool) if cap is None else cap[live])
+            parts["meta"].append(pq.read_table(folder / s["files"]["metadata"]).take(pa.array(live)))
+            if bias:
+                for mt in METHODS:
+                    for mod in MODALITIES:
+                        parts[(mt, mod)].append(np.load(bias_path(folder, mt, mod, s["id"], bias["dir"]))[live])
+        joined = {k: (pa.concat_tables(v) if k == "meta" else np.concatenate(v)) for k, v in parts.items() if v}
+        schema = joined["meta"].schema.remove_metadata()
+        chosen_ids = {s["id"] for s in chosen}
+        m["shards"] = [s for s in m["shards"] if s["id"] not in chosen_ids]
+        for sid in chosen_ids:
+            (m.get("tombstones") or {}).pop(str(sid), None)
+        n = len(joined["img"])
+        for start in range(0, n, size):
+            sl = slice(start, min(start + size, n))
+            k, offset = next_ids(m)
+            entry = write_shard(folder, m, k, offset, joined["img"][sl], joined["txt"][sl], joined["meta"].slice(start, sl.stop - start),
+                                joined["cap"][sl], schema, settings)
+            entry["end_pos"] = None
+            m["shards"].append(entry)
+            m["next_shard"], m["next_id"] = k + 1, offset + entry["rows"]
+            if bias:
+                save_shard_offsets(folder, m, entry, {key: joined[key][sl] for key in joined if isinstance(key, tuple)})
+        if bias:  # the rewritten shards' offset files are no longer current
+            gone = {p.relative_to(folder).as_posix() for s in chosen for mt in METHODS for mod in MODALITIES
+                    for p in (bias_path(folder, mt, mod, s["id"], bias["dir"]),
+                              augmented_path(folder, mt, mod, s["id"], bias["dir"]))}
+            bias["files"] = {rel: rec for rel, rec in bias["files"].items() if rel not in gone}
+        update_counts(m, read_errors(folder))
+        publish(folder, m)
+        after = sum(1 for s in m["shards"] if s["rows"])
+        return CompactReport(before, after, len(chosen), sum(s["rows"] for s in chosen) - n, n,
+                             time.perf_counter() - t0)
