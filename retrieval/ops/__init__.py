@@ -4,8 +4,9 @@ bias``) and ``compact``.
 
 Imports ``methods``, ``store``, ``embed`` and ``corpus``; never ``query``, ``classify`` or ``serve``.
 """
+from .add import add_embeddings
 from .bias import GENERIC_PROMPTS, compute_biases
 from .build import build_from_embeddings, build_index
 from .compact import compact
 
-__all__ = ["build_index", "build_from_embeddings", "compute_biases", "compact", "GENERIC_PROMPTS"]
+__all__ = ["build_index", "build_from_embeddings", "add_embeddings", "compute_biases", "compact", "GENERIC_PROMPTS"]

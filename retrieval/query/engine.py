@@ -26,6 +26,16 @@ from .selection import Selection
 from .shards import ShardSet
 
 
+def _ivf(index):
+    """The IVF part of ``index`` (through a pre-transform), or None."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
 @dataclass(frozen=True)
 class Offset:
     """Subtract ``scale`` times the stored offsets of ``method`` ('bsap' | 'nnn') from every score."""
@@ -51,6 +61,8 @@ class ModalitySearch:
         want = min(k, len(self.shards) if selection is None else selection.total)
         if want == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if selection is not None and self.backend_name != "torch" and self.exact_is_cheaper(selection):
+            return self.exact(q, want, offset, selection)
         s, ids = self._search(q, want, offset, selection)
         short = (ids >= 0).sum(1) < want
         if short.any():
@@ -70,19 +82,40 @@ class ModalitySearch:
         s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.shards.starts, selection=selection)
         return s - np.float32(scale * self.biases.shift(offset.method, self.modality)), ids
 
+    def exact_is_cheaper(self, selection: Selection) -> bool:
+        """Whether scanning only the allowed rows reads fewer vectors than the index search would:
+        an IVF shard probes nprobe x (rows / allowed) of its nlist lists (``faiss_search``)."""
+        scanned = 0.0
+        for i, index in enumerate(self.shards.faiss[self.modality]):
+            ivf = _ivf(index)
+            allowed = int(selection.counts[i])
+            if ivf is None or selection.masks[i] is None or allowed == 0:
+                scanned += allowed if selection.masks[i] is not None else index.ntotal
+                continue
+            scale = index.ntotal / allowed
+            scanned += index.ntotal * min(1.0, ivf.nprobe * scale / ivf.nlist)
+        return selection.total <= scanned
+
     def exact(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
               selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
-        """The exact top-k by a numpy scan of the stored embeddings (minus scale * offsets), excluded
-        rows given an infinite offset."""
+        """The exact top-k by a numpy scan of the stored embeddings (minus scale * offsets), reading
+        only the rows ``selection`` allows."""
         embs = self.shards.embeddings(self.modality)
         if offset is None:
-            offsets = [np.zeros(len(e), np.float32) for e in embs]
+            offsets = [None] * len(embs)
         else:
             offsets = [offset.scale * o for o in self.biases.per_shard(offset.method, self.modality)]
-        if selection is not None:
-            offsets = [o if m is None else np.where(m, o, np.inf).astype(np.float32)
-                       for o, m in zip(offsets, selection.masks)]
-        parts = [offset_search(q, emb, off, k) for emb, off in zip(embs, offsets)]
+        parts = []
+        for i, (emb, off) in enumerate(zip(embs, offsets)):
+            mask = None if selection is None else selection.masks[i]
+            rows = np.arange(len(emb)) if mask is None else np.flatnonzero(mask)
+            sub = emb if mask is None else emb[rows]
+            o = np.zeros(len(rows), np.float32) if off is None else (off if mask is None else off[rows])
+            if len(rows) == 0:
+                parts.append((np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)))
+                continue
+            s, local = offset_search(q, sub, o, min(k, len(rows)))
+            parts.append((s, rows[local]))
         s, ids = merge_topk(parts, self.shards.starts, k)
         return s, np.where(np.isfinite(s), ids, -1)
 

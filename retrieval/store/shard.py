@@ -35,8 +35,9 @@ def _trained(out: Path, manifest: dict, modality: str, key: str):
     return faiss.read_index(str(out / entry["file"]))
 
 
-def _keep_trained(out: Path, manifest: dict, modality: str, key: str, index) -> None:
-    """Save an empty copy of a freshly trained index, the first time one is trained for ``modality``."""
+def _keep_trained(out: Path, manifest: dict, modality: str, key: str, index, params: str) -> None:
+    """Save an empty copy of a freshly trained index, the first time one is trained for ``modality``
+    (with its tuned search parameters: shards added to the same quantizer reuse them)."""
     import faiss
 
     if (manifest.get("trained") or {}).get(modality) is not None or index.is_trained is False:
@@ -46,7 +47,8 @@ def _keep_trained(out: Path, manifest: dict, modality: str, key: str, index) -> 
         empty.reset()
         rel = trained_file(modality)
         save_faiss(out / rel, empty)
-        manifest.setdefault("trained", {})[modality] = {"key": key, "file": rel, **file_record(out / rel)}
+        manifest.setdefault("trained", {})[modality] = {"key": key, "file": rel, "params": params,
+                                                        **file_record(out / rel)}
 
 
 def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray, txt: np.ndarray,
@@ -73,9 +75,15 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
         t0 = time.perf_counter()
         trained = _trained(out, manifest, modality, key)
         index = build_faiss_index(vecs, key, seed=k, trained=trained, train_rows=usable)
+        params = (manifest["trained"][modality].get("params") if trained is not None else None)
+        if params is None:  # a new quantizer (or one saved before its parameters were kept): tune
+            params = tune_params(index, vecs, key, recall=settings["recall_target"], seed=k, query_rows=usable)
+        elif params:
+            import faiss
+
+            faiss.ParameterSpace().set_index_parameters(index, params)
         if trained is None:
-            _keep_trained(out, manifest, modality, key, index)
-        params = tune_params(index, vecs, key, recall=settings["recall_target"], seed=k, query_rows=usable)
+            _keep_trained(out, manifest, modality, key, index, params)
         save_faiss(out / files[INDEX_FILE[modality]], index)
         entry["index"][modality] = {"key": key, "params": params, "ntotal": int(index.ntotal),
                                     "trained_reused": trained is not None, "build_s": round(time.perf_counter() - t0, 3)}

@@ -1,0 +1,68 @@
+"""``add_embeddings``: append precomputed, row-aligned embeddings to a complete index folder.
+
+The appended rows become new shards added to the folder's trained quantizer (no retraining), with
+their bias offsets from the stored banks, in the same commits (``store.writer``). A key the folder
+already holds is replaced: its old row is tombstoned in the commit that adds the new one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import IndexFolderError
+from ..store.generations import publish
+from ..store.lock import write_lock
+from ..store.manifest import require_manifest
+from ..store.masks import find_keys
+from ..store.writer import ShardWriter, read_errors, update_counts
+from .bias import extend_biases
+
+
+@dataclass
+class AddReport:
+    added: int
+    replaced: int
+    shards: int
+
+
+def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: np.ndarray,
+                   rows: Optional[list[dict]] = None) -> AddReport:
+    """Append rows (``rows``: metadata dicts with a unique ``key``; a text row of zeros marks an item
+    without a caption). Returns how many were added and how many replaced an existing key."""
+    import pyarrow as pa
+
+    folder = Path(folder)
+    img, txt = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
+    if img.ndim != 2 or img.shape != txt.shape:
+        raise ValueError(f"image and text embeddings must be 2-D and row-aligned, got {img.shape} and {txt.shape}")
+    if rows is None or len(rows) != len(img):
+        raise ValueError(f"give one metadata row (with a 'key') per embedding: {len(img)} embeddings")
+    keys = [str(r["key"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("metadata keys must be unique")
+    with write_lock(folder):
+        m = require_manifest(folder)
+        if not m.get("complete"):
+            raise IndexFolderError(f"{folder} is incomplete; finish its build first")
+        bias = m.get("bias")
+        if bias and not (bias.get("dir") and (folder / bias["dir"] / "ref_nnn_image.npy").exists()):
+            raise IndexFolderError(f"{folder}'s biases predate stored reference banks; run `retrieval bias` "
+                                   f"once before appending")
+        if img.shape[1] != m["model"]["embed_dim"]:
+            raise ValueError(f"embeddings have dim {img.shape[1]}, the index has {m['model']['embed_dim']}")
+        old = find_keys(folder, m, keys)
+        replaced = dict(zip(old.found, old.ids.tolist()))
+        schema = pa.Table.from_pylist(rows[:1]).schema
+        writer = ShardWriter(folder, m, schema, dict(m["build"]), read_errors(folder), dict(replaced),
+                             extend=lambda man, entry, gen: extend_biases(folder, man, entry, gen))
+        has = np.abs(txt).max(axis=1) > 0
+        before = len(m["shards"])
+        writer.add(img, txt[has], [{**r, "_pos": i} for i, r in enumerate(rows)], has.tolist(), [], len(rows))
+        writer.finish()
+        update_counts(m, writer.errors)
+        publish(folder, m)
+    return AddReport(len(rows) - len(replaced), len(replaced), len(m["shards"]) - before)
