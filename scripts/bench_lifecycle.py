@@ -20,20 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _unit(n: int, d: int, seed: int, clusters: int, spread: float) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(12345).standard_normal((clusters, d)).astype(np.float32)
-    out = np.empty((n, d), np.float32)
-    for i in range(0, n, 100_000):
-        m = min(100_000, n - i)
-        x = centres[rng.integers(0, clusters, m)] + spread * rng.standard_normal((m, d)).astype(np.float32)
-        out[i:i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+from synthetic import recall, unit_vectors
 
 
-def _recall(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / want.shape[1] for a, b in zip(got.tolist(), want.tolist())]))
+
+
 
 
 def main() -> None:
@@ -56,7 +47,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     folder = tmp / "idx"
     total = a.n + a.append
-    x = _unit(total, a.dim, 0, a.clusters, a.spread)
+    x = unit_vectors(total, a.dim, 0, a.clusters, a.spread)
     rows = [{"key": f"k{i}", "image_path": "", "caption": "", "bucket": i % 100} for i in range(total)]
     t = time.perf_counter()
     build_from_embeddings(folder, x[:a.n], x[:a.n], {"arch": "synthetic"}, rows[:a.n],
@@ -67,7 +58,7 @@ def main() -> None:
     t_append = time.perf_counter() - t
     assert rep.added == a.append
     params = f"nprobe={a.nprobe}"
-    q = _unit(a.queries, a.dim, 1, a.clusters, a.spread)
+    q = unit_vectors(a.queries, a.dim, 1, a.clusters, a.spread)
 
     def qps(idx, **kw) -> float:
         idx.search(q, 10, **kw)
@@ -98,9 +89,9 @@ def main() -> None:
         ok = live & match
         got = idx.search(q, 10, where=where)[1]
         brute = np.argsort(-np.where(ok, q @ stored.T, -np.inf), axis=1)[:, :10]
-        res[name] = (qps(idx, where=where), _recall(got, brute))
+        res[name] = (qps(idx, where=where), recall(got, brute))
     brute = np.argsort(-np.where(live, q @ stored.T, -np.inf), axis=1)[:, :10]
-    plain_recall = _recall(idx.search(q, 10)[1], brute)
+    plain_recall = recall(idx.search(q, 10)[1], brute)
     t = time.perf_counter()
     crep = compact(folder, threshold=0.05)
     t_compact = time.perf_counter() - t

@@ -20,23 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _unit(n: int, d: int, seed: int, clusters: int = 0, spread: float = 1.0) -> np.ndarray:
-    """n unit vectors: isotropic (clusters=0) or around ``clusters`` seeded centres (noise ``spread``)."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, d), np.float32)
-    centres = np.random.default_rng(12345).standard_normal((clusters, d)).astype(np.float32) if clusters else None
-    for i in range(0, n, 100_000):
-        m = min(100_000, n - i)
-        x = rng.standard_normal((m, d)).astype(np.float32)
-        if clusters:
-            x = centres[rng.integers(0, clusters, m)] + spread * x
-        out[i:i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+from synthetic import recall, unit_vectors
 
 
-def _recall(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / want.shape[1] for a, b in zip(got.tolist(), want.tolist())]))
+
+
 
 
 def main() -> None:
@@ -69,14 +57,14 @@ def main() -> None:
     tmp = Path(a.out or tempfile.mkdtemp(prefix="bench-search-"))
     folder = tmp / "idx"
     if not (folder / "manifest.json").exists():
-        x = _unit(a.n, a.dim, 0, a.clusters, a.spread).astype(np.float16)
+        x = unit_vectors(a.n, a.dim, 0, a.clusters, a.spread).astype(np.float16)
         t = time.perf_counter()
         build_from_embeddings(folder, x, x, {"arch": "synthetic", "logit_scale": 100.0},
                               shard_size=-(-a.n // a.shards), index_key=a.index_key)
         print(f"built {a.n} x {a.dim} in {a.shards} shards ({a.index_key}) in {time.perf_counter() - t:.1f} s", flush=True)
     params = f"nprobe={a.nprobe}" if a.nprobe is not None else None
     idx = open_index(folder, backend="faiss-cpu", search_params=params)
-    q = _unit(a.queries, a.dim, 1, a.clusters, a.spread)
+    q = unit_vectors(a.queries, a.dim, 1, a.clusters, a.spread)
     raw = [faiss.read_index(str(folder / s["files"]["image_index"])) for s in idx.shards]
     for ix, s in zip(raw, idx.shards):
         if params or s["index"]["image"]["params"]:
@@ -144,10 +132,10 @@ def _recalls(idx, q: np.ndarray, k: int, skip_exact: bool) -> dict[str, float]:
         s = q @ x.T - offsets
         return np.argpartition(-s, k - 1, axis=1)[:, :k]
 
-    out = {"plain vs exact cosine": _recall(idx.search(q, k)[1], brute(np.zeros(len(x), np.float32)))}
+    out = {"plain vs exact cosine": recall(idx.search(q, k)[1], brute(np.zeros(len(x), np.float32)))}
     if not skip_exact:
-        out["bsap vs brute force"] = _recall(idx.search(q, k, rerank="bsap")[1], brute(idx.biases.all("bsap", "image")))
-        out["nnn vs brute force"] = _recall(idx.search(q, k, rerank="nnn")[1], brute(0.75 * idx.biases.all("nnn", "image")))
+        out["bsap vs brute force"] = recall(idx.search(q, k, rerank="bsap")[1], brute(idx.biases.all("bsap", "image")))
+        out["nnn vs brute force"] = recall(idx.search(q, k, rerank="nnn")[1], brute(0.75 * idx.biases.all("nnn", "image")))
     return out
 
 

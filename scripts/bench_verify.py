@@ -20,14 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from synthetic import unit_vectors
 
-def _unit(n: int, d: int, seed: int) -> np.ndarray:  # fp16, written in blocks: 1M x 512 without 2 GB of fp32
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, d), np.float16)
-    for i in range(0, n, 100_000):
-        x = rng.standard_normal((min(100_000, n - i), d)).astype(np.float32)
-        out[i:i + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+
 
 
 def _drop_caches() -> bool:
@@ -57,7 +52,7 @@ def main() -> None:
     tmp = Path(a.out or tempfile.mkdtemp(prefix="bench-verify-"))
     folder = tmp / "idx"
     if not (folder / "manifest.json").exists():
-        x = _unit(a.n, a.dim, 0)
+        x = unit_vectors(a.n, a.dim, 0, dtype=np.float16)
         t = time.perf_counter()
         build_from_embeddings(folder, x, x, {"arch": "synthetic"}, shard_size=-(-a.n // a.shards), index_key=a.index_key)
         print(f"built {a.n} x {a.dim} in {a.shards} shards ({a.index_key}) in {time.perf_counter() - t:.1f} s", flush=True)
