@@ -19,6 +19,7 @@ from typing import Optional
 
 log = logging.getLogger("retrieval.serve")
 TOKEN_ENV = "RETRIEVAL_WRITE_TOKEN"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def read_token(path: Optional[str]) -> Optional[str]:

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
 from ..query.filters import FilterError
-from .admin import authorised
+from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
 from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image
@@ -139,10 +139,12 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/admin/reload", response_model=Reloaded, responses=errors(401, 403))
     async def reload(request: Request):
-        """Serve each index folder's newest manifest now (needs the write token)."""
+        """Serve each index folder's newest manifest now (needs the write token, from loopback only)."""
         status, why = authorised(service.write_token, request.headers.get("authorization"))
         if status:
             raise HTTPError(status, why)
+        if request.client is None or request.client.host not in LOOPBACK:
+            raise HTTPError(403, "reload is accepted from loopback only")
         return {"indexes": await run_in_threadpool(service.reloader.reload)}
 
     @app.get("/items/{index}/{item_id}/image", responses={**errors(404, 422), 200: {
