@@ -10,6 +10,8 @@ captions are required, in which case they are skipped and logged like any bad it
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -125,6 +127,18 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
+def _die_with_parent(_worker_id: int) -> None:
+    """DataLoader worker init: on Linux the kernel SIGKILLs the worker when the build process dies
+    (after a kill -9 of the build, workers blocked on a full queue otherwise live on, holding memory)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the build died before the request took effect
+            os._exit(0)
+
+
 def iter_batches(reader: CorpusReader, preprocess: Callable, tokenizer: Callable, batch_size: int = 64,
                  workers: int = 2, positions: Optional[np.ndarray] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prefetch: int = 4, require_captions: bool = False) -> Iterator[Batch]:
@@ -136,7 +150,7 @@ def iter_batches(reader: CorpusReader, preprocess: Callable, tokenizer: Callable
         yield from ds
         return
     loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=prefetch,
-                        persistent_workers=False, collate_fn=_as_is)
+                        persistent_workers=False, collate_fn=_as_is, worker_init_fn=_die_with_parent)
     pending: dict[int, Batch] = {}
     nxt = 0
     for batch in loader:

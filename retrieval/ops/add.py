@@ -19,7 +19,7 @@ from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.masks import find_keys
 from ..store.writer import ShardWriter, read_errors, update_counts
-from .bias import extend_biases
+from .bias import BiasExtension
 
 
 @dataclass
@@ -58,7 +58,7 @@ def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: n
         replaced = dict(zip(old.found, old.ids.tolist()))
         schema = pa.Table.from_pylist(rows[:1]).schema
         writer = ShardWriter(folder, m, schema, dict(m["build"]), read_errors(folder), dict(replaced),
-                             extend=lambda man, entry, gen: extend_biases(folder, man, entry, gen))
+                             extend=BiasExtension(folder))
         has = np.abs(txt).max(axis=1) > 0
         before = len(m["shards"])
         writer.add(img, txt[has], [{**r, "_pos": i} for i, r in enumerate(rows)], has.tolist(), [], len(rows))

@@ -1,15 +1,14 @@
 """The build entry points: corpus (or precomputed embeddings) -> shards -> per-item bias offsets.
 
-The store's indexer writes the shards; this module gives it the hook that adds each new shard's
-offsets to the same commit (``extend_biases``) and computes the banks when a folder has none
-(``compute_biases``), so that the store never reaches up into the methods. Re-running a build on a
+The store's indexer writes the shards; this module gives it the hook (``BiasExtension``) that adds
+each new shard's offsets to the same commit and, for a folder without banks, computes them in the
+run's last publish, so that the store never reaches up into the methods. Re-running a build on a
 complete folder syncs it with the corpus: new items appended, changed ones replaced, gone ones deleted.
 """
 from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -17,8 +16,9 @@ import numpy as np
 from ..corpus import DEFAULT_MAX_PIXELS, open_corpus
 from ..embed import ClipModel, load_model
 from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
-from ..store.outfolder import check_out
-from .bias import compute_biases, extend_biases
+from ..errors import StorageError
+from ..store.outfolder import check_out, committed
+from .bias import BiasExtension, compute_biases
 
 log = logging.getLogger("retrieval.build")
 
@@ -47,9 +47,13 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
                 "recall_target": recall_target, "require_captions": require_captions}
-    manifest, run = index_corpus(reader, out, clip, settings, progress, extend=partial(extend_biases, out))
+    manifest, run = index_corpus(reader, out, clip, settings, progress, extend=BiasExtension(out, clip, bias_bank))
     if bias_bank and ("bias" not in manifest or manifest["bias"].get("stale")):
-        manifest["bias"] = compute_biases(out, clip, bank=manifest.get("bias", {}).get("bank") or bias_bank)
+        try:
+            manifest["bias"] = compute_biases(out, clip, bank=manifest.get("bias", {}).get("bank") or bias_bank)
+        except StorageError as e:
+            raise StorageError(f"{e}; {committed(manifest)} committed, bias offsets not yet computed: free space "
+                               f"and re-run the same command to resume") from None
     if report is not None:
         report.append(run)
     return manifest
@@ -64,8 +68,6 @@ def build_from_embeddings(out: str | os.PathLike, image_emb: np.ndarray, text_em
     ``model`` is the identity the embeddings come from (at least arch, embed_dim, logit_scale);
     ``rows`` are metadata dicts (default: ``{"key": str(i)}``). Returns the manifest.
     """
-    manifest = write_embeddings(out, image_emb, text_emb, model, rows, shard_size=shard_size, index_key=index_key,
-                                memory_budget=memory_budget, recall_target=recall_target)  # a new folder: no biases yet
-    if bias_bank:
-        manifest["bias"] = compute_biases(out, clip, bank=bias_bank)
-    return manifest
+    return write_embeddings(out, image_emb, text_emb, model, rows, shard_size=shard_size, index_key=index_key,
+                            memory_budget=memory_budget, recall_target=recall_target,
+                            extend=BiasExtension(out, clip, bias_bank))

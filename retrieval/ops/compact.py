@@ -20,11 +20,12 @@ import numpy as np
 
 from ..errors import IndexFolderError
 from ..store.generations import publish
-from ..store.layout import MODALITIES, augmented_path, bias_path
+from ..store.layout import MODALITIES, bias_path
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.masks import caption_mask, deleted_mask
-from ..store.shard import embeddings_of, write_shard
+from ..store.shard import write_shard
+from ..store.vectors import read_all
 from ..store.writer import next_ids, update_counts, read_errors
 from .bias import METHODS, save_shard_offsets
 
@@ -82,15 +83,17 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
             m["bias"]["stale"] = True
         for s in chosen:
             live = _live_rows(folder, m, s)
-            parts["img"].append(np.asarray(embeddings_of(folder, s, "image")[live]))
-            parts["txt"].append(np.asarray(embeddings_of(folder, s, "text")[live]))
+            parts["img"].append(np.asarray(read_all(folder, s, "image")[live]))
+            parts["txt"].append(np.asarray(read_all(folder, s, "text")[live]) if "text" in s["index"]
+                                else np.zeros((len(live), s["dim"]), np.float16))
             cap = caption_mask(folder, s)
             parts["cap"].append(np.ones(len(live), bool) if cap is None else cap[live])
             parts["meta"].append(pq.read_table(folder / s["files"]["metadata"]).take(pa.array(live)))
             if bias:
                 for mt in METHODS:
                     for mod in MODALITIES:
-                        parts[(mt, mod)].append(np.load(bias_path(folder, mt, mod, s["id"], bias["dir"]))[live])
+                        path = bias_path(folder, mt, mod, s["id"], bias["dir"])
+                        parts[(mt, mod)].append(np.load(path)[live] if path.exists() else np.zeros(len(live), np.float32))
         joined = {k: (pa.concat_tables(v) if k == "meta" else np.concatenate(v)) for k, v in parts.items() if v}
         schema = joined["meta"].schema.remove_metadata()
         chosen_ids = {s["id"] for s in chosen}
@@ -101,17 +104,17 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
         for start in range(0, n, size):
             sl = slice(start, min(start + size, n))
             k, offset = next_ids(m)
-            entry = write_shard(folder, m, k, offset, joined["img"][sl], joined["txt"][sl], joined["meta"].slice(start, sl.stop - start),
-                                joined["cap"][sl], schema, settings)
+            offsets = ({mod: {mt: joined[(mt, mod)][sl] for mt in METHODS} for mod in MODALITIES} if bias else None)
+            entry = write_shard(folder, m, k, offset, joined["img"][sl], joined["txt"][sl],
+                                joined["meta"].slice(start, sl.stop - start), joined["cap"][sl], schema, settings, offsets)
             entry["end_pos"] = None
             m["shards"].append(entry)
             m["next_shard"], m["next_id"] = k + 1, offset + entry["rows"]
             if bias:
-                save_shard_offsets(folder, m, entry, {key: joined[key][sl] for key in joined if isinstance(key, tuple)})
+                save_shard_offsets(folder, m, entry, {mod: offsets[mod] for mod in entry["index"]})
         if bias:  # the rewritten shards' offset files are no longer current
-            gone = {p.relative_to(folder).as_posix() for s in chosen for mt in METHODS for mod in MODALITIES
-                    for p in (bias_path(folder, mt, mod, s["id"], bias["dir"]),
-                              augmented_path(folder, mt, mod, s["id"], bias["dir"]))}
+            gone = {bias_path(folder, mt, mod, s["id"], bias["dir"]).relative_to(folder).as_posix()
+                    for s in chosen for mt in METHODS for mod in MODALITIES}
             bias["files"] = {rel: rec for rel, rec in bias["files"].items() if rel not in gone}
         update_counts(m, read_errors(folder))
         publish(folder, m)

@@ -1,23 +1,18 @@
-"""The stored per-item offsets of an opened index (``bias/``) and its bias-augmented indexes.
+"""The stored per-item offsets of an opened index (the current bias generation).
 
-``Biases`` reads what ``retrieval bias`` wrote: per shard, method ('bsap' | 'nnn') and target
-modality, one float per item; for non-Flat shards, the augmented faiss index over [e, -(c - shift)]
-(Flat shards get theirs built in memory on first use, from the stored embeddings).
+One float per item, per shard, method ('bsap' | 'nnn') and target modality: what candidate reranks,
+the torch path, Flat shards and exact scans subtract. The combined indexes carry the same offsets as
+their extra coordinates, minus the manifest's shifts (``store.combined``).
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..methods.augmented import build_augmented
-from ..store.layout import augmented_path, bias_dir, bias_path
-from .shards import ShardSet, read_shard_index, reading
-
-AUGMENTED_CACHE = 4  # augmented index sets kept (one per modality x method; any α)
-log = logging.getLogger("retrieval.query")
+from ..store.layout import bias_dir, bias_path
+from .shards import ShardSet, reading
 
 
 class Biases:
@@ -28,7 +23,6 @@ class Biases:
         self.where = bias_dir(self.section)  # the current generation's folder
         self._per_shard: dict[tuple, list[np.ndarray]] = {}
         self._all: dict[tuple, np.ndarray] = {}
-        self._augmented: dict[tuple, Optional[list]] = {}
 
     @property
     def available(self) -> bool:
@@ -39,7 +33,8 @@ class Biases:
         return float((self.section or {}).get("tau", self.manifest["model"]["logit_scale"]))
 
     def per_shard(self, method: str, modality: str) -> list[np.ndarray]:
-        """Offsets of ``method`` for targets of ``modality``, one array per shard."""
+        """Offsets of ``method`` for targets of ``modality``, one array per shard (zeros for a shard
+        without that modality)."""
         key = (method, modality)
         if key not in self._per_shard:
             if self.section is None:
@@ -47,6 +42,9 @@ class Biases:
                                        f"`retrieval bias`)")
             out = []
             for s in self.shards.shards:
+                if modality not in s["index"]:
+                    out.append(np.zeros(s["rows"], np.float32))
+                    continue
                 path = bias_path(self.shards.folder, method, modality, s["id"], self.where)
                 if not path.exists():
                     raise IndexFolderError(f"missing {path}; recompute with `retrieval bias`")
@@ -59,7 +57,7 @@ class Biases:
         return self._per_shard[key]
 
     def all(self, method: str, modality: str) -> np.ndarray:
-        """Offsets of every item in global id order (float32 [N])."""
+        """Offsets of every stored row in shard order (float32 [rows])."""
         key = (method, modality)
         if key not in self._all:
             self._all[key] = np.concatenate(self.per_shard(method, modality)).astype(np.float32)
@@ -67,39 +65,11 @@ class Biases:
 
     def gather(self, method: str, modality: str, ids: np.ndarray) -> np.ndarray:
         """Offsets of global ``ids`` (any shape)."""
-        return self.all(method, modality)[ids]
+        ids = np.asarray(ids, np.int64)
+        sh, local = self.shards.locate(np.clip(ids, 0, None).ravel()) if ids.size else (ids, ids)
+        flat = np.concatenate([[0], np.cumsum(self.shards.rows)[:-1]])[sh] + local
+        return self.all(method, modality)[flat].reshape(ids.shape)
 
     def shift(self, method: str, modality: str) -> float:
-        """The constant subtracted from the offsets in the augmented indexes (0 for older folders)."""
+        """The constant subtracted from the offsets in the indexes' extra coordinates."""
         return float((self.section or {}).get("shift", {}).get(method, {}).get(modality, 0.0))
-
-    def augmented(self, modality: str, method: str) -> Optional[list]:
-        """Per-shard augmented indexes (stored ones for non-Flat shards, in-memory Flat ones), or None
-        when a non-Flat shard has none stored (the caller then scans exactly with numpy)."""
-        key = (modality, method)
-        if key in self._augmented:
-            return self._augmented[key]
-        while len(self._augmented) >= AUGMENTED_CACHE:  # bounded: Flat copies hold N x (d+1) floats
-            self._augmented.pop(next(iter(self._augmented)))
-        shards, folder = self.shards, self.shards.folder
-        missing = [s["id"] for s in shards.shards if s["index"][modality]["key"] != "Flat"
-                   and not augmented_path(folder, method, modality, s["id"], self.where).exists()]
-        if missing:  # remembered, so the warning and this check happen once per method and modality
-            log.warning("%s: no augmented index for shard(s) %s (re-run `retrieval bias`); "
-                        "exact %s search falls back to a numpy scan", folder, missing, method)
-            self._augmented[key] = None
-            return None
-        offsets, shift = self.per_shard(method, modality), self.shift(method, modality)
-        out = []
-        for s, emb, off, plain in zip(shards.shards, shards.embeddings(modality), offsets, shards.faiss[modality]):
-            info = s["index"][modality]
-            if info["key"] == "Flat":
-                out.append(build_augmented(plain, "Flat", emb, off, shift))
-                continue
-            path = augmented_path(folder, method, modality, s["id"], self.where)
-            ix = read_shard_index(path, info, shards.mmap, shards.search_params)
-            if ix.ntotal != s["rows"]:
-                raise IndexFolderError(f"{path} holds {ix.ntotal} vectors, shard has {s['rows']}")
-            out.append(ix)
-        self._augmented[key] = out
-        return out

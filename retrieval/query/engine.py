@@ -1,29 +1,37 @@
-"""Search among one modality's items through the chosen backend: plain cosine top-k, or the exact
-top-k of s(q, j) - scale * c_j with a method's stored per-item offsets c (DESIGN §4).
+"""Search among one modality's items: plain cosine top-k, or the exact top-k of s(q, j) - scale * c_j
+with a method's stored per-item offsets c (DESIGN §4), over the rows a selection allows.
 
-How the offset search runs depends on the backend: torch subtracts the offsets inside its matmul;
-faiss searches the bias-augmented indexes with [q, scale] (and adds back the stored shift); a folder
-without augmented files falls back to an exact numpy scan.
-
-A :class:`~retrieval.query.selection.Selection` limits every path to the allowed rows (live,
-captioned for text, matching a filter). Every search returns min(k, allowed rows) results per query:
-queries for which the backend still found too few (after its own exhaustive retry) are answered by
-an exact scan of the stored embeddings.
+Each shard is searched by its kind: an indexed shard through its one combined index with the query
+[q, β, α] (``store.combined``; the shift taken off its scores), a Flat shard by BLAS over its npy minus the
+offsets, and the torch path over every vector in one tensor. Every search returns min(k, allowed
+rows) results per query: queries still short after a shard's own exhaustive retry are answered by an
+exact scan of the stored vectors, and a selective selection is scanned exactly from the start when
+that reads fewer vectors than the index would.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from ..methods.augmented import augment_query
+from ..store.combined import combine_query
 from ..methods.rerank import offset_search
-from .backends import FaissBackend, TorchBackend, merge_topk
+from .backends import TorchBackend, merge_topk
 from .biases import Biases
-from .faiss_search import search_shards
+from .faiss_search import THREADED_MAX_QUERIES, search_shard
 from .selection import Selection
 from .shards import ShardSet
+
+
+@dataclass(frozen=True)
+class Offset:
+    """Subtract ``scale`` times the stored offsets of ``method`` ('bsap' | 'nnn') from every score."""
+
+    method: str
+    scale: float
 
 
 def _ivf(index):
@@ -36,21 +44,16 @@ def _ivf(index):
         return None
 
 
-@dataclass(frozen=True)
-class Offset:
-    """Subtract ``scale`` times the stored offsets of ``method`` ('bsap' | 'nnn') from every score."""
-
-    method: str
-    scale: float
+def _empty(n: int):
+    return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
 
 
 class ModalitySearch:
     def __init__(self, shards: ShardSet, biases: Biases, modality: str, backend: str):
         self.shards, self.biases, self.modality, self.backend_name = shards, biases, modality, backend
-        if backend == "torch":
-            self.backend = TorchBackend(shards.embeddings(modality))
-        else:
-            self.backend = FaissBackend(shards.faiss[modality], shards.starts, gpu=backend == "faiss-gpu")
+        self._torch: Optional[TorchBackend] = None
+        self._gpu: dict[int, object] = {}
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards.shards), os.cpu_count() or 1)))
 
     def search(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
                selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -60,64 +63,103 @@ class ModalitySearch:
             selection = None
         want = min(k, len(self.shards) if selection is None else selection.total)
         if want == 0:
-            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        if selection is not None and self.backend_name != "torch" and self.exact_is_cheaper(selection):
+            return _empty(len(q))
+        if self.backend_name == "torch":
+            return self._torch_search(q, want, offset, selection)
+        if selection is not None and self.exact_is_cheaper(selection):
             return self.exact(q, want, offset, selection)
-        s, ids = self._search(q, want, offset, selection)
+        run = (lambda i: self._shard(i, q, want, offset, selection))
+        n = len(self.shards.shards)
+        parts = list(self.pool.map(run, range(n))) if n > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in range(n)]
+        s, ids = merge_topk(parts, self.shards.starts, want)
         short = (ids >= 0).sum(1) < want
         if short.any():
             s, ids = s.copy(), ids.copy()
             s[short], ids[short] = self.exact(q[short], want, offset, selection)
         return s, ids
 
-    def _search(self, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection]):
-        if offset is None:
-            return self.backend.search(q, k, selection=selection)
-        scale = float(offset.scale)
-        if self.backend_name == "torch":
-            return self.backend.search(q, k, scale * self.biases.all(offset.method, self.modality), selection)
-        aug = self.biases.augmented(self.modality, offset.method)
-        if aug is None:  # non-Flat shards without stored augmented indexes: exact numpy scan (slow)
-            return self.exact(q, k, offset, selection)
-        s, ids = search_shards(aug, augment_query(q, scale, aug[0].d), k, self.shards.starts, selection=selection)
-        return s - np.float32(scale * self.biases.shift(offset.method, self.modality)), ids
+    def _offsets(self, i: int, offset: Optional[Offset]) -> Optional[np.ndarray]:
+        return None if offset is None else offset.scale * self.biases.per_shard(offset.method, self.modality)[i]
+
+    def _shard(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection]):
+        """(scores, local ids) of shard ``i``."""
+        mask = None if selection is None else selection.masks[i]
+        allowed = int(self.shards.rows[i] if mask is None else selection.counts[i])
+        if allowed == 0 or self.modality not in self.shards.shards[i]["index"]:
+            return _empty(len(q))
+        index = self.shards.index(i, self.modality)
+        if index is None:  # a Flat shard: BLAS over its npy, the offsets subtracted
+            return self._scan(i, q, k, offset, mask)
+        bsap = offset.scale if offset is not None and offset.method == "bsap" else 0.0
+        nnn = offset.scale if offset is not None and offset.method == "nnn" else 0.0
+        qa = combine_query(q, index.d, bsap, nnn)
+        if mask is None and self.backend_name == "faiss-gpu" and k <= 2048:
+            index = self._gpu_copy(i, index)
+        s, local = search_shard(index, qa, k, mask, None if mask is None else selection.bits(i), allowed)
+        if offset is not None:
+            s = s - np.float32(offset.scale * self.biases.shift(offset.method, self.modality))
+        return s, local
+
+    def _scan(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], mask: Optional[np.ndarray]):
+        """Exact top-k of shard ``i`` by a numpy scan of its stored vectors (only the allowed rows)."""
+        vec = self.shards.vectors(i, self.modality)
+        off = self._offsets(i, offset)
+        if mask is None:
+            x, rows = vec.all(), None
+        else:
+            rows = np.flatnonzero(mask)
+            x = vec.rows(rows)
+        o = np.zeros(len(x), np.float32) if off is None else (off if rows is None else off[rows])
+        if len(x) == 0:
+            return _empty(len(q))
+        s, local = offset_search(q, x, o, min(k, len(x)))
+        return s, (local if rows is None else rows[local])
 
     def exact_is_cheaper(self, selection: Selection) -> bool:
         """Whether scanning only the allowed rows reads fewer vectors than the index search would:
         an IVF shard probes nprobe x (rows / allowed) of its nlist lists (``faiss_search``)."""
         scanned = 0.0
-        for i, index in enumerate(self.shards.faiss[self.modality]):
-            ivf = _ivf(index)
+        for i, s in enumerate(self.shards.shards):
             allowed = int(selection.counts[i])
-            if ivf is None or selection.masks[i] is None or allowed == 0:
-                scanned += allowed if selection.masks[i] is not None else index.ntotal
+            if selection.masks[i] is None or allowed == 0 or not self.shards.has_index(i, self.modality):
+                scanned += allowed if selection.masks[i] is not None else s["rows"]
                 continue
-            scale = index.ntotal / allowed
-            scanned += index.ntotal * min(1.0, ivf.nprobe * scale / ivf.nlist)
+            ivf = _ivf(self.shards.index(i, self.modality))
+            if ivf is None:
+                scanned += allowed
+                continue
+            scanned += s["rows"] * min(1.0, ivf.nprobe * s["rows"] / allowed / ivf.nlist)
         return selection.total <= scanned
 
     def exact(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
               selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
-        """The exact top-k by a numpy scan of the stored embeddings (minus scale * offsets), reading
-        only the rows ``selection`` allows."""
-        embs = self.shards.embeddings(self.modality)
-        if offset is None:
-            offsets = [None] * len(embs)
-        else:
-            offsets = [offset.scale * o for o in self.biases.per_shard(offset.method, self.modality)]
+        """The exact top-k by numpy scans of the stored vectors, reading only the allowed rows."""
         parts = []
-        for i, (emb, off) in enumerate(zip(embs, offsets)):
+        for i, s in enumerate(self.shards.shards):
             mask = None if selection is None else selection.masks[i]
-            rows = np.arange(len(emb)) if mask is None else np.flatnonzero(mask)
-            sub = emb if mask is None else emb[rows]
-            o = np.zeros(len(rows), np.float32) if off is None else (off if mask is None else off[rows])
-            if len(rows) == 0:
-                parts.append((np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)))
+            if self.modality not in s["index"] or (mask is not None and not mask.any()):
+                parts.append(_empty(len(q)))
                 continue
-            s, local = offset_search(q, sub, o, min(k, len(rows)))
-            parts.append((s, rows[local]))
+            parts.append(self._scan(i, q, k, offset, mask))
         s, ids = merge_topk(parts, self.shards.starts, k)
         return s, np.where(np.isfinite(s), ids, -1)
+
+    def _torch_search(self, q, k, offset, selection):
+        if self._torch is None:
+            self._torch = TorchBackend(self.shards.embeddings(self.modality))
+        pos_to_id = np.concatenate([st + np.arange(n) for st, n in zip(self.shards.starts, self.shards.rows)])
+        off = None if offset is None else offset.scale * self.biases.all(offset.method, self.modality)
+        s, pos = self._torch.search(q, k, off, selection)
+        return s, np.where(pos >= 0, pos_to_id[np.clip(pos, 0, None)], -1)
+
+    def _gpu_copy(self, i: int, index):
+        import faiss
+
+        if i not in self._gpu:
+            if faiss.get_num_gpus() == 0:
+                raise ValueError("backend faiss-gpu requested but faiss sees no GPU")
+            self._gpu[i] = faiss.index_cpu_to_all_gpus(index)
+        return self._gpu[i]
 
     def item_offsets(self, method: str, ids: np.ndarray) -> np.ndarray:
         """The stored offsets of ``method`` for global ``ids`` (any shape)."""

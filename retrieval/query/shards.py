@@ -1,24 +1,30 @@
-"""The shards of an opened index folder: checked against the manifest, with their faiss indexes and
-(memory-mapped) embeddings, and the mapping from global ids to (shard, row).
+"""The shards of an opened index folder: checked against the manifest on open, loaded lazily.
 
-Opening checks, in O(files): every listed file's size and sampled fingerprint
-(``store.integrity.quick_check``), each Parquet file's shard identity, and the row counts of the
-npy headers, Parquet footers and faiss indexes. Any file that fails to load is named in the error.
+Opening reads the manifest and checks, in O(files) and without loading any index: every listed
+file's size and sampled fingerprint (``store.integrity.quick_check``), each Parquet footer's row
+count and shard identity, each npy header and each faiss header (16 bytes: its row count). A
+modality's indexes are read on first use, memory-mapped in faiss's in-memory layout
+(``IO_FLAG_MMAP_IFC``): the page cache holds the lists, not the process, and nothing is read for a
+modality never searched. ``mmap=False`` reads them into RAM instead. Any file that fails to load is
+named in the error.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..store.integrity import quick_check
-from ..store.layout import EMB_FILE, INDEX_FILE, MODALITIES
+from ..store.faiss_index import index_rows
 from ..store.files import PARQUET_SHARD_KEY
+from ..store.integrity import quick_check
+from ..store.layout import EMB_FILE, INDEX_FILE
+from ..store.vectors import ShardVectors
 
 
 @contextlib.contextmanager
@@ -43,23 +49,14 @@ def check_listed_files(folder: Path, manifest: dict) -> None:
         raise IndexFolderError(f"{folder / rel}: {why}{more}; run `retrieval verify {folder}`")
 
 
-def read_flag(key: str, mmap: Optional[bool]) -> int:
-    """faiss read flag: memory-map Flat shards; by default read IVF/HNSW shards into RAM, because
-    faiss's memory-mapped inverted lists (OnDiskInvertedLists) search 1.5-5x slower."""
-    import faiss
-
-    use = (key == "Flat") if mmap is None else mmap
-    return faiss.IO_FLAG_MMAP if use else 0
-
-
 def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], params: Optional[str] = None):
-    """One shard's faiss index, read with ``info``'s (the manifest's) key and tuned search parameters,
-    or ``params`` (e.g. 'nprobe=16') instead for non-Flat shards."""
+    """One shard's faiss index (memory-mapped in the in-memory layout unless ``mmap`` is False), with
+    ``info``'s (the manifest's) tuned search parameters, or ``params`` (e.g. 'nprobe=16') instead."""
     import faiss
 
     with reading(path):
-        ix = faiss.read_index(str(path), read_flag(info["key"], mmap))
-    use = params if params and info["key"] != "Flat" else info["params"]
+        ix = faiss.read_index(str(path), 0 if mmap is False else faiss.IO_FLAG_MMAP_IFC)
+    use = params if params else info["params"]
     if use:
         try:
             faiss.ParameterSpace().set_index_parameters(ix, use)
@@ -68,8 +65,28 @@ def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], 
     return ix
 
 
+def check_params(shards: list[dict], params: Optional[str]) -> None:
+    """ValueError when ``params`` (e.g. 'nprobe=16') do not apply to some shard's index key (checked
+    on an empty index of that key: nothing is loaded)."""
+    import faiss
+
+    if not params:
+        return
+    seen = set()
+    for s in shards:
+        for info in s["index"].values():
+            if info["key"] == "Flat" or (info["key"], info["dim"]) in seen:
+                continue
+            seen.add((info["key"], info["dim"]))
+            try:
+                faiss.ParameterSpace().set_index_parameters(
+                    faiss.index_factory(info["dim"], info["key"], faiss.METRIC_INNER_PRODUCT), params)
+            except RuntimeError:
+                raise ValueError(f"search parameters {params!r} do not apply to a {info['key']} index") from None
+
+
 class ShardSet:
-    """Non-empty shards of ``manifest`` under ``folder``; every file's rows checked on open."""
+    """Non-empty shards of ``manifest`` under ``folder``: checked on open, indexes loaded on first use."""
 
     def __init__(self, folder: Path, manifest: dict, mmap: Optional[bool] = None, search_params: Optional[str] = None,
                  previous: Optional["ShardSet"] = None):
@@ -79,22 +96,18 @@ class ShardSet:
         self.shards = [s for s in manifest["shards"] if s["rows"] > 0]
         self.starts = np.array([s["offset"] for s in self.shards], dtype=np.int64)  # global id of each first row
         self.rows = np.array([s["rows"] for s in self.shards], dtype=np.int64)
-        self.faiss: dict[str, list] = {mod: [] for mod in MODALITIES}
         check_listed_files(self.folder, manifest)
-        old = {} if previous is None else {s["id"]: i for i, s in enumerate(previous.shards)}
+        check_params(self.shards, search_params)
+        self._lock = threading.Lock()
+        self._indexes: dict[tuple, object] = {}
+        self._vectors: dict[tuple, ShardVectors] = {}
+        old = {} if previous is None else {s["id"]: previous for s in previous.shards}
         for s in self.shards:
             if s["id"] in old:
-                for mod in MODALITIES:
-                    self.faiss[mod].append(previous.faiss[mod][old[s["id"]]])
-                continue
+                continue  # checked when that snapshot opened
             self._check_files(s)
-            for mod in MODALITIES:
-                ix = read_shard_index(self.path(s, INDEX_FILE[mod]), s["index"][mod], mmap, search_params)
-                if ix.ntotal != s["rows"]:
-                    raise IndexFolderError(f"shard {s['id']}: {mod} index holds {ix.ntotal} vectors, "
-                                           f"manifest says {s['rows']}")
-                self.faiss[mod].append(ix)
-        self._emb: dict[str, list[np.ndarray]] = {}
+        if previous is not None:  # loaded indexes of shards still present
+            self._indexes.update({k: v for k, v in previous._indexes.items() if k[1] in old})
 
     def path(self, shard: dict, role: str) -> Path:
         return self.folder / shard["files"][role]
@@ -102,16 +115,6 @@ class ShardSet:
     def _check_files(self, s: dict) -> None:
         import pyarrow.parquet as pq
 
-        for role in ("img_emb", "text_emb", "metadata", "image_index", "text_index"):
-            if not self.path(s, role).exists():
-                raise IndexFolderError(f"shard {s['id']}: missing {s['files'][role]}")
-        for role in ("img_emb", "text_emb"):
-            with reading(self.path(s, role)):
-                shape = np.load(self.path(s, role), mmap_mode="r").shape
-            if shape[0] != s["rows"]:
-                raise IndexFolderError(f"shard {s['id']}: {s['files'][role]} has {shape[0]} rows, manifest says {s['rows']}")
-            if len(shape) != 2 or shape[1] != self.dim:
-                raise IndexFolderError(f"shard {s['id']}: {s['files'][role]} has shape {shape}, the index has dim {self.dim}")
         with reading(self.path(s, "metadata")):
             meta = pq.ParquetFile(self.path(s, "metadata")).metadata
         if meta.num_rows != s["rows"]:
@@ -120,6 +123,21 @@ class ShardSet:
         if owner is not None and json.loads(owner) != [s["id"], s["offset"]]:
             raise IndexFolderError(f"{self.path(s, 'metadata')} holds the rows of shard {json.loads(owner)[0]}, "
                                    f"not shard {s['id']}")
+        for mod in s["index"]:
+            if EMB_FILE[mod] in s["files"]:
+                with reading(self.path(s, EMB_FILE[mod])):
+                    shape = np.load(self.path(s, EMB_FILE[mod]), mmap_mode="r").shape
+                if shape[0] != s["rows"]:
+                    raise IndexFolderError(f"shard {s['id']}: {s['files'][EMB_FILE[mod]]} has {shape[0]} rows, "
+                                           f"manifest says {s['rows']}")
+                if len(shape) != 2 or shape[1] != self.dim:
+                    raise IndexFolderError(f"shard {s['id']}: {s['files'][EMB_FILE[mod]]} has shape {shape}, "
+                                           f"the index has dim {self.dim}")
+            if INDEX_FILE[mod] in s["files"]:
+                with reading(self.path(s, INDEX_FILE[mod])):
+                    n = index_rows(self.path(s, INDEX_FILE[mod]))
+                if n != s["rows"]:
+                    raise IndexFolderError(f"shard {s['id']}: {mod} index holds {n} vectors, manifest says {s['rows']}")
 
     def __len__(self) -> int:
         return int(self.rows.sum())
@@ -128,15 +146,37 @@ class ShardSet:
     def dim(self) -> int:
         return int(self.manifest["model"]["embed_dim"])
 
+    def has_index(self, i: int, modality: str) -> bool:
+        return INDEX_FILE[modality] in self.shards[i]["files"]
+
+    def index(self, i: int, modality: str):
+        """Shard ``i``'s faiss index of ``modality`` (loaded on first use), or None (a Flat shard)."""
+        s = self.shards[i]
+        if not self.has_index(i, modality):
+            return None
+        key = (modality, s["id"])
+        with self._lock:
+            if key not in self._indexes:
+                ix = read_shard_index(self.path(s, INDEX_FILE[modality]), s["index"][modality], self.mmap,
+                                      self.search_params)
+                if ix.ntotal != s["rows"]:
+                    raise IndexFolderError(f"shard {s['id']}: {modality} index holds {ix.ntotal} vectors, "
+                                           f"manifest says {s['rows']}")
+                self._indexes[key] = ix
+            return self._indexes[key]
+
+    def vectors(self, i: int, modality: str) -> ShardVectors:
+        """Shard ``i``'s stored vectors of ``modality`` (from its npy or its index codes)."""
+        s = self.shards[i]
+        key = (modality, s["id"])
+        if key not in self._vectors:
+            self._vectors[key] = ShardVectors(self.folder, s, modality, lambda: self.index(i, modality))
+        return self._vectors[key]
+
     def embeddings(self, modality: str) -> list[np.ndarray]:
-        """Per-shard stored (fp16, memory-mapped) embeddings of ``modality``."""
-        if modality not in self._emb:
-            out = []
-            for s in self.shards:
-                with reading(self.path(s, EMB_FILE[modality])):
-                    out.append(np.load(self.path(s, EMB_FILE[modality]), mmap_mode="r"))
-            self._emb[modality] = out
-        return self._emb[modality]
+        """Per-shard stored embeddings of ``modality`` (fp16 [rows, d]; zeros where a shard has none)."""
+        return [self.vectors(i, modality).all() if modality in s["index"] else np.zeros((s["rows"], self.dim), np.float16)
+                for i, s in enumerate(self.shards)]
 
     def locate(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """(shard position, row in shard) of global ``ids`` [n]; IndexError for ids not in the index."""
@@ -148,7 +188,8 @@ class ShardSet:
         return sh, flat - self.starts[sh]
 
     def gather(self, ids, modality: str) -> np.ndarray:
-        """Stored embeddings of global ``ids`` as float32 [..., d] (ids < 0 give zero rows)."""
+        """Stored embeddings of global ``ids`` as float32 [..., d] (ids < 0, and shards without the
+        modality, give zero rows); only the rows asked for are read or decoded."""
         ids = np.asarray(ids, dtype=np.int64)
         flat = ids.ravel()
         out = np.zeros((len(flat), self.dim), np.float32)
@@ -156,8 +197,8 @@ class ShardSet:
         if valid.any():
             sh, local = self.locate(flat[valid])
             pos = np.flatnonzero(valid)
-            embs = self.embeddings(modality)
             for k in np.unique(sh):
                 sel = sh == k
-                out[pos[sel]] = embs[k][local[sel]]
+                if modality in self.shards[k]["index"]:
+                    out[pos[sel]] = self.vectors(int(k), modality).rows(local[sel])
         return out.reshape(ids.shape + (self.dim,))

@@ -24,11 +24,13 @@ def validate_key(key: str, d: int) -> None:
 
 
 def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Optional[bool] = None,
-                      trained=None, train_rows: Optional[np.ndarray] = None):
+                      trained=None, train_rows: Optional[np.ndarray] = None, extra: int = 0):
     """Train (on a random sample) and fill an inner-product faiss index with ``vectors``.
 
     ``trained``: an empty trained index of ``key`` to fill instead (no training: appended shards reuse
-    the folder's quantizer); ``train_rows``: the rows training may sample (default all).
+    the folder's quantizer); ``train_rows``: the rows training may sample (default all); ``extra``:
+    the last ``extra`` coordinates are offsets (``store.combined``): an IVF coarse quantiser is
+    trained with them at zero, so lists and probing do not depend on them.
     """
     import faiss
 
@@ -41,6 +43,9 @@ def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Opt
         index.add(x)
         return index
     index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    ivf_sq = faiss.downcast_index(index)
+    if isinstance(ivf_sq, faiss.IndexIVFScalarQuantizer) and ivf_sq.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        ivf_sq.by_residual = False  # codes are the fp16 vectors themselves: decodable, patchable, faster for IP
     if use_gpu is None:
         use_gpu = faiss.get_num_gpus() > 0 and "HNSW" not in key
     work = index
@@ -48,13 +53,43 @@ def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Opt
         work = faiss.index_cpu_to_all_gpus(index)
     if not work.is_trained:
         pool = np.arange(n) if train_rows is None else np.asarray(train_rows, np.int64)
-        work.train(x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]])
+        sample = x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]]
+        if extra:
+            _train_coarse(work, key, sample, extra)
+        work.train(sample)
     work.add(x)
     return faiss.index_gpu_to_cpu(work) if use_gpu else index
 
 
+def _train_coarse(index, key: str, sample: np.ndarray, extra: int) -> None:
+    """Fill an IVF's coarse quantiser with centroids trained on ``sample`` whose last ``extra``
+    coordinates are zeroed (faiss then skips its own coarse training). Not under a pre-transform
+    (OPQ rotates every coordinate together)."""
+    import faiss
+
+    ix = faiss.downcast_index(index)
+    if not isinstance(ix, faiss.IndexIVF) or ix.quantizer.ntotal:
+        return
+    zeroed = sample.copy()
+    zeroed[:, -extra:] = 0
+    coarse = faiss.index_factory(sample.shape[1], f"IVF{ix.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    coarse.train(zeroed)
+    ix.quantizer.add(faiss.downcast_index(coarse).quantizer.reconstruct_n(0, ix.nlist))
+
+
+def index_rows(path) -> int:
+    """The number of vectors a faiss index file holds, from its 16-byte header (no loading)."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 16:
+        raise ValueError("too short for a faiss index")
+    return struct.unpack("<q", head[8:16])[0]
+
+
 def tune_params(index, vectors: np.ndarray, key: str, recall: float = 0.95, k: int = 10,
-                n_queries: int = 500, seed: int = 0, query_rows: Optional[np.ndarray] = None) -> str:
+                n_queries: int = 500, seed: int = 0, query_rows: Optional[np.ndarray] = None, extra: int = 0) -> str:
     """Smallest nprobe/efSearch whose recall@k on self-queries reaches ``recall`` ('' for Flat)."""
     import faiss
 
@@ -66,7 +101,9 @@ def tune_params(index, vectors: np.ndarray, key: str, recall: float = 0.95, k: i
     pool = np.arange(n) if query_rows is None else np.asarray(query_rows, np.int64)
     if len(pool) == 0:
         return ""
-    q = x[pool[rng.choice(len(pool), min(n_queries, len(pool)), replace=False)]]
+    q = x[pool[rng.choice(len(pool), min(n_queries, len(pool)), replace=False)]].copy()
+    if extra:  # plain queries: [e, 0, 0] (the offsets coordinates meet zeros)
+        q[:, -extra:] = 0
     k = min(k, n)
     _, truth = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
     ps = faiss.ParameterSpace()

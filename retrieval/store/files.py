@@ -13,7 +13,13 @@ from .layout import METADATA_ROW_GROUP
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr)
+        try:
+            np.save(f, arr)
+        except OSError as e:
+            if e.errno is not None:
+                raise
+            # numpy's fwrite says only "N requested and M written"
+            raise write_failure(path, f"short write ({e})") from None
 
 
 PARQUET_SHARD_KEY = b"retrieval.shard"  # key-value metadata: which shard (id, first global id) a file holds

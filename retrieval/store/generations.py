@@ -4,7 +4,9 @@ manifest write, then collect what the switch made unreachable (DESIGN §10).
 A reader only ever follows a manifest, so it sees the old set of files or the new set, never a mix;
 kill -9 at any point leaves one of the two. Files that a publish stops referencing are *retired*:
 listed in the new manifest and deleted at the next publish, so a reader that opened the previous
-generation just before a switch can still load its files for one more generation. Anything else in
+generation just before a switch can still load its files for one more generation. Files retired from
+an incomplete generation (a first build in progress, which no reader opens) are deleted at once: a
+first build does not hold two copies of what its last step rewrites. Anything else in
 the managed folders that no manifest knows (what a killed writer left) is swept at each publish.
 """
 from __future__ import annotations
@@ -39,9 +41,11 @@ def publish(folder: str | os.PathLike, manifest: dict) -> None:
     previous = load_manifest(folder) or {}
     manifest["generation"] = max(next_generation(previous), int(manifest.get("generation", 0)))
     now = referenced(manifest)
-    manifest["retired"] = sorted(referenced(previous) - now)
+    gone = referenced(previous) - now
+    readable = bool(previous.get("complete"))
+    manifest["retired"] = sorted(gone) if readable else []
     save_manifest(folder, manifest)
-    for rel in previous.get("retired", []):
+    for rel in previous.get("retired", []) + ([] if readable else sorted(gone)):
         if rel not in now:
             _remove(folder / rel)
     keep = now | set(manifest["retired"])

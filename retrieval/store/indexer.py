@@ -121,6 +121,8 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
         corpus = reader.describe().get("path")
         raise CorpusError(f"no usable items in {corpus}: {manifest['counts']['skipped']} skipped, "
                           f"see {out / ERRORS}")
+    if extend is not None:
+        extend.finish(manifest)
     manifest["complete"] = True
     manifest["stats"] = {
         "elapsed_s": round(elapsed, 3), "model_s": round(t_model, 3), "new_rows": n_new,
@@ -168,6 +170,8 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
                        min(start + shard_size, len(img)))
         writer.finish()
         update_counts(manifest, [], len(img))
+        if extend is not None:
+            extend.finish(manifest)
         manifest["complete"] = True
         publish(out, manifest)
     return manifest

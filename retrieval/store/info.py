@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..embed.models import describe
-from .layout import ERRORS, MODALITIES, bias_dir
+from .layout import ERRORS
 from .manifest import require_manifest
 
 
@@ -40,16 +40,12 @@ def index_info(folder: str | os.PathLike) -> dict:
 
 
 def _bias_info(folder: Path, m: dict) -> dict:
-    """The manifest's bias section plus how many augmented index files exist (non-Flat shards)."""
+    """The manifest's bias section, summarised."""
     if "bias" not in m:
         return {}
     b = m["bias"]
-    need = 2 * sum(1 for s in m["shards"] if s["rows"] for mod in MODALITIES if s["index"][mod]["key"] != "Flat")
-    files = b.get("files")
-    have = (sum(Path(rel).name.startswith("aug_") for rel in files) if files is not None
-            else len(list((folder / bias_dir(b)).glob("aug_*.faiss"))))
     return {"bank": b.get("bank"), "bank_rows": b.get("bank_rows"), "nnn_k": b.get("nnn_k"), "tau": b.get("tau"),
-            "augmented_needed": need, "augmented_present": have}
+            "stale": bool(b.get("stale"))}
 
 
 def _human(n: float) -> str:
@@ -81,10 +77,9 @@ def format_info(info: dict) -> str:
         lines += [f"  {n:>7}  {r}" for r, n in info["reasons"].items()]
     b = info.get("bias") or {}
     if b:
-        aug = (f"{b['augmented_present']}/{b['augmented_needed']} augmented indexes for non-Flat shards"
-               if b["augmented_needed"] else "Flat shards: augmented in memory")
         lines.append(f"bias      bank={b['bank']} ({(b.get('bank_rows') or {}).get('image')} prompts), "
-                     f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}; {aug}")
+                     f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}; in each index's extra coordinates"
+                     + (" (STALE: run `retrieval bias`)" if b["stale"] else ""))
     else:
         lines.append("bias      none: run `retrieval bias INDEX` for exact BSAP/NNN search")
     st = info.get("stats") or {}

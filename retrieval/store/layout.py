@@ -2,14 +2,14 @@
 
 ```
 manifest.json                      the single source of truth; written last, atomically
-img_emb/img_emb_{k}.npy            fp16, L2-normalised, row-aligned (clip-retrieval's layout)
-text_emb/text_emb_{k}.npy
+img_emb/img_emb_{k}.npy            fp16, L2-normalised, row-aligned (clip-retrieval's layout): only for
+text_emb/text_emb_{k}.npy          shards whose index does not hold the vectors (Flat, lossy keys)
 metadata/metadata_{k}.parquet      key, image_path, caption, extra columns
-faiss/{image,text}_{k}.index       one faiss index per shard and modality
+faiss/{image,text}_{k}[_gN].index  one combined index per shard and modality (``store.combined``),
+                                   SQfp16 codes for IVF/HNSW: the only copy of the vectors
 bias/gNNNNNN/                      one generation of bias files (the manifest's ``bias.dir``):
-  {bsap,nnn}_{modality}_{k}.npy    per-item offsets
+  {bsap,nnn}_{modality}_{k}.npy    per-item offsets (also the extra coordinates of the indexes)
   bank_bsap_{modality}.npy         the BSAP banks; ref_nnn_{modality}.npy the NNN reference queries
-  aug_{method}_{modality}_{k}.faiss    bias-augmented indexes of non-Flat shards
 captions/captions_{k}.npy          rows of shard k that have a caption (packed bits; only when some lack one)
 tombstones/{k}_gNNNNNN.npy         rows of shard k deleted as of generation NNNNNN (packed bits)
 faiss/trained_{modality}.index     the trained, empty index appended shards are added to (no retraining)
@@ -50,6 +50,12 @@ def shard_files(k: int) -> dict[str, str]:
     }
 
 
+def index_file(k: int, modality: str, generation: Optional[int] = None) -> str:
+    """A shard's faiss index of ``modality``; a rewrite (new offsets) is a new file named with its generation."""
+    suffix = "" if generation is None else f"_g{generation:06d}"
+    return f"faiss/{modality}_{shard_name(k)}{suffix}.index"
+
+
 def caption_file(k: int) -> str:
     return f"captions/captions_{shard_name(k)}.npy"
 
@@ -58,8 +64,9 @@ def tombstone_file(k: int, generation: int) -> str:
     return f"{TOMBSTONE_DIR}/{shard_name(k)}_g{generation:06d}.npy"
 
 
-def trained_file(modality: str) -> str:
-    return f"faiss/trained_{modality}.index"
+def trained_file(modality: str, generation: Optional[int] = None) -> str:
+    suffix = "" if generation is None else f"_g{generation:06d}"
+    return f"faiss/trained_{modality}{suffix}.index"
 
 
 def bias_dir(section: Optional[dict]) -> str:

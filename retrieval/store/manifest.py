@@ -10,7 +10,8 @@ from ..errors import IndexFolderError
 from .atomic import write_json
 
 FORMAT = "clip-retrieval-engine"
-FORMAT_VERSION = 2  # 2: bias generations (bias.dir), file records (bytes, sample)
+FORMAT_VERSION = 3  # 2: bias generations, file records; 3: one combined index per modality, vectors stored once
+MIN_FORMAT = 3  # older folders: `retrieval migrate` rewrites them (no re-embedding)
 MANIFEST = "manifest.json"
 
 
@@ -19,7 +20,7 @@ def new_manifest(model: dict, corpus: dict, build: dict) -> dict:
             "corpus": corpus, "build": build, "shards": [], "counts": {}, "stats": {}}
 
 
-def load_manifest(folder: str | os.PathLike) -> Optional[dict]:
+def load_manifest(folder: str | os.PathLike, allow_old: bool = False) -> Optional[dict]:
     """The manifest of ``folder``, or None if there is none; a foreign or corrupt one raises."""
     path = Path(folder) / MANIFEST
     if not path.exists():
@@ -32,6 +33,9 @@ def load_manifest(folder: str | os.PathLike) -> Optional[dict]:
         raise IndexFolderError(f"{path} is not a manifest of this engine")
     if m.get("format_version", 0) > FORMAT_VERSION:
         raise IndexFolderError(f"{path} has format version {m['format_version']}; this engine reads <= {FORMAT_VERSION}")
+    if m.get("format_version", 0) < MIN_FORMAT and not allow_old:
+        raise IndexFolderError(f"{folder} was written by an older version (format {m.get('format_version', 0)}); "
+                               f"run `retrieval migrate {folder}` once (rewrites its indexes, no re-embedding)")
     return m
 
 

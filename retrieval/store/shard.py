@@ -1,10 +1,14 @@
-"""Write one shard's files: embeddings, metadata, caption mask, one faiss index per modality.
+"""Write one shard's files: metadata, caption mask, and per modality its vectors, stored once.
 
-Rows without a caption get a zero text embedding and are marked in ``captions/captions_{k}.npy``
-(searches of the text modality never return them). A modality's index key follows the rule for the
-rows it can serve (captioned rows for text). When the folder holds a trained empty index of that key
-(``faiss/trained_{modality}.index``, saved by the first shard that trained one), the shard is added to
-a copy of it instead of training again: appended shards cost what first-build shards cost.
+Per modality (``settings["modalities"]``; text only when some row has a caption):
+- ``Flat``: the fp16 npy, searched with BLAS; no faiss file.
+- IVF / HNSW: one combined ``SQfp16`` index over [e, -c_bsap, -c_nnn] (``store.combined``), the
+  only copy of the vectors; PQ and other lossy keys: the combined index plus the npy.
+The offsets coordinates are the bias offsets when the folder has banks (appends), else zeros until
+``compute_biases`` writes them. Rows without a caption get a zero text embedding and are marked in
+``captions/captions_{k}.npy``. When the folder holds a trained empty index of the same key
+(``faiss/trained_{modality}.index``), the shard is added to a copy of it with its tuned parameters:
+appended shards cost what first-build shards cost.
 """
 from __future__ import annotations
 
@@ -15,22 +19,24 @@ from typing import Optional
 
 import numpy as np
 
+from .combined import combine_vectors, combined_layout
 from .faiss_index import build_faiss_index, tune_params
+from .files import save_faiss, save_npy, save_parquet
 from .integrity import file_record
 from .keys import shard_key
-from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, shard_files, trained_file
+from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, index_file, shard_files, trained_file
 from .masks import pack
-from .files import save_faiss, save_npy, save_parquet
+from .vectors import built_key, keeps_npy
 
 log = logging.getLogger("retrieval.build")
 
 
-def _trained(out: Path, manifest: dict, modality: str, key: str):
-    """The folder's trained empty index of ``modality`` if it is of ``key``, else None."""
+def _trained(out: Path, manifest: dict, modality: str, key: str, dim: int):
+    """The folder's trained empty index of ``modality`` if it is of ``key`` at ``dim``, else None."""
     import faiss
 
     entry = (manifest.get("trained") or {}).get(modality)
-    if entry is None or entry["key"] != key:
+    if entry is None or entry["key"] != key or entry.get("dim", dim) != dim:
         return None
     return faiss.read_index(str(out / entry["file"]))
 
@@ -40,62 +46,81 @@ def _keep_trained(out: Path, manifest: dict, modality: str, key: str, index, par
     (with its tuned search parameters: shards added to the same quantizer reuse them)."""
     import faiss
 
-    if (manifest.get("trained") or {}).get(modality) is not None or index.is_trained is False:
+    if (manifest.get("trained") or {}).get(modality) is not None or not index.is_trained:
         return
     if not faiss.index_factory(index.d, key, faiss.METRIC_INNER_PRODUCT).is_trained:  # it needed training
         empty = faiss.clone_index(index)
         empty.reset()
         rel = trained_file(modality)
         save_faiss(out / rel, empty)
-        manifest.setdefault("trained", {})[modality] = {"key": key, "file": rel, "params": params,
-                                                        **file_record(out / rel)}
+        manifest.setdefault("trained", {})[modality] = {"key": key, "dim": int(index.d), "file": rel,
+                                                        "params": params, **file_record(out / rel)}
+
+
+def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.ndarray, usable: np.ndarray,
+                   offsets: Optional[dict], settings: dict, seed: int, keep_trained: bool = True):
+    """(index, params, reused quantizer?) of the combined index of ``key`` over ``vecs`` [n, d];
+    ``keep_trained=False`` neither reuses nor saves the folder's trained quantizer."""
+    import faiss
+
+    d = vecs.shape[1]
+    fkey, dim = combined_layout(key, d)
+    shifts = (manifest.get("bias") or {}).get("shift") or {}
+    x = combine_vectors(vecs, offsets, {m: shifts.get(m, {}).get(modality, 0.0) for m in ("bsap", "nnn")}, dim)
+    trained = _trained(out, manifest, modality, fkey, dim) if keep_trained else None
+    index = build_faiss_index(x, fkey, seed=seed, trained=trained, train_rows=usable, extra=dim - d)
+    params = manifest["trained"][modality].get("params") if trained is not None else None
+    if params is None:  # a new quantizer (or one saved before its parameters were kept): tune
+        params = tune_params(index, x, fkey, recall=settings["recall_target"], seed=seed, query_rows=usable,
+                             extra=dim - d)
+    elif params:
+        faiss.ParameterSpace().set_index_parameters(index, params)
+    if trained is None and keep_trained:
+        _keep_trained(out, manifest, modality, fkey, index, params)
+    return index, params, trained is not None
 
 
 def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray, txt: np.ndarray,
-                rows: list[dict], has_caption: np.ndarray, schema, settings: dict) -> dict:
-    """Write shard ``k`` (global ids from ``offset``) and return its manifest entry."""
-    n = len(rows)
-    files = shard_files(k)
+                rows, has_caption: np.ndarray, schema, settings: dict, offsets: Optional[dict] = None) -> dict:
+    """Write shard ``k`` (global ids from ``offset``) and return its manifest entry. ``offsets``:
+    {modality: {"bsap": [n], "nnn": [n]}} for the combined indexes' extra coordinates (None: zeros)."""
+    n, d = img.shape
+    all_files = shard_files(k)
+    files = {"metadata": all_files["metadata"]}
     captioned = np.flatnonzero(has_caption)
-    entry: dict = {"id": k, "rows": n, "offset": offset, "captionless": int(n - len(captioned)),
+    entry: dict = {"id": k, "rows": n, "offset": offset, "dim": int(d), "captionless": int(n - len(captioned)),
                    "files": files, "index": {}}
     if entry["captionless"]:
         files["captions"] = caption_file(k)
         save_npy(out / files["captions"], pack(has_caption))
-    save_npy(out / files["img_emb"], img)
-    save_npy(out / files["text_emb"], txt)
     save_parquet(out / files["metadata"], rows, schema, (k, offset))
+    wanted = settings.get("modalities") or MODALITIES
     for modality, vecs in zip(MODALITIES, (img, txt)):
         usable = np.arange(n) if modality == "image" else captioned
-        if n == 0:
+        if modality not in wanted or n == 0 or len(usable) == 0:
             continue
-        key = shard_key(max(len(usable), 1), vecs.shape[1], settings["memory_budget"], settings["index_key"])
-        if settings["index_key"] and key != settings["index_key"]:
-            log.warning("shard %d has %d rows, too few to train %s; using %s", k, len(usable), settings["index_key"], key)
+        requested = shard_key(len(usable), d, settings["memory_budget"], settings["index_key"])
+        if settings["index_key"] and requested != settings["index_key"]:
+            log.warning("shard %d has %d rows, too few to train %s; using %s", k, len(usable), settings["index_key"],
+                        requested)
+        key = built_key(requested)
         t0 = time.perf_counter()
-        trained = _trained(out, manifest, modality, key)
-        index = build_faiss_index(vecs, key, seed=k, trained=trained, train_rows=usable)
-        params = (manifest["trained"][modality].get("params") if trained is not None else None)
-        if params is None:  # a new quantizer (or one saved before its parameters were kept): tune
-            params = tune_params(index, vecs, key, recall=settings["recall_target"], seed=k, query_rows=usable)
-        elif params:
-            import faiss
-
-            faiss.ParameterSpace().set_index_parameters(index, params)
-        if trained is None:
-            _keep_trained(out, manifest, modality, key, index, params)
-        save_faiss(out / files[INDEX_FILE[modality]], index)
-        entry["index"][modality] = {"key": key, "params": params, "ntotal": int(index.ntotal),
-                                    "trained_reused": trained is not None, "build_s": round(time.perf_counter() - t0, 3)}
-    records = {name: file_record(out / rel) for name, rel in files.items() if n > 0 or not name.endswith("_index")}
+        info = {"key": key, "requested": requested, "params": "", "ntotal": n, "dim": int(d), "trained_reused": False}
+        if keeps_npy(key):
+            files[EMB_FILE[modality]] = all_files[EMB_FILE[modality]]
+            save_npy(out / files[EMB_FILE[modality]], np.asarray(vecs, np.float16))
+        if key != "Flat":
+            index, info["params"], info["trained_reused"] = build_combined(
+                out, manifest, modality, key, vecs, usable, (offsets or {}).get(modality), settings, seed=k)
+            files[INDEX_FILE[modality]] = index_file(k, modality)
+            save_faiss(out / files[INDEX_FILE[modality]], index)
+            info["dim"] = int(index.d)
+        info["build_s"] = round(time.perf_counter() - t0, 3)
+        entry["index"][modality] = info
+    records = {name: file_record(out / rel) for name, rel in files.items()}
     for field in ("sha256", "bytes", "sample"):
         entry[field] = {name: r[field] for name, r in records.items()}
     return entry
-
-
-def embeddings_of(out: Path, shard: dict, modality: str) -> np.ndarray:
-    """A committed shard's stored embeddings of ``modality`` (memory-mapped)."""
-    return np.load(out / shard["files"][EMB_FILE[modality]], mmap_mode="r")
 
 
 def zero_text_rows(txt: Optional[np.ndarray], has_caption: np.ndarray, n: int, dim: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Commit shards: buffer embedded rows, write each full shard (``shard.write_shard``), and publish it.
 
 Each commit is one published generation that is complete on its own: the new shard, the tombstones
-of the rows its items replace (a changed item's old version), the log of skipped items, and whatever
-the ``extend`` hook adds (the bias offsets of the new rows) go out in one manifest write. A reader
+of the rows its items replace (a changed item's old version), the log of skipped items, and the bias
+offsets of the new rows (an ``Extension``: computed before the shard's combined indexes are built,
+since they are its extra coordinates, and saved with it) go out in one manifest write. A reader
 never sees an item twice or a shard without its offsets; a killed writer leaves the previous state.
 Shard ids and global ids come from counters in the manifest and are never reused.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -21,7 +22,22 @@ from .layout import ERRORS
 from .masks import apply_tombstones, live_count
 from .shard import write_shard, zero_text_rows
 
-Extend = Callable[[dict, dict, int], None]  # (manifest, new shard entry, generation): add files to the commit
+
+class Extension(Protocol):
+    """What a build entry point adds to each commit (the bias offsets of the new rows) and to the
+    run's last publish (the banks and offsets of a folder that has none yet)."""
+
+    def offsets(self, manifest: dict, vectors: dict) -> Optional[dict]:
+        """{modality: {method: [n]}} for ``vectors`` {modality: [n, d]}, or None (no banks yet)."""
+
+    def save(self, manifest: dict, entry: dict, offsets: dict) -> None:
+        """Write the shard's offsets files and list them in ``manifest``."""
+
+    def finish(self, manifest: dict) -> None:
+        """Called before the publish that marks ``manifest`` complete; may add files to it."""
+
+
+Extend = Extension
 
 
 def read_errors(out: Path) -> list[dict]:
@@ -100,15 +116,17 @@ class ShardWriter:
         m = self.manifest
         k, offset = next_ids(m)
         rows = [{c: v for c, v in r.items() if c != "_pos"} for r in self.rows]
-        entry = write_shard(self.out, m, k, offset, np.concatenate(self.img), np.concatenate(self.txt), rows,
-                            np.asarray(self.has_caption, bool), self.schema, self.s)
+        img, txt = np.concatenate(self.img), np.concatenate(self.txt)
+        offsets = None if self.extend is None else self.extend.offsets(m, {"image": img, "text": txt})
+        entry = write_shard(self.out, m, k, offset, img, txt, rows, np.asarray(self.has_caption, bool), self.schema,
+                            self.s, offsets)
         entry["end_pos"] = end_pos
         gen = next_generation(m)
         apply_tombstones(self.out, m, [self.replaced.pop(r["key"]) for r in rows if r["key"] in self.replaced], gen)
         m["shards"].append(entry)
         m["next_shard"], m["next_id"] = k + 1, offset + entry["rows"]
-        if self.extend is not None:
-            self.extend(m, entry, gen)
+        if offsets is not None:
+            self.extend.save(m, entry, offsets)
         self._log(end_pos)
         publish(self.out, m)
         self.committed += 1

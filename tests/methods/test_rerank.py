@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval.methods.augmented import augment_query, augment_vectors
+from retrieval.store.combined import combine_query, combine_vectors
 from retrieval.methods.rerank import (bsap_offsets, bsap_scores, clip_scores, hybrid_scores,
                               nnn_bias, nnn_scores, offset_search, rerank_scores, top_k)
 
@@ -65,10 +65,10 @@ def test_exact_offset_search_equals_brute_force_bsap_and_nnn():
     got_s, got_i = offset_search(q, items, 0.75 * bias, k, chunk=1000)
     np.testing.assert_allclose(got_s, np.take_along_axis(s_nnn, got_i, 1), rtol=1e-5)
     assert np.array_equal(np.sort(got_i, 1), np.sort(np.argsort(-s_nnn, 1)[:, :k], 1))
-    # the same through faiss: exact MIPS over augmented vectors [e, -bias] . [q, α]
-    flat = faiss.IndexFlatIP(17)
-    flat.add(augment_vectors(items, -bias, 17))
-    f_s, f_i = flat.search(augment_query(q, 0.75, 17), k)
+    # the same through faiss: exact MIPS over combined vectors [e, -c_bsap, -c_nnn] . [q, 0, α]
+    flat = faiss.IndexFlatIP(18)
+    flat.add(combine_vectors(items, {"nnn": bias, "bsap": bsap_offsets(items, bank, tau)}))
+    f_s, f_i = flat.search(combine_query(q, 18, nnn=0.75), k)
     assert np.array_equal(np.sort(f_i, 1), np.sort(got_i, 1))
     np.testing.assert_allclose(f_s, got_s, rtol=1e-4, atol=1e-5)
 

@@ -175,7 +175,7 @@ def test_appends_reuse_the_trained_quantizer_and_offsets_stay_exact(tmp_path):
     out = tmp_path / "ivf"
     build_from_embeddings(out, x[:4000], t[:4000], {"arch": "synthetic"}, rows[:4000], shard_size=2000,
                           index_key="IVF16,Flat")
-    from retrieval.ops.bias import extend_biases
+    from retrieval.ops.bias import BiasExtension
     from retrieval.store.indexer import write_embeddings  # noqa: F401 - the store's own appender is the writer
     from retrieval.store.generations import publish
     from retrieval.store.lock import write_lock
@@ -187,7 +187,7 @@ def test_appends_reuse_the_trained_quantizer_and_offsets_stay_exact(tmp_path):
         import pyarrow as pa
 
         w = ShardWriter(out, m, pa.Table.from_pylist(rows[:1]).schema, m["build"], [],
-                        extend=lambda man, entry, gen: extend_biases(out, man, entry, gen))
+                        extend=BiasExtension(out))
         w.add(x[4000:], t[4000:], [{**r, "_pos": 4000 + i} for i, r in enumerate(rows[4000:])], [True] * 2000, [], 6000)
         w.finish()
         publish(out, m)

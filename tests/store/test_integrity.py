@@ -16,10 +16,10 @@ from tests.conftest import needs_shared, unit_vectors
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """3 shards of 400 rows, IVF."""
+    """Shards of 400, 400 and 5 rows: IVF, IVF (vectors in the index codes) and Flat (in npy)."""
     out = tmp_path_factory.mktemp("integrity") / "idx"
-    x = unit_vectors(1200, 16, 0)
-    rows = [{"key": f"k{i:05d}", "image_path": f"{i:05d}.jpg", "caption": "a caption of fixed size"} for i in range(1200)]
+    x = unit_vectors(805, 16, 0)
+    rows = [{"key": f"k{i:05d}", "image_path": f"{i:05d}.jpg", "caption": "a caption of fixed size"} for i in range(805)]
     build_from_embeddings(out, x, x, {"arch": "synthetic"}, rows, shard_size=400, index_key="IVF8,Flat")
     return out
 
@@ -36,24 +36,24 @@ def _manifest(folder):
 
 def test_a_metadata_file_swapped_for_another_shards_is_refused(folder, tmp_path):
     bad = _copy(folder, tmp_path)
-    a, b = bad / "metadata" / "metadata_0001.parquet", bad / "metadata" / "metadata_0002.parquet"
+    a, b = bad / "metadata" / "metadata_0000.parquet", bad / "metadata" / "metadata_0001.parquet"
     a.write_bytes(b.read_bytes())
     m = _manifest(bad)  # the scenario is a file of the same size: make the size check pass, as it would then
-    m["shards"][1]["bytes"]["metadata"] = a.stat().st_size
+    m["shards"][0]["bytes"]["metadata"] = a.stat().st_size
     (bad / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(IndexFolderError, match="metadata_0001.parquet: content differs"):
+    with pytest.raises(IndexFolderError, match="metadata_0000.parquet: content differs"):
         open_index(bad)
     m = _manifest(bad)  # without file records (a folder from before them), the Parquet shard id names it
     for s in m["shards"]:
         s.pop("bytes"), s.pop("sample")
     (bad / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(IndexFolderError, match="metadata_0001.parquet holds the rows of shard 2, not shard 1"):
+    with pytest.raises(IndexFolderError, match="metadata_0000.parquet holds the rows of shard 1, not shard 0"):
         open_index(bad)
 
 
 def test_verify_finds_4_kb_of_zeros_inside_a_faiss_file(folder, tmp_path):
     bad = _copy(folder, tmp_path)
-    target = bad / "faiss" / "image_0001.index"
+    target = next(bad.glob("faiss/image_0001_g*.index"))
     data = bytearray(target.read_bytes())
     start = len(data) // 2 - 2048
     data[start:start + 4096] = bytes(4096)
@@ -63,8 +63,9 @@ def test_verify_finds_4_kb_of_zeros_inside_a_faiss_file(folder, tmp_path):
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert lines[0] == f"{target}: content differs from the manifest (sha256 mismatch)"
     assert "1 bad file(s)" in lines[-1] and len(lines) == 2
-    with pytest.raises(IndexFolderError, match="image_0001.index: content differs"):
+    with pytest.raises(IndexFolderError, match=f"{target.name}: content differs"):
         open_index(bad, verify=True)
+    assert not (bad / "faiss" / "image_0001.index").exists()  # the pre-offsets index of the first build: gone
     ok = CliRunner().invoke(main, ["verify", str(folder), "--json"])
     report = json.loads(ok.output)
     assert ok.exit_code == 0 and report["ok"] and report["files"] > 10 and report["bytes"] > 0
@@ -75,8 +76,9 @@ def _truncate(path):
         f.truncate(os.path.getsize(path) // 2)
 
 
-@pytest.mark.parametrize("rel", ["img_emb/img_emb_0001.npy", "metadata/metadata_0002.parquet",
-                                 "faiss/text_0000.index", "bias/*/nnn_image_0001.npy", "bias/*/aug_bsap_image_0002.faiss"])
+@pytest.mark.parametrize("rel", ["img_emb/img_emb_0002.npy", "metadata/metadata_0002.parquet",
+                                 "faiss/text_0000_g*.index", "bias/*/nnn_image_0001.npy", "bias/*/bank_bsap_text.npy",
+                                 "faiss/trained_image.index"])
 def test_truncated_files_are_named_on_open(folder, tmp_path, rel):
     bad = _copy(folder, tmp_path)
     target = next(bad.glob(rel))
@@ -102,9 +104,9 @@ def test_a_truncated_file_without_a_record_is_still_named(folder, tmp_path):
     for s in m["shards"]:
         s.pop("bytes"), s.pop("sample")
     (bad / "manifest.json").write_text(json.dumps(m))
-    target = bad / "img_emb" / "img_emb_0001.npy"
+    target = bad / "img_emb" / "img_emb_0002.npy"
     target.write_bytes(target.read_bytes()[:40])
-    with pytest.raises(IndexFolderError, match="img_emb_0001.npy is unreadable"):
+    with pytest.raises(IndexFolderError, match="img_emb_0002.npy is unreadable"):
         open_index(bad)
 
 

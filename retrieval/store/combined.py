@@ -1,0 +1,65 @@
+"""One index per modality for every method: vectors [e_j, -(c_bsap_j - s_b), -(c_nnn_j - s_n)] searched
+with queries [q, β, α] score s(q, j) - β (c_bsap_j - s_b) - α (c_nnn_j - s_n) (DESIGN §4):
+
+- plain CLIP: β = α = 0 (the extra coordinates contribute nothing);
+- exact BSAP: β = 1, then subtract s_b; exact NNN: any α, then subtract α s_n.
+
+The shifts s (mean offsets, kept in the manifest) centre the extra coordinates. The coarse quantiser
+of an IVF index is trained with the extra coordinates at zero, so its centroids are zero there:
+list assignment and probing depend on e and q only, whatever β and α are, and the tuned nprobe serves
+every method. PQ keys pad the dimension to a multiple of their sub-quantisers; OPQ maps the input
+to an output dimension its PQ can split.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional
+
+import numpy as np
+
+EXTRA = ("bsap", "nnn")  # the order of the extra coordinates
+
+
+def combined_layout(key: str, d: int) -> tuple[str, int]:
+    """(factory key, vector dim) of the combined index for a shard of key ``key`` at dim ``d``."""
+    opq = re.match(r"OPQ(\d+)_(\d+),", key)
+    if opq:
+        m = int(opq.group(1))
+        return f"OPQ{m}_{math.ceil((d + 2) / m) * m}," + key[opq.end():], d + 2
+    pq = re.search(r"PQ(\d+)", key)
+    if pq:
+        m = int(pq.group(1))
+        return key, math.ceil((d + 2) / m) * m
+    return key, d + 2
+
+
+def combine_vectors(items: np.ndarray, offsets: Optional[dict] = None, shifts: Optional[dict] = None,
+                    dim: Optional[int] = None) -> np.ndarray:
+    """[e, -(c_bsap - s_b), -(c_nnn - s_n), 0...] as float32 [n, dim]; zeros where there are no offsets yet."""
+    items = np.asarray(items, np.float32)
+    if items.ndim != 2:
+        raise ValueError(f"items must be 2-D, got {items.shape}")
+    n, d = items.shape
+    dim = dim or d + 2
+    if dim < d + 2:
+        raise ValueError(f"a combined vector needs dim >= {d + 2}, got {dim}")
+    out = np.zeros((n, dim), np.float32)
+    out[:, :d] = items
+    for j, method in enumerate(EXTRA):
+        if offsets is not None and offsets.get(method) is not None:
+            c = np.asarray(offsets[method], np.float32)
+            if len(c) != n:
+                raise ValueError(f"{len(c)} {method} offsets for {n} items")
+            out[:, d + j] = -(c - np.float32((shifts or {}).get(method, 0.0)))
+    return out
+
+
+def combine_query(q: np.ndarray, dim: int, bsap: float = 0.0, nnn: float = 0.0) -> np.ndarray:
+    """[q, β, α, 0...] as float32 [n, dim]."""
+    q = np.atleast_2d(np.asarray(q, np.float32))
+    out = np.zeros((len(q), dim), np.float32)
+    d = q.shape[1]
+    out[:, :d] = q
+    out[:, d], out[:, d + 1] = bsap, nnn
+    return out
