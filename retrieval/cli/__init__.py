@@ -8,7 +8,7 @@ import click
 
 from ..errors import DATA, USAGE, RetrievalError
 from ..store.atomic import is_machine_error, storage_error
-from . import build, classify, search, serve
+from . import build, classify, folder, search, serve
 
 
 class _Group(click.Group):
@@ -63,5 +63,5 @@ def main(verbose: bool) -> None:
 
 
 for _command in (build.build, build.info, build.verify, build.delete, build.compact, search.search, build.bias,
-                 classify.classify, classify.evaluate, serve.serve):
+                 classify.classify, classify.evaluate, serve.serve, folder.migrate, folder.export):
     main.add_command(_command)

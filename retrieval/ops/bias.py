@@ -19,6 +19,7 @@ in force, and the superseded files are collected at the next publish.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -28,17 +29,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..store.combined import combine_vectors
 from ..methods.rerank import bsap_offsets, nnn_bias
-from ..store.files import save_faiss, save_npy
+from ..store.files import save_npy
+from ..store.combined import quantize_offsets
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
-from ..store.layout import (INDEX_FILE, MODALITIES, bank_path, bias_generation_dir, bias_path, index_file,
-                            reference_path)
+from ..store.layout import (INDEX_FILE, MODALITIES, bank_path, bias_generation_dir, bias_path, reference_path)
 from ..store.lock import write_lock
 from ..store.manifest import load_manifest
-from ..store.masks import caption_mask, deleted_mask
-from ..store.vectors import ShardVectors, read_all, set_offsets
+from ..store.offsets import index_with_offsets, usable_rows
+from ..store.vectors import ShardVectors, read_all
 
 GENERIC_PROMPTS = (
     "a photo.", "an image.", "a picture of something.", "a photo of an object.", "a photo of a thing.",
@@ -47,21 +47,7 @@ GENERIC_PROMPTS = (
     "a photo taken outdoors.",
 )
 METHODS = ("bsap", "nnn")
-
-
-def usable_rows(folder: Path, manifest: dict, shard: dict, modality: str) -> np.ndarray:
-    """Local rows of ``shard`` a bank may sample for ``modality``: live, and captioned for text."""
-    if modality not in shard["index"]:
-        return np.zeros(0, np.int64)
-    keep = np.ones(shard["rows"], bool)
-    dead = deleted_mask(folder, manifest, shard)
-    if dead is not None:
-        keep &= ~dead
-    if modality == "text":
-        cap = caption_mask(folder, shard)
-        if cap is not None:
-            keep &= cap
-    return np.flatnonzero(keep)
+log = logging.getLogger("retrieval.bias")
 
 
 def _loader(folder: Path, shard: dict, modality: str):
@@ -93,7 +79,15 @@ def offsets_of(vectors: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     return {"bsap": bsap_offsets(x, bank, tau), "nnn": nnn_bias(x, refs, k=nnn_k)}
 
 
-class _Files:
+def quantize(offsets: dict, shifts: dict) -> None:
+    """Replace {modality: {method: [n]}} in place by the values the fp16 codes hold exactly
+    (``store.combined.quantize_offsets``): stored offsets and index scores then agree exactly."""
+    for modality, per in offsets.items():
+        for method in METHODS:
+            per[method] = quantize_offsets(per[method], shifts.get(method, {}).get(modality, 0.0))
+
+
+class BiasFiles:
     """Writes files into a bias folder and keeps their records for the manifest."""
 
     def __init__(self, folder: Path, files: dict):
@@ -104,57 +98,10 @@ class _Files:
         self.files[path.relative_to(self.folder).as_posix()] = file_record(path)
 
 
-def _save_offsets(folder: Path, shard: dict, offsets: dict, where: str, out: _Files) -> None:
+def save_offsets(folder: Path, shard: dict, offsets: dict, where: str, out: BiasFiles) -> None:
     for modality, per in offsets.items():
         for method in METHODS:
             out.save(bias_path(folder, method, modality, shard["id"], where), lambda p: save_npy(p, per[method]))
-
-
-def rewrite_index(folder: Path, manifest: dict, shard: dict, modality: str, offsets: dict, shifts: dict,
-                  generation: int) -> None:
-    """Give a shard's combined index new offsets coordinates: in place in the codes (SQfp16) or, for a
-    lossy index, rebuilt from its vectors; written under a new name (the old one is retired)."""
-    import faiss
-
-    from ..store.shard import build_combined
-
-    info = shard["index"].get(modality)
-    if info is None or INDEX_FILE[modality] not in shard["files"]:
-        return  # no index (Flat: offsets are applied from the bias files at query time)
-    d = shard["dim"]
-    index = faiss.read_index(str(folder / shard["files"][INDEX_FILE[modality]]))
-    cols = combine_vectors(np.zeros((shard["rows"], d), np.float32), offsets,
-                           {m: shifts[m][modality] for m in METHODS}, index.d)[:, d:d + 2]
-    if not set_offsets(index, cols, d):  # lossy codes: retrain and refill with the offsets in place
-        usable = np.arange(shard["rows"]) if modality == "image" else usable_rows(folder, manifest, shard, modality)
-        index, info["params"], _ = build_combined(folder, manifest, modality, info["key"], read_all(folder, shard, modality),
-                                                  usable, offsets, {"recall_target": manifest["build"].get("recall_target", 0.95)},
-                                                  seed=shard["id"], keep_trained=False)
-        _retrain_kept(folder, manifest, modality, index, info["params"], generation)
-    rel = index_file(shard["id"], modality, generation)
-    save_faiss(folder / rel, index)
-    shard["files"][INDEX_FILE[modality]] = rel
-    rec = file_record(folder / rel)
-    for field in ("sha256", "bytes", "sample"):
-        shard.setdefault(field, {})[INDEX_FILE[modality]] = rec[field]
-
-
-def _retrain_kept(folder: Path, manifest: dict, modality: str, index, params: str, generation: int) -> None:
-    """After a lossy index was retrained with real offsets, the folder's kept quantizer of the same
-    key is replaced by an empty copy of it (appended shards then encode offsets as well)."""
-    import faiss
-
-    from ..store.layout import trained_file
-
-    kept = (manifest.get("trained") or {}).get(modality)
-    if kept is None or kept.get("dim") != index.d or kept.get("generation") == generation:
-        return
-    empty = faiss.clone_index(index)
-    empty.reset()
-    rel = trained_file(modality, generation)
-    save_faiss(folder / rel, empty)
-    manifest["trained"][modality] = {**kept, "file": rel, "params": params, "generation": generation,
-                                     **file_record(folder / rel)}
 
 
 def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
@@ -195,23 +142,24 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     gen = next_generation(m)
     where = bias_generation_dir(gen)
     shutil.rmtree(folder / where, ignore_errors=True)  # what a killed run of this generation left
-    out = _Files(folder, {})
-    for modality in MODALITIES:
+    out = BiasFiles(folder, {})
+    for modality in banks:
         out.save(bank_path(folder, modality, where), lambda p: save_npy(p, banks[modality].astype(np.float32)))
         out.save(reference_path(folder, modality, where), lambda p: save_npy(p, refs[modality].astype(np.float32)))
     per_shard, shifts = {}, {"bsap": {}, "nnn": {}}
     for s in shards:
         per_shard[s["id"]] = {mod: offsets_of(read_all(folder, s, mod), banks[mod], refs[mod], tau, nnn_k)
-                              for mod in MODALITIES if mod in s["index"]}
-        _save_offsets(folder, s, per_shard[s["id"]], where, out)
-    for modality in MODALITIES:  # the mean offset of the live, usable rows centres the extra coordinates
+                              for mod in banks if mod in s["index"]}
+    for modality in banks:  # the mean offset of the live, usable rows centres the extra coordinates
         for method in METHODS:
             live = [per_shard[s["id"]][modality][method][usable_rows(folder, m, s, modality)]
                     for s in shards if modality in per_shard[s["id"]]]
             shifts[method][modality] = float(np.mean(np.concatenate(live), dtype=np.float64)) if live else 0.0
     for s in shards:
+        quantize(per_shard[s["id"]], shifts)
+        save_offsets(folder, s, per_shard[s["id"]], where, out)
         for modality, offsets in per_shard[s["id"]].items():
-            rewrite_index(folder, m, s, modality, offsets, shifts, gen)
+            index_with_offsets(folder, m, s, modality, offsets, shifts, gen)
     m["bias"] = {"tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
                  "seed": seed, "shift": shifts, "dir": where, "files": out.files,
@@ -220,7 +168,11 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
 
 def _banks(folder: Path, m: dict, shards: list[dict], clip, bank: str, bank_texts, bank_size: int, ref_size: int,
            seed: int):
-    """(bank texts or None, BSAP banks by modality, NNN references by modality)."""
+    """(bank texts or None, BSAP banks by modality, NNN references by modality), for the modalities
+    some shard indexes. Image targets: the text bank, and sampled captions as NNN references (the
+    text bank itself when no row has a caption); text targets: sampled images for both."""
+    indexed = [mod for mod in MODALITIES if any(mod in s["index"] for s in shards)]
+    captions = "text" in indexed
     texts = None
     if bank in ("generic", "texts"):
         texts = list(GENERIC_PROMPTS if bank == "generic" else (bank_texts or []))
@@ -232,12 +184,16 @@ def _banks(folder: Path, m: dict, shards: list[dict], clip, bank: str, bank_text
 
         text_bank = Encoder(clip).texts(texts)
     elif bank == "corpus":
+        if not captions:
+            raise ValueError(f"{folder} has no captions to sample bank 'corpus' from; use bank 'generic' or 'texts'")
         text_bank = _sample_rows(folder, m, shards, "text", bank_size, seed)
     else:
         raise ValueError(f"unknown bank {bank!r}; choose generic, texts or corpus")
-    banks = {"image": text_bank, "text": _sample_rows(folder, m, shards, "image", bank_size, seed + 1)}
-    refs = {"image": _sample_rows(folder, m, shards, "text", ref_size, seed + 2),
-            "text": _sample_rows(folder, m, shards, "image", ref_size, seed + 3)}
+    banks = {"image": text_bank}
+    refs = {"image": _sample_rows(folder, m, shards, "text", ref_size, seed + 2) if captions else text_bank}
+    if captions:
+        banks["text"] = _sample_rows(folder, m, shards, "image", bank_size, seed + 1)
+        refs["text"] = _sample_rows(folder, m, shards, "image", ref_size, seed + 3)
     return texts, banks, refs
 
 
@@ -250,8 +206,16 @@ class BiasExtension:
                  bank_texts: Optional[Sequence[str]] = None):
         self.folder, self.clip, self.bank, self.bank_texts = Path(folder), clip, bank, bank_texts
 
+    def defers(self, manifest: dict) -> bool:
+        """Whether ``finish`` will compute banks: shards committed before then defer their indexes."""
+        return self.bank is not None and not manifest.get("bias")
+
     def finish(self, manifest: dict) -> None:
         if self.bank is None or manifest.get("bias") or not any(s["rows"] for s in manifest["shards"]):
+            return
+        if self.bank == "corpus" and not any("text" in s["index"] for s in manifest["shards"]):
+            log.warning("%s has no captions to sample a 'corpus' bank from: no bias offsets (BSAP/NNN); "
+                        "add them with `retrieval bias %s --bank generic`", self.folder, self.folder)
             return
         apply_biases(self.folder, manifest, self.clip, self.bank, self.bank_texts)
 
@@ -260,20 +224,25 @@ class BiasExtension:
         if not section:
             return None
         where = section.get("dir")
-        if not where or not all(reference_path(self.folder, mod, where).exists() for mod in MODALITIES):
-            section["stale"] = True  # biases from before stored references: recomputed after the run
+        have = [mod for mod in vectors if where and reference_path(self.folder, mod, where).exists()]
+        if len(have) < len(vectors):
+            # biases from before stored references, or the first captions of an image-only folder:
+            # recomputed after the run
+            section["stale"] = True
             return None
-        return {mod: offsets_of(vectors[mod], np.load(bank_path(self.folder, mod, where)),
-                                np.load(reference_path(self.folder, mod, where)), section["tau"], section["nnn_k"])
-                for mod in MODALITIES}
+        out = {mod: offsets_of(vectors[mod], np.load(bank_path(self.folder, mod, where)),
+                               np.load(reference_path(self.folder, mod, where)), section["tau"], section["nnn_k"])
+               for mod in have}
+        quantize(out, section.get("shift") or {})
+        return out
 
     def save(self, manifest: dict, entry: dict, offsets: dict) -> None:
         section = manifest["bias"]
-        _save_offsets(self.folder, entry, {mod: offsets[mod] for mod in offsets}, section["dir"],
-                      _Files(self.folder, section["files"]))
+        save_offsets(self.folder, entry, {mod: offsets[mod] for mod in offsets}, section["dir"],
+                      BiasFiles(self.folder, section["files"]))
 
 
 def save_shard_offsets(folder: str | os.PathLike, manifest: dict, shard: dict, offsets: dict) -> None:
     """Write given offsets ({modality: {method: [n]}}) of a shard beside the current generation's files."""
     section = manifest["bias"]
-    _save_offsets(Path(folder), shard, offsets, section["dir"], _Files(Path(folder), section["files"]))
+    save_offsets(Path(folder), shard, offsets, section["dir"], BiasFiles(Path(folder), section["files"]))

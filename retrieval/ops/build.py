@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -17,10 +17,22 @@ from ..corpus import DEFAULT_MAX_PIXELS, open_corpus
 from ..embed import ClipModel, load_model
 from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
 from ..errors import StorageError
+from ..store.layout import MODALITIES
 from ..store.outfolder import check_out, committed
 from .bias import BiasExtension, compute_biases
 
 log = logging.getLogger("retrieval.build")
+
+
+def check_modalities(modalities: Sequence[str]) -> list[str]:
+    """``modalities`` in canonical order; ValueError for unknown ones or none (image is required:
+    every item has an image)."""
+    wanted = list(dict.fromkeys(modalities))
+    bad = [m for m in wanted if m not in MODALITIES]
+    if bad or "image" not in wanted:
+        raise ValueError(f"modalities must include image and be among {', '.join(MODALITIES)}, got "
+                         f"{', '.join(wanted) or 'none'}")
+    return [m for m in MODALITIES if m in wanted]
 
 
 def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = "ViT-B-32",
@@ -31,22 +43,25 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 caption_column: Optional[str] = None, key_column: Optional[str] = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, recall_target: float = 0.95, progress: bool = True,
                 bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None,
-                require_captions: bool = False, report: Optional[list] = None) -> dict:
+                require_captions: bool = False, modalities: Sequence[str] = MODALITIES,
+                report: Optional[list] = None) -> dict:
     """Build, resume or sync the index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
     ``bias_bank`` ('generic' | 'corpus' | None) computes the bias offsets for exact BSAP/NNN search.
     Items without a caption are indexed (searchable by text->image and image->image) unless
-    ``require_captions``. ``report``, a list, receives the run's :class:`~retrieval.store.indexer.RunReport`.
+    ``require_captions``. ``modalities``: which indexes to build ('image': text->image and
+    image->image search; 'text': search among captions; text needs captions). ``report``, a list, receives the run's :class:`~retrieval.store.indexer.RunReport`.
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
+    modalities = check_modalities(modalities)
     reader = open_corpus(corpus, image_root, image_column, caption_column, key_column, require_captions)
     check_out(out)
     clip = clip or load_model(model, pretrained, device)
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
-                "recall_target": recall_target, "require_captions": require_captions}
+                "recall_target": recall_target, "require_captions": require_captions, "modalities": modalities}
     manifest, run = index_corpus(reader, out, clip, settings, progress, extend=BiasExtension(out, clip, bias_bank))
     if bias_bank and ("bias" not in manifest or manifest["bias"].get("stale")):
         try:

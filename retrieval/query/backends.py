@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -34,9 +35,16 @@ def pick_backend(name: str = "auto") -> str:
 
     if faiss.get_num_gpus() > 0:
         return "faiss-gpu"
+    if "torch" not in sys.modules and not _nvidia_device():
+        return "faiss-cpu"  # no GPU: do not load torch (hundreds of MB) just to ask
     import torch
 
     return "torch" if torch.cuda.is_available() else "faiss-cpu"
+
+
+def _nvidia_device() -> bool:
+    """Whether this machine exposes an NVIDIA device (the driver's device nodes)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0") or sys.platform == "win32"
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

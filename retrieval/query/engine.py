@@ -96,7 +96,7 @@ class ModalitySearch:
         if mask is None and self.backend_name == "faiss-gpu" and k <= 2048:
             index = self._gpu_copy(i, index)
         s, local = search_shard(index, qa, k, mask, None if mask is None else selection.bits(i), allowed)
-        if offset is not None:
+        if offset is not None:  # the stored offsets are what the codes hold (quantized): exact
             s = s - np.float32(offset.scale * self.biases.shift(offset.method, self.modality))
         return s, local
 

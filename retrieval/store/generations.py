@@ -5,8 +5,9 @@ A reader only ever follows a manifest, so it sees the old set of files or the ne
 kill -9 at any point leaves one of the two. Files that a publish stops referencing are *retired*:
 listed in the new manifest and deleted at the next publish, so a reader that opened the previous
 generation just before a switch can still load its files for one more generation. Files retired from
-an incomplete generation (a first build in progress, which no reader opens) are deleted at once: a
-first build does not hold two copies of what its last step rewrites. Anything else in
+a generation no reader opens (an incomplete one: a first build in progress; or one of an older
+format, which readers refuse) are deleted at once: a first build does not hold two copies of what its
+last step rewrites, and a migration frees the old format's space. Anything else in
 the managed folders that no manifest knows (what a killed writer left) is swept at each publish.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .integrity import listed_files
 from .layout import BIAS_DIR, TOMBSTONE_DIR, legacy_bias_files
-from .manifest import load_manifest, save_manifest
+from .manifest import MIN_FORMAT, load_manifest, save_manifest
 
 # folders whose entries no manifest references are garbage (a killed writer's files); swept only by a
 # publish, which runs under the writer lock after every file it publishes is written
@@ -38,11 +39,11 @@ def next_generation(manifest: dict) -> int:
 def publish(folder: str | os.PathLike, manifest: dict) -> None:
     """Make ``manifest`` the folder's state (one atomic write), then collect garbage."""
     folder = Path(folder)
-    previous = load_manifest(folder) or {}
+    previous = load_manifest(folder, allow_old=True) or {}
     manifest["generation"] = max(next_generation(previous), int(manifest.get("generation", 0)))
     now = referenced(manifest)
     gone = referenced(previous) - now
-    readable = bool(previous.get("complete"))
+    readable = bool(previous.get("complete")) and previous.get("format_version", 0) >= MIN_FORMAT
     manifest["retired"] = sorted(gone) if readable else []
     save_manifest(folder, manifest)
     for rel in previous.get("retired", []) + ([] if readable else sorted(gone)):
@@ -51,6 +52,8 @@ def publish(folder: str | os.PathLike, manifest: dict) -> None:
     keep = now | set(manifest["retired"])
     for managed in MANAGED:
         _sweep(folder, folder / managed, keep)
+        if (folder / managed).is_dir() and not any((folder / managed).iterdir()):
+            (folder / managed).rmdir()  # e.g. img_emb/ once every shard's vectors live in its index
 
 
 def _sweep(folder: Path, root: Path, keep: set[str]) -> None:

@@ -19,14 +19,15 @@ from typing import Optional
 import numpy as np
 
 from ..corpus import CorpusReader
-from ..embed import ClipModel, Encoder, iter_batches
+from ..embed import ClipModel
 from ..errors import CorpusError, IndexFolderError, StorageError
 from .atomic import remove_stale_temps
 from .generations import next_generation, publish
-from .layout import ERRORS
+from .layout import ERRORS, MODALITIES
 from .lock import write_lock
 from .manifest import load_manifest, new_manifest
 from .masks import apply_tombstones
+from .offsets import build_pending
 from .outfolder import check_existing, check_index_key, committed, prepare_out
 from .plan import plan_run
 from .writer import Extend, ShardWriter, read_errors, update_counts
@@ -83,6 +84,8 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
     if len(plan.deleted):
         apply_tombstones(out, manifest, plan.deleted, next_generation(manifest))
         publish(out, manifest)
+    from ..embed import Encoder, iter_batches  # torch: only when embedding
+
     writer = ShardWriter(out, manifest, reader.metadata_schema, settings, plan.kept, dict(plan.replaced), extend)
     encoder = Encoder(clip)
     t_model = 0.0
@@ -99,7 +102,8 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
             if batch.rows:
                 t0 = time.perf_counter()
                 img = encoder.images(batch.images)
-                txt = encoder.tokens(batch.tokens) if batch.tokens is not None else None
+                embed_text = batch.tokens is not None and "text" in settings.get("modalities", MODALITIES)
+                txt = encoder.tokens(batch.tokens) if embed_text else None
                 t_model += time.perf_counter() - t0
                 n_new += len(batch.rows)
             else:
@@ -123,6 +127,7 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
                           f"see {out / ERRORS}")
     if extend is not None:
         extend.finish(manifest)
+    build_pending(out, manifest, next_generation(manifest))  # what no offsets came for
     manifest["complete"] = True
     manifest["stats"] = {
         "elapsed_s": round(elapsed, 3), "model_s": round(t_model, 3), "new_rows": n_new,
@@ -172,6 +177,7 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
         update_counts(manifest, [], len(img))
         if extend is not None:
             extend.finish(manifest)
+        build_pending(out, manifest, next_generation(manifest))  # what no offsets came for
         manifest["complete"] = True
         publish(out, manifest)
     return manifest

@@ -43,9 +43,9 @@ def save_manifest(folder: str | os.PathLike, manifest: dict) -> None:
     write_json(Path(folder) / MANIFEST, manifest)
 
 
-def require_manifest(folder: str | os.PathLike) -> dict:
+def require_manifest(folder: str | os.PathLike, allow_old: bool = False) -> dict:
     """The manifest of ``folder``; IndexFolderError when it is not an index folder."""
-    m = load_manifest(folder)
+    m = load_manifest(folder, allow_old)
     if m is None:
         raise IndexFolderError(f"{folder} is not an index folder (no manifest.json)", usage=True)
     return m

@@ -11,8 +11,8 @@ from ..errors import IndexFolderError, UsageError
 from .faiss_index import validate_key
 from .manifest import load_manifest
 
-RESUME_KEYS = ("shard_size", "index_key", "memory_budget", "max_pixels", "require_captions")
-_DEFAULTS = {"require_captions": False}  # settings folders written before they existed had
+RESUME_KEYS = ("shard_size", "index_key", "memory_budget", "max_pixels", "require_captions", "modalities")
+_DEFAULTS = {"require_captions": False, "modalities": ["image", "text"]}  # settings folders written before they existed had
 
 
 def check_index_key(index_key: Optional[str], dim: int) -> None:

@@ -58,14 +58,17 @@ def _keep_trained(out: Path, manifest: dict, modality: str, key: str, index, par
 
 
 def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.ndarray, usable: np.ndarray,
-                   offsets: Optional[dict], settings: dict, seed: int, keep_trained: bool = True):
+                   offsets: Optional[dict], settings: dict, seed: int, keep_trained: bool = True,
+                   shifts: Optional[dict] = None):
     """(index, params, reused quantizer?) of the combined index of ``key`` over ``vecs`` [n, d];
-    ``keep_trained=False`` neither reuses nor saves the folder's trained quantizer."""
+    ``keep_trained=False`` neither reuses nor saves the folder's trained quantizer. ``shifts``
+    ({method: {modality: s}}) default to the manifest's bias section's."""
     import faiss
 
     d = vecs.shape[1]
     fkey, dim = combined_layout(key, d)
-    shifts = (manifest.get("bias") or {}).get("shift") or {}
+    if shifts is None:
+        shifts = (manifest.get("bias") or {}).get("shift") or {}
     x = combine_vectors(vecs, offsets, {m: shifts.get(m, {}).get(modality, 0.0) for m in ("bsap", "nnn")}, dim)
     trained = _trained(out, manifest, modality, fkey, dim) if keep_trained else None
     index = build_faiss_index(x, fkey, seed=seed, trained=trained, train_rows=usable, extra=dim - d)
@@ -80,10 +83,20 @@ def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.
     return index, params, trained is not None
 
 
+def shard_modalities(settings: dict, has_caption: np.ndarray) -> list[str]:
+    """The modalities a shard indexes: those asked for (``settings["modalities"]``, default both),
+    text only when some row has a caption."""
+    wanted = settings.get("modalities") or MODALITIES
+    return [mod for mod in MODALITIES if mod in wanted and len(has_caption) and (mod == "image" or has_caption.any())]
+
+
 def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray, txt: np.ndarray,
-                rows, has_caption: np.ndarray, schema, settings: dict, offsets: Optional[dict] = None) -> dict:
+                rows, has_caption: np.ndarray, schema, settings: dict, offsets: Optional[dict] = None,
+                defer: bool = False) -> dict:
     """Write shard ``k`` (global ids from ``offset``) and return its manifest entry. ``offsets``:
-    {modality: {"bsap": [n], "nnn": [n]}} for the combined indexes' extra coordinates (None: zeros)."""
+    {modality: {"bsap": [n], "nnn": [n]}} for the combined indexes' extra coordinates (None: zeros).
+    ``defer``: keep the vectors in the npy and mark the indexes pending (``store.offsets`` builds
+    them once the offsets exist)."""
     n, d = img.shape
     all_files = shard_files(k)
     files = {"metadata": all_files["metadata"]}
@@ -94,10 +107,10 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
         files["captions"] = caption_file(k)
         save_npy(out / files["captions"], pack(has_caption))
     save_parquet(out / files["metadata"], rows, schema, (k, offset))
-    wanted = settings.get("modalities") or MODALITIES
+    wanted = shard_modalities(settings, has_caption)
     for modality, vecs in zip(MODALITIES, (img, txt)):
         usable = np.arange(n) if modality == "image" else captioned
-        if modality not in wanted or n == 0 or len(usable) == 0:
+        if modality not in wanted:
             continue
         requested = shard_key(len(usable), d, settings["memory_budget"], settings["index_key"])
         if settings["index_key"] and requested != settings["index_key"]:
@@ -106,10 +119,13 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
         key = built_key(requested)
         t0 = time.perf_counter()
         info = {"key": key, "requested": requested, "params": "", "ntotal": n, "dim": int(d), "trained_reused": False}
-        if keeps_npy(key):
+        pending = defer and key != "Flat"
+        if keeps_npy(key) or pending:
             files[EMB_FILE[modality]] = all_files[EMB_FILE[modality]]
             save_npy(out / files[EMB_FILE[modality]], np.asarray(vecs, np.float16))
-        if key != "Flat":
+        if pending:
+            info["pending"] = True
+        elif key != "Flat":
             index, info["params"], info["trained_reused"] = build_combined(
                 out, manifest, modality, key, vecs, usable, (offsets or {}).get(modality), settings, seed=k)
             files[INDEX_FILE[modality]] = index_file(k, modality)

@@ -39,7 +39,7 @@ def decode_all(index, d: int) -> np.ndarray:
     if isinstance(ix, faiss.IndexHNSW):
         st = faiss.downcast_index(ix.storage)
         codes = faiss.rev_swig_ptr(st.codes.data(), st.ntotal * st.code_size)
-        return codes.view(np.float16).reshape(st.ntotal, -1)[:, :d]
+        return codes.view(np.float16).reshape(st.ntotal, -1)[:, :d].copy()  # a copy: the index may be freed
     ivf = faiss.extract_index_ivf(index)
     inv = ivf.invlists
     out = np.empty((ivf.ntotal, d), np.float16)

@@ -18,9 +18,9 @@ import numpy as np
 
 from .atomic import write_bytes
 from .generations import next_generation, publish
-from .layout import ERRORS
+from .layout import ERRORS, MODALITIES
 from .masks import apply_tombstones, live_count
-from .shard import write_shard, zero_text_rows
+from .shard import shard_modalities, write_shard, zero_text_rows
 
 
 class Extension(Protocol):
@@ -33,8 +33,12 @@ class Extension(Protocol):
     def save(self, manifest: dict, entry: dict, offsets: dict) -> None:
         """Write the shard's offsets files and list them in ``manifest``."""
 
+    def defers(self, manifest: dict) -> bool:
+        """Whether ``finish`` will provide offsets: shards committed until then defer their indexes."""
+
     def finish(self, manifest: dict) -> None:
-        """Called before the publish that marks ``manifest`` complete; may add files to it."""
+        """Called before the publish that marks ``manifest`` complete: builds the deferred indexes
+        with their offsets (``store.offsets.index_with_offsets``), may add files."""
 
 
 Extend = Extension
@@ -117,9 +121,11 @@ class ShardWriter:
         k, offset = next_ids(m)
         rows = [{c: v for c, v in r.items() if c != "_pos"} for r in self.rows]
         img, txt = np.concatenate(self.img), np.concatenate(self.txt)
-        offsets = None if self.extend is None else self.extend.offsets(m, {"image": img, "text": txt})
-        entry = write_shard(self.out, m, k, offset, img, txt, rows, np.asarray(self.has_caption, bool), self.schema,
-                            self.s, offsets)
+        has_caption = np.asarray(self.has_caption, bool)
+        vectors = {mod: v for mod, v in zip(MODALITIES, (img, txt)) if mod in shard_modalities(self.s, has_caption)}
+        offsets = None if self.extend is None else self.extend.offsets(m, vectors)
+        defer = offsets is None and self.extend is not None and self.extend.defers(m)
+        entry = write_shard(self.out, m, k, offset, img, txt, rows, has_caption, self.schema, self.s, offsets, defer)
         entry["end_pos"] = end_pos
         gen = next_generation(m)
         apply_tombstones(self.out, m, [self.replaced.pop(r["key"]) for r in rows if r["key"] in self.replaced], gen)

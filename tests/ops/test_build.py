@@ -305,3 +305,23 @@ def test_a_manifest_of_urls_says_they_are_not_downloaded(tmp_path):
     (tmp_path / "urls.csv").write_text("url,caption\n" + "".join(f"https://example.org/{i}.jpg,c{i}\n" for i in range(20)))
     with pytest.raises(CorpusError, match=r"holds remote URLs \(20 rows.*img2dataset"):
         open_corpus(tmp_path / "urls.csv", image_column="URL")  # names match case-insensitively
+
+
+def test_modalities_image_builds_no_text_index_and_methods_still_work(tmp_path, tiny_clip):
+    root = tmp_path / "c"
+    for i in range(30):
+        make_image(root / f"{i:03d}.jpg", color=(i * 8, 100, 255 - i * 8)).with_suffix(".txt").write_text(f"item {i}")
+    m = build_index(root, tmp_path / "idx", shard_size=20, workers=0, progress=False, clip=tiny_clip,
+                    modalities=["image"])
+    assert all(set(s["index"]) == {"image"} for s in m["shards"]) and m["build"]["modalities"] == ["image"]
+    assert not (tmp_path / "idx" / "text_emb").exists() and not list((tmp_path / "idx").rglob("*text*"))
+    assert m["bias"]["nnn_ref_rows"] == {"image": 16}  # no stored captions: the prompt bank is the NNN reference
+    idx = open_index(tmp_path / "idx", tiny_clip)
+    for rerank in ("clip", "bsap", "nnn", "hybrid"):
+        assert len(idx.query(text="a red square", k=7, rerank=rerank)[0]) == 7
+    assert idx.query(text="a red square", k=7, target="text")[0] == []
+    r = CliRunner().invoke(main, ["build", str(root), "--out", str(tmp_path / "idx"), "--model", str(TINY),
+                                  "--workers", "0", "--shard-size", "20", "--quiet"])
+    assert r.exit_code == 2 and "modalities=['image']" in r.output
+    r = CliRunner().invoke(main, ["build", str(root), "--out", str(tmp_path / "o2"), "--modalities", "text"])
+    assert r.exit_code == 2 and "--modalities" in r.output and "must include image" in r.output

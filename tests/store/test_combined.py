@@ -88,3 +88,23 @@ def test_combined_index_finds_each_methods_top_k_as_well_as_plain_cosine(key):
     plain_recall = _recall(ix.search(combine_query(q, dim), 10)[1], offset_search(q, x, 0 * bias, 10)[1])
     nnn_recall = _recall(ix.search(combine_query(q, dim, nnn=0.75), 10)[1], offset_search(q, x, 0.75 * bias, 10)[1])
     assert nnn_recall >= min(0.9, plain_recall - 0.1), (plain_recall, nnn_recall)
+
+
+def test_quantized_offsets_are_encoded_exactly_by_the_fp16_codes():
+    from retrieval.store.combined import quantize_offsets
+
+    rng = np.random.default_rng(11)
+    x = _clustered(20000, 8, 12).astype(np.float16).astype(np.float32)
+    shift = {"bsap": 0.8731, "nnn": 0.41}
+    raw = {m: (s + 0.1 * rng.standard_normal(20000)).astype(np.float32) for m, s in shift.items()}
+    q = {m: quantize_offsets(raw[m], shift[m]) for m in raw}
+    for m in raw:  # at most half an fp16 step of the centred value
+        assert (np.abs(q[m] - raw[m]) <= 2.0 ** -11 * np.abs(raw[m] - shift[m]) + 1e-7).all()
+    v = combine_vectors(x, q, shift)
+    ix = build_faiss_index(v, "IVF8,SQfp16", extra=2)
+    faiss.extract_index_ivf(ix).make_direct_map()
+    # each coordinate is within float32 rounding of an fp16 number: stored as exactly that number,
+    # whatever rounding the encoder uses
+    np.testing.assert_array_equal(ix.reconstruct_n(0, 20000), v.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(ix.reconstruct_n(0, 20000), v, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(quantize_offsets(q["nnn"], shift["nnn"]), q["nnn"])  # idempotent
