@@ -2,7 +2,8 @@
 
 Builds an index folder from N random unit vectors (``build_from_embeddings``) in --shards shards,
 then times batched queries (--queries random unit vectors, k=--k):
-- raw faiss: the same index files read with faiss.read_index, searched shard by shard, merged with numpy;
+- raw faiss: each shard's index file read into RAM with faiss.read_index (a Flat shard: an
+  IndexFlatIP over its npy), searched shard by shard, merged with numpy;
 - ours: ``Index.search`` (faiss-cpu backend; shards searched in threads, merged top-k);
 - ours exact BSAP / NNN: whole-corpus search with the stored per-item offsets;
 - ours hybrid: BSAP-H rerank of --candidates CLIP candidates;
@@ -23,10 +24,6 @@ import numpy as np
 from synthetic import recall, unit_vectors
 
 
-
-
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
@@ -42,8 +39,7 @@ def main() -> None:
                     help="draw corpus and queries around this many random centres (0: isotropic random vectors)")
     ap.add_argument("--spread", type=float, default=1.0, help="noise scale around the centres (with --clusters)")
     ap.add_argument("--nprobe", type=int, default=None,
-                    help="IVF: set this nprobe in the folder's manifest (both sides, augmented indexes too) "
-                         "instead of the build's tuned value")
+                    help="IVF: search with this nprobe (both sides) instead of the build's tuned value")
     ap.add_argument("--skip-exact", action="store_true", help="skip the exact BSAP/NNN runs")
     ap.add_argument("--skip-torch", action="store_true", help="skip the torch exact run (brute force: slow at 1M on CPU)")
     ap.add_argument("--recall-queries", type=int, default=100,
@@ -65,14 +61,11 @@ def main() -> None:
     params = f"nprobe={a.nprobe}" if a.nprobe is not None else None
     idx = open_index(folder, backend="faiss-cpu", search_params=params)
     q = unit_vectors(a.queries, a.dim, 1, a.clusters, a.spread)
-    raw = [faiss.read_index(str(folder / s["files"]["image_index"])) for s in idx.shards]
-    for ix, s in zip(raw, idx.shards):
-        if params or s["index"]["image"]["params"]:
-            faiss.ParameterSpace().set_index_parameters(ix, params or s["index"]["image"]["params"])
+    raw = [_raw_index(folder, s, params) for s in idx.shards]
     offs = idx.offsets
 
     def raw_faiss():
-        parts = [ix.search(q, a.k) for ix in raw]
+        parts = [ix.search(_pad(q, ix.d), a.k) for ix in raw]
         sc = np.concatenate([p[0] for p in parts], 1)
         ids = np.concatenate([p[1] + o for p, o in zip(parts, offs)], 1)
         top = np.argsort(-sc, 1)[:, :a.k]
@@ -122,6 +115,25 @@ def main() -> None:
     print(f"  time hybrid / plain top-{a.candidates}        {ratio(base, hyb):.3f}")
     if a.out is None:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _raw_index(folder: Path, shard: dict, params):
+    """What a faiss user would search for one shard: its index file read into RAM (IVF/HNSW: the
+    combined index, queried with zeros in the offsets coordinates), or an IndexFlatIP over its npy."""
+    import faiss
+
+    if "image_index" not in shard["files"]:
+        ix = faiss.IndexFlatIP(shard["dim"])
+        ix.add(np.load(folder / shard["files"]["img_emb"]).astype(np.float32))
+        return ix
+    ix = faiss.read_index(str(folder / shard["files"]["image_index"]))
+    if params or shard["index"]["image"]["params"]:
+        faiss.ParameterSpace().set_index_parameters(ix, params or shard["index"]["image"]["params"])
+    return ix
+
+
+def _pad(q: np.ndarray, d: int) -> np.ndarray:
+    return q if q.shape[1] == d else np.hstack([q, np.zeros((len(q), d - q.shape[1]), np.float32)])
 
 
 def _recalls(idx, q: np.ndarray, k: int, skip_exact: bool) -> dict[str, float]:

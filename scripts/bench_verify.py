@@ -1,8 +1,8 @@
 """Integrity checks: the cost of `retrieval verify` (every byte, sha256) per GB, and of the cheap
 check every open runs (sizes + sampled fingerprints, O(files)), measured in one run.
 
-Builds an index folder from N random unit vectors (``build_from_embeddings``, IVF shards so the
-folder also holds augmented indexes), then times, --repeats times each:
+Builds an index folder from N random unit vectors (``build_from_embeddings``, IVF shards: combined
+indexes and bias files), then times, --repeats times each:
 - the full verify with a warm page cache, and with a cold one (``/proc/sys/vm/drop_caches``, root only);
 - the quick check alone (what ``open_index`` adds), and ``open_index`` itself.
 """

@@ -36,6 +36,12 @@ def main() -> int:
         else:
             print("demo: no ../shared fixtures here; run `make demo CORPUS=/path/to/corpus`", file=sys.stderr)
             return 2
+        if (Path(a.out) / "manifest.json").exists():  # a demo index of an earlier version: rewrite it once
+            from retrieval.ops.migrate import migrate
+
+            report = migrate(a.out)
+            if report.from_format != report.to_format:
+                print(report.line())
         build_index(out=a.out, clip=clip, **kwargs)
         print(format_info(index_info(a.out)))
         index = open_index(a.out, clip)
