@@ -7,7 +7,7 @@ with biases from a ``corpus`` bank. Per side it reports:
 - open: seconds, and RSS growth of the process (VmRSS after ``open_index`` minus before);
 - RSS after 1,000 queries at nprobe 16, and after the nprobe 256 runs;
 - per nprobe (1, 16, 256): single-query QPS (--single queries one by one) and batch QPS (--queries in
-  one call; median of --repeats after an untimed call), recall@10 against numpy brute force over the
+  one call; medians of --repeats after an untimed call), recall@10 against numpy brute force over the
   stored fp16 vectors, and recall of exact BSAP / NNN against brute force over the stored offsets;
 - exact BSAP / NNN at nprobe = nlist: the fraction of queries whose top-10 equals brute force.
 Ours also times ``retrieval bias`` (new offsets patched into the codes in place) against rebuilding
@@ -15,6 +15,8 @@ the same indexes from their decoded vectors (quantizer reused, and retrained). B
 its own process per side, so the RSS figures hold only what a search holds.
 
 The baseline runs from a git worktree of --baseline (``PYTHONPATH=<worktree>``); --no-baseline skips it.
+The measurements run --rounds times per side, alternating sides, in fresh processes; every figure
+is the median over the rounds, and the ratio column divides those medians.
 """
 from __future__ import annotations
 
@@ -74,12 +76,15 @@ def _batch_qps(idx, q, repeats: int, **kw) -> tuple[float, np.ndarray]:
     return len(q) / statistics.median(times), ids
 
 
-def _single_qps(idx, q) -> float:
+def _single_qps(idx, q, repeats: int) -> float:
     idx.search(q[:1], 10)
-    t0 = time.perf_counter()
-    for i in range(len(q)):
-        idx.search(q[i:i + 1], 10)
-    return len(q) / (time.perf_counter() - t0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(len(q)):
+            idx.search(q[i:i + 1], 10)
+        times.append(time.perf_counter() - t0)
+    return len(q) / statistics.median(times)
 
 
 def work_exact(a) -> dict:
@@ -123,7 +128,7 @@ def work_measure(a) -> dict:
         row: dict = {}
         if p in NPROBES:
             row["batch_qps"], ids = _batch_qps(idx, q, a.repeats)
-            row["single_qps"] = _single_qps(idx, q[:a.single])
+            row["single_qps"] = _single_qps(idx, q[:a.single], a.repeats)
             row["recall"] = recall(ids, truth)
         if p == 256:
             out["rss_after_nprobe256_mb"], out["rss_anon_after_nprobe256_mb"] = rss_mb(), rss_mb("RssAnon")
@@ -215,6 +220,14 @@ def _chunked(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _median(runs: list[dict]) -> dict:
+    """The median of every number across runs of the same worker (nested dicts too)."""
+    out = {}
+    for key, v in runs[0].items():
+        out[key] = _median([r[key] for r in runs]) if isinstance(v, dict) else statistics.median(r[key] for r in runs)
+    return out
+
+
 def baseline_tree(commit: str, where: Path) -> Path:
     if not (where / "retrieval").exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(where), commit], check=True,
@@ -266,6 +279,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--single", type=int, default=200, help="queries timed one by one")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="measure runs per side, alternating; medians reported")
     ap.add_argument("--baseline", default="da16967", help="commit to compare with (format 2: the issue's 'this commit')")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--work", default=None, help="working folder (default: a temp folder, removed)")
@@ -284,14 +298,18 @@ def main() -> None:
         codes = {"ours": ROOT}
         if not a.no_baseline:
             codes["baseline"] = baseline_tree(a.baseline, work / "baseline-code")
-        sides = {}
+        sides, rounds = {}, {name: [] for name in codes}
         for name, code in codes.items():
             folder = work / f"idx-{name}"
             shutil.rmtree(folder, ignore_errors=True)
             sides[name] = run_worker("build", a, folder, code)
             run_worker("exact", a, folder, code)
-            sides[name].update(run_worker("measure", a, folder, code))
-            print(f"{name}: {json.dumps(sides[name])}", file=sys.stderr)
+        for r in range(a.rounds):  # the sides alternate; each figure is the median over the rounds
+            for name, code in codes.items():
+                rounds[name].append(run_worker("measure", a, work / f"idx-{name}", code))
+                print(f"round {r + 1} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr)
+        for name in codes:
+            sides[name].update(_median(rounds[name]))
         sides["ours"].update(run_worker("bias", a, work / "idx-ours", ROOT))
         report(sides, a)
     finally:

@@ -77,7 +77,8 @@ def format_info(info: dict) -> str:
         lines += [f"  {n:>7}  {r}" for r, n in info["reasons"].items()]
     b = info.get("bias") or {}
     if b:
-        lines.append(f"bias      bank={b['bank']} ({(b.get('bank_rows') or {}).get('image')} prompts), "
+        what = "sampled captions" if b["bank"] == "corpus" else "prompts"
+        lines.append(f"bias      bank={b['bank']} ({(b.get('bank_rows') or {}).get('image')} {what}), "
                      f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}; in each index's extra coordinates"
                      + (" (STALE: run `retrieval bias`)" if b["stale"] else ""))
     else:

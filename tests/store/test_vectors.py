@@ -57,3 +57,26 @@ def test_lossy_codes_are_not_patched():
     x = unit_vectors(3000, 16, 3)
     ix = build_faiss_index(combine_vectors(x), "IVF16,SQ8", extra=2)
     assert not set_offsets(ix, np.zeros((3000, 2), np.float32), 16)
+
+
+def test_a_first_build_writes_each_index_once_with_its_offsets(tmp_path, monkeypatch):
+    """The shards wait as npy until the banks exist; then each index is written once, offsets in."""
+    import retrieval.store.offsets as offsets_mod
+    import retrieval.store.shard as shard_mod
+    from retrieval import build_from_embeddings, open_index
+
+    written = []
+    for mod in (offsets_mod, shard_mod):
+        real = mod.save_faiss
+        monkeypatch.setattr(mod, "save_faiss", lambda path, index, real=real: (written.append(path.name), real(path, index)))
+    x = unit_vectors(3000, 16, 4)
+    build_from_embeddings(tmp_path / "idx", x, x, {"arch": "synthetic"}, shard_size=1000, index_key="IVF8,Flat")
+    indexes = sorted(n for n in written if not n.startswith("trained"))
+    assert indexes == sorted(f"{m}_{k:04d}_g000004.index" for m in ("image", "text") for k in range(3))
+    assert not (tmp_path / "idx" / "img_emb").exists()  # the staging npy is gone
+    idx = open_index(tmp_path / "idx")
+    ix = idx.shard_set.index(1, "image")
+    faiss.extract_index_ivf(ix).make_direct_map()
+    stored = ix.reconstruct_n(0, 1000)[:, 16:18]  # the offsets coordinates, as written
+    want = -(idx.biases.per_shard("nnn", "image")[1] - idx.biases.shift("nnn", "image"))
+    np.testing.assert_allclose(stored[:, 1], want, atol=1e-6)
