@@ -5,6 +5,7 @@ Public API (stable; factory functions, numpy in and out):
 - :func:`build_index` — corpus -> index folder (resumable), with the bias offsets
 - :func:`build_from_embeddings` — precomputed, row-aligned embeddings -> index folder;
   :func:`add_embeddings` appends more (``Index.delete`` deletes, :func:`compact` reclaims)
+- :func:`import_folder` — clip-retrieval's ``inference`` output -> index folder, no re-embedding
 - :func:`open_index` — open an index folder for search (``Index.query`` / ``Index.search``)
 - :func:`load_model` — open_clip model from a hub tag or local checkpoint
 - :func:`index_info` — summary of an index folder (:func:`format_info` prints it)
@@ -22,7 +23,7 @@ from .corpus import open_corpus
 from .embed import load_model
 from .errors import CorpusError, IndexFolderError, ModelLoadError, RetrievalError
 from .methods import xmore
-from .ops import add_embeddings, build_from_embeddings, build_index, compact
+from .ops import add_embeddings, build_from_embeddings, build_index, compact, import_folder
 from .query import Index, open_index
 from .store import choose_index_key, format_info, index_info
 
@@ -34,7 +35,7 @@ def create_app(*args, **kwargs):
     return _create(*args, **kwargs)
 
 
-__all__ = ["build_index", "build_from_embeddings", "add_embeddings", "compact", "open_index", "Index", "load_model", "index_info", "format_info", "open_corpus",
+__all__ = ["build_index", "build_from_embeddings", "add_embeddings", "compact", "import_folder", "open_index", "Index", "load_model", "index_info", "format_info", "open_corpus",
            "choose_index_key", "Classifier", "xmore", "create_app",
            "RetrievalError", "CorpusError", "IndexFolderError", "ModelLoadError"]
 __version__ = "0.1.0"

@@ -1,8 +1,13 @@
-"""Commands that convert an index folder: ``migrate`` (older formats -> the current one) and
-``export`` (the live rows in clip-retrieval's embeddings layout)."""
+"""Commands that convert index folders: ``migrate`` (older formats -> the current one), ``export``
+(the live rows in clip-retrieval's embeddings layout) and ``import`` (clip-retrieval's inference
+output -> an index folder, without re-embedding)."""
 from __future__ import annotations
 
+import time
+
 import click
+
+from .common import POSITIVE, Finite, Size
 
 
 @click.command()
@@ -34,3 +39,40 @@ def export(index, out, modalities):
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--modalities") from None
     click.echo(report.line())
+
+
+@click.command("import")
+@click.argument("src", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Index folder to write; re-run to resume a killed import.")
+@click.option("--model", required=True,
+              help="The open_clip arch that made the embeddings (e.g. ViT-B-32), or a folder with open_clip_config.json.")
+@click.option("--pretrained", default=None, help="Its pretrained tag or checkpoint (recorded; loaded only for --bias-bank generic).")
+@click.option("--logit-scale", type=Finite(1e-6), default=100.0, show_default=True,
+              help="The model's logit scale (100 for the released CLIPs); checked against a model opened later.")
+@click.option("--shard-size", type=POSITIVE, default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
+@click.option("--index-key", default=None, help="faiss factory string for every shard (default: chosen per shard).")
+@click.option("--memory-budget", type=Size(), default="4GB", show_default=True, help="Memory budget of one shard's index.")
+@click.option("--bias-bank", type=click.Choice(["corpus", "generic", "none"]), default="corpus", show_default=True,
+              help="Bias offsets for exact BSAP/NNN: from sampled captions (corpus), generic prompts (loads the model), or none.")
+@click.option("--normalize", is_flag=True, help="L2-normalise the vectors (default: refuse vectors that are not unit-norm).")
+@click.option("--image-root", default=None, type=click.Path(), help="Folder relative image_path values are under (to serve images).")
+def import_(src, out, model, pretrained, logit_scale, shard_size, index_key, memory_budget, bias_bank, normalize,
+            image_root):
+    """Turn clip-retrieval's `inference` output SRC (img_emb/, text_emb/, metadata/) into an index
+    folder without re-embedding.
+
+    Row i of clip-retrieval (parts in order) keeps global id i, so ids from its back stay valid. The
+    model is what you declare: it is recorded as declared, and a model opened against the index later
+    is checked for its width and logit scale only. SRC is only read; every file of OUT is written anew
+    (no links). clip-retrieval's image.index/text.index are not used: the indexes are rebuilt from the
+    embeddings, with the bias offsets inside.
+    """
+    from ..ops.importer import import_folder
+
+    t0 = time.perf_counter()
+    m = import_folder(src, out, model, pretrained, logit_scale=logit_scale, index_key=index_key, shard_size=shard_size,
+                      bias_bank=None if bias_bank == "none" else bias_bank, normalize=normalize,
+                      memory_budget=memory_budget, image_root=image_root)
+    c = m["counts"]
+    click.echo(f"imported {c['rows']} rows ({c['captionless']} without a caption) in {len(m['shards'])} shards "
+               f"in {time.perf_counter() - t0:.1f} s -> {out}")

@@ -37,6 +37,8 @@ def item_image(corpus: dict, image_path: str, max_bytes: int = 64 << 20) -> tupl
     if kind == "webdataset":
         return _from_tar(corpus, image_path, max_bytes)
     root: Optional[Path]
+    if kind == "clip-retrieval":  # imported rows: absolute paths as clip-retrieval stored them, or under image_root
+        return _imported(corpus, image_path, max_bytes)
     if kind == "folder":
         root = Path(corpus["path"])
     elif kind == "manifest":
@@ -46,6 +48,23 @@ def item_image(corpus: dict, image_path: str, max_bytes: int = 64 << 20) -> tupl
     path = Path(image_path) if os.path.isabs(image_path) and kind == "manifest" else root / image_path
     if not (os.path.isabs(image_path) and kind == "manifest") and not _inside(path, root):
         raise ItemImageError("image path leaves the corpus folder")
+    if not path.is_file():
+        raise ItemImageError(f"image file is missing: {path.name}")
+    if path.stat().st_size > max_bytes:
+        raise ItemImageError("image file is too large to serve")
+    return path.read_bytes(), media_type(path.name)
+
+
+def _imported(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str]:
+    root = corpus.get("image_root")
+    if os.path.isabs(image_path):
+        path = Path(image_path)
+    elif root:
+        path = Path(root) / image_path
+        if not _inside(path, Path(root)):
+            raise ItemImageError("image path leaves the image root")
+    else:
+        raise ItemImageError("relative image path and no --image-root given at import")
     if not path.is_file():
         raise ItemImageError(f"image file is missing: {path.name}")
     if path.stat().st_size > max_bytes:

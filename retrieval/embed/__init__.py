@@ -6,7 +6,7 @@ process that only searches an index never loads it.
 """
 from importlib import import_module
 
-from .models import ClipModel, describe, load_model, load_recorded_model, same_model, sha256_file
+from .models import ClipModel, declared_identity, describe, load_model, load_recorded_model, same_model, sha256_file
 
 _LAZY = {"Encoder": ".encoder", "Batch": ".pipeline", "EmbedStream": ".pipeline", "iter_batches": ".pipeline"}
 
@@ -17,5 +17,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ClipModel", "Encoder", "load_model", "load_recorded_model", "same_model", "describe", "sha256_file",
+__all__ = ["ClipModel", "Encoder", "declared_identity", "load_model", "load_recorded_model", "same_model", "describe", "sha256_file",
            "Batch", "EmbedStream", "iter_batches"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,8 +171,40 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
     return ClipModel(net, preprocess, tokenizer, device, next(net.parameters()).dtype, identity)
 
 
+def declared_identity(model: str, pretrained: Optional[str], logit_scale: float = 100.0) -> dict:
+    """The identity of a model a user declares made some embeddings (``retrieval import``), read
+    from open_clip's config without loading weights: arch, tag, embed_dim, context length, and the
+    logit scale as declared (100 for every released CLIP). Marked ``declared``: only the dims and
+    the logit scale of a model opened against it can be checked."""
+    import json
+
+    from .._compat import import_open_clip
+
+    model, pretrained = _normalise_spec(model, pretrained)
+    if model.startswith("local-dir:"):
+        path = Path(model[len("local-dir:"):]) / "open_clip_config.json"
+        try:
+            cfg = json.loads(path.read_text())["model_cfg"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"cannot read the model config {path}: {type(e).__name__}") from None
+    else:
+        cfg = import_open_clip().get_model_config(model)
+        if cfg is None:
+            raise ModelLoadError(f"unknown open_clip model {model!r} (see open_clip.list_models())")
+    if not (logit_scale > 0 and math.isfinite(logit_scale)):
+        raise ValueError(f"the logit scale must be a positive number, got {logit_scale}")
+    return {"arch": model, "pretrained": pretrained, "weights_path": None, "weights_sha256": None,
+            "embed_dim": int(cfg["embed_dim"]), "logit_scale": float(logit_scale),
+            "context_length": int((cfg.get("text_cfg") or {}).get("context_length", 77)), "declared": True}
+
+
 def same_model(a: dict, b: dict) -> bool:
-    """Whether two identities describe the same weights (sha256 when known, else arch+tag)."""
+    """Whether two identities describe the same weights (sha256 when known, else arch+tag). A
+    declared identity (embeddings imported from another tool) can only be checked for the embedding
+    width and the logit scale (within 1 %)."""
+    if a.get("declared") or b.get("declared"):
+        return (a.get("embed_dim") == b.get("embed_dim")
+                and math.isclose(float(a.get("logit_scale", 100.0)), float(b.get("logit_scale", 100.0)), rel_tol=0.01))
     if a.get("weights_sha256") or b.get("weights_sha256"):
         return a.get("weights_sha256") == b.get("weights_sha256")
     keys = ("arch", "pretrained", "embed_dim") + (("seed",) if a.get("pretrained") == RANDOM else ())
@@ -181,6 +214,9 @@ def same_model(a: dict, b: dict) -> bool:
 def describe(identity: dict) -> str:
     w = identity.get("weights_path") or identity.get("pretrained") or "?"
     sha = identity.get("weights_sha256")
+    if identity.get("declared"):
+        return (f"{identity.get('arch')} [{w}] dim={identity.get('embed_dim')} logit scale "
+                f"{float(identity.get('logit_scale', 100.0)):.1f} (declared at import)")
     return f"{identity.get('arch')} [{w}{' sha256:' + sha[:12] if sha else ''}] dim={identity.get('embed_dim')}"
 
 

@@ -46,8 +46,9 @@ class Index:
     def attach_model(self, clip: ClipModel) -> None:
         """Use ``clip`` to encode queries; it must be the model the index was built with."""
         if not same_model(self.manifest["model"], clip.identity):
+            scale = f" (logit scale {clip.logit_scale:.1f})" if self.manifest["model"].get("declared") else ""
             raise IndexFolderError(f"{self.folder} was built with {describe(self.manifest['model'])}; "
-                                   f"the query model is {describe(clip.identity)}")
+                                   f"the query model is {describe(clip.identity)}{scale}")
         self.clip = clip
 
     def refresh(self) -> bool:

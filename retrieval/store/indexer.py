@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -162,22 +162,38 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "recall_target": recall_target, "dim": img.shape[1], "max_pixels": None}
     manifest = new_manifest(model, {"type": "embeddings", "path": None}, dict(settings))
+    chunks = ((img[i:i + shard_size], txt[i:i + shard_size], rows[i:i + shard_size])
+              for i in range(0, len(img), shard_size))
     prepare_out(out)
     with write_lock(out):
-        schema = pa.Table.from_pylist(rows[:1]).schema
-        writer = ShardWriter(out, manifest, schema, settings, [], extend=extend)
-        for start in range(0, len(img), shard_size):
-            sl = slice(start, start + shard_size)
-            part = np.asarray(txt[sl], np.float32)
-            has = np.abs(part).max(axis=1) > 0
-            batch = [{**r, "_pos": start + i} for i, r in enumerate(rows[sl])]
-            writer.add(np.asarray(img[sl], np.float32), part[has], batch, has.tolist(), [],
-                       min(start + shard_size, len(img)))
-        writer.finish()
-        update_counts(manifest, [], len(img))
-        if extend is not None:
-            extend.finish(manifest)
-        build_pending(out, manifest, next_generation(manifest))  # what no offsets came for
-        manifest["complete"] = True
-        publish(out, manifest)
+        return write_chunks(out, manifest, chunks, pa.Table.from_pylist(rows[:1]).schema, settings, extend)
+
+
+def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, np.ndarray, list[dict]]], schema,
+                 settings: dict, extend: Optional[Extend] = None) -> dict:
+    """Commit row-aligned chunks (image [n, d], text [n, d] with zero rows for items without a caption,
+    n metadata rows) after the rows ``manifest`` already holds, under the caller's write lock; then
+    build what was deferred and publish the folder complete. A kill leaves the last commit, from which
+    a rerun with the same ``manifest`` resumes (the chunks it gives start after ``committed_rows``)."""
+    start = committed_rows(manifest)
+    writer = ShardWriter(out, manifest, schema, settings, [], extend=extend)
+    pos = start
+    for img, txt, rows in chunks:
+        part = np.asarray(txt, np.float32)
+        has = np.abs(part).max(axis=1) > 0 if len(part) else np.zeros(0, bool)
+        batch = [{**r, "_pos": pos + i} for i, r in enumerate(rows)]
+        pos += len(rows)
+        writer.add(np.asarray(img, np.float32), part[has], batch, has.tolist(), [], pos)
+    writer.finish()
+    update_counts(manifest, [], pos)
+    if extend is not None:
+        extend.finish(manifest)
+    build_pending(out, manifest, next_generation(manifest))  # what no offsets came for
+    manifest["complete"] = True
+    publish(out, manifest)
     return manifest
+
+
+def committed_rows(manifest: dict) -> int:
+    """Input rows consumed by the shards committed so far (their last ``end_pos``)."""
+    return max((s.get("end_pos", 0) for s in manifest["shards"]), default=0)
