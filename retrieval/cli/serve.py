@@ -45,9 +45,15 @@ def check_listen(host: str, port: int) -> None:
                    "(else $RETRIEVAL_WRITE_TOKEN; without either, writes are off).")
 @click.option("--reload-interval", type=Finite(0.0, 86_400.0), default=2.0, show_default=True,
               help="Seconds between checks for a newer manifest (a sync or delete by another process); 0: never.")
+@click.option("--clip-front", is_flag=True,
+              help="Also serve clip-retrieval's web front at /clip-front/ (needs: pip install --no-deps clip-retrieval==2.45.0).")
 def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, backend, verify, write_token_file,
-          reload_interval):
-    """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /."""
+          reload_interval, clip_front):
+    """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /.
+
+    clip-retrieval back's API is served too (POST /knn-service, /metadata, GET /indices-list): point
+    ClipClient at http://HOST:PORT/knn-service.
+    """
     import uvicorn
 
     from ..query import open_index
@@ -60,6 +66,11 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--write-token-file") from None
     check_listen(host, port)
+    front = None
+    if clip_front:
+        from ..serve.clipback import find_clip_front
+
+        front = find_clip_front()
     specs = {}
     for spec in indexes:
         name, _, folder = spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
@@ -69,8 +80,8 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
         specs[name] = folder
     opened = {name: open_index(folder, "auto", backend=backend, verify=verify) for name, folder in specs.items()}
     app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=max_body, max_pixels=max_pixels,
-                     write_token=token, reload_interval=reload_interval)
+                     write_token=token, reload_interval=reload_interval, clip_front=front)
     writes = "writes on (token)" if token else "writes off"
     click.echo(f"serving {', '.join(f'{n} ({len(i)} items)' for n, i in opened.items())} on http://{host}:{port} "
-               f"({writes})", err=True)
+               f"({writes}){'; clip front at /clip-front/' if front else ''}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -6,6 +6,7 @@ unknown index or item 404 (the routes raise :class:`~retrieval.serve.service.HTT
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -14,18 +15,22 @@ from fastapi.responses import JSONResponse
 
 from ..corpus.images import DEFAULT_MAX_PIXELS
 from .bodylimit import BodyLimit
+from .clipback import add_clip_back_routes
 from .routes import add_routes
 from .service import MAX_BODY, HTTPError, Service
 
 
 def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max_body: int = MAX_BODY,
                max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None,
-               write_token: Optional[str] = None, reload_interval: float = 0.0) -> FastAPI:
+               write_token: Optional[str] = None, reload_interval: float = 0.0,
+               clip_front: Optional[Path] = None) -> FastAPI:
     """The FastAPI app serving ``indexes`` ({name: Index opened with its model}).
 
     ``max_pixels``: the largest uploaded image (the build's limit by default); ``decode_budget``:
     pixels decoded at once across requests (default 2 x max_pixels). ``write_token`` turns on the
     mutating routes (deletes, reload); ``reload_interval`` > 0 polls the folders for newer manifests.
+    clip-retrieval back's routes are always served (``clipback``); ``clip_front``, the folder of its
+    built web front (``clipback.find_clip_front()``), is served at /clip-front/.
     """
     service = Service(indexes, max_batch, max_wait_ms, max_pixels, decode_budget, write_token, reload_interval)
 
@@ -49,6 +54,7 @@ def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max
         return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
 
     add_routes(app, service)
+    add_clip_back_routes(app, service, clip_front)
     return app
 
 

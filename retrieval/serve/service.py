@@ -48,6 +48,7 @@ class Query:
     text: Optional[str] = None
     image: Any = None              # preprocessed image tensor
     vector: Optional[np.ndarray] = None
+    raw: bool = False              # answer (scores, ids) arrays instead of result rows
 
     def group(self) -> tuple:
         cand = self.candidates
@@ -123,7 +124,12 @@ class Service:
             scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam, alpha=alpha,
                                      where=where, dedup=dedup)
             for row, i in enumerate(members):
-                out[i] = self._rows(name, idx, queries[i], scores[row, :queries[i].k], ids[row, :queries[i].k])
+                q = queries[i]
+                if q.raw:
+                    keep = ids[row, :q.k] >= 0
+                    out[i] = (scores[row, :q.k][keep], ids[row, :q.k][keep])
+                else:
+                    out[i] = self._rows(name, idx, q, scores[row, :q.k], ids[row, :q.k])
         return out
 
     @staticmethod
