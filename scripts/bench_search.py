@@ -46,7 +46,6 @@ def main() -> None:
                     help="queries whose top-k is checked against numpy brute force (plain, BSAP, NNN)")
     a = ap.parse_args()
 
-    import faiss
 
     from retrieval import build_from_embeddings, open_index
 

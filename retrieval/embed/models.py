@@ -188,7 +188,9 @@ def declared_identity(model: str, pretrained: Optional[str], logit_scale: float 
         except (OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"cannot read the model config {path}: {type(e).__name__}") from None
     else:
-        cfg = import_open_clip().get_model_config(model)
+        cfg = _packaged_config(model)
+        if cfg is None:  # not a packaged config (e.g. hf-hub:): ask open_clip itself (imports torch)
+            cfg = import_open_clip().get_model_config(model)
         if cfg is None:
             raise ModelLoadError(f"unknown open_clip model {model!r} (see open_clip.list_models())")
     if not (logit_scale > 0 and math.isfinite(logit_scale)):
@@ -196,6 +198,19 @@ def declared_identity(model: str, pretrained: Optional[str], logit_scale: float 
     return {"arch": model, "pretrained": pretrained, "weights_path": None, "weights_sha256": None,
             "embed_dim": int(cfg["embed_dim"]), "logit_scale": float(logit_scale),
             "context_length": int((cfg.get("text_cfg") or {}).get("context_length", 77)), "declared": True}
+
+
+def _packaged_config(arch: str) -> Optional[dict]:
+    """open_clip's JSON config of ``arch`` read from its package folder, without importing open_clip
+    (which imports torch: half a GB of RSS for a process that only reads embeddings)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.origin or "/" in arch:
+        return None
+    path = Path(spec.origin).parent / "model_configs" / f"{arch}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def same_model(a: dict, b: dict) -> bool:
