@@ -12,6 +12,7 @@ Public API (stable; factory functions, numpy in and out):
 - :func:`open_corpus` — streaming reader for a folder / manifest / WebDataset tars
 - :func:`choose_index_key` — the faiss index rule (pure)
 - :class:`Classifier` — X-MoRe classification over an index; :mod:`xmore` — its math
+- :func:`gda_classifier` — GDA few-shot classifier (support embeddings + class text embeddings)
 - :func:`create_app` — the HTTP service (needs fastapi)
 - the errors: :class:`RetrievalError` and its subclasses
 
@@ -22,7 +23,7 @@ from .classify import Classifier
 from .corpus import open_corpus
 from .embed import load_model
 from .errors import CorpusError, IndexFolderError, ModelLoadError, RetrievalError
-from .methods import xmore
+from .methods import gda_classifier, xmore
 from .ops import add_embeddings, build_from_embeddings, build_index, compact, import_folder
 from .query import Index, open_index
 from .store import choose_index_key, format_info, index_info
@@ -36,6 +37,6 @@ def create_app(*args, **kwargs):
 
 
 __all__ = ["build_index", "build_from_embeddings", "add_embeddings", "compact", "import_folder", "open_index", "Index", "load_model", "index_info", "format_info", "open_corpus",
-           "choose_index_key", "Classifier", "xmore", "create_app",
+           "choose_index_key", "Classifier", "xmore", "gda_classifier", "create_app",
            "RetrievalError", "CorpusError", "IndexFolderError", "ModelLoadError"]
 __version__ = "0.1.0"

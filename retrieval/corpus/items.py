@@ -48,6 +48,10 @@ def item_image(corpus: dict, image_path: str, max_bytes: int = 64 << 20) -> tupl
     path = Path(image_path) if os.path.isabs(image_path) and kind == "manifest" else root / image_path
     if not (os.path.isabs(image_path) and kind == "manifest") and not _inside(path, root):
         raise ItemImageError("image path leaves the corpus folder")
+    return _read_file(path, max_bytes)
+
+
+def _read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
     if not path.is_file():
         raise ItemImageError(f"image file is missing: {path.name}")
     if path.stat().st_size > max_bytes:
@@ -65,11 +69,7 @@ def _imported(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str
             raise ItemImageError("image path leaves the image root")
     else:
         raise ItemImageError("relative image path and no --image-root given at import")
-    if not path.is_file():
-        raise ItemImageError(f"image file is missing: {path.name}")
-    if path.stat().st_size > max_bytes:
-        raise ItemImageError("image file is too large to serve")
-    return path.read_bytes(), media_type(path.name)
+    return _read_file(path, max_bytes)
 
 
 def _from_tar(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str]:

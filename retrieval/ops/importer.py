@@ -148,8 +148,8 @@ def _chunks(parts: list[Part], start: int, size: int, normalize: bool, dim: int,
         if first + part.rows <= start:
             first += part.rows
             continue
-        img = np.load(part.img, mmap_mode="r")
-        txt = np.load(part.text, mmap_mode="r") if part.text else None
+        img = NpyRows(part.img)
+        txt = NpyRows(part.text) if part.text else None
         lo = 0
         for batch in pq.ParquetFile(part.metadata).iter_batches(batch_size=size):
             hi = lo + batch.num_rows
@@ -161,6 +161,31 @@ def _chunks(parts: list[Part], start: int, size: int, normalize: bool, dim: int,
         first += part.rows
 
 
+class NpyRows:
+    """Rows of a 2-D npy file read with plain file reads (no memory map: the pages read are the
+    kernel's cache, not the importing process's memory)."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            self.offset = f.tell()
+        if fortran:
+            raise CorpusError(f"{path} is stored in Fortran order; rewrite it in C order")
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        width = self.shape[1] * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + lo * width)
+            out = np.fromfile(f, self.dtype, (hi - lo) * self.shape[1])
+        if len(out) != (hi - lo) * self.shape[1]:
+            raise CorpusError(f"{self.path} is truncated (rows {lo}-{hi} of {self.shape[0]})")
+        return out.reshape(hi - lo, self.shape[1])
+
+
 def _rows_chunk(part: Part, img, txt, lo: int, hi: int, rows: list[dict], first: int, normalize: bool, dim: int,
                 has_key: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     for i, r in enumerate(rows):
@@ -168,8 +193,8 @@ def _rows_chunk(part: Part, img, txt, lo: int, hi: int, rows: list[dict], first:
         # their key column when they have one (checked unique up front), else clip-retrieval's row
         # number: its ids stay valid
         r["key"] = str(r["key"]) if has_key else str(first + lo + i)
-    x = img[lo:hi]
-    t = txt[lo:hi] if txt is not None else np.zeros((hi - lo, dim), np.float32)
+    x = img.rows(lo, hi)
+    t = txt.rows(lo, hi) if txt is not None else np.zeros((hi - lo, dim), np.float32)
     if normalize:
         x, t = _unit(x, part.img, False), _unit(t, part.text or part.img, True)
     return np.asarray(x, np.float32), np.asarray(t, np.float32), rows
