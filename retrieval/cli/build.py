@@ -104,7 +104,8 @@ def info(index, as_json):
 @click.option("--bank", type=click.Choice(["generic", "corpus", "texts"]), default="generic", show_default=True,
               help="BSAP auxiliary prompts: built-in list, sampled corpus captions, or --text values.")
 @click.option("--text", "texts", multiple=True, help="An auxiliary prompt (repeatable; with --bank texts).")
-@click.option("--bank-size", type=POSITIVE, default=64, show_default=True, help="Sampled rows for --bank corpus.")
+@click.option("--bank-size", type=POSITIVE, default=4096, show_default=True,
+              help="Sampled rows for --bank corpus (and the image bank of text targets).")
 @click.option("--nnn-k", type=POSITIVE, default=128, show_default=True, help="NNN: top-k reference similarities averaged.")
 @click.option("--ref-size", type=POSITIVE, default=4096, show_default=True, help="NNN: reference queries sampled from the corpus.")
 def bias(index, bank, texts, bank_size, nnn_k, ref_size):

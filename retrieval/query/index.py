@@ -15,6 +15,7 @@ import numpy as np
 
 from ..embed import ClipModel, describe, same_model
 from ..errors import IndexFolderError
+from ..methods.rerank import DEFAULT_LAM
 from ..store.integrity import require_intact
 from ..store.manifest import load_manifest, recorded_model, require_manifest
 from .backends import pick_backend
@@ -116,16 +117,16 @@ class Index:
         return snap.searcher.search(queries, k, modality, Clip(), snap.selection(modality))
 
     def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
-               candidates: Optional[int] = None, tau: Optional[float] = None, lam: float = 0.5,
+               candidates: Optional[int] = None, tau: Optional[float] = None, lam: float = DEFAULT_LAM,
                alpha: float = 0.75, where: Optional[str] = None, dedup: Optional[float] = None,
                captioned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, global ids) of query embeddings among ``target`` items; ids -1 pad a row
         when fewer than k items qualify.
 
-        ``rerank``: 'clip' (cosine), 'bsap' (balanced score b_j), 'hybrid' (BSAP-H), 'nnn'
-        (s - α bias). BSAP and NNN search the whole corpus exactly with the stored bias offsets;
-        with ``candidates=N`` any method reranks CLIP's top N instead (hybrid always does: default
-        N = max(k, 1000)). ``where``: a SQL boolean expression over the metadata columns; ``dedup``:
+        ``rerank``: 'clip' (cosine), 'bsap' (balanced score b_j), 'hybrid' (BSAP-H: s - (1-λ) c_j,
+        ``lam`` = λ the weight of CLIP), 'nnn' (s - α bias). BSAP, BSAP-H and NNN search the whole
+        corpus exactly with the stored bias offsets; with ``candidates=N`` any method reranks CLIP's
+        top N instead. ``where``: a SQL boolean expression over the metadata columns; ``dedup``:
         collapse near-duplicates (cosine >= the threshold, e.g. 0.94); ``captioned``: only items
         with a caption. Deleted items are never returned.
         """

@@ -2,10 +2,9 @@
 global ids)``, the selection (allowed rows) passed down to every engine search.
 
 - :class:`Clip`: cosine top-k.
-- :class:`ExactBSAP`, :class:`ExactNNN`: the exact whole-corpus forms (s - c_j with stored offsets),
-  scores reported as b_j for BSAP and s - α bias for NNN.
-- :class:`Candidates`: rerank CLIP's top N with any method, from one stored scalar per candidate
-  (BSAP-H always runs this way: its softmax is over the candidates).
+- :class:`ExactBSAP`, :class:`ExactHybrid`, :class:`ExactNNN`: the exact whole-corpus forms (s - w c_j
+  with stored offsets), scores reported as b_j for BSAP, s - (1-λ) c_j for BSAP-H and s - α bias for NNN.
+- :class:`Candidates`: rerank CLIP's top N with any method, from one stored scalar per candidate.
 
 A new method is a class with ``search`` plus a branch in :func:`make_method` (see ARCHITECTURE.md).
 """
@@ -18,11 +17,11 @@ from typing import Optional
 import numpy as np
 
 from ..methods.dedup import keep_mask
-from ..methods.rerank import METHODS, bsap_from_offsets, hybrid_from_parts, top_k
+from ..methods.rerank import DEFAULT_LAM, METHODS, bsap_from_offsets, hybrid_from_offsets, top_k
 from .engine import ModalitySearch, Offset
 from .selection import Selection
 
-HYBRID_CANDIDATES = 1000  # BSAP-H's default candidate count (at least k)
+HYBRID_CANDIDATES = 1000  # the candidate count when a method reranks CLIP's top N without N given
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,14 @@ class ExactBSAP:
 
 
 @dataclass(frozen=True)
+class ExactHybrid:
+    lam: float
+
+    def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
+        return engine.search(q, k, Offset("bsap", 1.0 - self.lam), selection)
+
+
+@dataclass(frozen=True)
 class ExactNNN:
     alpha: float
 
@@ -55,7 +62,7 @@ class Candidates:
     method: str
     n: Optional[int]
     tau: float
-    lam: float = 0.5
+    lam: float = DEFAULT_LAM
     alpha: float = 0.75
 
     def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
@@ -71,8 +78,8 @@ class Candidates:
             return s
         if self.method == "nnn":
             return s - self.alpha * engine.item_offsets("nnn", cand)
-        b = bsap_from_offsets(s, engine.item_offsets("bsap", cand), self.tau)
-        return hybrid_from_parts(s, b, self.tau, self.lam) if self.method == "hybrid" else b
+        c = engine.item_offsets("bsap", cand)
+        return hybrid_from_offsets(s, c, self.lam) if self.method == "hybrid" else bsap_from_offsets(s, c, self.tau)
 
 
 @dataclass(frozen=True)
@@ -103,9 +110,10 @@ class Deduplicated:
         return out_s, out_i
 
 
-def make_method(rerank: str, tau: float, candidates: Optional[int] = None, lam: float = 0.5, alpha: float = 0.75):
-    """The method object for ``rerank`` ('clip' | 'bsap' | 'hybrid' | 'nnn'); exact unless ``candidates``
-    is given (BSAP-H always reranks candidates)."""
+def make_method(rerank: str, tau: float, candidates: Optional[int] = None, lam: float = DEFAULT_LAM,
+                alpha: float = 0.75):
+    """The method object for ``rerank`` ('clip' | 'bsap' | 'hybrid' | 'nnn'); exact over the whole
+    corpus unless ``candidates`` is given."""
     if rerank not in METHODS:
         raise ValueError(f"unknown rerank method {rerank!r}; choose one of {', '.join(METHODS)}")
     if candidates is not None and candidates <= 0:
@@ -115,10 +123,12 @@ def make_method(rerank: str, tau: float, candidates: Optional[int] = None, lam: 
             raise ValueError(f"{name} must be a finite number, got {v}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
-    if candidates is not None or rerank == "hybrid":
+    if candidates is not None:
         return Candidates(rerank, candidates, tau, lam, alpha)
     if rerank == "bsap":
         return ExactBSAP(tau)
+    if rerank == "hybrid":
+        return ExactHybrid(lam)
     if rerank == "nnn":
         return ExactNNN(alpha)
     return Clip()

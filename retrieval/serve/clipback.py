@@ -28,7 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
-from ..methods.rerank import METHODS as RERANK_METHODS
+from ..methods.rerank import DEFAULT_LAM, METHODS as RERANK_METHODS
 from ..query.filters import FilterError
 from .service import MAX_K, HTTPError, Query, Service, b64_image
 
@@ -119,7 +119,7 @@ def parse_knn(body: dict, service: Service) -> tuple[Query, int, list[str]]:
     ignored = [f for f in ("use_safety_model", "use_violence_detector", "use_mclip") if body.get(f)]
     if _int(body, "aesthetic_score", None, -(2**31), 2**31) is not None and _number(body, "aesthetic_weight") != 0:
         ignored.append("aesthetic_score")
-    q = Query(name, k, modality, rerank, None, 0.5, 0.75, False, where=where,
+    q = Query(name, k, modality, rerank, None, DEFAULT_LAM, 0.75, False, where=where,
               dedup=DEDUP_COSINE if body.get("deduplicate") else None, raw=True)
     text, image, url, emb = (body.get(f) for f in ("text", "image", "image_url", "embedding_input"))
     if isinstance(text, str) and text.strip():
@@ -250,7 +250,7 @@ def add_clip_back_routes(app: FastAPI, service: Service, front: Optional[Path] =
     @app.get("/indices-info", summary="each index's rows and methods, and the clip back options it ignores")
     async def indices_info():
         out = {name: {"rows": len(idx), "dim": idx.dim, "model": idx.manifest["model"].get("arch"),
-                      "rerank": ["clip", "hybrid"] + (["bsap", "nnn"] if "bias" in idx.manifest else []),
+                      "rerank": ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in idx.manifest else []),
                       "ignored_options": UNAVAILABLE}
                for name, idx in service.indexes.items()}
         return JSONResponse(out, headers=CORS)

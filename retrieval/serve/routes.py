@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
+from ..methods.rerank import DEFAULT_LAM
 from ..query.filters import FilterError
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
@@ -36,7 +37,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
             m = idx.manifest
             out.append({"name": name, "rows": len(idx), "dim": idx.dim, "model": m["model"].get("arch"),
                         "pretrained": m["model"].get("pretrained"), "shards": len(idx.shards),
-                        "rerank": ["clip", "hybrid"] + (["bsap", "nnn"] if "bias" in m else []),
+                        "rerank": ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in m else []),
                         "corpus": m["corpus"].get("type")})
         return out
 
@@ -85,7 +86,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if not data:
             raise HTTPError(400, "the uploaded file is empty")
         body = SearchBody.model_construct(index=index, text=None, image_base64=None, embedding=None, item_id=None,
-                                          k=k, target=target, rerank=rerank, candidates=None, lam=0.5, alpha=0.75,
+                                          k=k, target=target, rerank=rerank, candidates=None, lam=DEFAULT_LAM, alpha=0.75,
                                           return_embeddings=False)
         return await _search(body, image_bytes=data)
 

@@ -51,10 +51,7 @@ class Query:
     raw: bool = False              # answer (scores, ids) arrays instead of result rows
 
     def group(self) -> tuple:
-        cand = self.candidates
-        if self.rerank == "hybrid" and cand is None:
-            cand = max(self.k, 1000)  # the search's own default, made explicit so k can vary in a group
-        return (self.index, self.target, self.rerank, cand, self.lam, self.alpha, self.where, self.dedup)
+        return (self.index, self.target, self.rerank, self.candidates, self.lam, self.alpha, self.where, self.dedup)
 
 
 class Service:
