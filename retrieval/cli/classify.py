@@ -10,7 +10,7 @@ from ..methods.xmore import METHODS as XMORE_METHODS
 from .common import NON_NEGATIVE, POSITIVE, Template, with_options
 
 
-def _classifier(index: str, classes_file, labels_file, templates, neighbours: int, captions: int):
+def _classifier(index: str, classes_file, labels_file, templates, neighbours: int, captions: int, classes=None):
     """(Classifier, labelled paths or None, labels or None) from the CLI options."""
     from ..classify import Classifier, check_classes, read_classes, read_labels
     from ..query import open_index
@@ -19,7 +19,9 @@ def _classifier(index: str, classes_file, labels_file, templates, neighbours: in
         paths = labels = None
         if labels_file:
             paths, labels = read_labels(labels_file)
-        if classes_file:
+        if classes is not None:
+            classes = check_classes(classes)
+        elif classes_file:
             classes = read_classes(classes_file)
         elif labels is not None:
             classes = check_classes(sorted(set(labels)))
@@ -61,12 +63,24 @@ _CLASSIFY_OPTIONS = [
 @click.option("--calibration", "calibration", multiple=True, type=click.Path(),
               help="Images or folders whose mean confidences normalise the weights (instead of the batch's).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (stderr).")
+@click.option("--support", "support_file", type=click.Path(),
+              help="CSV with path,label of labelled support images: few-shot GDA (zero-shot + a discriminant "
+                   "fitted on them, its weight by cross-validation) instead of X-MoRe.")
 def classify(index, images, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json,
-             method, normalise, calibration, progress):
-    """Classify IMAGES (files or folders) with X-MoRe over INDEX's captions."""
+             method, normalise, calibration, progress, support_file):
+    """Classify IMAGES (files or folders) with X-MoRe over INDEX's captions, or with few-shot GDA
+    from a labelled --support set."""
     from ..classify import expand_images
 
-    clf, lab_paths, labels = _classifier(index, classes_file, labels_file, templates, neighbours, captions)
+    given = None
+    if support_file and not classes_file and not labels_file:  # the classes: the support's labels
+        from ..classify import read_labels
+
+        try:
+            given = sorted(set(read_labels(support_file)[1]))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--support") from None
+    clf, lab_paths, labels = _classifier(index, classes_file, labels_file, templates, neighbours, captions, given)
     try:
         paths = expand_images(images) if images else lab_paths
     except ValueError as e:
@@ -74,6 +88,9 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
     if not paths:
         raise click.UsageError("no images: give IMAGE_OR_FOLDER arguments or --labels FILE")
     errors: list = []
+    if support_file:
+        _fewshot(clf, support_file, paths, lab_paths, labels, batch_size, as_json, progress, errors)
+        return
     means = None
     if calibration:
         if normalise == "stream":
@@ -141,3 +158,33 @@ def evaluate(index, classes_file, labels_file, templates, neighbours, captions, 
         s = out["classification_summary"]
         click.echo(format_table(out["classification"], f"\nClassification of {s['images']} images "
                                 f"({s['skipped']} skipped), {s['classes']} classes, R={s['neighbours']}, K={s['captions']}"))
+
+
+def _fewshot(clf, support_file, paths, lab_paths, labels, batch_size, as_json, progress, errors) -> None:
+    from ..classify import read_labels
+    from ..classify.fewshot import classify_fewshot, fit_support
+
+    try:
+        sup_paths, sup_labels = read_labels(support_file)
+        gda = fit_support(clf, sup_paths, sup_labels, batch_size, errors)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--support") from None
+    click.echo(f"GDA on {len(sup_paths) - len(errors)} support images: alpha {gda.alpha:.3g}, kappa {gda.kappa:g}"
+               + (f", cross-validated accuracy {gda.cv_accuracy:.3f}" if gda.cv_accuracy is not None else ""), err=True)
+    n_support_errors = len(errors)
+    results = classify_fewshot(clf, gda, paths, batch_size, progress and not as_json, errors)
+    truth = {str(p): lab for p, lab in zip(lab_paths or [], labels or [])}
+    for p, why in errors:
+        click.echo(f"skipped {p}: {why}", err=True)
+    for r in results:
+        if as_json:
+            click.echo(json.dumps({**r.as_dict(), **({"truth": truth[r.path]} if r.path in truth else {})}, ensure_ascii=False))
+        else:
+            click.echo(f"{r.path}\n  -> {r.label}" + (f"  truth {truth[r.path]}" if r.path in truth else "")
+                       + "\n     " + ", ".join(f"{c} {p:.2f}" for c, p in r.top))
+    skipped = len(errors) - n_support_errors
+    if truth and results:
+        acc = sum(r.label == truth[r.path] for r in results) / len(results)
+        click.echo(f"accuracy {acc:.4f} on {len(results)} images ({skipped} skipped)", err=True)
+    if not results:
+        raise click.ClickException(f"none of the {len(paths)} images could be read")

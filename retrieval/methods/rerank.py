@@ -53,12 +53,21 @@ def clip_scores(q: np.ndarray, cand: np.ndarray) -> np.ndarray:
     return np.einsum("qd,qnd->qn", q, cand)
 
 
-def bsap_offsets(items: np.ndarray, bank: np.ndarray, tau: float, chunk: int = 65536) -> np.ndarray:
-    """c_j = LSE_m(τ s(j, a_m)) / τ for every item [n] (computed in chunks of items)."""
+CHUNK_ELEMENTS = 1 << 22  # items x bank scores computed at once (16 MB of float32 per temporary)
+
+
+def _chunk(bank_rows: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(bank_rows, 1))
+
+
+def bsap_offsets(items: np.ndarray, bank: np.ndarray, tau: float, chunk: Optional[int] = None) -> np.ndarray:
+    """c_j = LSE_m(τ s(j, a_m)) / τ for every item [n] (computed in chunks of items, a bounded
+    number of scores at a time whatever the bank size)."""
     items = _f32(items, "items", (2,))
     bank = _f32(bank, "bank", (2,))
     if len(bank) == 0:
         raise ValueError("the auxiliary-prompt bank is empty")
+    chunk = chunk or _chunk(len(bank))
     out = np.empty(len(items), np.float32)
     for i in range(0, len(items), chunk):
         out[i:i + chunk] = _logsumexp(tau * (items[i:i + chunk] @ bank.T), axis=1) / tau
@@ -99,13 +108,14 @@ def hybrid_scores(q: np.ndarray, cand: np.ndarray, bank: np.ndarray, tau: float,
     return hybrid_from_offsets(clip_scores(q, cand), off, lam)
 
 
-def nnn_bias(items: np.ndarray, reference: np.ndarray, k: int = 128, chunk: int = 8192) -> np.ndarray:
+def nnn_bias(items: np.ndarray, reference: np.ndarray, k: int = 128, chunk: Optional[int] = None) -> np.ndarray:
     """bias(j) = mean of the k largest s(r, j) over the reference queries r [n]."""
     items = _f32(items, "items", (2,))
     reference = _f32(reference, "reference", (2,))
     if len(reference) == 0 or k <= 0:
         raise ValueError("NNN needs a non-empty reference bank and k > 0")
     k = min(k, len(reference))
+    chunk = chunk or _chunk(len(reference))
     out = np.empty(len(items), np.float32)
     for i in range(0, len(items), chunk):
         s = items[i:i + chunk] @ reference.T

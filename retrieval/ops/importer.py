@@ -194,10 +194,10 @@ def _rows_chunk(part: Part, img, txt, lo: int, hi: int, rows: list[dict], first:
         # number: its ids stay valid
         r["key"] = str(r["key"]) if has_key else str(first + lo + i)
     x = img.rows(lo, hi)
-    t = txt.rows(lo, hi) if txt is not None else np.zeros((hi - lo, dim), np.float32)
+    t = txt.rows(lo, hi) if txt is not None else np.zeros((hi - lo, dim), x.dtype)
     if normalize:
         x, t = _unit(x, part.img, False), _unit(t, part.text or part.img, True)
-    return np.asarray(x, np.float32), np.asarray(t, np.float32), rows
+    return x, t, rows  # in the source dtype (fp16 from clip-retrieval): converted once, by the writer
 
 
 def check_keys(parts: list[Part]) -> None:

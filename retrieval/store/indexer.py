@@ -178,12 +178,12 @@ def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, n
     start = committed_rows(manifest)
     writer = ShardWriter(out, manifest, schema, settings, [], extend=extend)
     pos = start
-    for img, txt, rows in chunks:
-        part = np.asarray(txt, np.float32)
-        has = np.abs(part).max(axis=1) > 0 if len(part) else np.zeros(0, bool)
+    for img, txt, rows in chunks:  # kept in their dtype: the writer stores fp16 anyway
+        has = np.abs(txt).max(axis=1) > 0 if len(txt) else np.zeros(0, bool)
         batch = [{**r, "_pos": pos + i} for i, r in enumerate(rows)]
         pos += len(rows)
-        writer.add(np.asarray(img, np.float32), part[has], batch, has.tolist(), [], pos)
+        writer.add(np.asarray(img), np.asarray(txt)[has], batch, has.tolist(), [], pos)
+        del img, txt, rows, batch, has  # before the next chunk is read: about one chunk in memory
     writer.finish()
     update_counts(manifest, [], pos)
     if extend is not None:
