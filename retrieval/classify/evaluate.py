@@ -2,7 +2,8 @@
 
 - Retrieval: recall@k for text→image and image→text over a captioned index, using its own
   image–caption rows as ground truth (row i's caption embedding should find row i's image and
-  vice versa), one row per rerank method.
+  vice versa), or a metadata label column, or external query embeddings with labels; one row per
+  rerank method. Only stored embeddings are used: no model is needed.
 - Classification: accuracy of zero-shot CLIP, X-MoRe and its ablations on a labelled image set,
   with the index as the external caption bank. Images are embedded and neighbours retrieved once;
   every method is computed from the same arrays.
@@ -29,24 +30,69 @@ def recall_at(ids: np.ndarray, truth: np.ndarray, ks: Sequence[int]) -> dict[int
     return {k: float(np.mean(hit_rank < k)) for k in ks}
 
 
+def _labels(index, ids: np.ndarray, column: str) -> np.ndarray:
+    """The ``column`` values of global ``ids`` as strings (None when missing)."""
+    rows = index.metadata(ids)
+    if rows and column not in rows[0]:
+        raise ValueError(f"no metadata column {column!r}; columns: {', '.join(c for c in rows[0] if c != 'id')}")
+    return np.array([None if r[column] is None else str(r[column]) for r in rows], dtype=object)
+
+
+def hit_curve(ids: np.ndarray, relevant) -> np.ndarray:
+    """[max k]: fraction of queries with a relevant item among their first k results, k = 1..K.
+    ``relevant(ids) -> bool [n, K]``."""
+    rel = relevant(ids) & (ids >= 0)
+    first = np.where(rel.any(1), rel.argmax(1), ids.shape[1])
+    return np.array([float(np.mean(first < k)) for k in range(1, ids.shape[1] + 1)])
+
+
 def eval_retrieval(index, ks: Sequence[int] = (1, 5, 10), methods: Sequence[str] = RERANK_METHODS,
-                   max_queries: Optional[int] = None, seed: int = 0) -> list[dict]:
-    """Rows {direction, method, R@k..., seconds}: text→image and image→text recall per method."""
-    rows = index.ids("text")  # live items with a caption: each is a query in both directions
-    if max_queries is not None and max_queries < len(rows):
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
+                   max_queries: Optional[int] = None, seed: int = 0, label_column: Optional[str] = None,
+                   queries: Optional[tuple] = None) -> list[dict]:
+    """Rows {direction, method, R@k..., curve, seconds} per direction and rerank method.
+
+    Default: the index's own captioned rows, both directions; row i's caption must find row i's
+    image and vice versa. ``label_column``: a result is relevant when its value in that metadata
+    column equals the query row's (e.g. a class: duplicate captions stop being ambiguous).
+    ``queries``: (embeddings [n, d], labels [n], target) searched against ``target`` items, relevant
+    when their ``label_column`` equals the query's label. Needs no model: stored embeddings only.
+    """
+    K = max(ks)
     has_bias = "bias" in index.manifest
+    plans = []
+    if queries is not None:
+        emb, qlabels, target = queries
+        if label_column is None:
+            raise ValueError("external queries need label_column (what makes a result relevant)")
+        qlabels = np.array([str(x) for x in qlabels], dtype=object)
+        if len(qlabels) != len(emb):
+            raise ValueError(f"{len(qlabels)} query labels for {len(emb)} query embeddings")
+        plans.append((f"queries→{target}", np.asarray(emb, np.float32), target, qlabels))
+    else:
+        rows = index.ids("text")  # live items with a caption: each is a query in both directions
+        if max_queries is not None and max_queries < len(rows):
+            rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
+        own = _labels(index, rows, label_column) if label_column else rows
+        for direction, source, target in (("text→image", "text", "image"), ("image→text", "image", "text")):
+            plans.append((direction, index.embeddings(rows, source), target, own))
     out = []
-    for direction, source, target in (("text→image", "text", "image"), ("image→text", "image", "text")):
-        q = index.embeddings(rows, source)
+    for direction, q, target, truth in plans:
         for m in methods:
             if m != "clip" and not has_bias:
                 continue
             t = time.perf_counter()
-            _, ids = index.search(q, max(ks), target=target, rerank=m)
-            rec = recall_at(ids, rows, ks)
-            out.append({"direction": direction, "method": m, **{f"R@{k}": round(v, 4) for k, v in rec.items()},
-                        "queries": int(len(rows)), "seconds": round(time.perf_counter() - t, 3)})
+            _, ids = index.search(q, K, target=target, rerank=m)
+            seconds = time.perf_counter() - t
+            if label_column:
+                flat = ids.ravel()
+                lab = np.full(flat.shape, None, dtype=object)
+                ok = flat >= 0
+                lab[ok] = _labels(index, flat[ok], label_column)
+                curve = hit_curve(ids, lambda _: lab.reshape(ids.shape) == truth[:, None])
+            else:
+                curve = hit_curve(ids, lambda i: i == truth[:, None])
+            out.append({"direction": direction, "method": m, **{f"R@{k}": round(float(curve[k - 1]), 4) for k in ks},
+                        "queries": int(len(q)), "seconds": round(seconds, 3), "curve": [round(float(v), 4) for v in curve]})
     return out
 
 
@@ -97,7 +143,7 @@ def format_table(rows: list[dict], title: str) -> str:
     """A plain aligned text table of ``rows`` (same keys in each)."""
     if not rows:
         return f"{title}\n  (no rows)"
-    cols = list(rows[0])
+    cols = [c for c in rows[0] if c != "curve"]  # the per-k curve goes to --plot / --json
     cells = [[str(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "  " + "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731

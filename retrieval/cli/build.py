@@ -106,7 +106,7 @@ def info(index, as_json):
 @click.option("--text", "texts", multiple=True, help="An auxiliary prompt (repeatable; with --bank texts).")
 @click.option("--bank-size", type=POSITIVE, default=4096, show_default=True,
               help="Sampled rows for --bank corpus (and the image bank of text targets).")
-@click.option("--nnn-k", type=POSITIVE, default=128, show_default=True, help="NNN: top-k reference similarities averaged.")
+@click.option("--nnn-k", type=POSITIVE, default=16, show_default=True, help="NNN: top-k reference similarities averaged.")
 @click.option("--ref-size", type=POSITIVE, default=4096, show_default=True, help="NNN: reference queries sampled from the corpus.")
 def bias(index, bank, texts, bank_size, nnn_k, ref_size):
     """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding)."""

@@ -128,16 +128,46 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
 @click.option("--max-queries", type=POSITIVE, default=None, help="Retrieval: a seeded sample of this many rows (default all).")
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the query sample and of the stream order.")
 @click.option("--no-retrieval", is_flag=True, help="Skip the retrieval table.")
+@click.option("--label-column", default=None,
+              help="Retrieval: a result is relevant when this metadata column equals the query's (e.g. a class).")
+@click.option("--queries", "queries_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Retrieval: query embeddings (.npy [n, d]) instead of the index's own rows; needs --query-labels.")
+@click.option("--query-labels", "query_labels_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Labels of --queries (.npy, or a text file with one per line), matched to --label-column.")
+@click.option("--query-target", type=click.Choice(["image", "text"]), default="image", show_default=True,
+              help="Which items --queries search.")
+@click.option("--k", "ks", default="1,5,10", show_default=True, help="Comma-separated k of the recall columns.")
+@click.option("--plot", "plot_file", type=click.Path(), default=None,
+              help="Draw recall@k curves per method: out.png (matplotlib) or out.html (plotly).")
 def evaluate(index, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json, max_queries,
-             seed, no_retrieval):
-    """Measure INDEX: retrieval recall per rerank method; with --labels, zero-shot vs X-MoRe accuracy."""
+             seed, no_retrieval, label_column, queries_file, query_labels_file, query_target, ks, plot_file):
+    """Measure INDEX: retrieval recall per rerank method; with --labels, zero-shot vs X-MoRe accuracy.
+
+    The retrieval table needs no model (stored embeddings only), so it also runs on indexes built from
+    embeddings alone (build_from_embeddings, retrieval import).
+    """
     from ..classify import eval_classification, eval_retrieval, format_table
     from ..query import open_index
 
+    try:
+        k_list = sorted({int(k) for k in ks.split(",") if k.strip()})
+        if not k_list or k_list[0] < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"want positive integers like 1,5,10, got {ks!r}", param_hint="--k") from None
+    queries = _queries(queries_file, query_labels_file, query_target)
     out: dict = {}
     if not no_retrieval:
-        idx = open_index(index, "auto")
-        out["retrieval"] = eval_retrieval(idx, max_queries=max_queries, seed=seed)
+        idx = open_index(index)
+        try:
+            out["retrieval"] = eval_retrieval(idx, k_list, max_queries=max_queries, seed=seed,
+                                              label_column=label_column, queries=queries)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        if plot_file:
+            from ..classify.plot import plot_curves
+
+            click.echo(f"wrote {plot_curves(out['retrieval'], plot_file, f'retrieval recall on {index}')}", err=True)
     if labels_file:
         clf, paths, labels = _classifier(index, classes_file, labels_file, templates, neighbours, captions)
         try:
@@ -188,3 +218,25 @@ def _fewshot(clf, support_file, paths, lab_paths, labels, batch_size, as_json, p
         click.echo(f"accuracy {acc:.4f} on {len(results)} images ({skipped} skipped)", err=True)
     if not results:
         raise click.ClickException(f"none of the {len(paths)} images could be read")
+
+
+def _queries(queries_file, labels_file, target):
+    """(embeddings, labels, target) from --queries/--query-labels, or None."""
+    import numpy as np
+
+    if (queries_file is None) != (labels_file is None):
+        raise click.UsageError("--queries and --query-labels go together")
+    if queries_file is None:
+        return None
+    try:
+        emb = np.load(queries_file)
+        labels = (np.load(labels_file, allow_pickle=False) if labels_file.endswith(".npy")
+                  else [line.strip() for line in open(labels_file, encoding="utf-8") if line.strip()])
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(f"cannot read the queries: {e}") from None
+    if emb.ndim != 2 or not np.isfinite(emb).all():
+        raise click.BadParameter(f"--queries must be a finite 2-D array, got shape {emb.shape}")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise click.BadParameter("--queries has an all-zero row")
+    return (emb / norms).astype(np.float32), list(labels), target

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..methods.rerank import bsap_offsets, nnn_bias
+from ..methods.rerank import DEFAULT_NNN_K, bsap_offsets, nnn_bias
 from ..store.files import save_npy
 from ..store.combined import quantize_offsets
 from ..store.generations import next_generation, publish
@@ -109,7 +109,7 @@ def save_offsets(folder: Path, shard: dict, offsets: dict, where: str, out: Bias
 
 
 def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
-                   bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = 128, ref_size: int = 4096, tau: Optional[float] = None,
+                   bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = DEFAULT_NNN_K, ref_size: int = 4096, tau: Optional[float] = None,
                    seed: int = 0) -> dict:
     """(Re)compute the bias offsets of a complete index folder; returns the manifest's ``bias`` section.
 
@@ -135,7 +135,7 @@ def _check_sizes(**sizes: int) -> None:
 
 
 def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
-                 bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = 128, ref_size: int = 4096, tau: Optional[float] = None,
+                 bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = DEFAULT_NNN_K, ref_size: int = 4096, tau: Optional[float] = None,
                  seed: int = 0) -> None:
     """Write a new generation of bias files and rewritten indexes for manifest ``m`` (whose shards'
     files are written) and set its ``bias`` section; the caller publishes ``m``."""

@@ -204,7 +204,7 @@ def test_appends_reuse_the_trained_quantizer_and_offsets_stay_exact(tmp_path):
 
     refs = np.load(bias_folder(out) / "ref_nnn_image.npy")
     shift = idx.biases.shift("nnn", "image")  # offsets are stored on the fp16 grid of the codes (<= 2^-11 |c - s|)
-    want = nnn_bias(stored[4000:], refs, k=128)
+    want = nnn_bias(stored[4000:], refs, k=idx.manifest["bias"]["nnn_k"])
     assert (np.abs(idx.biases.per_shard("nnn", "image")[2] - want) <= 2.0 ** -11 * np.abs(want - shift) + 1e-6).all()
     idx.delete([f"k{i}" for i in range(0, 6000, 4)])
     rep = compact(out)
