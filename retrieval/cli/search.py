@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ..methods.rerank import DEFAULT_LAM, METHODS as RERANK_METHODS
+from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.backends import BACKENDS
 from ..methods.dedup import DEFAULT_THRESHOLD as DEDUP
 from .common import POSITIVE, Finite
@@ -22,8 +22,9 @@ from .common import POSITIVE, Finite
 @click.option("--rerank", type=click.Choice(RERANK_METHODS), default="clip", show_default=True,
               help="clip cosine; bsap, hybrid (BSAP-H) and nnn exact over the whole corpus (or over --candidates).")
 @click.option("--candidates", type=POSITIVE, default=None, help="Rerank CLIP's top N instead of searching exactly.")
-@click.option("--lam", type=Finite(0.0, 1.0), default=DEFAULT_LAM, show_default=True,
-              help="BSAP-H: weight of CLIP in s - (1 - lam) c (1: plain CLIP, 0: BSAP's ranking).")
+@click.option("--lam", type=Finite(0.0, 1.0), default=None,
+              help="BSAP-H: weight of CLIP in s - (1 - lam) c (1: plain CLIP, 0: BSAP's ranking); "
+                   "default 0.1 for --target image, 0.2 for text.")
 @click.option("--alpha", type=Finite(), default=0.75, show_default=True, help="NNN bias weight.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True, help="auto: faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu.")

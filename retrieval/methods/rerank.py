@@ -10,8 +10,8 @@ model's logit scale (read it from the model: 100 for OpenAI CLIP, about 15 for t
   and BSAP's ranking s − c_j (λ = 0): τ h_j = λ τ s + (1−λ) τ (s − c_j), the log of a geometric mix of
   the CLIP and BSAP softmaxes, so both terms are on one scale whatever the number of candidates.
   (The earlier form, λ softmax(τ s) + (1−λ) b_j / Σ b_k, let the peaked softmax win unless the
-  candidate set was small: docs/quality.md.) Default λ = 0.2, measured on real CLIP embeddings:
-  within a point of the better of CLIP and BSAP in both directions.
+  candidate set was small: docs/quality.md.) Default λ by target (``LAM_BY_TARGET``): 0.1 for
+  images, 0.2 for captions, measured on real CLIP embeddings.
 - ``nnn``: s(q,j) - α bias(j), bias(j) = mean of the k largest s(r,j) over a reference bank r.
 
 With a fixed bank, BSAP ranks like s(j,q) - c_j with c_j = LSE_m(τ s(j,a_m)) / τ, BSAP-H is
@@ -25,7 +25,10 @@ from typing import Optional
 import numpy as np
 
 METHODS = ("clip", "bsap", "hybrid", "nnn")
-DEFAULT_LAM = 0.2     # BSAP-H: weight of CLIP in the log-space interpolation (docs/quality.md)
+# BSAP-H: weight of CLIP in the log-space interpolation, by target (docs/quality.md): image targets
+# keep BSAP's gain (λ = 0.1), text targets CLIP's accuracy where BSAP hurts zero-shot (λ = 0.2)
+LAM_BY_TARGET = {"image": 0.1, "text": 0.2}
+DEFAULT_LAM = LAM_BY_TARGET["image"]
 DEFAULT_NNN_K = 16    # NNN: reference similarities averaged; 128 lost 3 points to CLIP on 99 items (docs/quality.md)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..embed import ClipModel, describe, same_model
 from ..errors import IndexFolderError
-from ..methods.rerank import DEFAULT_LAM
+from ..methods.rerank import LAM_BY_TARGET
 from ..store.integrity import require_intact
 from ..store.manifest import load_manifest, recorded_model, require_manifest
 from .backends import pick_backend
@@ -117,20 +117,21 @@ class Index:
         return snap.searcher.search(queries, k, modality, Clip(), snap.selection(modality))
 
     def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
-               candidates: Optional[int] = None, tau: Optional[float] = None, lam: float = DEFAULT_LAM,
+               candidates: Optional[int] = None, tau: Optional[float] = None, lam: Optional[float] = None,
                alpha: float = 0.75, where: Optional[str] = None, dedup: Optional[float] = None,
                captioned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, global ids) of query embeddings among ``target`` items; ids -1 pad a row
         when fewer than k items qualify.
 
         ``rerank``: 'clip' (cosine), 'bsap' (balanced score b_j), 'hybrid' (BSAP-H: s - (1-λ) c_j,
-        ``lam`` = λ the weight of CLIP), 'nnn' (s - α bias). BSAP, BSAP-H and NNN search the whole
+        ``lam`` = λ the weight of CLIP; None: 0.1 for image targets, 0.2 for text), 'nnn' (s - α bias). BSAP, BSAP-H and NNN search the whole
         corpus exactly with the stored bias offsets; with ``candidates=N`` any method reranks CLIP's
         top N instead. ``where``: a SQL boolean expression over the metadata columns; ``dedup``:
         collapse near-duplicates (cosine >= the threshold, e.g. 0.94); ``captioned``: only items
         with a caption. Deleted items are never returned.
         """
         snap = self._snap
+        lam = LAM_BY_TARGET.get(target, LAM_BY_TARGET["image"]) if lam is None else lam
         method = make_method(rerank, float(tau if tau is not None else snap.biases.tau()), candidates, lam, alpha)
         if dedup is not None:
             method = Deduplicated(method, float(dedup))

@@ -28,7 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
-from ..methods.rerank import DEFAULT_LAM, METHODS as RERANK_METHODS
+from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.filters import FilterError
 from .service import MAX_K, HTTPError, Query, Service, b64_image
 
@@ -119,7 +119,7 @@ def parse_knn(body: dict, service: Service) -> tuple[Query, int, list[str]]:
     ignored = [f for f in ("use_safety_model", "use_violence_detector", "use_mclip") if body.get(f)]
     if _int(body, "aesthetic_score", None, -(2**31), 2**31) is not None and _number(body, "aesthetic_weight") != 0:
         ignored.append("aesthetic_score")
-    q = Query(name, k, modality, rerank, None, DEFAULT_LAM, 0.75, False, where=where,
+    q = Query(name, k, modality, rerank, None, None, 0.75, False, where=where,
               dedup=DEDUP_COSINE if body.get("deduplicate") else None, raw=True)
     text, image, url, emb = (body.get(f) for f in ("text", "image", "image_url", "embedding_input"))
     if isinstance(text, str) and text.strip():

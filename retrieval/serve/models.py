@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Field, model_validator
 
-from ..methods.rerank import DEFAULT_LAM, METHODS as RERANK_METHODS
+from ..methods.rerank import METHODS as RERANK_METHODS
 from ..methods.xmore import METHODS as XMORE_METHODS
 from .service import MAX_K
 
@@ -32,7 +32,8 @@ class SearchBody(BaseModel):
     target: Target = "image"
     rerank: Rerank = "clip"
     candidates: Optional[int] = Field(None, ge=1, le=100_000)
-    lam: FiniteFloat = Field(DEFAULT_LAM, ge=0.0, le=1.0, description="BSAP-H: weight of CLIP in s - (1 - lam) c")
+    lam: Optional[FiniteFloat] = Field(None, ge=0.0, le=1.0, description="BSAP-H: weight of CLIP in s - (1 - lam) c "
+                                       "(default 0.1 for image targets, 0.2 for text)")
     alpha: FiniteFloat = Field(0.75, ge=0.0, le=10.0)
     where: Optional[str] = Field(None, max_length=2000, description="SQL boolean expression over the metadata columns")
     dedup: Optional[FiniteFloat] = Field(None, gt=0.0, le=1.0, description="collapse near-duplicates (cosine >= this)")

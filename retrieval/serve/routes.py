@@ -9,7 +9,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
-from ..methods.rerank import DEFAULT_LAM
 from ..query.filters import FilterError
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
@@ -86,7 +85,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if not data:
             raise HTTPError(400, "the uploaded file is empty")
         body = SearchBody.model_construct(index=index, text=None, image_base64=None, embedding=None, item_id=None,
-                                          k=k, target=target, rerank=rerank, candidates=None, lam=DEFAULT_LAM, alpha=0.75,
+                                          k=k, target=target, rerank=rerank, candidates=None, lam=None, alpha=0.75,
                                           return_embeddings=False)
         return await _search(body, image_bytes=data)
 

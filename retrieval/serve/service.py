@@ -40,7 +40,7 @@ class Query:
     target: str
     rerank: str
     candidates: Optional[int]
-    lam: float
+    lam: Optional[float]
     alpha: float
     return_embeddings: bool
     where: Optional[str] = None

@@ -116,11 +116,11 @@ def test_candidates_mode_equals_brute_force_within_clip_top_n(flickr_index, tiny
     # the stored offsets are quantized to the fp16 grid of the index codes: equal to ~1e-5
     np.testing.assert_allclose(got_s[0], np.sort(h)[::-1][:10], rtol=1e-4)
     # without candidates BSAP-H is exact over the whole corpus: s - (1 - λ) c_j, brute force
-    from retrieval.methods.rerank import DEFAULT_LAM, bsap_offsets
+    from retrieval.methods.rerank import LAM_BY_TARGET, bsap_offsets
 
     all_ids = np.arange(len(idx))
     x = idx.embeddings(all_ids, "image")
-    want = (q @ x.T)[0] - (1 - DEFAULT_LAM) * bsap_offsets(x, bank, idx.manifest["bias"]["tau"])
+    want = (q @ x.T)[0] - (1 - LAM_BY_TARGET["image"]) * bsap_offsets(x, bank, idx.manifest["bias"]["tau"])
     s_exact, i_exact = idx.search(q, 10, rerank="hybrid")
     assert i_exact[0].tolist() == np.argsort(-want, kind="stable")[:10].tolist()
     np.testing.assert_allclose(s_exact[0], np.sort(want)[::-1][:10], atol=2e-3)
