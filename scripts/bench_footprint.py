@@ -35,19 +35,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from synthetic import folder_bytes, status_mb, unit_vectors  # noqa: E402
 NPROBES = (1, 16, 256)
 
 
 def rss_mb(field: str = "VmRSS") -> float:
     """This process's resident set (VmRSS), or its anonymous part only (RssAnon: not file pages)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return status_mb().get(field, float("nan"))
 
 
 def recall(got: np.ndarray, want: np.ndarray) -> float:
@@ -194,9 +190,6 @@ def run_worker(kind: str, a, folder: Path, code: Path) -> dict:
 
 
 def make_data(a) -> None:
-    sys.path.insert(0, str(HERE))
-    from synthetic import unit_vectors
-
     d = Path(a.data)
     if (d / "truth.npy").exists():
         return

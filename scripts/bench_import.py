@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synthetic import unit_vectors  # noqa: E402
+from synthetic import folder_bytes, status_mb, unit_vectors  # noqa: E402
 
 
 def write_source(folder: Path, n: int, d: int, parts: int, seed: int) -> None:
@@ -52,25 +52,13 @@ def write_source(folder: Path, n: int, d: int, parts: int, seed: int) -> None:
         lo = hi
 
 
-def _status(pid: int) -> dict:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, val = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(val.split()[0]) / 1024
-    except OSError:
-        pass
-    return out
-
-
 def child(cmd: list[str]) -> tuple[float, dict]:
     """(seconds, peaks in MiB of VmRSS / RssAnon / RssFile) of a child process, polled every 0.1 s."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT)
     peak = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
     while proc.poll() is None:
-        for k, v in _status(proc.pid).items():
+        for k, v in status_mb(proc.pid).items():
             peak[k] = max(peak[k], v)
         time.sleep(0.1)
     if proc.returncode:
@@ -102,7 +90,7 @@ def main() -> None:
         if not (src / "img_emb").exists():
             print(f"writing {a.n} x {a.d} in {a.parts} parts ...", file=sys.stderr)
             write_source(src, a.n, a.d, a.parts, a.seed)
-        data = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+        data = folder_bytes(src)
         cmd = [sys.executable, "-m", "retrieval.cli", "import", str(src), "--out", str(out), "--model", "ViT-B-32",
                "--pretrained", "laion2b_s34b_b79k", "--shard-size", str(a.shard_size)]
         if a.index_key:
@@ -123,7 +111,7 @@ def main() -> None:
               f"**{peak['RssAnon'] * 2**20 / data:.3f} x the source size** |")
         print(f"| peak file-backed RSS (mapped index files; the kernel can drop them) | {peak['RssFile']:.0f} MiB |")
         print(f"| reading every npy once (the floor) | {read_s:.1f} s = {read_s / secs:.3f} x the import |")
-        print(f"| index folder size | {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.0f} MiB |")
+        print(f"| index folder size | {folder_bytes(out) / 2**20:.0f} MiB |")
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,8 @@
-"""Synthetic data shared by the benchmarks: seeded unit vectors (isotropic or clustered) and recall."""
+"""Shared by the benchmarks: seeded unit vectors (isotropic or clustered), recall, and process /
+folder sizes."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -23,3 +26,20 @@ def unit_vectors(n: int, d: int, seed: int, clusters: int = 0, spread: float = 1
 def recall(got: np.ndarray, want: np.ndarray) -> float:
     """Mean overlap of each row of ``got`` with the same row of ``want`` (recall@k, k = want's width)."""
     return float(np.mean([len(set(a) & set(b)) / want.shape[1] for a, b in zip(got.tolist(), want.tolist())]))
+
+
+def status_mb(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS, RssAnon and RssFile of a process in MiB, from /proc (empty once it has exited)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(val.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

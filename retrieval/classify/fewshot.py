@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..methods.gda import GDAClassifier, gda_classifier
+from ..methods.xmore import softmax
 
 
 @dataclass
@@ -48,10 +49,7 @@ def classify_fewshot(clf, gda: GDAClassifier, paths: Sequence[str | os.PathLike]
     """Classify ``paths`` with the fitted GDA classifier; probabilities are the softmax of its logits."""
     out = []
     for ok, emb in clf.embed_paths(list(paths), batch_size, progress, errors):
-        z = gda.logits(emb).astype(np.float64)
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        for path, row in zip(ok, p):
+        for path, row in zip(ok, softmax(gda.logits(emb))):
             best = np.argsort(-row)[:3]
             out.append(FewShotResult(path, clf.classes[best[0]], [(clf.classes[i], round(float(row[i]), 4)) for i in best]))
     return out

@@ -142,8 +142,9 @@ def choose_alpha_kappa(x: np.ndarray, y: np.ndarray, T: np.ndarray, tau: float,
     shot = _shot_index(y)
     counts = np.bincount(y, minlength=len(T))
     folds = [h for h in range(int(counts.max())) if ((shot == h) & (counts[y] > 1)).any()]
+    unit = (tau or 100.0) / 100  # the α grid is in units of τ / 100 (any unit when τ = 0: argmax only)
     if not folds or counts[counts > 0].min() < 2:
-        return DEFAULT_ALPHA * tau / 100, DEFAULT_KAPPA, None
+        return DEFAULT_ALPHA * unit, DEFAULT_KAPPA, None
     hits = np.zeros((len(kappas), len(alphas)))
     tested = 0
     train_shots = []
@@ -158,12 +159,12 @@ def choose_alpha_kappa(x: np.ndarray, y: np.ndarray, T: np.ndarray, tau: float,
             W, b = _discriminant(mus, have, precision, y[tr], prior, kappa)
             g = x[te] @ W.T + b
             for j, a in enumerate(alphas):
-                hits[i, j] += ((zs + a * tau / 100 * g).argmax(1) == y[te]).sum()
+                hits[i, j] += ((zs + a * unit * g).argmax(1) == y[te]).sum()
         tested += te.sum()
     i, j = np.unravel_index(np.argmax(hits), hits.shape)  # ties: the smaller κ and α
     full_shots = len(y) / len(np.unique(y))
     scale = full_shots / float(np.mean(train_shots))
-    return alphas[j] * tau / 100 * scale, kappas[i], float(hits[i, j] / tested)
+    return alphas[j] * unit * scale, kappas[i], float(hits[i, j] / tested)
 
 
 def gda_classifier(support_emb: np.ndarray, support_labels: np.ndarray, class_text_emb: np.ndarray,
@@ -188,7 +189,7 @@ def gda_classifier(support_emb: np.ndarray, support_labels: np.ndarray, class_te
     cv = None
     if alpha is None:
         kappas = KAPPAS if kappa is None else (float(kappa),)
-        alpha, kappa, cv = choose_alpha_kappa(x, y, T, float(logit_scale) or 100.0, ALPHAS, kappas)
+        alpha, kappa, cv = choose_alpha_kappa(x, y, T, float(logit_scale), ALPHAS, kappas)
     kappa = DEFAULT_KAPPA if kappa is None else float(kappa)
     W, b = fit_gda(x, y, len(T), text_prior(x, y, T), kappa)
     return GDAClassifier(T, W, b, float(logit_scale), float(alpha), kappa, cv)

@@ -13,8 +13,9 @@ row number in clip-retrieval, and ``/knn-service`` ids keep meaning the same row
 
 Every part is checked before anything is written (row counts npy vs Parquet, dtypes, widths against
 the declared model, sampled L2 norms, finite values); a mismatch is one line naming the file. Then
-the rows stream through the store's shard writer in slices of at most ``shard_size`` rows (the npy
-files are memory-mapped), so memory stays at about one shard whatever the source size. Nothing is
+the rows stream through the store's shard writer in slices of at most ``shard_size`` rows (read
+from the npy files with plain reads, not memory maps), so memory stays at about one shard whatever
+the source size. Nothing is
 linked: our shards keep IVF/HNSW vectors in the index codes and Flat ones in npy of our own naming,
 and the metadata gains a ``key`` column, so every file is written anew. clip-retrieval's own
 ``image.index``/``text.index`` (autofaiss) are not adopted: our indexes carry the BSAP/NNN offsets as
@@ -83,9 +84,9 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Part], int, str]:
             raise CorpusError(f"{text} is missing (text_emb/ holds other parts)")
         if not meta.is_file():
             raise CorpusError(f"{meta} is missing")
-        shape, dt = _npy_header(img)
+        shape, dt = NpyRows(img).header()
         if has_text:
-            tshape, tdt = _npy_header(text)
+            tshape, tdt = NpyRows(text).header()
             if tshape != shape or tdt != dt:
                 raise CorpusError(f"{text} is {tdt}{list(tshape)}, but {img.name} is {dt}{list(shape)}")
         rows = pq.ParquetFile(meta).metadata.num_rows
@@ -98,23 +99,15 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Part], int, str]:
     return parts, int(dim), str(dtype)
 
 
-def _npy_header(path: Path) -> tuple[tuple, str]:
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise CorpusError(f"{path} is not a readable npy file: {e}") from None
-    if arr.ndim != 2 or arr.dtype not in (np.float16, np.float32):
-        raise CorpusError(f"{path} must be a 2-D float16/float32 array, got {arr.dtype}{list(arr.shape)}")
-    return tuple(arr.shape), str(arr.dtype)
-
-
-def check_norms(path: Path, arr: np.ndarray, zero_ok: bool) -> None:
-    """Sampled rows of ``arr`` must be finite and unit-norm (zero rows allowed for ``zero_ok``: an
-    item without a caption)."""
-    if not len(arr):
+def check_norms(path: Path, zero_ok: bool) -> None:
+    """Sampled rows of the npy file ``path`` must be finite and unit-norm (zero rows allowed for
+    ``zero_ok``: an item without a caption)."""
+    npy = NpyRows(path)
+    n = npy.shape[0]
+    if not n:
         return
-    rows = np.unique(np.linspace(0, len(arr) - 1, min(NORM_SAMPLE, len(arr))).astype(np.int64))
-    x = np.asarray(arr[rows], np.float32)
+    rows = np.unique(np.linspace(0, n - 1, min(NORM_SAMPLE, n)).astype(np.int64))
+    x = np.asarray(npy.take(rows), np.float32)
     if not np.isfinite(x).all():
         raise CorpusError(f"{path} holds NaN or infinite values (row {int(rows[~np.isfinite(x).all(1)][0])})")
     norms = np.linalg.norm(x, axis=1)
@@ -140,7 +133,7 @@ def _unit(x: np.ndarray, path: Path, zero_ok: bool) -> np.ndarray:
 def _chunks(parts: list[Part], start: int, size: int, normalize: bool, dim: int,
             has_key: bool) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict]]]:
     """Row-aligned (image, text, metadata rows) slices of at most ``size`` rows, from global row
-    ``start``: the npy files memory-mapped, the Parquet streamed in batches."""
+    ``start``: the npy files read slice by slice, the Parquet streamed in batches."""
     import pyarrow.parquet as pq
 
     first = 0
@@ -166,24 +159,40 @@ class NpyRows:
     kernel's cache, not the importing process's memory)."""
 
     def __init__(self, path: Path):
-        with open(path, "rb") as f:
-            fmt = np.lib.format
-            version = fmt.read_magic(f)
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            self.offset = f.tell()
+        try:
+            with open(path, "rb") as f:
+                fmt = np.lib.format
+                version = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                self.offset = f.tell()
+        except (OSError, ValueError) as e:
+            raise CorpusError(f"{path} is not a readable npy file: {e}") from None
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        if len(self.shape) != 2 or self.dtype not in (np.float16, np.float32):
+            raise CorpusError(f"{path} must be a 2-D float16/float32 array, got {self.dtype}{list(self.shape)}")
         if fortran:
             raise CorpusError(f"{path} is stored in Fortran order; rewrite it in C order")
-        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        want = self.offset + self.shape[0] * self.shape[1] * self.dtype.itemsize
+        if os.path.getsize(path) < want:
+            raise CorpusError(f"{path} is truncated ({os.path.getsize(path)} bytes, its header says {want})")
+
+    def header(self) -> tuple[tuple, str]:
+        return self.shape, str(self.dtype)
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
-        width = self.shape[1] * self.dtype.itemsize
+        """Rows [lo, hi), in one read."""
+        d = self.shape[1]
         with open(self.path, "rb") as f:
-            f.seek(self.offset + lo * width)
-            out = np.fromfile(f, self.dtype, (hi - lo) * self.shape[1])
-        if len(out) != (hi - lo) * self.shape[1]:
+            f.seek(self.offset + lo * d * self.dtype.itemsize)
+            out = np.fromfile(f, self.dtype, (hi - lo) * d)
+        if len(out) != (hi - lo) * d:
             raise CorpusError(f"{self.path} is truncated (rows {lo}-{hi} of {self.shape[0]})")
-        return out.reshape(hi - lo, self.shape[1])
+        return out.reshape(hi - lo, d)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (a sample)."""
+        return np.concatenate([self.rows(int(i), int(i) + 1) for i in rows])
 
 
 def _rows_chunk(part: Part, img, txt, lo: int, hi: int, rows: list[dict], first: int, normalize: bool, dim: int,
@@ -243,9 +252,9 @@ def import_folder(src: str | os.PathLike, out: str | os.PathLike, model: str, pr
     if shard_size <= 0:
         raise ValueError("shard_size must be positive")
     t0 = time.perf_counter()
-    out = Path(out)
+    out, src = Path(out), Path(src).resolve()
     m = load_manifest(out)  # a folder this import left incomplete is resumed; anything else is refused
-    if m is not None and (m.get("complete") or m["corpus"].get("path") != str(Path(src).resolve())):
+    if m is not None and (m.get("complete") or m["corpus"].get("path") != str(src)):
         raise IndexFolderError(f"{out} already holds an index; use another folder", usage=True)
     parts, dim, dtype = scan_source(src)
     identity = declared_identity(model, pretrained, logit_scale)
@@ -254,13 +263,12 @@ def import_folder(src: str | os.PathLike, out: str | os.PathLike, model: str, pr
                           f"{identity['embed_dim']}-d embeddings: declare the model that made them")
     if not normalize:
         for p in parts:
-            check_norms(p.img, np.load(p.img, mmap_mode="r"), zero_ok=False)
+            check_norms(p.img, zero_ok=False)
             if p.text:
-                check_norms(p.text, np.load(p.text, mmap_mode="r"), zero_ok=True)
+                check_norms(p.text, zero_ok=True)
     schema, has_key = _schema(parts)
     if has_key:
         check_keys(parts)
-    src = Path(src).resolve()
     corpus = {"type": "clip-retrieval", "path": str(src), "image_root": str(Path(image_root).resolve()) if image_root else None,
               "dtype": dtype, "parts": len(parts), "rows": sum(p.rows for p in parts)}
     modalities = ["image", "text"] if parts[0].text else ["image"]

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import IndexFolderError, RetrievalError
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.filters import FilterError
-from .service import MAX_K, HTTPError, Query, Service, b64_image
+from .service import MAX_K, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
 
 CORS = {"Access-Control-Allow-Origin": "*"}
 DEDUP_COSINE = 0.94          # clip back's near-duplicate threshold
@@ -111,7 +111,7 @@ def parse_knn(body: dict, service: Service) -> tuple[Query, int, list[str]]:
     rerank = body.get("rerank") or "clip"
     if rerank not in RERANK_METHODS:
         raise HTTPError(400, f"rerank must be one of {', '.join(RERANK_METHODS)}, got {rerank!r}"[:200])
-    if rerank != "clip" and "bias" not in idx.manifest:
+    if rerank not in rerank_methods(idx):
         raise HTTPError(409, f"index {name!r} has no bias offsets; recompute them with `retrieval bias`")
     where = body.get("where")
     if where is not None and not isinstance(where, str):
@@ -141,11 +141,8 @@ def parse_knn(body: dict, service: Service) -> tuple[Query, int, list[str]]:
 
 
 def _embedding(emb: Any, dim: int, rerank: str) -> np.ndarray:
-    try:
-        v = np.asarray(emb, np.float32)
-    except (TypeError, ValueError):
-        raise HTTPError(400, "embedding_input must be a list of numbers") from None
-    if v.shape != (dim,) or not np.isfinite(v).all() or not np.any(v):
+    v = embedding_vector(emb, dim)
+    if v is None:
         raise HTTPError(400, f"embedding_input must be {dim} finite numbers, not all zero")
     # clip back searches the vector as given (similarity = raw inner product); the debiasing methods
     # weigh the query against per-item offsets, so they get it normalised
@@ -250,7 +247,7 @@ def add_clip_back_routes(app: FastAPI, service: Service, front: Optional[Path] =
     @app.get("/indices-info", summary="each index's rows and methods, and the clip back options it ignores")
     async def indices_info():
         out = {name: {"rows": len(idx), "dim": idx.dim, "model": idx.manifest["model"].get("arch"),
-                      "rerank": ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in idx.manifest else []),
+                      "rerank": rerank_methods(idx),
                       "ignored_options": UNAVAILABLE}
                for name, idx in service.indexes.items()}
         return JSONResponse(out, headers=CORS)

@@ -13,7 +13,7 @@ from ..query.filters import FilterError
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
-from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image
+from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
 
 def add_routes(app: FastAPI, service: Service) -> None:
     """Register every route of the service on ``app``."""
@@ -36,7 +36,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
             m = idx.manifest
             out.append({"name": name, "rows": len(idx), "dim": idx.dim, "model": m["model"].get("arch"),
                         "pretrained": m["model"].get("pretrained"), "shards": len(idx.shards),
-                        "rerank": ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in m else []),
+                        "rerank": rerank_methods(idx),
                         "corpus": m["corpus"].get("type")})
         return out
 
@@ -53,15 +53,15 @@ def add_routes(app: FastAPI, service: Service) -> None:
             data = image_bytes if image_bytes is not None else b64_image(body.image_base64)
             q.image = await run_in_threadpool(service.decode_image, data, name)
         elif body.embedding is not None:
-            v = np.asarray(body.embedding, np.float32)
-            if v.shape != (idx.dim,) or not np.isfinite(v).all() or np.linalg.norm(v) == 0:
+            v = embedding_vector(body.embedding, idx.dim)
+            if v is None:
                 return JSONResponse({"detail": f"embedding must be {idx.dim} finite numbers, not all zero"}, 422)
             q.vector = v / np.linalg.norm(v)
         elif body.item_id is not None:
             if not idx.is_live([body.item_id])[0]:
                 raise HTTPError(404, f"index {name!r} has no item {body.item_id}")
             q.vector = idx.embeddings([body.item_id], "image")[0]
-        if body.rerank != "clip" and "bias" not in idx.manifest:  # every other method reads stored offsets
+        if body.rerank not in rerank_methods(idx):
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
         try:
             results = await service.batcher.submit(q)

@@ -176,6 +176,23 @@ class Service:
         self.batcher.close()
 
 
+def rerank_methods(index) -> list[str]:
+    """The rerank methods ``index`` can serve: every method but clip reads stored bias offsets."""
+    return ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in index.manifest else [])
+
+
+def embedding_vector(values: Any, dim: int) -> Optional[np.ndarray]:
+    """``values`` as a float32 [dim] query vector (not normalised), or None when they are not
+    ``dim`` finite numbers, not all zero."""
+    try:
+        v = np.asarray(values, np.float32)
+    except (TypeError, ValueError):
+        return None
+    if v.shape != (dim,) or not np.isfinite(v).all() or not np.any(v):
+        return None
+    return v
+
+
 def b64_image(text: str) -> bytes:
     """Decode base64 (optionally a data: URL); 400 on bad input."""
     if text.startswith("data:"):

@@ -125,17 +125,13 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
         corpus = reader.describe().get("path")
         raise CorpusError(f"no usable items in {corpus}: {manifest['counts']['skipped']} skipped, "
                           f"see {out / ERRORS}")
-    if extend is not None:
-        extend.finish(manifest)
-    build_pending(out, manifest, next_generation(manifest))  # what no offsets came for
-    manifest["complete"] = True
     manifest["stats"] = {
         "elapsed_s": round(elapsed, 3), "model_s": round(t_model, 3), "new_rows": n_new,
         "rows_per_s": round(n_new / elapsed, 3) if elapsed else None, "last_run": report.line(),
         "resumed_from_shard": resumed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    publish(out, manifest)
+    publish_complete(out, manifest, extend)
     return manifest, report
 
 
@@ -186,12 +182,18 @@ def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, n
         del img, txt, rows, batch, has  # before the next chunk is read: about one chunk in memory
     writer.finish()
     update_counts(manifest, [], pos)
+    publish_complete(out, manifest, extend)
+    return manifest
+
+
+def publish_complete(out: Path, manifest: dict, extend: Optional[Extend]) -> None:
+    """The run's last publish: the extension's banks and offsets, the indexes deferred until then
+    (built once, with their offsets; zeros when no offsets came), and ``complete``."""
     if extend is not None:
         extend.finish(manifest)
-    build_pending(out, manifest, next_generation(manifest))  # what no offsets came for
+    build_pending(out, manifest, next_generation(manifest))
     manifest["complete"] = True
     publish(out, manifest)
-    return manifest
 
 
 def committed_rows(manifest: dict) -> int:
