@@ -108,7 +108,9 @@ def info(index, as_json):
               help="Sampled rows for --bank corpus (and the image bank of text targets).")
 @click.option("--nnn-k", type=POSITIVE, default=16, show_default=True, help="NNN: top-k reference similarities averaged.")
 @click.option("--ref-size", type=POSITIVE, default=4096, show_default=True, help="NNN: reference queries sampled from the corpus.")
-def bias(index, bank, texts, bank_size, nnn_k, ref_size):
+@click.option("--calibrate-pairs", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="BSAP-H: image-caption pairs sampled to choose its lambda per direction (0: fixed defaults).")
+def bias(index, bank, texts, bank_size, nnn_k, ref_size, calibrate_pairs):
     """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding)."""
     from ..ops import compute_biases
     from ..store.manifest import recorded_model
@@ -116,11 +118,14 @@ def bias(index, bank, texts, bank_size, nnn_k, ref_size):
     clip = recorded_model(index) if bank in ("generic", "texts") else None
     try:
         sec = compute_biases(index, clip, bank=bank, bank_texts=list(texts), bank_size=bank_size, nnn_k=nnn_k,
-                             ref_size=ref_size)
+                             ref_size=ref_size, calibrate=calibrate_pairs)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    lam = sec.get("lam")
+    lam = (f", BSAP-H lambda from {sec['calibration']['pairs']} pairs: image {lam['image']}, text {lam['text']}"
+           if lam else "")
     click.echo(f"bias/ recomputed in {sec['seconds']:.1f} s: bank={sec['bank']} ({sec['bank_rows']['image']} prompts), "
-               f"nnn_k={sec['nnn_k']}, tau={sec['tau']:.2f}")
+               f"nnn_k={sec['nnn_k']}, tau={sec['tau']:.2f}{lam}")
 
 
 @click.command()

@@ -66,12 +66,17 @@ _CLASSIFY_OPTIONS = [
 @click.option("--support", "support_file", type=click.Path(),
               help="CSV with path,label of labelled support images: few-shot GDA (zero-shot + a discriminant "
                    "fitted on them, its weight by cross-validation) instead of X-MoRe.")
+@click.option("--support-from-index", "support_m", type=POSITIVE, default=None,
+              help="Name-only GDA: each class prompt retrieves its top M images from INDEX (exact NNN) as a "
+                   "pseudo-labelled support set; no labelled image needed.")
 def classify(index, images, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json,
-             method, normalise, calibration, progress, support_file):
-    """Classify IMAGES (files or folders) with X-MoRe over INDEX's captions, or with few-shot GDA
-    from a labelled --support set."""
+             method, normalise, calibration, progress, support_file, support_m):
+    """Classify IMAGES (files or folders) with X-MoRe over INDEX's captions, with few-shot GDA from a
+    labelled --support set, or with GDA on images INDEX retrieves for each class (--support-from-index)."""
     from ..classify import expand_images
 
+    if support_file and support_m:
+        raise click.UsageError("give --support or --support-from-index, not both")
     given = None
     if support_file and not classes_file and not labels_file:  # the classes: the support's labels
         from ..classify import read_labels
@@ -88,8 +93,9 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
     if not paths:
         raise click.UsageError("no images: give IMAGE_OR_FOLDER arguments or --labels FILE")
     errors: list = []
-    if support_file:
-        _fewshot(clf, support_file, paths, lab_paths, labels, batch_size, as_json, progress, errors)
+    if support_file or support_m:
+        gda = _fit_support(clf, support_file, support_m, batch_size, errors)
+        _fewshot(clf, gda, paths, lab_paths, labels, batch_size, as_json, progress, errors)
         return
     means = None
     if calibration:
@@ -190,10 +196,20 @@ def evaluate(index, classes_file, labels_file, templates, neighbours, captions, 
                                 f"({s['skipped']} skipped), {s['classes']} classes, R={s['neighbours']}, K={s['captions']}"))
 
 
-def _fewshot(clf, support_file, paths, lab_paths, labels, batch_size, as_json, progress, errors) -> None:
+def _fit_support(clf, support_file, support_m, batch_size, errors):
+    """The GDA classifier from a labelled support CSV or from the index's top ``support_m`` per class."""
     from ..classify import read_labels
-    from ..classify.fewshot import classify_fewshot, fit_support
+    from ..classify.fewshot import fit_retrieved, fit_support
 
+    if support_m:
+        try:
+            gda, sup = fit_retrieved(clf, support_m)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--support-from-index") from None
+        click.echo(f"GDA on {len(sup.ids)} images retrieved from the index ({support_m} per class, {sup.rerank}; "
+                   f"{len(set(sup.labels.tolist()))} of {len(clf.classes)} classes found): alpha {gda.alpha:.3g}, "
+                   f"kappa {gda.kappa:g}", err=True)
+        return gda
     try:
         sup_paths, sup_labels = read_labels(support_file)
         gda = fit_support(clf, sup_paths, sup_labels, batch_size, errors)
@@ -201,6 +217,12 @@ def _fewshot(clf, support_file, paths, lab_paths, labels, batch_size, as_json, p
         raise click.BadParameter(str(e), param_hint="--support") from None
     click.echo(f"GDA on {len(sup_paths) - len(errors)} support images: alpha {gda.alpha:.3g}, kappa {gda.kappa:g}"
                + (f", cross-validated accuracy {gda.cv_accuracy:.3f}" if gda.cv_accuracy is not None else ""), err=True)
+    return gda
+
+
+def _fewshot(clf, gda, paths, lab_paths, labels, batch_size, as_json, progress, errors) -> None:
+    from ..classify.fewshot import classify_fewshot
+
     n_support_errors = len(errors)
     results = classify_fewshot(clf, gda, paths, batch_size, progress and not as_json, errors)
     truth = {str(p): lab for p, lab in zip(lab_paths or [], labels or [])}

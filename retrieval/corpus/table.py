@@ -1,6 +1,7 @@
 """Parquet / CSV / TSV manifests: an image-path column, a caption column, other columns as metadata."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator, Optional
 
@@ -8,6 +9,8 @@ import pyarrow as pa
 
 from ..errors import CorpusError
 from .base import CorpusReader, Entry, Want, fingerprint, finish_entry, stat_part
+
+log = logging.getLogger("retrieval.corpus")
 
 IMAGE_COLUMNS = ("image_path", "image", "filepath", "path", "file", "filename", "img")
 BAD_ROW = "\0bad-row"  # the key of a row that could not be parsed (never a real column name)
@@ -83,7 +86,14 @@ class ManifestReader(CorpusReader):
         schema = self._schema()
         names = schema.names
         self.image_column = pick_column(names, image_column, IMAGE_COLUMNS, "image-path")
-        self.caption_column = pick_column(names, caption_column, CAPTION_COLUMNS, "caption")
+        try:
+            self.caption_column: Optional[str] = pick_column(names, caption_column, CAPTION_COLUMNS, "caption")
+        except CorpusError:
+            if caption_column:
+                raise
+            self.caption_column = None  # photos without captions, like a folder without .txt files
+            log.warning("%s has no caption column (tried %s): indexing its images without captions (name one "
+                        "with --caption-column)", os.path.basename(self.path), ", ".join(CAPTION_COLUMNS))
         self.key_column = (pick_column(names, key_column, (), "key") if key_column
                            else find_column(names, "key"))
         used = {self.image_column, self.caption_column, self.key_column}
@@ -168,8 +178,9 @@ class ManifestReader(CorpusReader):
                 local = self._resolve(img) if img and "://" not in img else ""
                 e.source = fingerprint([sorted(map(str, r.items())) for r in rows], stat_part(local) if local else ())
             if wanted:
-                captions = [" ".join(str(r[self.caption_column]).split()) for r in rows
-                            if r[self.caption_column] is not None and str(r[self.caption_column]).strip()]
+                col = self.caption_column
+                captions = [] if col is None else [" ".join(str(r[col]).split()) for r in rows
+                                                   if r[col] is not None and str(r[col]).strip()]
                 e.extra = {n: row[n] for n in self.extra_columns}
                 e.extra["captions"] = captions
                 if not img:

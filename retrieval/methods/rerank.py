@@ -10,8 +10,9 @@ model's logit scale (read it from the model: 100 for OpenAI CLIP, about 15 for t
   and BSAP's ranking s − c_j (λ = 0): τ h_j = λ τ s + (1−λ) τ (s − c_j), the log of a geometric mix of
   the CLIP and BSAP softmaxes, so both terms are on one scale whatever the number of candidates.
   (The earlier form, λ softmax(τ s) + (1−λ) b_j / Σ b_k, let the peaked softmax win unless the
-  candidate set was small: docs/quality.md.) Default λ by target (``LAM_BY_TARGET``): 0.1 for
-  images, 0.2 for captions, measured on real CLIP embeddings.
+  candidate set was small: docs/quality.md.) An index chooses λ per target from its own pairs
+  (``methods.calibrate``); ``LAM_BY_TARGET`` (0.1 for images, 0.2 for captions, measured on real CLIP
+  embeddings) is the default where it cannot.
 - ``nnn``: s(q,j) - α bias(j), bias(j) = mean of the k largest s(r,j) over a reference bank r.
 
 With a fixed bank, BSAP ranks like s(j,q) - c_j with c_j = LSE_m(τ s(j,a_m)) / τ, BSAP-H is

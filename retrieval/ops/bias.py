@@ -31,10 +31,11 @@ import numpy as np
 from ..errors import IndexFolderError
 from ..methods.rerank import DEFAULT_NNN_K, bsap_offsets, nnn_bias
 from ..store.files import save_npy
+from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam
 from ..store.combined import quantize_offsets
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
-from ..store.layout import (INDEX_FILE, MODALITIES, bank_path, bias_generation_dir, bias_path, reference_path)
+from ..store.layout import (MODALITIES, bank_path, bias_generation_dir, bias_path, reference_path)
 from ..store.lock import write_lock
 from ..store.manifest import load_manifest
 from ..store.offsets import index_with_offsets, usable_rows
@@ -54,12 +55,6 @@ METHODS = ("bsap", "nnn")
 log = logging.getLogger("retrieval.bias")
 
 
-def _loader(folder: Path, shard: dict, modality: str):
-    import faiss
-
-    return lambda: faiss.read_index(str(folder / shard["files"][INDEX_FILE[modality]]), faiss.IO_FLAG_MMAP_IFC)
-
-
 def _sample_rows(folder: Path, manifest: dict, shards: list[dict], modality: str, size: int, seed: int) -> np.ndarray:
     """A seeded random sample of usable stored embeddings of ``modality`` across shards (float32)."""
     rows = [usable_rows(folder, manifest, s, modality) for s in shards]
@@ -72,7 +67,7 @@ def _sample_rows(folder: Path, manifest: dict, shards: list[dict], modality: str
     for s, r in zip(shards, rows):
         mine = ids[(ids >= start) & (ids < start + len(r))] - start
         if len(mine):
-            out.append(ShardVectors(folder, s, modality, _loader(folder, s, modality)).rows(r[mine]))
+            out.append(ShardVectors(folder, s, modality).rows(r[mine]))
         start += len(r)
     return np.concatenate(out)
 
@@ -110,7 +105,7 @@ def save_offsets(folder: Path, shard: dict, offsets: dict, where: str, out: Bias
 
 def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
                    bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = DEFAULT_NNN_K, ref_size: int = 4096, tau: Optional[float] = None,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, calibrate: int = DEFAULT_CALIBRATION_PAIRS) -> dict:
     """(Re)compute the bias offsets of a complete index folder; returns the manifest's ``bias`` section.
 
     ``bank``: 'generic' (GENERIC_PROMPTS, needs ``clip``), 'texts' (``bank_texts``, needs ``clip``) or
@@ -123,7 +118,7 @@ def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", 
         m = load_manifest(folder)
         if m is None or not m.get("complete"):
             raise IndexFolderError(f"{folder} is not a complete index folder")
-        apply_biases(folder, m, clip, bank, bank_texts, bank_size, nnn_k, ref_size, tau, seed)
+        apply_biases(folder, m, clip, bank, bank_texts, bank_size, nnn_k, ref_size, tau, seed, calibrate)
         publish(folder, m)
     return m["bias"]
 
@@ -136,9 +131,10 @@ def _check_sizes(**sizes: int) -> None:
 
 def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
                  bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = DEFAULT_NNN_K, ref_size: int = 4096, tau: Optional[float] = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, calibrate: int = DEFAULT_CALIBRATION_PAIRS) -> None:
     """Write a new generation of bias files and rewritten indexes for manifest ``m`` (whose shards'
-    files are written) and set its ``bias`` section; the caller publishes ``m``."""
+    files are written) and set its ``bias`` section; the caller publishes ``m``. ``calibrate``: pairs
+    sampled to choose BSAP-H's λ per target (``ops.calibrate``; 0: the defaults)."""
     shards = [s for s in m["shards"] if s["rows"] > 0]
     tau = float(tau if tau is not None else m["model"]["logit_scale"])
     t0 = time.perf_counter()
@@ -166,7 +162,8 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
         for modality, offsets in per_shard[s["id"]].items():
             index_with_offsets(folder, m, s, modality, offsets, shifts, gen)
     t_index = time.perf_counter() - t_index
-    m["bias"] = {"tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
+    cal = calibrate_lam(folder, m, shards, per_shard, calibrate, seed + 4) if calibrate and "text" in banks else None
+    m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}), "tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
                  "seed": seed, "shift": shifts, "dir": where, "files": out.files,
                  "seconds": round(time.perf_counter() - t0, 3), "index_seconds": round(t_index, 3)}

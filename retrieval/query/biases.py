@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import IndexFolderError
+from ..methods.rerank import LAM_BY_TARGET
 from ..store.layout import bias_dir, bias_path
 from .shards import ShardSet, reading
 
@@ -31,6 +32,12 @@ class Biases:
     def tau(self) -> float:
         """The temperature the offsets were computed with (else the model's logit scale)."""
         return float((self.section or {}).get("tau", self.manifest["model"]["logit_scale"]))
+
+    def lam(self, target: str) -> float:
+        """BSAP-H's λ for ``target``: chosen from the index's own pairs by ``retrieval bias``
+        (``ops.calibrate``), else the measured default (``LAM_BY_TARGET``)."""
+        chosen = (self.section or {}).get("lam") or {}
+        return float(chosen.get(target, LAM_BY_TARGET.get(target, LAM_BY_TARGET["image"])))
 
     def per_shard(self, method: str, modality: str) -> list[np.ndarray]:
         """Offsets of ``method`` for targets of ``modality``, one array per shard (zeros for a shard

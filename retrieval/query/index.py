@@ -15,7 +15,6 @@ import numpy as np
 
 from ..embed import ClipModel, describe, same_model
 from ..errors import IndexFolderError
-from ..methods.rerank import LAM_BY_TARGET
 from ..store.integrity import require_intact
 from ..store.manifest import load_manifest, recorded_model, require_manifest
 from .backends import pick_backend
@@ -124,14 +123,14 @@ class Index:
         when fewer than k items qualify.
 
         ``rerank``: 'clip' (cosine), 'bsap' (balanced score b_j), 'hybrid' (BSAP-H: s - (1-λ) c_j,
-        ``lam`` = λ the weight of CLIP; None: 0.1 for image targets, 0.2 for text), 'nnn' (s - α bias). BSAP, BSAP-H and NNN search the whole
-        corpus exactly with the stored bias offsets; with ``candidates=N`` any method reranks CLIP's
-        top N instead. ``where``: a SQL boolean expression over the metadata columns; ``dedup``:
+        ``lam`` = λ the weight of CLIP; None: as ``retrieval bias`` chose it from the index's own
+        pairs), 'nnn' (s - α bias). BSAP, BSAP-H and NNN search the whole corpus exactly with the
+        stored offsets; with ``candidates=N`` any method reranks CLIP's top N instead. ``where``: a SQL boolean expression over the metadata columns; ``dedup``:
         collapse near-duplicates (cosine >= the threshold, e.g. 0.94); ``captioned``: only items
         with a caption. Deleted items are never returned.
         """
         snap = self._snap
-        lam = LAM_BY_TARGET.get(target, LAM_BY_TARGET["image"]) if lam is None else lam
+        lam = snap.biases.lam(target) if lam is None else lam
         method = make_method(rerank, float(tau if tau is not None else snap.biases.tau()), candidates, lam, alpha)
         if dedup is not None:
             method = Deduplicated(method, float(dedup))

@@ -33,7 +33,7 @@ class SearchBody(BaseModel):
     rerank: Rerank = "clip"
     candidates: Optional[int] = Field(None, ge=1, le=100_000)
     lam: Optional[FiniteFloat] = Field(None, ge=0.0, le=1.0, description="BSAP-H: weight of CLIP in s - (1 - lam) c "
-                                       "(default 0.1 for image targets, 0.2 for text)")
+                                       "(default: chosen from the index's own pairs by `retrieval bias`)")
     alpha: FiniteFloat = Field(0.75, ge=0.0, le=10.0)
     where: Optional[str] = Field(None, max_length=2000, description="SQL boolean expression over the metadata columns")
     dedup: Optional[FiniteFloat] = Field(None, gt=0.0, le=1.0, description="collapse near-duplicates (cosine >= this)")

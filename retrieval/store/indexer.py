@@ -135,6 +135,18 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
     return manifest, report
 
 
+def check_unit_rows(x: np.ndarray, name: str, zero_ok: bool = False, block: int = 65536) -> None:
+    """ValueError unless every row is finite and L2-normalised (all zeros allowed with ``zero_ok``):
+    scores are cosines only for unit vectors."""
+    for i in range(0, len(x), block):
+        norms = np.linalg.norm(np.asarray(x[i:i + block], np.float32), axis=1)
+        bad = ~(np.abs(norms - 1) <= 1e-2) & ~((norms == 0) if zero_ok else False)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name}: row {i + j} has norm {norms[j]:.4g}; pass L2-normalised rows "
+                             f"(x / np.linalg.norm(x, axis=1, keepdims=True)){' or zeros for no caption' if zero_ok else ''}")
+
+
 def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarray, model: dict,
                      rows: Optional[list[dict]] = None, *, shard_size: int = DEFAULT_SHARD_SIZE,
                      index_key: Optional[str] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -151,6 +163,8 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
         raise ValueError(f"{len(rows)} metadata rows for {len(img)} embeddings")
     if len({r["key"] for r in rows}) != len(rows):
         raise ValueError("metadata keys must be unique")
+    check_unit_rows(img, "image embeddings")
+    check_unit_rows(txt, "text embeddings", zero_ok=True)
     out = Path(out)
     if load_manifest(out) is not None:
         raise IndexFolderError(f"{out} already holds an index; use another folder", usage=True)

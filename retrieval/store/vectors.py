@@ -72,7 +72,8 @@ class ShardVectors:
     def __init__(self, folder: Path, shard: dict, modality: str, index_loader=None):
         self.folder, self.shard, self.modality = Path(folder), shard, modality
         self.dim = None
-        self._index_loader = index_loader  # () -> the shard's faiss index of this modality
+        self._index_loader = index_loader  # () -> the shard's faiss index (default: its file, mmapped)
+        self._loaded = None
         self._all: Optional[np.ndarray] = None
 
     @property
@@ -101,9 +102,17 @@ class ShardVectors:
         return decode_rows(self._index(), rows, self._d())
 
     def _index(self):
-        if self._index_loader is None:
-            raise IndexFolderError(f"shard {self.shard['id']} keeps no {self.modality} vectors")
-        return self._index_loader()
+        if self._loaded is None:
+            if self._index_loader is not None:
+                self._loaded = self._index_loader()
+            else:
+                import faiss
+
+                rel = self.shard["files"].get(INDEX_FILE[self.modality])
+                if rel is None:
+                    raise IndexFolderError(f"shard {self.shard['id']} keeps no {self.modality} vectors")
+                self._loaded = faiss.read_index(str(self.folder / rel), faiss.IO_FLAG_MMAP_IFC)
+        return self._loaded
 
     def _d(self) -> int:
         return int(self.shard["dim"])

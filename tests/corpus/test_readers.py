@@ -110,6 +110,16 @@ def test_parquet_manifest_with_key_column_and_typed_extras(tmp_path):
     assert r.metadata_schema.field("n").type == pa.int64()
 
 
+def test_manifest_without_caption_column_indexes_images_without_captions(tmp_path, caplog):
+    make_image(tmp_path / "p1.jpg")
+    (tmp_path / "m.csv").write_text("image,photographer\np1.jpg,ann\n")
+    with caplog.at_level("WARNING"):
+        r = open_corpus(tmp_path / "m.csv")
+    assert "m.csv has no caption column (tried caption" in caplog.text and "--caption-column" in caplog.text
+    (e,) = list(r.entries())
+    assert e.error is None and e.caption is None and e.extra["photographer"] == "ann"
+
+
 def test_manifest_column_and_root_errors(tmp_path):
     make_image(tmp_path / "imgs" / "p1.jpg")
     (tmp_path / "m.csv").write_text("pic,words\np1.jpg,hello\n")
@@ -121,6 +131,8 @@ def test_manifest_column_and_root_errors(tmp_path):
     assert [e.caption for e in r.entries()] == ["hello"]
     with pytest.raises(CorpusError, match="no column 'nope'"):
         open_corpus(tmp_path / "m.csv", image_column="nope")
+    with pytest.raises(CorpusError, match="no column 'nope'"):   # a named caption column must exist
+        open_corpus(tmp_path / "m.csv", image_column="pic", caption_column="nope")
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(CorpusError, match="empty"):
         open_corpus(tmp_path / "empty.csv")

@@ -115,12 +115,15 @@ def test_candidates_mode_equals_brute_force_within_clip_top_n(flickr_index, tiny
     assert got_i[0].tolist() == cand[0][np.lexsort((cand[0], -h))][:10].tolist()
     # the stored offsets are quantized to the fp16 grid of the index codes: equal to ~1e-5
     np.testing.assert_allclose(got_s[0], np.sort(h)[::-1][:10], rtol=1e-4)
-    # without candidates BSAP-H is exact over the whole corpus: s - (1 - λ) c_j, brute force
-    from retrieval.methods.rerank import LAM_BY_TARGET, bsap_offsets
+    # without candidates BSAP-H is exact over the whole corpus: s - (1 - λ) c_j, brute force, with the
+    # λ `retrieval bias` chose from the index's own pairs
+    from retrieval.methods.rerank import bsap_offsets
+
+    assert idx.biases.lam("image") == idx.manifest["bias"]["lam"]["image"]
 
     all_ids = np.arange(len(idx))
     x = idx.embeddings(all_ids, "image")
-    want = (q @ x.T)[0] - (1 - LAM_BY_TARGET["image"]) * bsap_offsets(x, bank, idx.manifest["bias"]["tau"])
+    want = (q @ x.T)[0] - (1 - idx.biases.lam("image")) * bsap_offsets(x, bank, idx.manifest["bias"]["tau"])
     s_exact, i_exact = idx.search(q, 10, rerank="hybrid")
     assert i_exact[0].tolist() == np.argsort(-want, kind="stable")[:10].tolist()
     np.testing.assert_allclose(s_exact[0], np.sort(want)[::-1][:10], atol=2e-3)
@@ -210,6 +213,16 @@ def test_build_from_embeddings_round_trip(tmp_path):
         build_from_embeddings(tmp_path / "e", img, txt, {"arch": "synthetic"})
     with pytest.raises(ValueError, match="row-aligned"):
         build_from_embeddings(tmp_path / "f", img, txt[:10], {"arch": "synthetic"})
+    bad = img.copy()
+    bad[7] *= 3.0
+    with pytest.raises(ValueError, match="image embeddings: row 7 has norm 3; pass L2-normalised"):
+        build_from_embeddings(tmp_path / "g", bad, txt, {"arch": "synthetic"})
+    no_caption = txt.copy()
+    no_caption[3] = 0.0                     # zeros: an item without a caption, allowed
+    no_caption[5, 0] = np.nan
+    with pytest.raises(ValueError, match="text embeddings: row 5 has norm nan"):
+        build_from_embeddings(tmp_path / "g", img, no_caption, {"arch": "synthetic"})
+    assert not (tmp_path / "g").exists()    # refused before anything is written
 
 
 def test_metadata_reads_only_the_row_groups_results_need(tmp_path):

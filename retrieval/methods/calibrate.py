@@ -1,0 +1,78 @@
+"""BSAP-H's λ chosen from an index's own image–caption pairs (docs/quality.md).
+
+BSAP-H ranks targets by h_j = s(q, j) − (1 − λ) c_j. Which λ is best depends on the corpus and the
+direction (on real CLIP embeddings: ImageNet text→image wants λ = 0.1, image→text λ = 0.6; the
+fashion pairs λ = 0–0.1 in both). An index of captioned images carries its own relevance
+judgements: each caption describes its image. So λ is chosen by retrieval over the whole corpus with
+a sample of the pairs as queries, on a grid: the λ with the most pairs found at rank 1 (ties: the
+larger λ, closer to plain CLIP). A hit is a top target that *is* the query's pair, or whose pair
+matches it in either modality (a duplicate image, or the same caption: ImageNet's class prompts
+caption many images).
+
+Numpy in, numpy out: ``TopByLam`` folds blocks of targets into running top-1 rows per λ;
+``pair_hits`` judges them; ``choose_lam`` picks.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+LAM_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # λ = 1 is CLIP, λ = 0 ranks like BSAP
+MIN_PAIRS = 50      # fewer captioned pairs than this: the defaults (LAM_BY_TARGET) stay
+SAME = 0.999        # cosine at which two stored embeddings are the same item (fp16 storage)
+
+
+class TopByLam:
+    """Running top-1 global row per λ of queries [nq, d] over blocks of targets with their offsets."""
+
+    def __init__(self, queries: np.ndarray, grid: tuple[float, ...] = LAM_GRID):
+        q = np.asarray(queries, np.float32)
+        if q.ndim != 2:
+            raise ValueError(f"queries must be 2-D, got shape {q.shape}")
+        self.q, self.grid = q, np.asarray(grid, np.float32)
+        self.best = np.full((len(grid), len(q)), -np.inf, np.float32)
+        self.rows = np.full((len(grid), len(q)), -1, np.int64)
+
+    def add(self, targets: np.ndarray, offsets: np.ndarray, rows: np.ndarray, block: int = 8192) -> None:
+        """Fold targets [n, d] with offsets [n] and global rows [n] into the running top-1."""
+        targets = np.asarray(targets, np.float32)
+        if len(targets) != len(offsets) or len(targets) != len(rows):
+            raise ValueError(f"{len(targets)} targets, {len(offsets)} offsets, {len(rows)} rows")
+        offsets, rows = np.asarray(offsets, np.float32), np.asarray(rows, np.int64)
+        for i in range(0, len(targets), block):
+            s = self.q @ targets[i:i + block].T                      # [nq, b]
+            for g, lam in enumerate(self.grid):
+                h = s - (1.0 - lam) * offsets[None, i:i + block]
+                j = h.argmax(1)
+                v = h[np.arange(len(h)), j]
+                better = v > self.best[g]
+                self.best[g, better] = v[better]
+                self.rows[g, better] = rows[i:i + block][j[better]]
+
+
+def pair_hits(query_rows: np.ndarray, top_rows: np.ndarray, pair_of) -> np.ndarray:
+    """[G, nq] whether each λ's top row is the query's pair or matches it: ``pair_of(rows)`` returns
+    (image [n, d], caption [n, d] or zeros where none) of global rows."""
+    query_rows, top_rows = np.asarray(query_rows, np.int64), np.asarray(top_rows, np.int64)
+    uniq, inv = np.unique(top_rows, return_inverse=True)
+    qi, qt = pair_of(query_rows)
+    ti, tt = pair_of(uniq)
+    ti, tt = ti[inv.reshape(top_rows.shape)], tt[inv.reshape(top_rows.shape)]   # [G, nq, d]
+    same_img = np.einsum("gqd,qd->gq", ti, qi) >= SAME
+    same_cap = np.einsum("gqd,qd->gq", tt, qt) >= SAME
+    return (top_rows == query_rows[None]) | same_img | same_cap
+
+
+def choose_lam(hits: np.ndarray, grid: tuple[float, ...] = LAM_GRID) -> tuple[float, list[float]]:
+    """(λ with the most hits, ties to the larger λ; R@1 per λ of the grid)."""
+    r1 = np.asarray(hits, np.float64).mean(1)
+    best = np.flatnonzero(r1 >= r1.max() - 1e-12)
+    return float(grid[int(best.max())]), [round(float(v), 4) for v in r1]
+
+
+def sample_pairs(n_pairs: int, size: int, seed: int) -> Optional[np.ndarray]:
+    """Sorted positions of a seeded sample of ``size`` among ``n_pairs`` pairs; None below MIN_PAIRS."""
+    if n_pairs < MIN_PAIRS or size < MIN_PAIRS:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_pairs, min(size, n_pairs), replace=False))

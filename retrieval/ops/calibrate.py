@@ -1,0 +1,76 @@
+"""BSAP-H's λ per target modality from an index folder's own pairs (``methods.calibrate``), run by
+``retrieval bias`` after the offsets are computed: a sample of live captioned rows queries the
+whole corpus in both directions with the offsets as the indexes hold them."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..methods.calibrate import TopByLam, choose_lam, pair_hits, sample_pairs
+from ..store.offsets import usable_rows
+from ..store.vectors import ShardVectors, read_all
+
+DEFAULT_CALIBRATION_PAIRS = 1000
+log = logging.getLogger("retrieval.bias")
+
+
+class _Pairs:
+    """Image and caption vectors of global rows (zeros for a row without a usable caption)."""
+
+    def __init__(self, folder: Path, m: dict, shards: list[dict]):
+        self.shards = shards
+        self.starts = np.array([s["offset"] for s in shards], np.int64)
+        self.captioned = [set(usable_rows(folder, m, s, "text").tolist()) for s in shards]
+        self.vectors = {mod: [ShardVectors(folder, s, mod) for s in shards] for mod in ("image", "text")}
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, np.int64)
+        sh = np.searchsorted(self.starts, rows, side="right") - 1
+        d = None
+        out_i, out_t = [None] * len(rows), [None] * len(rows)
+        for k in np.unique(sh):
+            pick = np.flatnonzero(sh == k)
+            local = rows[pick] - self.starts[k]
+            img = self.vectors["image"][k].rows(local)
+            d = img.shape[1]
+            cap = np.zeros_like(img)
+            has = np.array([r in self.captioned[k] for r in local.tolist()])
+            if has.any():
+                cap[has] = self.vectors["text"][k].rows(local[has])
+            for j, p in enumerate(pick):
+                out_i[p], out_t[p] = img[j], cap[j]
+        if d is None:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+        return np.stack(out_i), np.stack(out_t)
+
+
+def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size: int = DEFAULT_CALIBRATION_PAIRS,
+                  seed: int = 0) -> Optional[dict]:
+    """{"lam": {target: λ}, "pairs": n, "r1": {target: R@1 per λ}} from ``size`` sampled live
+    captioned pairs; ``offsets``: {shard id: {modality: {"bsap": [rows]}}} as quantized for the
+    indexes. None when the folder has fewer than MIN_PAIRS pairs (or no captions)."""
+    shards = [s for s in shards if "image" in s["index"] and "text" in s["index"]]
+    pairs = [np.intersect1d(usable_rows(folder, m, s, "text"), usable_rows(folder, m, s, "image")) + s["offset"]
+             for s in shards]
+    every = np.concatenate(pairs) if pairs else np.zeros(0, np.int64)
+    pick = sample_pairs(len(every), size, seed)
+    if pick is None:
+        return None
+    rows = every[pick]
+    pair_of = _Pairs(folder, m, shards)
+    q_img, q_txt = pair_of(rows)
+    out: dict = {"pairs": int(len(rows)), "lam": {}, "r1": {}}
+    for target, queries in (("image", q_txt), ("text", q_img)):
+        top = TopByLam(queries)
+        for s in shards:
+            live = usable_rows(folder, m, s, target)
+            if len(live):
+                vecs = read_all(folder, s, target)[live]
+                top.add(vecs, offsets[s["id"]][target]["bsap"][live], live + s["offset"])
+        lam, r1 = choose_lam(pair_hits(rows, top.rows, pair_of))
+        out["lam"][target], out["r1"][target] = lam, r1
+    log.info("BSAP-H λ from %d pairs: %s", len(rows), out["lam"])
+    return out
