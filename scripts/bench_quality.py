@@ -9,7 +9,7 @@ bare class name, relevance by class.
 
 Also: name-only GDA on a support set retrieved from an index over the other split
 (``retrieved_table``), BSAP-H's λ chosen on one half of the pairs and measured on the other
-(``calibration_check``), and NNN's α (``nnn_alpha_table``).
+(``calibration_check``), NNN's α (``nnn_alpha_table``) and BSAP's bank temperature (``bsap_tau_table``).
 
 Few-shot GDA vs zero-shot:
 
@@ -108,6 +108,7 @@ def calibration_check(root: Path) -> list[str]:
     on the other half (and the reverse), over the whole corpus with corpus-bank offsets."""
     from retrieval.methods.calibrate import LAM_GRID, TopByLam, choose_lam, pair_hits
     from retrieval.methods.rerank import bsap_offsets
+    from retrieval.ops.bias import BANK_TAU_SCALE
 
     lines = ["| set | direction | λ (half A, half B) | hybrid R@1, λ from the other half | clip | bsap |",
              "|---|---|---|---:|---:|---:|"]
@@ -118,7 +119,7 @@ def calibration_check(root: Path) -> list[str]:
         half = rng.permutation(n)
         halves = (np.sort(half[: n // 2]), np.sort(half[n // 2:]))
         for direction, q, t, bank in (("text→image", txt, img, txt), ("image→text", img, txt, img)):
-            c = bsap_offsets(t, bank[rng.choice(n, min(4096, n), replace=False)], 100.0)
+            c = bsap_offsets(t, bank[rng.choice(n, min(4096, n), replace=False)], BANK_TAU_SCALE * 100.0)
             top = TopByLam(q)
             top.add(t, c, np.arange(n))
             hits = pair_hits(np.arange(n), top.rows, lambda r: (img[r], txt[r]))
@@ -147,6 +148,28 @@ def nnn_alpha_table(root: Path, alphas=(0.25, 0.5, 0.75, 1.0, 1.25)) -> list[str
             b = nnn_bias(items, refs_from[rng.choice(n, min(4096, n), replace=False)], k=DEFAULT_NNN_K)
             s = q @ items.T
             r1 = [(lab[(s - a * b).argmax(1)] == qlab).mean() for a in (*alphas, 0.0)]
+            lines.append(f"| {name} | {direction} | " + " | ".join(f"{v:.3f}" for v in r1) + " |")
+    return lines
+
+
+def bsap_tau_table(root: Path, taus=(25.0, 50.0, 100.0, 200.0)) -> list[str]:
+    """BSAP R@1 per bank temperature τ (corpus banks of up to 4,096 rows); the model's is 100."""
+    from retrieval.methods.rerank import bsap_offsets
+
+    lines = ["| set | direction | " + " | ".join(f"τ = {t:g}" for t in taus) + " | clip |",
+             "|---|---|" + "---:|" * (len(taus) + 1)]
+    for name, img, txt, y in retrieval_sets(root):
+        img = (img / np.linalg.norm(img, axis=1, keepdims=True)).astype(np.float32)
+        txt = (txt / np.linalg.norm(txt, axis=1, keepdims=True)).astype(np.float32)
+        n, rng = len(img), np.random.default_rng(0)
+        lab = y if y is not None else np.arange(n)
+        first = np.unique(lab, return_index=True)[1]
+        for direction, items, bank_from, q, qlab in (("text→image", img, txt, txt[first], lab[first]),
+                                                     ("image→text", txt, img, img, lab)):
+            bank = bank_from[rng.choice(n, min(4096, n), replace=False)]
+            s = q @ items.T
+            r1 = [(lab[(s - bsap_offsets(items, bank, t)).argmax(1)] == qlab).mean() for t in taus]
+            r1.append((lab[s.argmax(1)] == qlab).mean())
             lines.append(f"| {name} | {direction} | " + " | ".join(f"{v:.3f}" for v in r1) + " |")
     return lines
 
@@ -207,6 +230,7 @@ def main() -> None:
         print("\n".join(retrieved_table(root, Path(tmp))) + "\n")
     print("\n".join(calibration_check(root)) + "\n")
     print("\n".join(nnn_alpha_table(root)) + "\n")
+    print("\n".join(bsap_tau_table(root)) + "\n")
     inet, cif = evaluate(imagenet(root)), evaluate(cifar(root, a.seeds))
     print("| method | ImageNet, 3-shot (4-fold) | CIFAR-10, 16-shot |\n|---|---:|---:|")
     for k in inet:

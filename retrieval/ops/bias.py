@@ -52,6 +52,7 @@ GENERIC_PROMPTS = (
     "a photo taken outdoors.",
 )
 METHODS = ("bsap", "nnn")
+BANK_TAU_SCALE = 0.5   # the bank temperature as a fraction of the logit scale (docs/quality.md)
 log = logging.getLogger("retrieval.bias")
 
 
@@ -136,7 +137,7 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     files are written) and set its ``bias`` section; the caller publishes ``m``. ``calibrate``: pairs
     sampled to choose BSAP-H's λ per target (``ops.calibrate``; 0: the defaults)."""
     shards = [s for s in m["shards"] if s["rows"] > 0]
-    tau = float(tau if tau is not None else m["model"]["logit_scale"])
+    tau = float(tau if tau is not None else BANK_TAU_SCALE * m["model"]["logit_scale"])
     t0 = time.perf_counter()
     texts, banks, refs = _banks(folder, m, shards, clip, bank, bank_texts, bank_size, ref_size, seed)
     gen = next_generation(m)
