@@ -11,11 +11,12 @@ ALLOWED = {  # package -> the engine packages it may import (besides itself and 
     "embed": {"corpus"},
     "store": {"embed", "corpus"},
     "methods": {"store"},
-    "ops": {"methods", "store", "embed", "corpus"},
+    "scale": {"query", "methods", "store", "embed", "corpus"},
+    "ops": {"scale", "methods", "store", "embed", "corpus"},
     "query": {"methods", "store", "embed", "corpus"},
     "classify": {"query", "methods", "store", "embed", "corpus"},
-    "serve": {"classify", "query", "methods", "store", "embed", "corpus"},
-    "cli": {"serve", "classify", "query", "ops", "methods", "store", "embed", "corpus"},
+    "serve": {"classify", "scale", "query", "methods", "store", "embed", "corpus"},
+    "cli": {"serve", "classify", "scale", "query", "ops", "methods", "store", "embed", "corpus"},
 }
 
 

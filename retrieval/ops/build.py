@@ -44,7 +44,8 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 max_pixels: int = DEFAULT_MAX_PIXELS, recall_target: float = 0.95, progress: bool = True,
                 bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None,
                 require_captions: bool = False, modalities: Sequence[str] = MODALITIES,
-                report: Optional[list] = None) -> dict:
+                report: Optional[list] = None, ray: Optional[str] = None, ray_actors: Optional[int] = None,
+                ray_task_rows: Optional[int] = None) -> dict:
     """Build, resume or sync the index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
@@ -52,6 +53,9 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     Items without a caption are indexed (searchable by text->image and image->image) unless
     ``require_captions``. ``modalities``: which indexes to build ('image': text->image and
     image->image search; 'text': search among captions; text needs captions). ``report``, a list, receives the run's :class:`~retrieval.store.indexer.RunReport`.
+    ``ray``: embed on Ray actors ('local' starts a local cluster; else a cluster address such as
+    'auto'), ``ray_actors`` of them (default one per GPU, else per CPU), ``ray_task_rows`` inputs per
+    task; the folder is the same as a single-process build's.
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
@@ -62,7 +66,13 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
                 "recall_target": recall_target, "require_captions": require_captions, "modalities": modalities}
-    manifest, run = index_corpus(reader, out, clip, settings, progress, extend=BiasExtension(out, clip, bias_bank))
+    source = None
+    if ray is not None:
+        from ..scale import RayBatches
+
+        source = RayBatches(ray, ray_actors, **({"task_rows": ray_task_rows} if ray_task_rows else {}))
+    manifest, run = index_corpus(reader, out, clip, settings, progress, extend=BiasExtension(out, clip, bias_bank),
+                                 source=source)
     if bias_bank and ("bias" not in manifest or manifest["bias"].get("stale")):
         try:
             manifest["bias"] = compute_biases(out, clip, bank=manifest.get("bias", {}).get("bank") or bias_bank)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -52,10 +52,46 @@ class RunReport:
         return f"+{self.added} added, -{self.deleted} deleted, {self.changed} changed"
 
 
+@dataclass
+class Embedded:
+    """One batch of embedded rows, in corpus order: what the writer commits."""
+
+    img: np.ndarray                 # [n, d] float32
+    txt: Optional[np.ndarray]       # [rows with a caption, d] float32, or None
+    rows: list
+    has_caption: list
+    errors: list
+    end_pos: int
+
+
+# (reader, model, settings, input positions or None for all) -> embedded batches in corpus order
+Source = Callable[[CorpusReader, ClipModel, dict, Optional[np.ndarray]], Iterator[Embedded]]
+
+
+def local_batches(reader: CorpusReader, clip: ClipModel, settings: dict,
+                  positions: Optional[np.ndarray]) -> Iterator[Embedded]:
+    """Decode with a DataLoader (``settings['workers']``) and embed in this process."""
+    from ..embed import Encoder, iter_batches  # torch: only when embedding
+
+    encoder = Encoder(clip)
+    for batch in iter_batches(reader, clip.preprocess, clip.tokenizer, settings["batch_size"], settings["workers"],
+                              positions, settings["max_pixels"], require_captions=settings["require_captions"]):
+        img = txt = None
+        if batch.rows:
+            img = encoder.images(batch.images)
+            embed_text = batch.tokens is not None and "text" in settings.get("modalities", MODALITIES)
+            txt = encoder.tokens(batch.tokens) if embed_text else None
+        else:
+            img = np.zeros((0, clip.dim), np.float32)
+        yield Embedded(img, txt, batch.rows, batch.has_caption, batch.errors, batch.end_pos)
+
+
 def index_corpus(reader: CorpusReader, out: str | Path, clip: ClipModel, settings: dict, progress: bool = True,
-                 extend: Optional[Extend] = None) -> tuple[dict, RunReport]:
+                 extend: Optional[Extend] = None, source: Optional[Source] = None) -> tuple[dict, RunReport]:
     """Build, resume or sync ``out`` from ``reader``; returns (manifest, what this run did). ``settings``:
-    shard_size, index_key, memory_budget, max_pixels, batch_size, workers, recall_target, require_captions."""
+    shard_size, index_key, memory_budget, max_pixels, batch_size, workers, recall_target, require_captions.
+    ``source`` embeds the planned positions (default :func:`local_batches`; ``scale.ray_build`` spreads
+    them over Ray actors); this process alone writes the folder and its manifest."""
     out = Path(out)
     settings = {"require_captions": False, **settings, "dim": clip.dim}
     check_index_key(settings["index_key"], clip.dim)
@@ -63,7 +99,7 @@ def index_corpus(reader: CorpusReader, out: str | Path, clip: ClipModel, setting
     prepare_out(out)
     with write_lock(out):
         try:
-            return _run(reader, out, clip, settings, existing, progress, extend)
+            return _run(reader, out, clip, settings, existing, progress, extend, source or local_batches)
         except StorageError as e:
             m = load_manifest(out) or {"shards": []}
             raise StorageError(f"{e}; {committed(m)} committed: free space and re-run the same command "
@@ -71,7 +107,7 @@ def index_corpus(reader: CorpusReader, out: str | Path, clip: ClipModel, setting
 
 
 def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, existing: Optional[dict],
-         progress: bool, extend: Optional[Extend]) -> tuple[dict, RunReport]:
+         progress: bool, extend: Optional[Extend], source: Source) -> tuple[dict, RunReport]:
     t_start = time.perf_counter()
     remove_stale_temps(out)
     manifest = existing or new_manifest(clip.identity, reader.describe(), dict(settings))
@@ -84,10 +120,7 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
     if len(plan.deleted):
         apply_tombstones(out, manifest, plan.deleted, next_generation(manifest))
         publish(out, manifest)
-    from ..embed import Encoder, iter_batches  # torch: only when embedding
-
     writer = ShardWriter(out, manifest, reader.metadata_schema, settings, plan.kept, dict(plan.replaced), extend)
-    encoder = Encoder(clip)
     t_model = 0.0
     n_new = 0
     from tqdm import tqdm
@@ -96,19 +129,15 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
     bar = tqdm(desc="embedding", unit="img", total=total, disable=not progress, file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
     try:
-        for batch in iter_batches(reader, clip.preprocess, clip.tokenizer, settings["batch_size"], settings["workers"],
-                                  plan.todo, settings["max_pixels"], require_captions=settings["require_captions"]):
-            img = txt = None
-            if batch.rows:
-                t0 = time.perf_counter()
-                img = encoder.images(batch.images)
-                embed_text = batch.tokens is not None and "text" in settings.get("modalities", MODALITIES)
-                txt = encoder.tokens(batch.tokens) if embed_text else None
-                t_model += time.perf_counter() - t0
-                n_new += len(batch.rows)
-            else:
-                img = np.zeros((0, clip.dim), np.float32)
-            writer.add(img, txt, batch.rows, batch.has_caption, batch.errors, batch.end_pos)
+        batches = source(reader, clip, settings, plan.todo)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)  # the time spent waiting for embeddings (decode + model)
+            if batch is None:
+                break
+            t_model += time.perf_counter() - t0
+            n_new += len(batch.rows)
+            writer.add(batch.img, batch.txt, batch.rows, batch.has_caption, batch.errors, batch.end_pos)
             bar.update(len(batch.rows) + len(batch.errors) - sum(e["action"] == "repaired" for e in batch.errors))
             report.skipped += sum(e["action"] == "skipped" for e in batch.errors)
             bar.set_postfix(shards=len(manifest["shards"]), skipped=report.skipped)
@@ -126,7 +155,7 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
         raise CorpusError(f"no usable items in {corpus}: {manifest['counts']['skipped']} skipped, "
                           f"see {out / ERRORS}")
     manifest["stats"] = {
-        "elapsed_s": round(elapsed, 3), "model_s": round(t_model, 3), "new_rows": n_new,
+        "elapsed_s": round(elapsed, 3), "embed_s": round(t_model, 3), "new_rows": n_new,
         "rows_per_s": round(n_new / elapsed, 3) if elapsed else None, "last_run": report.line(),
         "resumed_from_shard": resumed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
