@@ -131,47 +131,46 @@ def calibration_check(root: Path) -> list[str]:
     return lines
 
 
-def nnn_alpha_table(root: Path, alphas=(0.25, 0.5, 0.75, 1.0, 1.25)) -> list[str]:
-    """NNN R@1 per α (k = 16 over up to 4,096 sampled references); text→image: one query per distinct caption."""
-    from retrieval.methods.rerank import DEFAULT_NNN_K, nnn_bias
-
-    lines = ["| set | direction | " + " | ".join(f"α = {a}" for a in alphas) + " | clip |",
-             "|---|---|" + "---:|" * (len(alphas) + 1)]
+def directions(root: Path):
+    """(set, direction, target items, a sample of up to 4,096 of the other modality, queries, their
+    labels, the items' labels) for each set and direction; text→image: one query per distinct caption."""
     for name, img, txt, y in retrieval_sets(root):
         img = (img / np.linalg.norm(img, axis=1, keepdims=True)).astype(np.float32)
         txt = (txt / np.linalg.norm(txt, axis=1, keepdims=True)).astype(np.float32)
         n, rng = len(img), np.random.default_rng(0)
         lab = y if y is not None else np.arange(n)
         first = np.unique(lab, return_index=True)[1]
-        for direction, items, refs_from, q, qlab in (("text→image", img, txt, txt[first], lab[first]),
-                                                     ("image→text", txt, img, img, lab)):
-            b = nnn_bias(items, refs_from[rng.choice(n, min(4096, n), replace=False)], k=DEFAULT_NNN_K)
-            s = q @ items.T
-            r1 = [(lab[(s - a * b).argmax(1)] == qlab).mean() for a in (*alphas, 0.0)]
-            lines.append(f"| {name} | {direction} | " + " | ".join(f"{v:.3f}" for v in r1) + " |")
+        for direction, items, other, q, qlab in (("text→image", img, txt, txt[first], lab[first]),
+                                                 ("image→text", txt, img, img, lab)):
+            yield name, direction, items, other[rng.choice(n, min(4096, n), replace=False)], q, qlab, lab
+
+
+def sweep_table(root: Path, head: list[str], ranking) -> list[str]:
+    """R@1 per setting: ``ranking(items, sample, scores)`` -> one score matrix per setting; CLIP last."""
+    lines = ["| set | direction | " + " | ".join(head) + " | clip |", "|---|---|" + "---:|" * (len(head) + 1)]
+    for name, direction, items, sample, q, qlab, lab in directions(root):
+        s = q @ items.T
+        r1 = [(lab[h.argmax(1)] == qlab).mean() for h in (*ranking(items, sample, s), s)]
+        lines.append(f"| {name} | {direction} | " + " | ".join(f"{v:.3f}" for v in r1) + " |")
     return lines
+
+
+def nnn_alpha_table(root: Path, alphas=(0.25, 0.5, 0.75, 1.0, 1.25)) -> list[str]:
+    """NNN R@1 per α (k = 16 over the sampled references)."""
+    from retrieval.methods.rerank import DEFAULT_NNN_K, nnn_bias
+
+    def ranking(items, refs, s):
+        b = nnn_bias(items, refs, k=DEFAULT_NNN_K)
+        return [s - a * b for a in alphas]
+    return sweep_table(root, [f"α = {a}" for a in alphas], ranking)
 
 
 def bsap_tau_table(root: Path, taus=(25.0, 50.0, 100.0, 200.0)) -> list[str]:
-    """BSAP R@1 per bank temperature τ (corpus banks of up to 4,096 rows); the model's is 100."""
+    """BSAP R@1 per bank temperature τ (the sampled bank); the model's logit scale is 100."""
     from retrieval.methods.rerank import bsap_offsets
 
-    lines = ["| set | direction | " + " | ".join(f"τ = {t:g}" for t in taus) + " | clip |",
-             "|---|---|" + "---:|" * (len(taus) + 1)]
-    for name, img, txt, y in retrieval_sets(root):
-        img = (img / np.linalg.norm(img, axis=1, keepdims=True)).astype(np.float32)
-        txt = (txt / np.linalg.norm(txt, axis=1, keepdims=True)).astype(np.float32)
-        n, rng = len(img), np.random.default_rng(0)
-        lab = y if y is not None else np.arange(n)
-        first = np.unique(lab, return_index=True)[1]
-        for direction, items, bank_from, q, qlab in (("text→image", img, txt, txt[first], lab[first]),
-                                                     ("image→text", txt, img, img, lab)):
-            bank = bank_from[rng.choice(n, min(4096, n), replace=False)]
-            s = q @ items.T
-            r1 = [(lab[(s - bsap_offsets(items, bank, t)).argmax(1)] == qlab).mean() for t in taus]
-            r1.append((lab[s.argmax(1)] == qlab).mean())
-            lines.append(f"| {name} | {direction} | " + " | ".join(f"{v:.3f}" for v in r1) + " |")
-    return lines
+    return sweep_table(root, [f"τ = {t:g}" for t in taus],
+                       lambda items, bank, s: [s - bsap_offsets(items, bank, t) for t in taus])
 
 
 def retrieved_splits(root: Path):
