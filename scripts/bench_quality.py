@@ -38,11 +38,15 @@ from retrieval.classify import eval_retrieval  # noqa: E402
 from retrieval.methods.gda import ALPHAS  # noqa: E402
 
 
-def imagenet(root: Path):
+def imagenet_arrays(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image features [4000, 512], labels [4000], the zero-shot classifier [1000, 512])."""
     d = root / "imagenet-vitb32-fewshot-zeroshot"
-    X = np.load(d / "image_feats_4shot_vitb32.npy").astype(np.float32)
-    y = np.load(d / "labels_4shot.npy")
-    T = np.load(d / "zeroshot_classifier_vitb32.npy").astype(np.float32)
+    return (np.load(d / "image_feats_4shot_vitb32.npy").astype(np.float32), np.load(d / "labels_4shot.npy"),
+            np.load(d / "zeroshot_classifier_vitb32.npy").astype(np.float32))
+
+
+def imagenet(root: Path):
+    X, y, T = imagenet_arrays(root)
     for f in range(4):
         q = np.arange(len(X)) % 4 == f
         yield X[~q], y[~q], X[q], y[q], T
@@ -75,10 +79,7 @@ def evaluate(splits) -> dict:
 
 def retrieval_sets(root: Path):
     """(name, image emb, caption emb, labels or None) of every real-embedding set."""
-    d = root / "imagenet-vitb32-fewshot-zeroshot"
-    X = np.load(d / "image_feats_4shot_vitb32.npy").astype(np.float32)
-    y = np.load(d / "labels_4shot.npy")
-    T = np.load(d / "zeroshot_classifier_vitb32.npy").astype(np.float32)
+    X, y, T = imagenet_arrays(root)
     yield "ImageNet ViT-B/32 (4,000, class prompts)", X, T[y], y
     d = root / "fashion-marqo-fashionclip-99pairs"
     img, txt = np.load(d / "image_embeddings.npy"), np.load(d / "text_embeddings.npy")
@@ -175,10 +176,7 @@ def bsap_tau_table(root: Path, taus=(25.0, 50.0, 100.0, 200.0)) -> list[str]:
 
 def retrieved_splits(root: Path):
     """(set, fold, index images, their labels, their captions, query images, query labels, class prompts)."""
-    d = root / "imagenet-vitb32-fewshot-zeroshot"
-    X = np.load(d / "image_feats_4shot_vitb32.npy").astype(np.float32)
-    y = np.load(d / "labels_4shot.npy")
-    T = np.load(d / "zeroshot_classifier_vitb32.npy").astype(np.float32)
+    X, y, T = imagenet_arrays(root)
     for f in range(4):
         q = np.arange(len(X)) % 4 == f
         yield "ImageNet", f, X[~q], y[~q], T[y[~q]], X[q], y[q], T
