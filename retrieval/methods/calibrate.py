@@ -1,8 +1,8 @@
 """BSAP-H's λ chosen from an index's own image–caption pairs (docs/quality.md).
 
 BSAP-H ranks targets by h_j = s(q, j) − (1 − λ) c_j. Which λ is best depends on the corpus and the
-direction (on real CLIP embeddings: ImageNet text→image wants λ = 0.1, image→text λ = 0.6; the
-fashion pairs λ = 0–0.1 in both). An index of captioned images carries its own relevance
+direction (on real CLIP embeddings, bank temperature τ/2: ImageNet text→image chooses λ = 0,
+image→text λ = 0.6; the fashion pairs λ = 0–0.1). An index of captioned images carries its own relevance
 judgements: each caption describes its image. So λ is chosen by retrieval over the whole corpus with
 a sample of the pairs as queries, on a grid: the λ with the most pairs found at rank 1 (ties: the
 larger λ, closer to plain CLIP). A hit is a top target that *is* the query's pair, or whose pair

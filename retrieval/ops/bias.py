@@ -164,7 +164,8 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
             index_with_offsets(folder, m, s, modality, offsets, shifts, gen)
     t_index = time.perf_counter() - t_index
     cal = calibrate_lam(folder, m, shards, per_shard, calibrate, seed + 4) if calibrate and "text" in banks else None
-    m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}), "tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
+    m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}),
+                 "tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
                  "seed": seed, "shift": shifts, "dir": where, "files": out.files,
                  "seconds": round(time.perf_counter() - t0, 3), "index_seconds": round(t_index, 3)}

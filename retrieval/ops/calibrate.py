@@ -18,33 +18,31 @@ log = logging.getLogger("retrieval.bias")
 
 
 class _Pairs:
-    """Image and caption vectors of global rows (zeros for a row without a usable caption)."""
+    """Image and caption vectors of global rows (zeros for a row without a usable caption), and the
+    usable rows of each shard and modality (read once)."""
 
     def __init__(self, folder: Path, m: dict, shards: list[dict]):
         self.shards = shards
         self.starts = np.array([s["offset"] for s in shards], np.int64)
-        self.captioned = [set(usable_rows(folder, m, s, "text").tolist()) for s in shards]
+        self.usable = {mod: [usable_rows(folder, m, s, mod) for s in shards] for mod in ("image", "text")}
+        self.captioned = [np.zeros(s["rows"], bool) for s in shards]
+        for mask, t in zip(self.captioned, self.usable["text"]):
+            mask[t] = True
         self.vectors = {mod: [ShardVectors(folder, s, mod) for s in shards] for mod in ("image", "text")}
 
     def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(rows, np.int64)
         sh = np.searchsorted(self.starts, rows, side="right") - 1
-        d = None
-        out_i, out_t = [None] * len(rows), [None] * len(rows)
+        d = int(self.shards[0]["dim"]) if self.shards else 0
+        img, cap = np.zeros((len(rows), d), np.float32), np.zeros((len(rows), d), np.float32)
         for k in np.unique(sh):
             pick = np.flatnonzero(sh == k)
             local = rows[pick] - self.starts[k]
-            img = self.vectors["image"][k].rows(local)
-            d = img.shape[1]
-            cap = np.zeros_like(img)
-            has = np.array([r in self.captioned[k] for r in local.tolist()])
+            img[pick] = self.vectors["image"][k].rows(local)
+            has = self.captioned[k][local]
             if has.any():
-                cap[has] = self.vectors["text"][k].rows(local[has])
-            for j, p in enumerate(pick):
-                out_i[p], out_t[p] = img[j], cap[j]
-        if d is None:
-            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-        return np.stack(out_i), np.stack(out_t)
+                cap[pick[has]] = self.vectors["text"][k].rows(local[has])
+        return img, cap
 
 
 def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size: int = DEFAULT_CALIBRATION_PAIRS,
@@ -53,20 +51,19 @@ def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size
     captioned pairs; ``offsets``: {shard id: {modality: {"bsap": [rows]}}} as quantized for the
     indexes. None when the folder has fewer than MIN_PAIRS pairs (or no captions)."""
     shards = [s for s in shards if "image" in s["index"] and "text" in s["index"]]
-    pairs = [np.intersect1d(usable_rows(folder, m, s, "text"), usable_rows(folder, m, s, "image")) + s["offset"]
-             for s in shards]
+    pair_of = _Pairs(folder, m, shards)
+    pairs = [np.intersect1d(t, i) + s["offset"]
+             for s, t, i in zip(shards, pair_of.usable["text"], pair_of.usable["image"])]
     every = np.concatenate(pairs) if pairs else np.zeros(0, np.int64)
     pick = sample_pairs(len(every), size, seed)
     if pick is None:
         return None
     rows = every[pick]
-    pair_of = _Pairs(folder, m, shards)
     q_img, q_txt = pair_of(rows)
     out: dict = {"pairs": int(len(rows)), "lam": {}, "r1": {}}
     for target, queries in (("image", q_txt), ("text", q_img)):
         top = TopByLam(queries)
-        for s in shards:
-            live = usable_rows(folder, m, s, target)
+        for s, live in zip(shards, pair_of.usable[target]):
             if len(live):
                 vecs = read_all(folder, s, target)[live]
                 top.add(vecs, offsets[s["id"]][target]["bsap"][live], live + s["offset"])

@@ -120,14 +120,7 @@ class ShardVectors:
 
 def read_all(folder: str | os.PathLike, shard: dict, modality: str) -> np.ndarray:
     """A shard's vectors of ``modality`` (fp16 [rows, d]) for writers: the npy, or the index decoded."""
-    import faiss
-
-    folder = Path(folder)
-
-    def load():
-        return faiss.read_index(str(folder / shard["files"][INDEX_FILE[modality]]), faiss.IO_FLAG_MMAP_IFC)
-
-    return np.asarray(ShardVectors(folder, shard, modality, load).all())
+    return np.asarray(ShardVectors(Path(folder), shard, modality).all())
 
 
 def set_offsets(index, columns: np.ndarray, d: int) -> bool:
