@@ -45,10 +45,17 @@ def check_listen(host: str, port: int) -> None:
                    "(else $RETRIEVAL_WRITE_TOKEN; without either, writes are off).")
 @click.option("--reload-interval", type=Finite(0.0, 86_400.0), default=2.0, show_default=True,
               help="Seconds between checks for a newer manifest (a sync or delete by another process); 0: never.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Search on Ray actors (pip install '.[ray]'): each index's shards split into --shard-groups, "
+                   "each group held by --replicas actors; alone, a local cluster; with an address (auto, "
+                   "ray://host:10001), that cluster (the folders must be at the same path on every node).")
+@click.option("--shard-groups", type=POSITIVE, default=2, show_default=True, help="With --ray: shard groups per index.")
+@click.option("--replicas", type=POSITIVE, default=1, show_default=True,
+              help="With --ray: actors per shard group (a dead one is replaced by another; none left: partial answers).")
 @click.option("--clip-front", is_flag=True,
               help="Also serve clip-retrieval's web front at /clip-front/ (needs: pip install --no-deps clip-retrieval==2.45.0).")
 def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, backend, verify, write_token_file,
-          reload_interval, clip_front):
+          reload_interval, ray_address, shard_groups, replicas, clip_front):
     """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /.
 
     clip-retrieval back's API is served too (POST /knn-service, /metadata, GET /indices-list): point
@@ -65,6 +72,13 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
         token = read_token(write_token_file)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--write-token-file") from None
+    if ray_address is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--ray needs Ray: pip install '.[ray]'") from None
+    elif shard_groups != 2 or replicas != 1:
+        raise click.UsageError("--shard-groups and --replicas need --ray")
     check_listen(host, port)
     front = None
     if clip_front:
@@ -79,9 +93,26 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
                                      param_hint="INDEXES")
         specs[name] = folder
     opened = {name: open_index(folder, "auto", backend=backend, verify=verify) for name, folder in specs.items()}
+    pools = []
+    if ray_address is not None:
+        from ..scale import serve_on_ray
+
+        try:
+            for i in opened.values():
+                pools.append(serve_on_ray(i, shard_groups, replicas, ray_address))
+        except Exception:
+            for p in reversed(pools):
+                p.close()
+            raise
     app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=max_body, max_pixels=max_pixels,
                      write_token=token, reload_interval=reload_interval, clip_front=front)
     writes = "writes on (token)" if token else "writes off"
     click.echo(f"serving {', '.join(f'{n} ({len(i)} items)' for n, i in opened.items())} on http://{host}:{port} "
                f"({writes}){'; clip front at /clip-front/' if front else ''}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if pools:
+        click.echo(f"searching on Ray: {shard_groups} shard groups x {replicas} replicas per index", err=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        for p in reversed(pools):  # the first one started the local cluster
+            p.close()

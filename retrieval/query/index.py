@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
 
@@ -18,19 +18,23 @@ from ..errors import IndexFolderError
 from ..store.integrity import require_intact
 from ..store.manifest import load_manifest, recorded_model, require_manifest
 from .backends import pick_backend
-from .encode import encode_images, encode_texts, query_vectors
 from .rerankers import Clip, Deduplicated, make_method
-from .snapshot import Snapshot
+from .rows import RowQueries
+from .searcher import EngineFactory
+from .snapshot import Snapshot, only_shards
 
 if TYPE_CHECKING:
     from ..store.masks import KeyLookup
 
 
-class Index:
+class Index(RowQueries):
     """A built index folder, opened read-only (see :func:`open_index` for the arguments)."""
 
     def __init__(self, folder: str | os.PathLike, clip: Optional[ClipModel] = None, mmap: Optional[bool] = None,
-                 backend: str = "auto", search_params: Optional[str] = None, verify: bool = False):
+                 backend: str = "auto", search_params: Optional[str] = None, verify: bool = False, *,
+                 shard_filter: Optional[Callable[[dict], bool]] = None, engines: Optional[EngineFactory] = None):
+        """``shard_filter``: open only the shards it accepts (a remote shard group; ids stay global);
+        ``engines``: how each modality is searched (``query.searcher.Searcher``; e.g. a Ray fan-out)."""
         self.folder = Path(folder)
         m = require_manifest(self.folder)
         if verify:
@@ -39,7 +43,10 @@ class Index:
             raise IndexFolderError(f"{self.folder} is incomplete; re-run its build to finish it")
         self.clip = None
         self._mmap, self._params, self.backend_name = mmap, search_params, pick_backend(backend)
-        self._snap = Snapshot(self.folder, m, self.backend_name, mmap, search_params)
+        self._keep, self._engines = shard_filter, engines
+        self.open_options = {"backend": self.backend_name, "mmap": mmap, "search_params": search_params}
+        self._snap = Snapshot(self.folder, only_shards(m, shard_filter), self.backend_name, mmap, search_params,
+                              engines=engines)
         if clip is not None:
             self.attach_model(clip)
 
@@ -56,8 +63,15 @@ class Index:
         m = load_manifest(self.folder)
         if m is None or not m.get("complete") or m.get("generation", 0) == self._snap.generation:
             return False
-        self._snap = Snapshot(self.folder, m, self.backend_name, self._mmap, self._params, previous=self._snap)
+        self._snap = Snapshot(self.folder, only_shards(m, self._keep), self.backend_name, self._mmap, self._params,
+                              previous=self._snap, engines=self._engines)
         return True
+
+    def use_engines(self, engines: Optional[EngineFactory]) -> None:
+        """Search through ``engines`` from now on (None: in-process); swaps the snapshot atomically."""
+        self._engines = engines
+        self._snap = Snapshot(self.folder, self._snap.manifest, self.backend_name, self._mmap, self._params,
+                              previous=self._snap, engines=engines)
 
     def delete(self, keys) -> "KeyLookup":
         """Delete the items of ``keys`` (tombstones, one manifest write) and refresh; returns which
@@ -69,6 +83,11 @@ class Index:
         return found
 
     # ---- the current snapshot --------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current consistent view (manifest and everything opened from it)."""
+        return self._snap
+
     @property
     def manifest(self) -> dict:
         return self._snap.manifest
@@ -151,31 +170,6 @@ class Index:
     def embeddings(self, ids, modality: str = "image") -> np.ndarray:
         """Stored (fp16) embeddings of global ``ids`` as float32 [..., d]."""
         return self._snap.shard_set.gather(ids, modality)
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return encode_texts(self.clip, texts)
-
-    def encode_images(self, paths: list[str]) -> np.ndarray:
-        return encode_images(self.clip, paths)
-
-    def query(self, text: Optional[list[str]] = None, image: Optional[list[str]] = None,
-              embedding: Optional[np.ndarray] = None, k: int = 10, target: str = "image",
-              return_embeddings: bool = False, **search_kw) -> list[list[dict]]:
-        """Search with texts, image paths or raw embeddings; one list of result rows per query."""
-        q = query_vectors(self.clip, text, image, embedding)
-        scores, ids = self.search(q, k, target, **search_kw)
-        out = []
-        for sc, row_ids in zip(scores, ids):
-            keep = row_ids >= 0
-            rows = self.metadata(row_ids[keep])
-            embs = self.embeddings(row_ids[keep], target) if return_embeddings else None
-            out.append([{**r, "score": float(s), **({"embedding": embs[i]} if return_embeddings else {})}
-                        for i, (r, s) in enumerate(zip(rows, sc[keep]))])
-        return out
-
-    def search_text(self, texts: list[str], k: int = 10, modality: str = "image") -> list[list[dict]]:
-        """Top-k rows per text (plain CLIP cosine) among ``modality`` items."""
-        return self.query(text=list(texts), k=k, target=modality)
 
 
 def open_index(folder: str | os.PathLike, clip: Union[ClipModel, str, None] = None, backend: str = "auto",

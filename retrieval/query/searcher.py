@@ -1,7 +1,7 @@
 """The searcher: checks a query batch, then runs a rerank method on the target modality's engine."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -12,9 +12,15 @@ from .selection import Selection
 from .shards import ShardSet
 
 
+EngineFactory = Callable[[ShardSet, Biases, str, str], object]
+
+
 class Searcher:
-    def __init__(self, shards: ShardSet, biases: Biases, backend: str):
+    def __init__(self, shards: ShardSet, biases: Biases, backend: str, engines: Optional[EngineFactory] = None):
+        """``engines(shards, biases, modality, backend)`` builds each modality's engine instead of
+        :class:`ModalitySearch` (e.g. ``scale.ray_serve``'s fan-out to remote shard groups)."""
         self.shards, self.biases, self.backend = shards, biases, backend
+        self._factory = engines or ModalitySearch
         self._engines: dict[str, ModalitySearch] = {}
 
     def engine(self, modality: str) -> ModalitySearch:
@@ -22,7 +28,7 @@ class Searcher:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if modality not in self._engines:
-            self._engines[modality] = ModalitySearch(self.shards, self.biases, modality, self.backend)
+            self._engines[modality] = self._factory(self.shards, self.biases, modality, self.backend)
         return self._engines[modality]
 
     def search(self, queries: np.ndarray, k: int, target: str, method,

@@ -9,10 +9,13 @@ import numpy as np
 
 
 class Selection:
-    """Per-shard boolean masks (None: every row of that shard) and their counts."""
+    """Per-shard boolean masks (None: every row of that shard) and their counts. ``spec`` and
+    ``generation``: the (target, where, captioned) it was made from and the manifest generation, when
+    a snapshot made it (a remote shard group rebuilds the same selection from them)."""
 
-    def __init__(self, masks: list[Optional[np.ndarray]], rows: np.ndarray):
-        self.masks = masks
+    def __init__(self, masks: list[Optional[np.ndarray]], rows: np.ndarray, spec: Optional[tuple] = None,
+                 generation: Optional[int] = None):
+        self.masks, self.spec, self.generation = masks, spec, generation
         self.rows = np.asarray(rows, np.int64)
         self.counts = np.array([n if m is None else int(m.sum()) for m, n in zip(masks, self.rows)], np.int64)
         self._bits: dict[int, np.ndarray] = {}

@@ -9,11 +9,12 @@ table when the shards and bias files are the same (a delete changes only the row
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from .biases import Biases
+from .engine import ModalitySearch
 from .filters import Filters
 from .metadata import MetadataReader
 from .searcher import Searcher
@@ -30,9 +31,15 @@ def _bias_files(manifest: dict) -> tuple:
     return (b.get("dir"), tuple(sorted(b.get("files") or ())), b.get("tau"), str(b.get("shift")))
 
 
+def only_shards(manifest: dict, keep: Optional[Callable[[dict], bool]]) -> dict:
+    """``manifest`` with only the shards ``keep`` accepts (all when None); global ids unchanged."""
+    return manifest if keep is None else {**manifest, "shards": [s for s in manifest["shards"] if keep(s)]}
+
+
 class Snapshot:
     def __init__(self, folder: Path, manifest: dict, backend: str, mmap: Optional[bool] = None,
-                 search_params: Optional[str] = None, previous: Optional["Snapshot"] = None):
+                 search_params: Optional[str] = None, previous: Optional["Snapshot"] = None, engines=None):
+        """``engines``: the searcher's engine factory (``query.searcher.Searcher``)."""
         self.folder, self.manifest = Path(folder), manifest
         same_shards = previous is not None and _shard_ids(previous.manifest) == _shard_ids(manifest)
         same_bias = same_shards and _bias_files(previous.manifest) == _bias_files(manifest)
@@ -43,11 +50,11 @@ class Snapshot:
             self.shard_set = ShardSet(self.folder, manifest, mmap, search_params,
                                       previous.shard_set if previous is not None else None)
             self.meta, self._filters = MetadataReader(self.shard_set), None
-        if same_bias:
+        if same_bias and previous.searcher._factory is (engines or ModalitySearch):
             self.biases, self.searcher = previous.biases, previous.searcher
         else:
             self.biases = Biases(self.shard_set, manifest)
-            self.searcher = Searcher(self.shard_set, self.biases, backend)
+            self.searcher = Searcher(self.shard_set, self.biases, backend, engines)
         self.rows = RowMasks(self.folder, manifest, self.shard_set.shards)
 
     @property
@@ -63,7 +70,9 @@ class Snapshot:
     def selection(self, target: str, where: Optional[str] = None, captioned: bool = False) -> Selection:
         """The rows a search of ``target`` may return (live, captioned for text, matching ``where``)."""
         sel = self.rows.base(target, captioned)
-        return sel if where is None else sel & self.filters.selection(where)
+        sel = sel if where is None else sel & self.filters.selection(where)
+        sel.spec, sel.generation = (target, where, captioned), self.generation  # a cached base: the same each time
+        return sel
 
     def ids(self, target: str) -> np.ndarray:
         """Global ids of the items a search of ``target`` can return."""

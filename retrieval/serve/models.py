@@ -89,6 +89,9 @@ class SearchResult(BaseModel):
     target: str
     results: list[dict[str, Any]] = Field(..., description="rows, best first: id, score, image_url, key, caption, "
                                                            "metadata columns (and embedding if asked)")
+    partial: bool = Field(False, description="true when some shards did not answer (a sharded server on Ray): "
+                                             "the results are the best among the others")
+    missing_shards: list[int] = Field(default_factory=list, description="the shards left out of a partial answer")
 
 
 class Label(BaseModel):

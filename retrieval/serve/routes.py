@@ -69,7 +69,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
             raise HTTPError(503, str(e)) from None
         except (ValueError, RetrievalError) as e:
             raise HTTPError(400, str(e)) from None
-        return {"index": name, "k": body.k, "rerank": body.rerank, "target": body.target, "results": results}
+        return {"index": name, "k": body.k, "rerank": body.rerank, "target": body.target, "results": results,
+                "partial": bool(q.missing), "missing_shards": list(q.missing)}
 
     @app.post("/search", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422, 503))
     async def search(body: SearchBody):

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..corpus.images import DEFAULT_MAX_PIXELS
+from ..query.partial import collect_missing
 from .admin import Reloader
 from .batching import MicroBatcher
 from .decoding import ImageDecoder
@@ -49,6 +50,7 @@ class Query:
     image: Any = None              # preprocessed image tensor
     vector: Optional[np.ndarray] = None
     raw: bool = False              # answer (scores, ids) arrays instead of result rows
+    missing: tuple = ()            # shards a sharded search left out (set by the batch)
 
     def group(self) -> tuple:
         return (self.index, self.target, self.rerank, self.candidates, self.lam, self.alpha, self.where, self.dedup)
@@ -118,10 +120,12 @@ class Service:
             idx = self.indexes[name]
             qs = np.stack([queries[i].vector for i in members]).astype(np.float32)
             kmax = max(queries[i].k for i in members)
-            scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam, alpha=alpha,
-                                     where=where, dedup=dedup)
+            with collect_missing() as missing:
+                scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam,
+                                         alpha=alpha, where=where, dedup=dedup)
             for row, i in enumerate(members):
                 q = queries[i]
+                q.missing = tuple(sorted(missing))
                 if q.raw:
                     keep = ids[row, :q.k] >= 0
                     out[i] = (scores[row, :q.k][keep], ids[row, :q.k][keep])
