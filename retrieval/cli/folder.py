@@ -1,4 +1,5 @@
-"""Commands that convert index folders: ``migrate`` (older formats -> the current one), ``export``
+"""Commands that convert index folders: ``migrate`` (older formats -> the current one), ``merge``
+(IVF shards -> one on-disk index), ``export``
 (the live rows in clip-retrieval's embeddings layout) and ``import`` (clip-retrieval's inference
 output -> an index folder, without re-embedding)."""
 from __future__ import annotations
@@ -21,6 +22,27 @@ def migrate(index):
     from ..ops.migrate import migrate as run
 
     click.echo(run(index).line())
+
+
+@click.command()
+@click.argument("index", type=click.Path())
+@click.option("--modality", "modalities", type=click.Choice(["image", "text"]), multiple=True,
+              help="Merge only this modality (repeatable; default: every modality with IVF shards).")
+def merge(index, modalities):
+    """Merge each modality's IVF shards of INDEX into one on-disk index that searches memory-map.
+
+    For indexes larger than RAM on one node: the lists go to one .ivfdata file (the page cache holds
+    them, not the process); results are the shards' results. Shards must share the build's trained
+    quantizer. Rerun after a compact or `retrieval bias` (until then the shards are searched).
+    """
+    from ..ops.merge import merge as run
+
+    from ..errors import IndexFolderError
+
+    report = run(index, list(modalities) or None)
+    if not report.merged:
+        raise IndexFolderError(f"nothing merged: {report.line()}")
+    click.echo(report.line())
 
 
 @click.command()

@@ -39,6 +39,7 @@ from ..store.layout import (MODALITIES, bank_path, bias_generation_dir, bias_pat
 from ..store.lock import write_lock
 from ..store.manifest import load_manifest
 from ..store.offsets import index_with_offsets, usable_rows
+from ..store.quantizer import train_shared
 from ..store.vectors import ShardVectors, read_all
 
 # Rows sampled for a corpus bank (and for the image bank of text targets). 64 rows made BSAP hurt on
@@ -159,6 +160,8 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     t_index = time.perf_counter()
     for s in shards:
         quantize(per_shard[s["id"]], shifts)
+    train_shared(folder, m, seed, per_shard, shifts)  # a first build's deferred shards: one quantizer across them
+    for s in shards:
         save_offsets(folder, s, per_shard[s["id"]], where, out)
         for modality, offsets in per_shard[s["id"]].items():
             index_with_offsets(folder, m, s, modality, offsets, shifts, gen)

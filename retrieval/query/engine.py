@@ -69,9 +69,17 @@ class ModalitySearch:
         if selection is not None and self.exact_is_cheaper(selection):
             return self.exact(q, want, offset, selection)
         run = (lambda i: self._shard(i, q, want, offset, selection))
-        n = len(self.shards.shards)
-        parts = list(self.pool.map(run, range(n))) if n > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in range(n)]
-        s, ids = merge_topk(parts, self.shards.starts, want)
+        merged = self.shards.merged(self.modality) if self.backend_name.startswith("faiss") else None
+        todo = np.arange(len(self.shards.shards))
+        if merged is not None:  # one on-disk index in place of the shards it covers (global ids)
+            todo = np.setdiff1d(todo, merged.positions)
+        n = len(todo)
+        parts = list(self.pool.map(run, todo)) if n > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in todo]
+        starts = self.shards.starts[todo]
+        if merged is not None:
+            parts.append(self._merged(merged, q, want, offset, selection))
+            starts = np.append(starts, 0)
+        s, ids = merge_topk(parts, starts, want)
         short = (ids >= 0).sum(1) < want
         if short.any():
             s, ids = s.copy(), ids.copy()
@@ -90,15 +98,40 @@ class ModalitySearch:
         index = self.shards.index(i, self.modality)
         if index is None:  # a Flat shard: BLAS over its npy, the offsets subtracted
             return self._scan(i, q, k, offset, mask)
-        bsap = offset.scale if offset is not None and offset.method == "bsap" else 0.0
-        nnn = offset.scale if offset is not None and offset.method == "nnn" else 0.0
-        qa = combine_query(q, index.d, bsap, nnn)
+        qa = self._query(q, index.d, offset)
         if mask is None and self.backend_name == "faiss-gpu" and k <= 2048:
             index = self._gpu_copy(i, index)
         s, local = search_shard(index, qa, k, mask, None if mask is None else selection.bits(i), allowed)
-        if offset is not None:  # the stored offsets are what the codes hold (quantized): exact
-            s = s - np.float32(offset.scale * self.biases.shift(offset.method, self.modality))
-        return s, local
+        return self._unshift(s, offset), local
+
+    def _query(self, q: np.ndarray, dim: int, offset: Optional[Offset]) -> np.ndarray:
+        """The combined query [q, β, α] of a combined index of ``dim``."""
+        bsap = offset.scale if offset is not None and offset.method == "bsap" else 0.0
+        nnn = offset.scale if offset is not None and offset.method == "nnn" else 0.0
+        return combine_query(q, dim, bsap, nnn)
+
+    def _unshift(self, s: np.ndarray, offset: Optional[Offset]) -> np.ndarray:
+        """Scores of a combined index with the shift taken off: the stored offsets are what the codes
+        hold (quantized), so the result is exact."""
+        if offset is None:
+            return s
+        return s - np.float32(offset.scale * self.biases.shift(offset.method, self.modality))
+
+    def _merged(self, merged, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection]):
+        """(scores, global ids) of the merged on-disk index over the shards it covers."""
+        rows = self.shards.rows[merged.positions]
+        allowed = int(rows.sum() if selection is None else selection.counts[merged.positions].sum())
+        if allowed == 0:
+            return _empty(len(q))
+        mask = bits = None
+        if selection is not None:
+            key = ("merged", self.modality)
+            if key not in selection._bits:
+                m = merged.mask(self.shards.starts, self.shards.rows, selection.masks)
+                selection._bits[key] = (m, None if m is None else np.packbits(m, bitorder="little"))
+            mask, bits = selection._bits[key]
+        s, ids = search_shard(merged.index, self._query(q, merged.index.d, offset), k, mask, bits, allowed)
+        return self._unshift(s, offset), ids
 
     def _scan(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], mask: Optional[np.ndarray]):
         """Exact top-k of shard ``i`` by a numpy scan of its stored vectors (only the allowed rows)."""

@@ -99,7 +99,8 @@ def _flat_masked(index, xb: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray,
 
 def search_shard(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = None, bits: Optional[np.ndarray] = None,
                  allowed: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, local ids) [n, min(k, allowed)] of one shard, full whenever the shard can be."""
+    """(scores, ids) [n, min(k, allowed)] of one index, full whenever it can be; ``mask`` is indexed
+    by the index's ids (a shard's local rows, or global ids for a merged index)."""
     n = index.ntotal
     allowed = n if mask is None else int(allowed if allowed is not None else mask.sum())
     kk = min(k, allowed)
@@ -110,7 +111,7 @@ def search_shard(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = None
     xb = flat_vectors(index)
     if xb is not None:
         return _flat_masked(index, xb, q, kk, mask, allowed / n)
-    sel = selector(bits if bits is not None else np.packbits(mask, bitorder="little"), n)
+    sel = selector(bits if bits is not None else np.packbits(mask, bitorder="little"), len(mask))
     part = index.search(q, kk, params=params_for(index, kk, sel, scale=n / allowed))
     return _complete(index, q, kk, part, kk, sel)
 

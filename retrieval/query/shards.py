@@ -25,6 +25,7 @@ from ..store.files import PARQUET_SHARD_KEY
 from ..store.integrity import quick_check
 from ..store.layout import EMB_FILE, INDEX_FILE
 from ..store.vectors import ShardVectors
+from .merged import Merged, open_merged
 
 
 @contextlib.contextmanager
@@ -100,6 +101,7 @@ class ShardSet:
         check_params(self.shards, search_params)
         self._lock = threading.Lock()
         self._indexes: dict[tuple, object] = {}
+        self._merged: dict[str, Optional[Merged]] = {}
         self._vectors: dict[tuple, ShardVectors] = {}
         old = {} if previous is None else {s["id"]: previous for s in previous.shards}
         for s in self.shards:
@@ -164,6 +166,14 @@ class ShardSet:
                                            f"manifest says {s['rows']}")
                 self._indexes[key] = ix
             return self._indexes[key]
+
+    def merged(self, modality: str) -> Optional[Merged]:
+        """The merged on-disk index over some of these shards (``ops.merge``), or None (none, or
+        stale: a covered shard changed since, or is not in this set)."""
+        with self._lock:
+            if modality not in self._merged:
+                self._merged[modality] = open_merged(self, modality)
+            return self._merged[modality]
 
     def vectors(self, i: int, modality: str) -> ShardVectors:
         """Shard ``i``'s stored vectors of ``modality`` (from its npy or its index codes)."""

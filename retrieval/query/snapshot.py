@@ -23,7 +23,8 @@ from .shards import ShardSet
 
 
 def _shard_ids(manifest: dict) -> tuple:
-    return tuple(s["id"] for s in manifest["shards"] if s["rows"] > 0)
+    """What a shard set is opened from: the shards, and the merged indexes over them."""
+    return tuple(s["id"] for s in manifest["shards"] if s["rows"] > 0) + (str(manifest.get("merged")),)
 
 
 def _bias_files(manifest: dict) -> tuple:
@@ -33,7 +34,8 @@ def _bias_files(manifest: dict) -> tuple:
 
 def only_shards(manifest: dict, keep: Optional[Callable[[dict], bool]]) -> dict:
     """``manifest`` with only the shards ``keep`` accepts (all when None); global ids unchanged."""
-    return manifest if keep is None else {**manifest, "shards": [s for s in manifest["shards"] if keep(s)]}
+    return manifest if keep is None else {**manifest, "shards": [s for s in manifest["shards"] if keep(s)],
+                                          "shard_filter": True}
 
 
 class Snapshot:

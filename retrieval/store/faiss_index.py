@@ -42,22 +42,45 @@ def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Opt
         index = faiss.clone_index(trained)
         index.add(x)
         return index
-    index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    pool = np.arange(n) if train_rows is None else np.asarray(train_rows, np.int64)
+    sample = x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]]
+    index = trained_empty(sample, key, extra, use_gpu)
+    if use_gpu is None:
+        use_gpu = gpu_for(key)
+    if use_gpu:  # add on GPU (IVF/Flat families), store the CPU copy
+        import faiss
+
+        work = faiss.index_cpu_to_all_gpus(index)
+        work.add(x)
+        return faiss.index_gpu_to_cpu(work)
+    index.add(x)
+    return index
+
+
+def gpu_for(key: str) -> bool:
+    """Whether faiss trains and adds ``key`` on GPU here (faiss sees a GPU; not HNSW)."""
+    import faiss
+
+    return faiss.get_num_gpus() > 0 and "HNSW" not in key
+
+
+def trained_empty(sample: np.ndarray, key: str, extra: int = 0, use_gpu: Optional[bool] = None):
+    """An empty inner-product index of ``key`` trained on ``sample`` [n, d] (on GPU when faiss has
+    one); an SQfp16 IVF stores the vectors themselves (no residual). ``extra``: see build_faiss_index."""
+    import faiss
+
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    index = faiss.index_factory(x.shape[1], key, faiss.METRIC_INNER_PRODUCT)
     ivf_sq = faiss.downcast_index(index)
     if isinstance(ivf_sq, faiss.IndexIVFScalarQuantizer) and ivf_sq.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
         ivf_sq.by_residual = False  # codes are the fp16 vectors themselves: decodable, patchable, faster for IP
-    if use_gpu is None:
-        use_gpu = faiss.get_num_gpus() > 0 and "HNSW" not in key
-    work = index
-    if use_gpu:  # train and add on GPU (IVF/Flat families), store the CPU copy
-        work = faiss.index_cpu_to_all_gpus(index)
-    if not work.is_trained:
-        pool = np.arange(n) if train_rows is None else np.asarray(train_rows, np.int64)
-        sample = x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]]
-        if extra:
-            _train_coarse(work, key, sample, extra)
-        work.train(sample)
-    work.add(x)
+    if index.is_trained:
+        return index
+    use_gpu = gpu_for(key) if use_gpu is None else use_gpu
+    work = faiss.index_cpu_to_all_gpus(index) if use_gpu else index
+    if extra:
+        _train_coarse(work, key, x, extra)
+    work.train(x)
     return faiss.index_gpu_to_cpu(work) if use_gpu else index
 
 

@@ -1,9 +1,12 @@
 """Atomic writers of the folder's file formats: npy, Parquet (with the shard id), faiss."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -46,3 +49,18 @@ def save_faiss(path: Path, index) -> None:
             faiss.write_index(index, tmp)
         except RuntimeError:  # the index is in memory and valid: only the write can have failed
             raise write_failure(path, "faiss could not write the file (the disk may be full)") from None
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send what C++ code prints on file descriptor 1 to /dev/null for the block (faiss's on-disk
+    lists print their file names): a command's stdout stays its own results."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)

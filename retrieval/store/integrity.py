@@ -56,6 +56,8 @@ def listed_files(manifest: dict) -> Iterator[tuple[str, dict]]:
         yield entry["file"], {k: entry[k] for k in ("bytes", "sha256", "sample") if k in entry}
     for entry in (manifest.get("trained") or {}).values():
         yield entry["file"], {k: entry[k] for k in ("bytes", "sha256", "sample") if k in entry}
+    for entry in (manifest.get("merged") or {}).values():
+        yield from entry["files"].items()
 
 
 def check_file(folder: Path, rel: str, rec: dict) -> Optional[str]:

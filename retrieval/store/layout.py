@@ -114,3 +114,9 @@ def legacy_bias_files(manifest: dict) -> list[str]:
                 if section.get("augmented") and s["index"][mod]["key"] != "Flat":
                     out.append(augmented_path(folder, method, mod, s["id"]).as_posix())
     return out
+
+
+def merged_files(modality: str, generation: int) -> tuple[str, str]:
+    """(index, inverted-list data) of a modality's shards merged on disk (``ops.merge``)."""
+    stem = f"faiss/merged_{modality}_g{generation:06d}"
+    return f"{stem}.index", f"{stem}.ivfdata"

@@ -96,7 +96,10 @@ def index_with_offsets(folder: Path, manifest: dict, shard: dict, modality: str,
 
 def build_pending(folder: Path, manifest: dict, generation: int) -> int:
     """Build every deferred index of ``manifest`` with the offsets its bias section has (zeros when
-    none); returns how many."""
+    none), each added to the quantizer trained once across them (``store.quantizer``); returns how many."""
+    from .quantizer import train_shared
+
+    train_shared(folder, manifest)
     n = 0
     for s in manifest["shards"]:
         for modality, info in s["index"].items():

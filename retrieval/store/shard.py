@@ -73,9 +73,11 @@ def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.
     trained = _trained(out, manifest, modality, fkey, dim) if keep_trained else None
     index = build_faiss_index(x, fkey, seed=seed, trained=trained, train_rows=usable, extra=dim - d)
     params = manifest["trained"][modality].get("params") if trained is not None else None
-    if params is None:  # a new quantizer (or one saved before its parameters were kept): tune
+    if params is None:  # a new quantizer (or one trained before any shard was added): tune, keep
         params = tune_params(index, x, fkey, recall=settings["recall_target"], seed=seed, query_rows=usable,
                              extra=dim - d)
+        if trained is not None:
+            manifest["trained"][modality]["params"] = params
     elif params:
         faiss.ParameterSpace().set_index_parameters(index, params)
     if trained is None and keep_trained:

@@ -192,7 +192,7 @@ def test_appends_reuse_the_trained_quantizer_and_offsets_stay_exact(tmp_path):
         w.finish()
         publish(out, m)
     m = require_manifest(out)
-    assert [s["index"]["image"]["trained_reused"] for s in m["shards"]] == [False, True, True]
+    assert [s["index"]["image"]["trained_reused"] for s in m["shards"]] == [True, True, True]  # one shared quantizer
     idx = open_index(out, search_params="nprobe=16")
     q = unit_vectors(20, 16, 2)
     stored = idx.embeddings(idx.ids(), "image")

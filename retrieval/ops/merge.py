@@ -1,0 +1,134 @@
+"""``merge``: one on-disk index per modality from its IVF shards, for indexes larger than RAM.
+
+The shards of a modality share one trained quantizer (``store.quantizer``), so their inverted lists
+can be concatenated: each shard is read (one at a time), its ids shifted to global ids (shard offset +
+row) and written to a temporary copy, and faiss's ``contrib.ondisk.merge_ondisk`` writes every list
+into one ``.ivfdata`` file next to the merged index. ``open_index`` memory-maps that file (the page
+cache holds the lists, not the process) and searches the merged index in place of those shards with
+the same selection, offsets and results. The shards' own files stay (exact scans, vectors, appends).
+
+The merged index covers the shard files it was made from; a later change to them (compact, a bias
+recompute) makes it stale: searches go back to the shards (with a warning) until ``merge`` is rerun.
+Shards appended after a merge are searched beside it. One manifest write publishes the merge.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import IndexFolderError
+from ..store.files import quiet_stdout
+from ..store.generations import next_generation, publish
+from ..store.integrity import file_record
+from ..store.layout import INDEX_FILE, MODALITIES, merged_files
+from ..store.lock import write_lock
+from ..store.manifest import require_manifest
+
+
+@dataclass
+class MergeReport:
+    merged: dict = field(default_factory=dict)     # modality -> (shards, vectors, bytes)
+    skipped: dict = field(default_factory=dict)    # modality -> why
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        done = [f"{mod}: {n} shards, {v} vectors, {b / 2**20:.1f} MiB" for mod, (n, v, b) in self.merged.items()]
+        why = [f"{mod} not merged ({r})" for mod, r in self.skipped.items()]
+        return "; ".join(done + why) + f" in {self.seconds:.1f} s"
+
+
+def _empty_bytes(index) -> bytes:
+    """The serialized trained-but-empty copy of ``index``: equal for shards sharing a quantizer."""
+    import faiss
+
+    empty = faiss.clone_index(index)
+    empty.reset()
+    return faiss.serialize_index(empty).tobytes()
+
+
+def _with_global_ids(index, offset: int) -> None:
+    """Add ``offset`` to every id in ``index``'s (in-memory) inverted lists."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    for j in range(ivf.nlist):
+        n = lists.list_size(j)
+        if n:
+            faiss.rev_swig_ptr(lists.get_ids(j), n)[:] += offset
+
+
+def eligible(manifest: dict, modality: str) -> tuple[list[dict], Optional[str]]:
+    """(the shards to merge, None) or ([], why not)."""
+    shards = [s for s in manifest["shards"] if s["rows"] > 0 and modality in s["index"]]
+    if not shards:
+        return [], "no shard has this modality"
+    if any(INDEX_FILE[modality] not in s["files"] or s["index"][modality].get("pending") for s in shards):
+        return [], "some shards are Flat or not indexed yet (merge needs IVF shards)"
+    if any("IVF" not in s["index"][modality]["key"] for s in shards):
+        return [], "some shards are not IVF"
+    if len(shards) < 2:
+        return [], "a single shard is already one index"
+    return shards, None
+
+
+def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[dict], generation: int) -> tuple:
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    rel_index, rel_data = merged_files(modality, generation)
+    temps, ref = [], None
+    try:
+        for s in shards:
+            index = faiss.read_index(str(folder / s["files"][INDEX_FILE[modality]]))
+            layout = _empty_bytes(index)
+            if ref is None:
+                ref, trained = layout, faiss.clone_index(index)
+                trained.reset()
+            elif layout != ref:
+                raise IndexFolderError(f"shard {s['id']} was not built on the same trained quantizer as shard "
+                                       f"{shards[0]['id']}; rebuild the folder to merge its {modality} shards")
+            _with_global_ids(index, int(s["offset"]))
+            temps.append(folder / f"faiss/.merge_{modality}_{s['id']}.index")
+            faiss.write_index(index, str(temps[-1]))
+            del index
+        with quiet_stdout():
+            merge_ondisk(trained, [str(t) for t in temps], str(folder / rel_data))
+        faiss.write_index(trained, str(folder / rel_index))  # a new generation's name: unseen until published
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+    info = shards[0]["index"][modality]
+    entry = {"index": rel_index, "ivfdata": rel_data, "key": info["key"], "params": info.get("params", ""),
+             "ntotal": int(trained.ntotal), "shards": {str(s["id"]): s["files"][INDEX_FILE[modality]] for s in shards},
+             "files": {rel: file_record(folder / rel) for rel in (rel_index, rel_data)}}
+    manifest.setdefault("merged", {})[modality] = entry
+    return len(shards), entry["ntotal"], sum(r["bytes"] for r in entry["files"].values())
+
+
+def merge(folder: str | os.PathLike, modalities: Optional[list[str]] = None) -> MergeReport:
+    """Merge each modality's IVF shards of ``folder`` into one on-disk index (see the module doc)."""
+    folder, t0 = Path(folder), time.perf_counter()
+    report = MergeReport()
+    for mod in modalities or ():
+        if mod not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {mod!r}")
+    with write_lock(folder):
+        m = require_manifest(folder)
+        if not m.get("complete"):
+            raise IndexFolderError(f"{folder} is incomplete; finish its build before merging")
+        generation = next_generation(m)
+        for mod in modalities or MODALITIES:
+            shards, why = eligible(m, mod)
+            if why:
+                report.skipped[mod] = why
+                continue
+            report.merged[mod] = _merge_modality(folder, m, mod, shards, generation)
+        if report.merged:
+            m["generation"] = generation
+            publish(folder, m)
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,144 @@
+"""One trained quantizer for every shard, and `retrieval merge`: the shards of a first build share a
+quantizer trained on a sample drawn across all of them; at nprobe = nlist they answer what one exact
+index over every vector answers; merged on disk, they answer what the shard fan-out answers (every
+method, a filter, a tombstone, shards appended after the merge), and a merge made stale by a compact
+is ignored."""
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from retrieval import build_from_embeddings, open_index
+from retrieval.cli import main
+from retrieval.ops.add import add_embeddings
+from retrieval.ops.compact import compact
+from retrieval.store.manifest import load_manifest
+from retrieval.store.quantizer import shard_sample
+
+MODEL = {"arch": "synthetic", "pretrained": None, "embed_dim": 32, "logit_scale": 100.0}
+N, SHARD, NLIST = 4000, 1000, 16
+
+
+def _data(seed=0):
+    """Shard j's items (rows j*1000 ...) lie around their own direction: a quantizer trained on one
+    shard would give the others almost no centroids."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(32, dtype=np.float32)[:4] * 4
+    x = centres[np.arange(N) // SHARD] + rng.standard_normal((N, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t = x + 0.3 * rng.standard_normal((N, 32)).astype(np.float32)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    return x, t, centres
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mq") / "idx"
+    x, t, _ = _data()
+    rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
+    build_from_embeddings(out, x, t, MODEL, rows, shard_size=SHARD, index_key=f"IVF{NLIST},Flat")
+    return out
+
+
+def test_shard_sample_spreads_over_shards():
+    picks = shard_sample([100, 0, 300], 40, seed=1)
+    assert sum(len(p) for p in picks) == 40 and len(picks[1]) == 0
+    assert all((p >= 0).all() and (p < n).all() for p, n in zip(picks, [100, 0, 300]))
+    assert 0 < len(picks[0]) < len(picks[2])           # proportional to the usable rows, roughly
+    assert sum(len(p) for p in shard_sample([5, 5], 100)) == 10
+
+
+def test_one_quantizer_trained_across_shards(built):
+    import faiss
+
+    m = load_manifest(built)
+    assert set(m["trained"]) == {"image", "text"} and m["trained"]["image"]["params"].startswith("nprobe=")
+    trained = faiss.read_index(str(built / m["trained"]["image"]["file"]))
+    cent = faiss.extract_index_ivf(trained).quantizer.reconstruct_n(0, NLIST)[:, :32]
+    for s in m["shards"]:
+        assert s["index"]["image"]["trained_reused"] and s["index"]["image"]["params"] == m["trained"]["image"]["params"]
+        ix = faiss.read_index(str(built / s["files"]["image_index"]))
+        np.testing.assert_array_equal(faiss.extract_index_ivf(ix).quantizer.reconstruct_n(0, NLIST)[:, :32], cent)
+    _, _, centres = _data()
+    nearest = np.argmax(cent @ centres.T, axis=1)
+    assert set(nearest.tolist()) == {0, 1, 2, 3}       # every shard's region got centroids
+
+
+def test_nprobe_nlist_equals_one_exact_index(built):
+    x, t, _ = _data()
+    idx = open_index(built, search_params=f"nprobe={NLIST}")
+    q = x[::97] + 0.1
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    _, got = idx.search(q, 10)
+    stored = x.astype(np.float16).astype(np.float32)
+    want = np.argsort(-(q @ stored.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(got, want)
+
+
+def _searches(idx, q):
+    out = []
+    for kw in (dict(), dict(rerank="bsap"), dict(rerank="nnn"), dict(rerank="hybrid", target="text"),
+               dict(where="part = 3"), dict(rerank="nnn", where="part < 2")):
+        out.append(idx.search(q, 15, **kw))
+    return out
+
+
+def _same(a, b):
+    for (s0, i0), (s1, i1) in zip(a, b):
+        np.testing.assert_array_equal(i1, i0)
+        np.testing.assert_allclose(s1, s0, rtol=1e-6, atol=1e-6)
+
+
+def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
+    folder = tmp_path / "idx"
+    shutil.copytree(built, folder)
+    x, _, _ = _data()
+    q = x[5::211] + 0.05
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    before = [_searches(open_index(folder, search_params=p), q) for p in (None, f"nprobe={NLIST}")]
+
+    r = CliRunner().invoke(main, ["merge", str(folder)])
+    assert r.exit_code == 0, r.output
+    assert "image: 4 shards, 4000 vectors" in r.output and "text: 4 shards" in r.output
+    m = load_manifest(folder)
+    assert {m["merged"][mod]["ivfdata"] for mod in ("image", "text")} <= {p.relative_to(folder).as_posix()
+                                                                            for p in folder.rglob("*.ivfdata")}
+    for p, want in zip((None, f"nprobe={NLIST}"), before):
+        idx = open_index(folder, search_params=p)
+        _same(want, _searches(idx, q))
+        assert idx.shard_set.merged("image") is not None                   # the merged index answered
+
+    # a tombstone after the merge: the merged index skips it
+    idx = open_index(folder)
+    victim = int(idx.search(q[:1], 1)[1][0, 0])
+    idx.delete([f"k{victim}"])
+    assert victim not in idx.search(q[:1], 15)[1]
+    assert idx.search(q[:1], 15)[1].shape == (1, 15)
+
+    # rows appended after the merge are searched beside it
+    add_embeddings(folder, x[:300] * 0 + x[victim], x[:300], [{"key": f"new{i}", "image_path": "", "caption": "n",
+                                                              "part": 9} for i in range(300)])
+    idx = open_index(folder)
+    _, ids = idx.search(q[:1], 400)
+    assert (ids >= N).sum() == 300 and idx.shard_set.merged("image") is not None
+
+    # a compact rewrites covered shards: the merged index is stale, the shards answer (one warning)
+    idx.delete([f"k{i}" for i in range(300)])
+    compact(folder, threshold=0.2)
+    caplog.set_level(logging.WARNING, logger="retrieval.query")
+    idx = open_index(folder)
+    _, ids = idx.search(q[:1], 15)
+    assert idx.shard_set.merged("image") is None
+    assert any("stale" in rec.getMessage() for rec in caplog.records)
+    assert (ids >= 0).all()
+
+
+def test_merge_refuses_what_it_cannot_merge(tmp_path):
+    x, t, _ = _data()
+    out = tmp_path / "flat"
+    build_from_embeddings(out, x[:500], t[:500], MODEL, shard_size=250, index_key="Flat")
+    r = CliRunner().invoke(main, ["merge", str(out)])
+    assert r.exit_code == 1
+    assert "nothing merged" in r.output and "Flat" in r.output and "Traceback" not in r.output
