@@ -1,4 +1,6 @@
-"""`build --ray` on a local Ray cluster vs the single-process build, same corpus, one run.
+"""Ray, one run: `build --ray` on a local cluster vs the single-process build (same corpus), then
+sharded serving (``ray_serving.py``: fan-out vs in-process search on 1M vectors in 8 shards, and a
+merged on-disk index vs the shards).
 
 The corpus: the Flickr 1k photos and the CIFAR-10 1k test photos (2,000 images, Flickr's first
 caption each, CIFAR's "a photo of a CLASS."), as one CSV manifest. Both sides use the same model
@@ -10,7 +12,8 @@ process. Ray: a local cluster started by the build (``--ray``), one actor per CP
 each decoding and embedding its tasks; the time includes starting the cluster and loading the model
 in every actor. The two folders are compared (keys in order, embeddings within fp16 rounding).
 
-    python scripts/bench_ray.py --shared ../shared
+    python scripts/bench_ray.py --shared ../shared                   # both halves
+    python scripts/bench_ray.py --skip-serve ...  /  --skip-build ...  # one half
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def corpus(shared: Path, out: Path, n: int) -> Path:
@@ -67,7 +71,32 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="single process: DataLoader decode workers")
     ap.add_argument("--ray-actors", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-build", action="store_true", help="only the serving half")
+    ap.add_argument("--skip-serve", action="store_true", help="only the build half")
+    ap.add_argument("--serve-n", type=int, default=1_000_000, help="serving: vectors")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--index-key", default="IVF1024,Flat")
+    ap.add_argument("--nprobe", type=int, default=16)
+    ap.add_argument("--groups", type=int, default=2, help="serving: Ray shard groups (1 replica each)")
+    ap.add_argument("--batch", type=int, default=256, help="serving: queries per timed batch")
+    ap.add_argument("--out", default=None, help="serving: keep the index folder here (default: a temp folder)")
     a = ap.parse_args()
+    if not a.skip_build:
+        bench_build(a)
+    if not a.skip_serve:
+        from ray_serving import run
+
+        out = a.out or tempfile.mkdtemp(prefix="bench-ray-serve-")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        try:
+            run(argparse.Namespace(**{**vars(a), "out": out}))
+        finally:
+            if a.out is None:
+                shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_build(a) -> None:
     shared = Path(a.shared).resolve()
     model = a.model or str(shared / "models" / "tiny-clip-mix")
     with tempfile.TemporaryDirectory() as tmp:
