@@ -99,7 +99,7 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
 
         try:
             for i in opened.values():
-                pools.append(serve_on_ray(i, shard_groups, replicas, ray_address))
+                pools.append(serve_on_ray(i, shard_groups, replicas, ray_address, backend=backend))
         except Exception:
             for p in reversed(pools):
                 p.close()

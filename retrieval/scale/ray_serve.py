@@ -225,9 +225,11 @@ class FanOut:
 
 
 def serve_on_ray(index, groups: int = 2, replicas: int = 1, address: Optional[str] = None,
-                 **kw) -> RayShardGroups:
+                 backend: str = "auto", **kw) -> RayShardGroups:
     """Start the shard-group actors of ``index``'s folder and route its searches through them;
-    ``close()`` the returned groups to stop (the index then searches in-process again)."""
-    pool = RayShardGroups(str(index.folder), groups, replicas, address, **index.open_options, **kw)
+    ``close()`` the returned groups to stop. ``backend`` is picked on each actor ('auto': its GPU
+    through torch or faiss when it has one); mmap and search parameters are the index's own."""
+    opts = {**index.open_options, "backend": backend}
+    pool = RayShardGroups(str(index.folder), groups, replicas, address, **opts, **kw)
     index.use_engines(pool.engines)
     return pool
