@@ -25,15 +25,13 @@ from synthetic import unit_vectors
 
 PROBE = """
 import json, sys, numpy as np
+sys.path.insert(0, sys.argv[5])
+from synthetic import status_mb
 from retrieval import open_index
-def rss():
-    f = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('Rss')}
-    return {'anon': f['RssAnon'], 'file': f['RssFile']}
-base = rss()
+base = status_mb()
 idx = open_index(sys.argv[1], backend='faiss-cpu', search_params=sys.argv[2], mmap=json.loads(sys.argv[4]))
-q = np.load(sys.argv[3])
-idx.search(q, 10)
-print(json.dumps({'before': base, 'after': rss()}))
+idx.search(np.load(sys.argv[3]), 10)
+print(json.dumps({'before': base, 'after': status_mb()}))
 """
 
 
@@ -48,8 +46,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def probe_rss(folder: Path, params: str, q_file: Path, mmap=None) -> dict:
-    r = subprocess.run([sys.executable, "-c", PROBE, str(folder), params, str(q_file), json.dumps(mmap)],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", PROBE, str(folder), params, str(q_file), json.dumps(mmap),
+                        str(Path(__file__).resolve().parent)], capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr[-2000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -119,7 +117,7 @@ def run(a) -> None:
     mib = 2 ** 20
     for name, r in (("shards read into RAM (mmap=False)", rss_ram), ("shards, default open (mmap)", rss_shards),
                     ("merged, memory-mapped", rss_merged)):
-        grew = {k: (r["after"][k] - r["before"][k]) / mib for k in ("anon", "file")}
-        print(f"  RSS growth after open + one batch, {name}: {grew['anon']:.0f} MiB private + "
-              f"{grew['file']:.0f} MiB file pages (page cache, evictable)")
+        grew = {k: r["after"][k] - r["before"][k] for k in ("RssAnon", "RssFile")}  # MiB
+        print(f"  RSS growth after open + one batch, {name}: {grew['RssAnon']:.0f} MiB private + "
+              f"{grew['RssFile']:.0f} MiB file pages (page cache, evictable)")
     print(f"  index files: shards {shard_bytes / mib:.0f} MiB, merged {merged_bytes / mib:.0f} MiB")

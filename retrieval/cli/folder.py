@@ -35,9 +35,8 @@ def merge(index, modalities):
     them, not the process); results are the shards' results. Shards must share the build's trained
     quantizer. Rerun after a compact or `retrieval bias` (until then the shards are searched).
     """
-    from ..ops.merge import merge as run
-
     from ..errors import IndexFolderError
+    from ..ops.merge import merge as run
 
     report = run(index, list(modalities) or None)
     if not report.merged:

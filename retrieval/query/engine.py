@@ -44,6 +44,11 @@ def _ivf(index):
         return None
 
 
+def _with_bits(mask: Optional[np.ndarray]) -> tuple:
+    """(mask, its packed bits for faiss's IDSelectorBitmap), or (None, None)."""
+    return mask, None if mask is None else np.packbits(mask, bitorder="little")
+
+
 def _empty(n: int):
     return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
 
@@ -125,11 +130,8 @@ class ModalitySearch:
             return _empty(len(q))
         mask = bits = None
         if selection is not None:
-            key = ("merged", self.modality)
-            if key not in selection._bits:
-                m = merged.mask(self.shards.starts, self.shards.rows, selection.masks)
-                selection._bits[key] = (m, None if m is None else np.packbits(m, bitorder="little"))
-            mask, bits = selection._bits[key]
+            mask, bits = selection.memo(("merged", self.modality), lambda: _with_bits(
+                merged.mask(self.shards.starts, self.shards.rows, selection.masks)))
         s, ids = search_shard(merged.index, self._query(q, merged.index.d, offset), k, mask, bits, allowed)
         return self._unshift(s, offset), ids
 

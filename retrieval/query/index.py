@@ -44,9 +44,7 @@ class Index(RowQueries):
         self.clip = None
         self._mmap, self._params, self.backend_name = mmap, search_params, pick_backend(backend)
         self._keep, self._engines = shard_filter, engines
-        self.open_options = {"backend": self.backend_name, "mmap": mmap, "search_params": search_params}
-        self._snap = Snapshot(self.folder, only_shards(m, shard_filter), self.backend_name, mmap, search_params,
-                              engines=engines)
+        self._snap = self._open(m)
         if clip is not None:
             self.attach_model(clip)
 
@@ -63,15 +61,18 @@ class Index(RowQueries):
         m = load_manifest(self.folder)
         if m is None or not m.get("complete") or m.get("generation", 0) == self._snap.generation:
             return False
-        self._snap = Snapshot(self.folder, only_shards(m, self._keep), self.backend_name, self._mmap, self._params,
-                              previous=self._snap, engines=self._engines)
+        self._snap = self._open(m, self._snap)
         return True
 
     def use_engines(self, engines: Optional[EngineFactory]) -> None:
         """Search through ``engines`` from now on (None: in-process); swaps the snapshot atomically."""
         self._engines = engines
-        self._snap = Snapshot(self.folder, self._snap.manifest, self.backend_name, self._mmap, self._params,
-                              previous=self._snap, engines=engines)
+        self._snap = self._open(self._snap.manifest, self._snap)
+
+    def _open(self, manifest: dict, previous: Optional[Snapshot] = None) -> Snapshot:
+        """A snapshot of ``manifest`` (its shards this index keeps) opened as this index opens them."""
+        return Snapshot(self.folder, only_shards(manifest, self._keep), self.backend_name, self._mmap, self._params,
+                        previous=previous, engines=self._engines)
 
     def delete(self, keys) -> "KeyLookup":
         """Delete the items of ``keys`` (tombstones, one manifest write) and refresh; returns which
@@ -87,6 +88,11 @@ class Index(RowQueries):
     def snapshot(self) -> Snapshot:
         """The current consistent view (manifest and everything opened from it)."""
         return self._snap
+
+    @property
+    def open_options(self) -> dict:
+        """How this index was opened (backend, mmap, search_params): what another process repeats."""
+        return {"backend": self.backend_name, "mmap": self._mmap, "search_params": self._params}
 
     @property
     def manifest(self) -> dict:

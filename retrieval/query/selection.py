@@ -3,7 +3,7 @@ matching a ``where`` filter. Every search path applies the same selection.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -18,7 +18,7 @@ class Selection:
         self.masks, self.spec, self.generation = masks, spec, generation
         self.rows = np.asarray(rows, np.int64)
         self.counts = np.array([n if m is None else int(m.sum()) for m, n in zip(masks, self.rows)], np.int64)
-        self._bits: dict[int, np.ndarray] = {}
+        self._memo: dict = {}
         self._flat: Optional[np.ndarray] = None
 
     @classmethod
@@ -38,9 +38,13 @@ class Selection:
 
     def bits(self, i: int) -> np.ndarray:
         """Shard ``i``'s mask packed for faiss's IDSelectorBitmap (little-endian bits)."""
-        if i not in self._bits:
-            self._bits[i] = np.packbits(self.masks[i], bitorder="little")
-        return self._bits[i]
+        return self.memo(i, lambda: np.packbits(self.masks[i], bitorder="little"))
+
+    def memo(self, key, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per selection and ``key`` (e.g. a shard's packed bits)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def flat(self) -> np.ndarray:
         """One mask over every row in global order (for the torch path and exact scans)."""

@@ -188,13 +188,22 @@ class ShardSet:
         return [self.vectors(i, modality).all() if modality in s["index"] else np.zeros((s["rows"], self.dim), np.float16)
                 for i, s in enumerate(self.shards)]
 
+    def contains(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(whether each of global ``ids`` [n] is a row of these shards, its shard position: valid
+        where it is)."""
+        flat = np.asarray(ids, dtype=np.int64).ravel()
+        sh = np.searchsorted(self.starts, flat, side="right") - 1
+        if not len(self.starts):
+            return np.zeros(len(flat), bool), sh
+        ok = (flat >= 0) & (sh >= 0) & (flat < (self.starts + self.rows)[np.clip(sh, 0, None)])
+        return ok, sh
+
     def locate(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """(shard position, row in shard) of global ``ids`` [n]; IndexError for ids not in the index."""
         flat = np.asarray(ids, dtype=np.int64).ravel()
-        sh = np.searchsorted(self.starts, flat, side="right") - 1
-        bad = (flat < 0) | (sh < 0) | (flat >= (self.starts + self.rows)[np.clip(sh, 0, None)])
-        if bad.any():
-            raise IndexError(f"id {int(flat[bad][0])} is not in this index")
+        ok, sh = self.contains(flat)
+        if not ok.all():
+            raise IndexError(f"id {int(flat[~ok][0])} is not in this index")
         return sh, flat - self.starts[sh]
 
     def gather(self, ids, modality: str) -> np.ndarray:

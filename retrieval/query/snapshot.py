@@ -84,10 +84,9 @@ class Snapshot:
 
     def is_live(self, ids) -> np.ndarray:
         """Whether each global id is an item of this snapshot that is not deleted."""
-        starts, rows = self.shard_set.starts, self.shard_set.rows
+        starts = self.shard_set.starts
         flat = np.asarray(ids, np.int64).ravel()
-        sh = np.searchsorted(starts, flat, side="right") - 1
-        ok = (flat >= 0) & (sh >= 0) & (flat < (starts + rows)[np.clip(sh, 0, None)])
+        ok, sh = self.shard_set.contains(flat)
         live = self.rows.live()
         for i in np.flatnonzero(ok):
             m = live.masks[sh[i]]

@@ -202,7 +202,7 @@ class FanOut:
         if gens - {generation}:  # a replica restarted on a newer manifest: keep only ids this router knows
             log.warning("shard groups answered from generations %s, the router holds %d", sorted(gens), generation)
             parts = [(np.where(known, s, -np.inf), np.where(known, ids, -1))
-                     for s, ids in parts for known in [self._known(ids)]]
+                     for s, ids in parts for known in [self.shards.contains(ids)[0].reshape(ids.shape)]]
         if failed:
             report_missing(s["id"] for s in self.shards.shards if shard_group(s["id"], self.groups.groups) in failed)
         if not parts:
@@ -216,12 +216,6 @@ class FanOut:
 
     def item_offsets(self, method: str, ids: np.ndarray) -> np.ndarray:
         return self.biases.gather(method, self.modality, ids)
-
-    def _known(self, ids: np.ndarray) -> np.ndarray:
-        """Whether each global id is a row of the router's shards."""
-        starts, rows = self.shards.starts, self.shards.rows
-        sh = np.clip(np.searchsorted(starts, ids, side="right") - 1, 0, None)
-        return (ids >= 0) & (len(starts) > 0) & (ids >= starts[sh]) & (ids < (starts + rows)[sh])
 
 
 def serve_on_ray(index, groups: int = 2, replicas: int = 1, address: Optional[str] = None,

@@ -123,9 +123,10 @@ class Service:
             with collect_missing() as missing:
                 scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam,
                                          alpha=alpha, where=where, dedup=dedup)
+            missed = tuple(sorted(missing))
             for row, i in enumerate(members):
                 q = queries[i]
-                q.missing = tuple(sorted(missing))
+                q.missing = missed
                 if q.raw:
                     keep = ids[row, :q.k] >= 0
                     out[i] = (scores[row, :q.k][keep], ids[row, :q.k][keep])

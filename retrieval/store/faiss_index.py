@@ -5,7 +5,7 @@ parameters (nprobe / efSearch) are tuned once on self-queries to a recall target
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -43,18 +43,8 @@ def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Opt
         index.add(x)
         return index
     pool = np.arange(n) if train_rows is None else np.asarray(train_rows, np.int64)
-    sample = x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]]
-    index = trained_empty(sample, key, extra, use_gpu)
-    if use_gpu is None:
-        use_gpu = gpu_for(key)
-    if use_gpu:  # add on GPU (IVF/Flat families), store the CPU copy
-        import faiss
-
-        work = faiss.index_cpu_to_all_gpus(index)
-        work.add(x)
-        return faiss.index_gpu_to_cpu(work)
-    index.add(x)
-    return index
+    return _train_and_add(new_index(d, key), key, lambda: x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]],
+                          x, extra, use_gpu)
 
 
 def gpu_for(key: str) -> bool:
@@ -64,23 +54,39 @@ def gpu_for(key: str) -> bool:
     return faiss.get_num_gpus() > 0 and "HNSW" not in key
 
 
-def trained_empty(sample: np.ndarray, key: str, extra: int = 0, use_gpu: Optional[bool] = None):
-    """An empty inner-product index of ``key`` trained on ``sample`` [n, d] (on GPU when faiss has
-    one); an SQfp16 IVF stores the vectors themselves (no residual). ``extra``: see build_faiss_index."""
+def new_index(d: int, key: str):
+    """An empty inner-product index of ``key`` at dim ``d``; an SQfp16 IVF stores the vectors
+    themselves (no residual)."""
     import faiss
 
-    x = np.ascontiguousarray(sample, dtype=np.float32)
-    index = faiss.index_factory(x.shape[1], key, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
     ivf_sq = faiss.downcast_index(index)
     if isinstance(ivf_sq, faiss.IndexIVFScalarQuantizer) and ivf_sq.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
         ivf_sq.by_residual = False  # codes are the fp16 vectors themselves: decodable, patchable, faster for IP
-    if index.is_trained:
-        return index
+    return index
+
+
+def trained_empty(sample: np.ndarray, key: str, extra: int = 0, use_gpu: Optional[bool] = None):
+    """An empty index of ``key`` trained on ``sample`` [n, d] (on GPU when faiss has one; ``extra``:
+    see build_faiss_index)."""
+    return _train_and_add(new_index(sample.shape[1], key), key, lambda: sample, None, extra, use_gpu)
+
+
+def _train_and_add(index, key: str, sample: Callable[[], np.ndarray], x: Optional[np.ndarray], extra: int,
+                   use_gpu: Optional[bool]):
+    """Train ``index`` on ``sample()`` when it needs training (the sample is drawn only then), add
+    ``x`` if given; on GPU (one round trip) when ``use_gpu`` (None: ``gpu_for``); the CPU copy."""
+    import faiss
+
     use_gpu = gpu_for(key) if use_gpu is None else use_gpu
     work = faiss.index_cpu_to_all_gpus(index) if use_gpu else index
-    if extra:
-        _train_coarse(work, key, x, extra)
-    work.train(x)
+    if not work.is_trained:
+        s = np.ascontiguousarray(sample(), dtype=np.float32)
+        if extra:
+            _train_coarse(work, key, s, extra)
+        work.train(s)
+    if x is not None:
+        work.add(x)
     return faiss.index_gpu_to_cpu(work) if use_gpu else index
 
 

@@ -15,21 +15,20 @@ from typing import Optional
 import numpy as np
 
 from .combined import combine_vectors, combined_layout
-from .faiss_index import trained_empty
+from .faiss_index import new_index, trained_empty
 from .files import save_faiss
 from .integrity import file_record
 from .keys import sample_ids, train_size
-from .layout import EMB_FILE, MODALITIES, trained_file
+from .layout import MODALITIES, trained_file
+from .vectors import ShardVectors
 
 log = logging.getLogger("retrieval.build")
 
 
 def needs_training(key: str, d: int) -> bool:
     """Whether a combined index of ``key`` over dim-``d`` vectors must be trained (IVF, PQ, OPQ)."""
-    import faiss
-
     fkey, dim = combined_layout(key, d)
-    return not faiss.index_factory(dim, fkey, faiss.METRIC_INNER_PRODUCT).is_trained
+    return not new_index(dim, fkey).is_trained
 
 
 def shard_sample(counts: list[int], size: int, seed: int = 0) -> list[np.ndarray]:
@@ -66,8 +65,7 @@ def train_shared(folder: Path, manifest: dict, seed: int = 0, offsets: Optional[
         fkey, dim = combined_layout(key, d)
         picks = shard_sample([len(u) for u in usable], train_size(fkey, sum(len(u) for u in usable)), seed)
         taken = [(s, u[p]) for s, u, p in zip(group, usable, picks) if len(p)]
-        vecs = np.concatenate([np.asarray(np.load(folder / s["files"][EMB_FILE[modality]], mmap_mode="r")[rows],
-                                          np.float32) for s, rows in taken])
+        vecs = np.concatenate([ShardVectors(folder, s, modality).rows(rows) for s, rows in taken])
         off = None
         if offsets and all(modality in offsets.get(s["id"], {}) for s, _ in taken):
             off = {mt: np.concatenate([offsets[s["id"]][modality][mt][rows] for s, rows in taken])

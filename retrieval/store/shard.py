@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from .combined import combine_vectors, combined_layout
-from .faiss_index import build_faiss_index, tune_params
+from .faiss_index import build_faiss_index, new_index, tune_params
 from .files import save_faiss, save_npy, save_parquet
 from .integrity import file_record
 from .keys import shard_key
@@ -48,7 +48,7 @@ def _keep_trained(out: Path, manifest: dict, modality: str, key: str, index, par
 
     if (manifest.get("trained") or {}).get(modality) is not None or not index.is_trained:
         return
-    if not faiss.index_factory(index.d, key, faiss.METRIC_INNER_PRODUCT).is_trained:  # it needed training
+    if not new_index(index.d, key).is_trained:  # it needed training
         empty = faiss.clone_index(index)
         empty.reset()
         rel = trained_file(modality)
