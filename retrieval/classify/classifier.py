@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import IndexFolderError, ItemError
 from ..methods.xmore import Prediction, StreamNormaliser, caption_probs, confidence, image_probs, mix, select_captions
-from .inputs import check_classes, check_template
+from .inputs import check_classes, check_template, fill_template
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -62,7 +62,7 @@ class Classifier:
         """Per class: the mean of its template embeddings, re-normalised [C, d]."""
         from ..embed import Encoder
 
-        texts = [t.format(c) for c in self.classes for t in self.templates]
+        texts = [fill_template(t, c) for c in self.classes for t in self.templates]
         emb = Encoder(self.index.clip).texts(texts).reshape(len(self.classes), len(self.templates), -1).mean(1)
         return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
 

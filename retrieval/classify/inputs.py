@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import csv
 import os
-import string
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..corpus.images import IMAGE_EXTENSIONS
 
 IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)
+MAX_CLASS_NAME = 300
 
 
 def check_classes(names: Sequence[str]) -> list[str]:
-    """Stripped class names; ValueError when empty, blank or duplicated."""
+    """Stripped class names; ValueError when empty, blank, longer than ``MAX_CLASS_NAME`` or duplicated."""
     out = [str(n).strip() for n in names]
     if not out:
         raise ValueError("no classes given")
     if any(not n for n in out):
         raise ValueError("a class name is empty")
+    if any(len(n) > MAX_CLASS_NAME for n in out):
+        raise ValueError(f"a class name is at most {MAX_CLASS_NAME} characters")
     seen: set[str] = set()
     dups = sorted({n for n in out if n in seen or seen.add(n)})
     if dups:
@@ -64,13 +66,24 @@ def expand_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+MAX_TEMPLATE = 300
+
+
 def check_template(template: str) -> str:
-    """A prompt template with exactly one ``{}`` (literal braces written ``{{`` and ``}}``)."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise ValueError(f"template {template!r} is not a valid format string ({e}); write literal braces as {{{{ }}}}") from None
-    if fields != [""]:
-        raise ValueError(f"template {template!r} must contain exactly one {{}} for the class name "
-                         f"(it has {len(fields)} field(s)); write literal braces as {{{{ }}}}") from None
+    """A prompt template: exactly one bare ``{}`` (the class name), no other brace, at most
+    ``MAX_TEMPLATE`` characters. Format specs (``{:>999999999}``), conversions (``{!r}``), field names and
+    literal ``{{``/``}}`` are refused: a template may come from an HTTP client, and ``str.format`` would
+    build whatever string the spec asks for."""
+    if not isinstance(template, str):
+        raise ValueError(f"a template must be a string, got {type(template).__name__}")
+    if len(template) > MAX_TEMPLATE:
+        raise ValueError(f"a template is at most {MAX_TEMPLATE} characters, got {len(template)}")
+    if template.count("{}") != 1 or template.replace("{}", "", 1).count("{") or template.replace("{}", "", 1).count("}"):
+        raise ValueError(f"template {template[:80]!r} must contain exactly one bare {{}} for the class name "
+                         f"and no other brace")
     return template
+
+
+def fill_template(template: str, name: str) -> str:
+    """The prompt of class ``name`` (``template`` checked by :func:`check_template`; no ``str.format``)."""
+    return template.replace("{}", name, 1)

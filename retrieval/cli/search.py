@@ -25,7 +25,7 @@ from .common import POSITIVE, Finite
 @click.option("--lam", type=Finite(0.0, 1.0), default=None,
               help="BSAP-H: weight of CLIP in s - (1 - lam) c (1: plain CLIP, 0: BSAP's ranking); "
                    "default: the lambda `retrieval bias` chose from the index's own pairs (else 0.1 for images, 0.2 for text).")
-@click.option("--alpha", type=Finite(), default=0.75, show_default=True, help="NNN bias weight.")
+@click.option("--alpha", type=Finite(0.0, 10.0), default=0.75, show_default=True, help="NNN bias weight (0-10).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True, help="auto: faiss-gpu if faiss has GPUs, torch if CUDA, else faiss-cpu.")
 @click.option("--where", default=None, help="SQL filter over the metadata columns, e.g. \"year >= 2020 AND "

@@ -1,75 +1,137 @@
-"""The source image of an indexed row, for serving: only files the index itself points to.
+"""The source image of an indexed row, for serving: only image files under a root.
 
-The path comes from the row's ``image_path`` in the index metadata and the corpus recorded in the
-manifest, never from the caller. Folder corpora and manifests with an image root only serve files
-inside that root (a crafted ``../`` in metadata is refused); WebDataset rows are read from their tar.
+The rule, for every kind of index: a served file must resolve (symlinks followed) under one of the
+index's image roots, and its bytes must decode as an image. The roots are the ones the build
+recorded in the manifest (a folder corpus's folder, a manifest's ``--image-root`` or its own
+folder, an import's ``--image-root``) and the ones the operator adds at serve time
+(``retrieval serve --image-root DIR``). Anything else (``/etc/passwd`` in an imported metadata
+file, an absolute path outside the roots, a ``../`` or a symlink leading out, a text file named
+``.jpg``) is refused with the reason; WebDataset rows are read from the index's own tars. The path
+comes from the row's ``image_path`` in the index metadata, never from the caller.
 """
 from __future__ import annotations
 
-import mimetypes
+import io
 import os
+import stat
 import tarfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
+
+MAX_BYTES = 64 << 20
 
 
 class ItemImageError(LookupError):
-    """The row has no servable image (reason in the message)."""
+    """The row has no servable image: ``status`` 404 (no image there) or 403 (refused), reason in the message."""
+
+    def __init__(self, reason: str, status: int = 404):
+        super().__init__(reason)
+        self.status = status
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+def _recorded(corpus: dict) -> list[str]:
+    kind = corpus.get("type")
+    if kind == "folder":
+        return [corpus.get("path")]
+    if kind == "manifest":
+        return [corpus.get("image_root") or (os.path.dirname(corpus["path"]) if corpus.get("path") else None)]
+    if kind == "clip-retrieval":
+        return [corpus.get("image_root")]
+    return []
 
 
-def media_type(name: str) -> str:
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+def image_roots(corpus: dict, extra: Iterable[str | os.PathLike] = (), resolve: bool = True) -> list[Path]:
+    """The folders an index may serve images from: the ones its build recorded, then ``extra``
+    (symlinks resolved unless ``resolve`` is False)."""
+    out: list[Path] = []
+    for r in [*_recorded(corpus), *extra]:
+        if r:
+            p = Path(os.path.realpath(r) if resolve else os.path.abspath(r))
+            if p not in out:
+                out.append(p)
+    return out
 
 
-def item_image(corpus: dict, image_path: str, max_bytes: int = 64 << 20) -> tuple[bytes, str]:
-    """(bytes, media type) of a row's image, given the manifest's ``corpus`` section."""
+def item_image(corpus: dict, image_path: str, extra_roots: Sequence[str | os.PathLike] = (),
+               max_bytes: int = MAX_BYTES) -> tuple[bytes, str]:
+    """(bytes, media type) of a row's image, given the manifest's ``corpus`` section and the
+    operator's extra roots; ItemImageError when there is none or it may not be served."""
     if not image_path:
         raise ItemImageError("this row has no image path")
     kind = corpus.get("type")
     if kind == "webdataset":
         return _from_tar(corpus, image_path, max_bytes)
-    root: Optional[Path]
-    if kind == "clip-retrieval":  # imported rows: absolute paths as clip-retrieval stored them, or under image_root
-        return _imported(corpus, image_path, max_bytes)
-    if kind == "folder":
-        root = Path(corpus["path"])
-    elif kind == "manifest":
-        root = Path(corpus["image_root"]) if corpus.get("image_root") else Path(corpus["path"]).parent
-    else:
+    if kind not in ("folder", "manifest", "clip-retrieval"):
         raise ItemImageError(f"index rows from a {kind!r} source have no image files")
-    path = Path(image_path) if os.path.isabs(image_path) and kind == "manifest" else root / image_path
-    if not (os.path.isabs(image_path) and kind == "manifest") and not _inside(path, root):
-        raise ItemImageError("image path leaves the corpus folder")
-    return _read_file(path, max_bytes)
-
-
-def _read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
-    if not path.is_file():
-        raise ItemImageError(f"image file is missing: {path.name}")
-    if path.stat().st_size > max_bytes:
-        raise ItemImageError("image file is too large to serve")
-    return path.read_bytes(), media_type(path.name)
-
-
-def _imported(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str]:
-    root = corpus.get("image_root")
+    roots = image_roots(corpus, extra_roots)
     if os.path.isabs(image_path):
         path = Path(image_path)
-    elif root:
-        path = Path(root) / image_path
-        if not _inside(path, Path(root)):
-            raise ItemImageError("image path leaves the image root")
+    elif kind == "clip-retrieval" and not corpus.get("image_root"):
+        raise ItemImageError("relative image path and no --image-root given at import", 403)
     else:
-        raise ItemImageError("relative image path and no --image-root given at import")
-    return _read_file(path, max_bytes)
+        path = Path(image_roots(corpus)[0]) / image_path
+    real = Path(os.path.realpath(path))
+    if not any(real == r or r in real.parents for r in roots):
+        raise ItemImageError("image path is outside this index's image roots (serve --image-root DIR "
+                             "allows another folder)", 403)
+    return image_bytes(_read_file(real, max_bytes), real.name)
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    try:  # non-blocking: a FIFO planted under a root must not hang the request
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ItemImageError(f"image file is missing: {path.name}") from None
+    except OSError as e:
+        raise ItemImageError(f"image file is unreadable: {path.name} ({e.strerror or type(e).__name__})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ItemImageError(f"{path.name} is not a regular file", 403)
+        if st.st_size > max_bytes:
+            raise ItemImageError("image file is too large to serve", 403)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(max_bytes + 1)
+    except OSError as e:
+        raise ItemImageError(f"image file is unreadable: {path.name} ({e.strerror or type(e).__name__})") from None
+    finally:
+        os.close(fd)
+
+
+def image_bytes(data: bytes, name: str) -> tuple[bytes, str]:
+    """(data, its media type) when ``data`` is an image PIL can identify and parse; else a 403
+    ItemImageError. The media type comes from the decoded format, not the file name."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.verify()
+    except Exception:  # noqa: BLE001 - anything PIL cannot parse is not served
+        raise ItemImageError(f"{name} is not an image", 403) from None
+    return data, Image.MIME.get(fmt or "", "application/octet-stream")
+
+
+def outside_roots(corpus: dict, paths, extra_roots: Sequence[str | os.PathLike] = ()) -> int:
+    """How many of ``paths`` (a pyarrow string array of ``image_path`` values) point outside the
+    index's image roots, judged on the text of the paths (cheap, vectorised; symlinks are checked
+    when a file is served)."""
+    import pyarrow.compute as pc
+
+    kind = corpus.get("type")
+    if kind not in ("folder", "manifest", "clip-retrieval") or len(paths) == 0:
+        return 0
+    paths = pc.fill_null(paths, "")
+    given = pc.not_equal(paths, "")
+    absolute = pc.starts_with(paths, "/")
+    inside = pc.equal(absolute, False)
+    for r in image_roots(corpus, extra_roots) + image_roots(corpus, extra_roots, resolve=False):
+        inside = pc.or_(inside, pc.starts_with(paths, str(r).rstrip("/") + "/"))
+    escapes = pc.or_(pc.starts_with(paths, "../"), pc.match_substring(paths, "/../"))
+    if kind == "clip-retrieval" and not corpus.get("image_root"):
+        escapes = pc.or_(escapes, pc.equal(absolute, False))
+    bad = pc.and_(given, pc.or_(pc.invert(inside), escapes))
+    return int(pc.sum(pc.cast(bad, "int64")).as_py() or 0)
 
 
 def _from_tar(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str]:
@@ -77,13 +139,13 @@ def _from_tar(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str
     base = Path(corpus["path"])
     folder = base.parent if base.suffix == ".tar" else base
     if tname not in corpus.get("tars", []) or not member:
-        raise ItemImageError("row is not in one of this index's tars")
+        raise ItemImageError("row is not in one of this index's tars", 403)
     try:
         with tarfile.open(folder / tname, "r:") as tf:
             info = tf.getmember(member)
             if not info.isfile() or info.size > max_bytes:
-                raise ItemImageError("tar member is not a servable file")
+                raise ItemImageError("tar member is not a servable file", 403)
             f = tf.extractfile(info)
-            return f.read(), media_type(member)
+            return image_bytes(f.read(), member)
     except (OSError, KeyError, tarfile.TarError) as e:
         raise ItemImageError(f"cannot read {member} from {tname}: {type(e).__name__}") from None

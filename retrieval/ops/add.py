@@ -18,7 +18,8 @@ from ..store.generations import publish
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.masks import find_keys
-from ..store.writer import ShardWriter, read_errors, update_counts
+from ..store.checks import check_keys, check_unit_rows
+from ..store.writer import ShardWriter, metadata_schema, read_errors, update_counts
 from .bias import BiasExtension
 
 
@@ -33,17 +34,15 @@ def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: n
                    rows: Optional[list[dict]] = None) -> AddReport:
     """Append rows (``rows``: metadata dicts with a unique ``key``; a text row of zeros marks an item
     without a caption). Returns how many were added and how many replaced an existing key."""
-    import pyarrow as pa
-
     folder = Path(folder)
     img, txt = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
     if img.ndim != 2 or img.shape != txt.shape:
         raise ValueError(f"image and text embeddings must be 2-D and row-aligned, got {img.shape} and {txt.shape}")
     if rows is None or len(rows) != len(img):
         raise ValueError(f"give one metadata row (with a 'key') per embedding: {len(img)} embeddings")
-    keys = [str(r["key"]) for r in rows]
-    if len(set(keys)) != len(keys):
-        raise ValueError("metadata keys must be unique")
+    keys = check_keys(rows)
+    check_unit_rows(img, "image embeddings")
+    check_unit_rows(txt, "text embeddings", zero_ok=True)
     with write_lock(folder):
         m = require_manifest(folder)
         if not m.get("complete"):
@@ -56,7 +55,7 @@ def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: n
             raise ValueError(f"embeddings have dim {img.shape[1]}, the index has {m['model']['embed_dim']}")
         old = find_keys(folder, m, keys)
         replaced = dict(zip(old.found, old.ids.tolist()))
-        schema = pa.Table.from_pylist(rows[:1]).schema
+        schema = metadata_schema(rows, folder_schema(folder, m))
         writer = ShardWriter(folder, m, schema, dict(m["build"]), read_errors(folder), dict(replaced),
                              extend=BiasExtension(folder))
         has = np.abs(txt).max(axis=1) > 0
@@ -66,3 +65,13 @@ def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: n
         update_counts(m, writer.errors)
         publish(folder, m)
     return AddReport(len(rows) - len(replaced), len(replaced), len(m["shards"]) - before)
+
+
+def folder_schema(folder: Path, manifest: dict):
+    """The metadata schema of the folder's newest shard (None when it has none)."""
+    import pyarrow.parquet as pq
+
+    shards = [s for s in manifest["shards"] if s["rows"]]
+    if not shards:
+        return None
+    return pq.read_schema(folder / shards[-1]["files"]["metadata"]).remove_metadata()

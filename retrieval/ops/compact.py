@@ -6,7 +6,9 @@ into new shards of up to the build's shard size from what is stored: embeddings,
 masks and per-item bias offsets are copied (nothing is re-embedded or recomputed); the faiss indexes
 are built anew, added to the folder's trained quantizer when it has one. One manifest write retires
 the old shards. The rewritten items get new global ids (the ids of every other item stay); keys
-never change.
+never change. Shards whose key column is not strings (an old ``add_embeddings`` took None or int
+keys) are always rewritten: int keys become their text, a null key ``id-<old global id>``, each
+logged in errors.jsonl as repaired.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from ..store.manifest import require_manifest
 from ..store.masks import caption_mask, deleted_mask
 from ..store.shard import write_shard
 from ..store.vectors import read_all
-from ..store.writer import next_ids, update_counts, read_errors
+from ..store.alignment import bad_keys
+from ..store.writer import next_ids, read_errors, update_counts, write_errors
 from .bias import METHODS, save_shard_offsets
 
 
@@ -59,6 +62,27 @@ def pick_shards(folder: Path, manifest: dict, threshold: float, min_rows: int) -
     return sorted(heavy + (small if len(small) + len(heavy) >= 2 else []), key=lambda s: s["offset"])
 
 
+def string_keys(table, ids: np.ndarray, errors: list[dict]):
+    """``table`` with a ``key`` column of non-null strings: int keys become their text, a null key
+    ``id-<global id>`` (logged as repaired: the row stays findable and deletable)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.column("key") if "key" in table.column_names else pa.nulls(len(table), pa.string())
+    if pa.types.is_string(col.type) and col.null_count == 0:
+        return table
+    keys = pc.cast(col, pa.string()).to_pylist() if not pa.types.is_null(col.type) else [None] * len(table)
+    for i, k in enumerate(keys):
+        if k is None:
+            keys[i] = f"id-{int(ids[i])}"
+            errors.append({"pos": -1, "key": keys[i], "stage": "key", "action": "repaired",
+                           "reason": "the row had a null key; compact gave it one from its old id"})
+    arr = pa.array(keys, pa.string())
+    if "key" in table.column_names:
+        return table.set_column(table.column_names.index("key"), "key", arr)
+    return table.add_column(0, "key", arr)
+
+
 def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optional[int] = None) -> CompactReport:
     """Compact ``folder`` (see the module docstring); returns what it did."""
     import pyarrow as pa
@@ -75,6 +99,9 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
         size = int(settings["shard_size"])
         before = sum(1 for s in m["shards"] if s["rows"])
         chosen = pick_shards(folder, m, threshold, min_rows if min_rows is not None else max(1, size // 4))
+        broken = [s for s in m["shards"] if s["rows"] and s not in chosen and bad_keys(folder, s)]
+        chosen = sorted(chosen + broken, key=lambda s: s["offset"])
+        errors = read_errors(folder)
         if not chosen:
             return CompactReport(before, before, 0, 0, 0, time.perf_counter() - t0)
         parts = {"img": [], "txt": [], "cap": [], "meta": [], **{(mt, mod): [] for mt in METHODS for mod in MODALITIES}}
@@ -88,13 +115,15 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
                                 else np.zeros((len(live), s["dim"]), np.float16))
             cap = caption_mask(folder, s)
             parts["cap"].append(np.ones(len(live), bool) if cap is None else cap[live])
-            parts["meta"].append(pq.read_table(folder / s["files"]["metadata"]).take(pa.array(live)))
+            parts["meta"].append(string_keys(pq.read_table(folder / s["files"]["metadata"]).take(pa.array(live)),
+                                             s["offset"] + live, errors))
             if bias:
                 for mt in METHODS:
                     for mod in MODALITIES:
                         path = bias_path(folder, mt, mod, s["id"], bias["dir"])
                         parts[(mt, mod)].append(np.load(path)[live] if path.exists() else np.zeros(len(live), np.float32))
-        joined = {k: (pa.concat_tables(v) if k == "meta" else np.concatenate(v)) for k, v in parts.items() if v}
+        joined = {k: (pa.concat_tables(v, promote_options="permissive") if k == "meta" else np.concatenate(v))
+                  for k, v in parts.items() if v}
         schema = joined["meta"].schema.remove_metadata()
         chosen_ids = {s["id"] for s in chosen}
         m["shards"] = [s for s in m["shards"] if s["id"] not in chosen_ids]
@@ -116,7 +145,8 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
             gone = {bias_path(folder, mt, mod, s["id"], bias["dir"]).relative_to(folder).as_posix()
                     for s in chosen for mt in METHODS for mod in MODALITIES}
             bias["files"] = {rel: rec for rel, rec in bias["files"].items() if rel not in gone}
-        update_counts(m, read_errors(folder))
+        write_errors(folder, errors)
+        update_counts(m, errors)
         publish(folder, m)
         after = sum(1 for s in m["shards"] if s["rows"])
         return CompactReport(before, after, len(chosen), sum(s["rows"] for s in chosen) - n, n,

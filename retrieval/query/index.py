@@ -7,6 +7,8 @@ a sync, or when a server notices a newer manifest); calls in flight finish on th
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Union
@@ -154,6 +156,7 @@ class Index(RowQueries):
         collapse near-duplicates (cosine >= the threshold, e.g. 0.94); ``captioned``: only items
         with a caption. Deleted items are never returned.
         """
+        check_search_options(candidates=candidates, tau=tau, lam=lam, alpha=alpha, dedup=dedup)
         snap = self._snap
         lam = snap.biases.lam(target) if lam is None else lam
         method = make_method(rerank, float(tau if tau is not None else snap.biases.tau()), candidates, lam, alpha)
@@ -176,6 +179,25 @@ class Index(RowQueries):
     def embeddings(self, ids, modality: str = "image") -> np.ndarray:
         """Stored (fp16) embeddings of global ``ids`` as float32 [..., d]."""
         return self._snap.shard_set.gather(ids, modality)
+
+
+def check_search_options(candidates=None, tau=None, lam=None, alpha: float = 0.75, dedup=None) -> None:
+    """ValueError naming the first search option out of its range (the HTTP API's ranges)."""
+    def number(name, v, lo, hi, lo_open=False):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                or not (lo < v if lo_open else lo <= v) or v > hi:
+            raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
+
+    if candidates is not None and (not isinstance(candidates, numbers.Integral) or isinstance(candidates, bool)
+                                   or not 1 <= candidates <= 100_000):
+        raise ValueError(f"candidates must be an integer in [1, 100000], got {candidates!r}")
+    if tau is not None:
+        number("tau", tau, 0.0, 1e4, lo_open=True)
+    if lam is not None:
+        number("lam", lam, 0.0, 1.0)
+    number("alpha", alpha, 0.0, 10.0)
+    if dedup is not None:
+        number("dedup", dedup, 0.0, 1.0, lo_open=True)
 
 
 def open_index(folder: str | os.PathLike, clip: Union[ClipModel, str, None] = None, backend: str = "auto",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numbers
+
 import numpy as np
 
 from ..store.layout import MODALITIES
@@ -40,8 +42,10 @@ class Searcher:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.shards.dim:
             raise ValueError(f"queries have dim {q.shape[1]}, index has {self.shards.dim}")
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         if not np.isfinite(q).all():
             raise ValueError("query embeddings hold NaN or infinite values")
+        if not np.any(q, axis=1).all():
+            raise ValueError(f"query {int(np.flatnonzero(~np.any(q, axis=1))[0])} is all zeros: it has no direction to search")
         return method.search(self.engine(target), q, k, selection)

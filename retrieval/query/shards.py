@@ -20,10 +20,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..store.faiss_index import index_rows
-from ..store.files import PARQUET_SHARD_KEY
+from ..store.alignment import UNREADABLE, shard_problems
+from ..store.layout import INDEX_FILE
 from ..store.integrity import quick_check
-from ..store.layout import EMB_FILE, INDEX_FILE
 from ..store.vectors import ShardVectors
 from .merged import Merged, open_merged
 
@@ -115,31 +114,12 @@ class ShardSet:
         return self.folder / shard["files"][role]
 
     def _check_files(self, s: dict) -> None:
-        import pyarrow.parquet as pq
-
-        with reading(self.path(s, "metadata")):
-            meta = pq.ParquetFile(self.path(s, "metadata")).metadata
-        if meta.num_rows != s["rows"]:
-            raise IndexFolderError(f"shard {s['id']}: metadata has {meta.num_rows} rows, manifest says {s['rows']}")
-        owner = (meta.metadata or {}).get(PARQUET_SHARD_KEY)
-        if owner is not None and json.loads(owner) != [s["id"], s["offset"]]:
-            raise IndexFolderError(f"{self.path(s, 'metadata')} holds the rows of shard {json.loads(owner)[0]}, "
-                                   f"not shard {s['id']}")
-        for mod in s["index"]:
-            if EMB_FILE[mod] in s["files"]:
-                with reading(self.path(s, EMB_FILE[mod])):
-                    shape = np.load(self.path(s, EMB_FILE[mod]), mmap_mode="r").shape
-                if shape[0] != s["rows"]:
-                    raise IndexFolderError(f"shard {s['id']}: {s['files'][EMB_FILE[mod]]} has {shape[0]} rows, "
-                                           f"manifest says {s['rows']}")
-                if len(shape) != 2 or shape[1] != self.dim:
-                    raise IndexFolderError(f"shard {s['id']}: {s['files'][EMB_FILE[mod]]} has shape {shape}, "
-                                           f"the index has dim {self.dim}")
-            if INDEX_FILE[mod] in s["files"]:
-                with reading(self.path(s, INDEX_FILE[mod])):
-                    n = index_rows(self.path(s, INDEX_FILE[mod]))
-                if n != s["rows"]:
-                    raise IndexFolderError(f"shard {s['id']}: {mod} index holds {n} vectors, manifest says {s['rows']}")
+        problems = shard_problems(self.folder, s, self.dim, keys=False)
+        if problems:
+            rel, why = problems[0]
+            if why.startswith(UNREADABLE):
+                raise IndexFolderError(f"{self.folder / rel} {why}; run `retrieval verify` on the index folder")
+            raise IndexFolderError(f"{self.folder / rel}: {why}")
 
     def __len__(self) -> int:
         return int(self.rows.sum())

@@ -85,7 +85,11 @@ class Snapshot:
     def is_live(self, ids) -> np.ndarray:
         """Whether each global id is an item of this snapshot that is not deleted."""
         starts = self.shard_set.starts
-        flat = np.asarray(ids, np.int64).ravel()
+        try:
+            flat = np.asarray(ids, np.int64).ravel()
+        except OverflowError:  # ids beyond int64 are in no index
+            big = [int(i) for i in np.asarray(ids, object).ravel()]
+            flat = np.array([i if 0 <= i < 2**63 else -1 for i in big], np.int64)
         ok, sh = self.shard_set.contains(flat)
         live = self.rows.live()
         for i in np.flatnonzero(ok):

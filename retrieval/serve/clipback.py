@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import IndexFolderError, RetrievalError
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.filters import FilterError
-from .service import MAX_K, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
+from .service import MAX_ID, MAX_K, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
 
 CORS = {"Access-Control-Allow-Origin": "*"}
 DEDUP_COSINE = 0.94          # clip back's near-duplicate threshold
@@ -67,6 +67,8 @@ async def _body(request: Request) -> dict:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise HTTPError(400, "the body is not JSON") from None
+    except RecursionError:
+        raise HTTPError(400, "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise HTTPError(400, "the body must be a JSON object")
     return body
@@ -149,31 +151,30 @@ def _embedding(emb: Any, dim: int, rerank: str) -> np.ndarray:
     return v if rerank == "clip" else v / np.linalg.norm(v)
 
 
-def _local_image(idx, row: dict) -> Optional[str]:
-    """Base64 of the row's image file when the index points to a local one (clip back's ``image``)."""
-    from ..corpus.items import ItemImageError, item_image
-
+def _local_image(service: Service, name: str, row: dict) -> Optional[str]:
+    """Base64 of the row's image when the image-root rule lets it be served (clip back's ``image``)."""
     try:
-        data, _ = item_image(idx.manifest["corpus"], row.get("image_path") or "")
-    except (ItemImageError, OSError):
+        data, _ = service.item_image(name, row)
+    except HTTPError:
         return None
     return base64.b64encode(data).decode("ascii")
 
 
-def _meta_dict(idx, row: dict) -> dict:
+def _meta_dict(service: Service, name: str, row: dict) -> dict:
     out = {c: v for c, v in row.items() if c not in ("id", "_source")}
-    img = _local_image(idx, row)
+    img = _local_image(service, name, row)
     if img is not None:
         out["image"] = img
     return out
 
 
-def knn_rows(idx, scores: np.ndarray, ids: np.ndarray, num_images: int) -> list[dict]:
+def knn_rows(service: Service, name: str, scores: np.ndarray, ids: np.ndarray, num_images: int) -> list[dict]:
     """clip back's rows: metadata + id + similarity for the first ``num_images``, then {id, similarity}."""
+    idx = service.indexes[name]
     head = idx.metadata(ids[:num_images]) if num_images else []
     rows = []
     for j, (i, s) in enumerate(zip(ids.tolist(), scores.tolist())):
-        r = _meta_dict(idx, head[j]) if j < len(head) else {}
+        r = _meta_dict(service, name, head[j]) if j < len(head) else {}
         r["id"], r["similarity"] = int(i), float(s)
         rows.append(r)
     return rows
@@ -191,7 +192,7 @@ def add_clip_back_routes(app: FastAPI, service: Service, front: Optional[Path] =
             if isinstance(q.image, bytes):
                 q.image = await run_in_threadpool(service.decode_image, q.image, q.index)
             scores, ids = await service.batcher.submit(q)
-            rows = await run_in_threadpool(knn_rows, idx, scores, ids, num_images)
+            rows = await run_in_threadpool(knn_rows, service, q.index, scores, ids, num_images)
         except HTTPError as e:
             return _error(e.status, e.detail)
         except FilterError as e:
@@ -210,15 +211,15 @@ def add_clip_back_routes(app: FastAPI, service: Service, front: Optional[Path] =
             body = await _body(request)
             ids = body.get("ids") or []
             if not isinstance(ids, list) or len(ids) > MAX_K or not all(
-                    isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise HTTPError(400, f"ids must be a list of at most {MAX_K} integers")
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_ID for i in ids):
+                raise HTTPError(400, f"ids must be a list of at most {MAX_K} integers in [0, 2^63)")
             if not ids:
                 return JSONResponse([], headers=CORS)
             name, idx = service.index(body.get("indice_name") or None)
             live = idx.is_live(ids)
             found = dict(zip([i for i, ok in zip(ids, live) if ok],
                              await run_in_threadpool(idx.metadata, [i for i, ok in zip(ids, live) if ok])))
-            out = await run_in_threadpool(lambda: [{"id": i, "metadata": _meta_dict(idx, found[i]) if i in found else {}}
+            out = await run_in_threadpool(lambda: [{"id": i, "metadata": _meta_dict(service, name, found[i]) if i in found else {}}
                                                    for i in ids])
         except HTTPError as e:
             return _error(e.status, e.detail)

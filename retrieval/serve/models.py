@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..methods.xmore import METHODS as XMORE_METHODS
-from .service import MAX_K
+from .service import MAX_ID, MAX_K
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -27,7 +27,7 @@ class SearchBody(BaseModel):
     text: Optional[str] = Field(None, max_length=2000)
     image_base64: Optional[str] = None
     embedding: Optional[list[FiniteFloat]] = None
-    item_id: Optional[int] = Field(None, ge=0, description="'more like this': the stored image embedding of a row")
+    item_id: Optional[int] = Field(None, ge=0, le=MAX_ID, description="'more like this': the stored image embedding of a row")
     k: int = Field(10, ge=1, le=MAX_K)
     target: Target = "image"
     rerank: Rerank = "clip"

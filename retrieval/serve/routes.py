@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -13,7 +13,7 @@ from ..query.filters import FilterError
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
-from .service import MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
+from .service import MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
 
 def add_routes(app: FastAPI, service: Service) -> None:
     """Register every route of the service on ``app``."""
@@ -148,18 +148,13 @@ def add_routes(app: FastAPI, service: Service) -> None:
             raise HTTPError(403, "reload is accepted from loopback only")
         return {"indexes": await run_in_threadpool(service.reloader.reload)}
 
-    @app.get("/items/{index}/{item_id}/image", responses={**errors(404, 422), 200: {
-        "content": {"image/*": {}, "application/octet-stream": {}}, "description": "the image file"}})
-    async def item_image(index: str, item_id: int):
-        """The source image of row ``item_id`` (only files this index points to)."""
-        from ..corpus.items import ItemImageError, item_image as read_item
-
+    @app.get("/items/{index}/{item_id}/image", responses={**errors(403, 404, 422), 200: {
+        "content": {"image/*": {}}, "description": "the image file"}})
+    async def item_image(index: str, item_id: int = Path(..., ge=0, le=MAX_ID)):
+        """The source image of row ``item_id``: only image files under the index's image roots."""
         name, idx = service.index(index)
         if not idx.is_live([item_id])[0]:
             raise HTTPError(404, f"index {name!r} has no item {item_id}")
         row = idx.metadata([item_id])[0]
-        try:
-            data, media = await run_in_threadpool(read_item, idx.manifest["corpus"], row.get("image_path") or "")
-        except ItemImageError as e:
-            raise HTTPError(404, str(e)) from None
+        data, media = await run_in_threadpool(service.item_image, name, row)
         return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -21,7 +22,9 @@ from .admin import Reloader
 from .batching import MicroBatcher
 from .decoding import ImageDecoder
 
+log = logging.getLogger("retrieval.serve")
 MAX_K = 10_000
+MAX_ID = 2**63 - 1  # ids are int64: larger ones are a 422, never an overflow
 MAX_BODY = 16 << 20
 WEB = Path(__file__).parent / "web"
 
@@ -61,7 +64,8 @@ class Service:
 
     def __init__(self, indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None,
-                 write_token: Optional[str] = None, reload_interval: float = 0.0):
+                 write_token: Optional[str] = None, reload_interval: float = 0.0,
+                 image_roots: Sequence[str] = ()):
         if not indexes:
             raise ValueError("no indexes to serve")
         self.write_token = write_token
@@ -73,6 +77,19 @@ class Service:
         self.decoder = ImageDecoder(max_pixels, decode_budget)
         self.batcher = MicroBatcher(self.run_batch, max_batch, max_wait_ms, name="search-batcher")
         self._classifiers: OrderedDict = OrderedDict()
+        self.image_roots = [str(r) for r in image_roots]
+        for name, idx in indexes.items():
+            warn_outside_roots(name, idx, self.image_roots)
+
+    def item_image(self, name: str, row: dict) -> tuple[bytes, str]:
+        """(bytes, media type) of a result row's source image under the image-root rule
+        (``corpus.items``); HTTPError 404 (none there) or 403 (refused), naming the reason."""
+        from ..corpus.items import ItemImageError, item_image
+
+        try:
+            return item_image(self.indexes[name].manifest["corpus"], row.get("image_path") or "", self.image_roots)
+        except ItemImageError as e:
+            raise HTTPError(e.status, str(e)) from None
 
     def index(self, name: Optional[str]):
         if name is None:
@@ -179,6 +196,29 @@ class Service:
     def close(self) -> None:
         self.reloader.close()
         self.batcher.close()
+
+
+def warn_outside_roots(name: str, index, extra_roots: Sequence[str]) -> int:
+    """Log once, at start, how many of ``index``'s rows point outside its image roots (their images
+    are refused); returns the count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..corpus.items import image_roots, outside_roots
+
+    corpus = index.manifest["corpus"]
+    bad = 0
+    for s in index.shards:
+        path = index.folder / s["files"]["metadata"]
+        if "image_path" in pq.ParquetFile(path).schema_arrow.names:
+            col = pq.read_table(path, columns=["image_path"]).column("image_path")
+            bad += outside_roots(corpus, pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], pa.string()),
+                                 extra_roots)
+    if bad:
+        roots = ", ".join(map(str, image_roots(corpus, extra_roots))) or "none"
+        log.warning("index %r: %d row(s) point outside its image roots (%s); their images are not served "
+                    "(serve --image-root DIR adds a root)", name, bad, roots)
+    return bad
 
 
 def rerank_methods(index) -> list[str]:

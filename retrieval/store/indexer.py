@@ -30,7 +30,8 @@ from .masks import apply_tombstones
 from .offsets import build_pending
 from .outfolder import check_existing, check_index_key, committed, prepare_out
 from .plan import plan_run
-from .writer import Extend, ShardWriter, read_errors, update_counts
+from .checks import check_keys, check_unit_rows
+from .writer import Extend, ShardWriter, metadata_schema, read_errors, update_counts
 
 log = logging.getLogger("retrieval.build")
 DEFAULT_SHARD_SIZE = 100_000
@@ -164,18 +165,6 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
     return manifest, report
 
 
-def check_unit_rows(x: np.ndarray, name: str, zero_ok: bool = False, block: int = 65536) -> None:
-    """ValueError unless every row is finite and L2-normalised (all zeros allowed with ``zero_ok``):
-    scores are cosines only for unit vectors."""
-    for i in range(0, len(x), block):
-        norms = np.linalg.norm(np.asarray(x[i:i + block], np.float32), axis=1)
-        bad = ~(np.abs(norms - 1) <= 1e-2) & ~((norms == 0) if zero_ok else False)
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{name}: row {i + j} has norm {norms[j]:.4g}; pass L2-normalised rows "
-                             f"(x / np.linalg.norm(x, axis=1, keepdims=True)){' or zeros for no caption' if zero_ok else ''}")
-
-
 def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarray, model: dict,
                      rows: Optional[list[dict]] = None, *, shard_size: int = DEFAULT_SHARD_SIZE,
                      index_key: Optional[str] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -190,8 +179,7 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
     rows = rows if rows is not None else [{"key": str(i), "image_path": "", "caption": ""} for i in range(len(img))]
     if len(rows) != len(img):
         raise ValueError(f"{len(rows)} metadata rows for {len(img)} embeddings")
-    if len({r["key"] for r in rows}) != len(rows):
-        raise ValueError("metadata keys must be unique")
+    check_keys(rows)
     check_unit_rows(img, "image embeddings")
     check_unit_rows(txt, "text embeddings", zero_ok=True)
     out = Path(out)
@@ -205,7 +193,7 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
               for i in range(0, len(img), shard_size))
     prepare_out(out)
     with write_lock(out):
-        return write_chunks(out, manifest, chunks, pa.Table.from_pylist(rows[:1]).schema, settings, extend)
+        return write_chunks(out, manifest, chunks, metadata_schema(rows), settings, extend)
 
 
 def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, np.ndarray, list[dict]]], schema,

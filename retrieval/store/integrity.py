@@ -124,7 +124,22 @@ def verify(folder: str | os.PathLike, manifest: dict, threads: Optional[int] = N
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda item: _verify_file(folder, *item), files))
     problems = [(rel, why) for (rel, _), (why, _) in zip(files, results) if why is not None]
+    problems += alignment(folder, manifest, {rel for rel, _ in problems})
     return Verification(problems, len(files), sum(n for _, n in results), time.perf_counter() - t0)
+
+
+def alignment(folder: Path, manifest: dict, bad_files: set) -> list[tuple[str, str]]:
+    """(file, problem) for rows the files and the manifest disagree on (shards whose files all
+    passed the byte check), and for the manifest's own counts."""
+    from .alignment import manifest_problems, shard_problems
+
+    out = [("manifest.json", why) for why in manifest_problems(manifest)]
+    dim = (manifest.get("model") or {}).get("embed_dim")
+    for s in manifest.get("shards", []):
+        if s["rows"] == 0 or bad_files & set(s["files"].values()):
+            continue
+        out += shard_problems(folder, s, dim)
+    return out
 
 
 def require_intact(folder: str | os.PathLike, manifest: dict) -> None:

@@ -107,6 +107,11 @@ def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) ->
         if s["rows"] == 0:
             continue
         col = pq.read_table(folder / s["files"]["metadata"], columns=["key"]).column("key")
+        if not pa.types.is_string(col.type):
+            from .alignment import REPAIR_KEYS
+
+            raise IndexFolderError(f"{folder / s['files']['metadata']}: the key column is {col.type}, not strings; "
+                                   f"{REPAIR_KEYS}")
         rows = np.flatnonzero(pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
         if len(rows) == 0:
             continue

@@ -17,6 +17,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from .atomic import write_bytes
+from .checks import check_unit_rows
 from .generations import next_generation, publish
 from .layout import ERRORS, MODALITIES
 from .masks import apply_tombstones, live_count
@@ -53,6 +54,37 @@ def read_errors(out: Path) -> list[dict]:
 
 def write_errors(out: Path, errors: list[dict]) -> None:
     write_bytes(out / ERRORS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode())
+
+
+def metadata_schema(rows: list[dict], base=None):
+    """The Parquet schema of metadata ``rows`` given as dicts: each column's type inferred from all
+    the rows (not the first), ``key``/``image_path``/``caption`` strings, a column of nulls a string
+    column, and the columns ``base`` (the folder's schema) already has keep its type. ValueError
+    naming a column whose values mix types."""
+    import pyarrow as pa
+
+    try:
+        inferred = pa.Table.from_pylist(rows).schema
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ValueError(f"metadata rows mix value types in one column: {str(e).splitlines()[0][:200]}") from None
+    known = {f.name: f.type for f in (base or [])}
+    fields = []
+    for f in inferred:
+        if f.name in ("key", "image_path", "caption"):
+            t = pa.string()
+        elif f.name in known and not pa.types.is_null(known[f.name]):
+            t = known[f.name]
+        elif pa.types.is_null(f.type):
+            t = pa.string()
+        else:
+            t = f.type
+        fields.append(pa.field(f.name, t))
+    schema = pa.schema(fields)
+    try:
+        pa.Table.from_pylist(rows[:1024], schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ValueError(f"metadata rows do not fit the folder's columns: {str(e).splitlines()[0][:200]}") from None
+    return schema
 
 
 def next_ids(manifest: dict) -> tuple[int, int]:
@@ -102,6 +134,9 @@ class ShardWriter:
     def add(self, img: np.ndarray, txt: np.ndarray, rows: list[dict], has_caption: list[bool], errors: list[dict],
             end_pos: int) -> None:
         """Rows (image embeddings [n, d], text embeddings of the captioned rows only) of one batch."""
+        check_unit_rows(img, "image embeddings", first=self.n)
+        if txt is not None:
+            check_unit_rows(txt, "text embeddings")
         self.pending_errors.extend(errors)
         txt_all = zero_text_rows(txt, np.asarray(has_caption, bool), len(rows), img.shape[1])
         start = 0

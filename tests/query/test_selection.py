@@ -67,8 +67,9 @@ def test_filtered_search_is_full_and_exact_enough(folder, where, fraction):
 def test_bad_filters_are_one_line_errors(folder):
     idx = open_index(folder)
     q = unit_vectors(1, 16, 4)
-    for where, msg in (("nope > 1", "not found"), ("grp >", "bad where"), ("grp > (SELECT 1)", "subqueries"),
-                       ("1=1) UNION SELECT 0, 0 --", "one boolean expression"), ("", "empty")):
+    for where, msg in (("nope > 1", "unknown column 'nope'"), ("grp >", "bad where"), ("grp > (SELECT 1)", "subqueries"),
+                       ("1=1) UNION SELECT 0, 0 --", "bad where"), ("grp > 1 FROM meta", "one boolean expression"),
+                       ("", "empty")):
         with pytest.raises(FilterError, match=msg):
             idx.search(q, 5, where=where)
 

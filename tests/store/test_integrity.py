@@ -47,7 +47,7 @@ def test_a_metadata_file_swapped_for_another_shards_is_refused(folder, tmp_path)
     for s in m["shards"]:
         s.pop("bytes"), s.pop("sample")
     (bad / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(IndexFolderError, match="metadata_0000.parquet holds the rows of shard 1, not shard 0"):
+    with pytest.raises(IndexFolderError, match="metadata_0000.parquet: holds the rows of shard 1, not shard 0"):
         open_index(bad)
 
 

@@ -1,0 +1,44 @@
+"""What every path that writes rows checks first (build, ``build_from_embeddings``, ``add_embeddings``,
+``import``): vectors finite and L2-normalised, keys non-empty strings and unique. Pure; ValueError
+naming the first bad row."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+NORM_TOLERANCE = 1e-2  # fp16 rounding moves a unit norm by ~1e-3
+
+
+def check_unit_rows(x: np.ndarray, name: str, zero_ok: bool = False, block: int = 65536, first: int = 0) -> None:
+    """ValueError unless every row of ``x`` is finite and L2-normalised (all zeros allowed with
+    ``zero_ok``: an item without a caption). Scores are cosines only for unit vectors, and one
+    infinite row would rank first for every query."""
+    for i in range(0, len(x), block):
+        norms = np.linalg.norm(np.asarray(x[i:i + block], np.float32), axis=1)
+        bad = ~(np.abs(norms - 1) <= NORM_TOLERANCE) & ~((norms == 0) if zero_ok else False)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            what = "NaN or infinite values" if not np.isfinite(norms[j]) else f"norm {norms[j]:.4g}"
+            raise ValueError(f"{name}: row {first + i + j} has {what}; pass finite, L2-normalised rows "
+                             f"(x / np.linalg.norm(x, axis=1, keepdims=True))"
+                             f"{' or zeros for no caption' if zero_ok else ''}")
+
+
+def check_keys(rows: Sequence[dict], taken: Iterable[str] = ()) -> list[str]:
+    """The rows' keys, each a non-empty string, all different (and none in ``taken``)."""
+    keys: list[str] = []
+    seen = set(taken)
+    for i, r in enumerate(rows):
+        key = r.get("key") if isinstance(r, dict) else None
+        if not isinstance(r, dict):
+            raise ValueError(f"metadata row {i} is a {type(r).__name__}, not a dict with a 'key'")
+        if "key" not in r:
+            raise ValueError(f"metadata row {i} has no 'key'")
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metadata row {i}: key must be a non-empty string, got {key!r}"[:200])
+        if key in seen:
+            raise ValueError(f"metadata row {i}: key {key!r} is not unique"[:200])
+        seen.add(key)
+        keys.append(key)
+    return keys
