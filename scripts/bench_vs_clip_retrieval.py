@@ -54,7 +54,7 @@ def main() -> None:
     corpus.mkdir()
     from retrieval import open_corpus
 
-    first = {e.key: e.caption for e in open_corpus(flickr / "captions.csv").entries()}  # first caption per photo
+    first = {e.key: e.caption for e in open_corpus(str(flickr / "captions.csv"), image_root=str(flickr / "images")).entries()}  # first caption per photo
     names = list(first)[: a.n]
     n_tars = max(1, a.workers)
     for t in range(n_tars):

@@ -53,6 +53,59 @@ def test_imports_point_down(path, package):
     assert not bad, f"{path.relative_to(PKG)} imports {sorted(bad)}, above or beside {package}"
 
 
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """Engine modules ``path`` imports anywhere (module level, inside functions, under TYPE_CHECKING)."""
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{a.name}" for a in node.names]
+            hits = [n for n in names if n in modules] or ([target] if target in modules else [])
+            out |= set(hits)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in modules}
+    return out - {me}
+
+
+def test_no_import_cycles_between_modules():
+    """No module imports, even inside a function, a module that imports it back (directly or not);
+    a package's ``__init__`` re-exporting its modules is not a cycle of theirs."""
+    paths = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph = {m: {t for t in _module_imports(p, set(paths)) if not p.name == "__init__.py" or
+                 not t.startswith(m + ".")} for m, p in paths.items()}
+    graph = {m: {t for t in ts if not paths[t].name == "__init__.py"} for m, ts in graph.items()}
+    state, stack, cycles = {}, [], []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
 def test_every_package_is_placed():
     packages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert packages == set(ALLOWED)

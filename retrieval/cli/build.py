@@ -77,7 +77,8 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
                    f"from {c['inputs']} inputs (skipped {c['skipped']}, repaired {c['repaired']}) in "
                    f"{st.get('elapsed_s', 0):.1f} s [{st.get('rows_per_s') or 0:.1f} items/s] -> {out}")
     else:
-        click.echo(f"{run.line()}, {run.unchanged} unchanged, {run.skipped} skipped -> {out} "
+        held = f", {run.held} held (deleted by you; `retrieval delete --restore KEY` brings one back)" if run.held else ""
+        click.echo(f"{run.line()}, {run.unchanged} unchanged, {run.skipped} skipped{held} -> {out} "
                    f"({c['live']} items)")
 
 
@@ -85,10 +86,17 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
 @click.argument("index", type=click.Path())
 @click.argument("keys", nargs=-1)
 @click.option("--keys-file", type=click.Path(exists=True, dir_okay=False),
-              help="A file of keys to delete, one per line.")
-def delete(index, keys, keys_file):
-    """Delete items of INDEX by KEY (tombstones, published atomically; `retrieval compact` reclaims space)."""
-    from ..store.masks import delete_keys
+              help="A file of keys, one per line.")
+@click.option("--restore", is_flag=True,
+              help="Undo: release the keys, and make each one's newest row live again unless compact reclaimed it "
+                   "(then the next build sync re-embeds it).")
+def delete(index, keys, keys_file, restore):
+    """Delete items of INDEX by KEY (tombstones, published atomically; `retrieval compact` reclaims space).
+
+    A deleted key stays deleted: re-running `retrieval build` over a corpus that still has its file does
+    not bring it back (a takedown holds) until `retrieval delete INDEX --restore KEY`.
+    """
+    from ..store.held import delete_keys, restore_keys
 
     keys = list(keys)
     if keys_file:
@@ -96,6 +104,11 @@ def delete(index, keys, keys_file):
             keys += [line.strip() for line in f if line.strip()]
     if not keys:
         raise click.UsageError("give KEY arguments or --keys-file FILE")
+    if restore:
+        got = restore_keys(index, keys)
+        click.echo(f"restored {len(got.restored)} ({got.revived} live again now), not deleted {len(got.not_held)}"
+                   + (f" (e.g. {got.not_held[0]!r})" if got.not_held else ""))
+        return
     found = delete_keys(index, keys)
     click.echo(f"deleted {len(found.found)}, already deleted {len(found.deleted)}, not found {len(found.missing)}"
                + (f" (e.g. {found.missing[0]!r})" if found.missing else ""))

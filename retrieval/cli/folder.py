@@ -68,8 +68,9 @@ def export(index, out, modalities):
 @click.option("--model", required=True,
               help="The open_clip arch that made the embeddings (e.g. ViT-B-32), or a folder with open_clip_config.json.")
 @click.option("--pretrained", default=None, help="Its pretrained tag or checkpoint (recorded; loaded only for --bias-bank generic).")
-@click.option("--logit-scale", type=Finite(1e-6), default=100.0, show_default=True,
-              help="The model's logit scale (100 for the released CLIPs); checked against a model opened later.")
+@click.option("--logit-scale", type=Finite(1e-6), default=None,
+              help="The model's logit scale; default: read from the checkpoint when the model is a local file or "
+                   "folder, else 100 (the released CLIPs'), assumed and not checked. Checked against a model opened later.")
 @click.option("--shard-size", type=POSITIVE, default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
 @click.option("--index-key", default=None, help="faiss factory string for every shard (default: chosen per shard).")
 @click.option("--memory-budget", type=Size(), default="4GB", show_default=True, help="Memory budget of one shard's index.")

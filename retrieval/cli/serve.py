@@ -52,10 +52,16 @@ def check_listen(host: str, port: int) -> None:
 @click.option("--shard-groups", type=POSITIVE, default=2, show_default=True, help="With --ray: shard groups per index.")
 @click.option("--replicas", type=POSITIVE, default=1, show_default=True,
               help="With --ray: actors per shard group (a dead one is replaced by another; none left: partial answers).")
+@click.option("--ray-start-timeout", type=Finite(1.0, 86_400.0), default=120.0, show_default=True,
+              help="With --ray: seconds to wait for every actor to be placed and open its shards.")
+@click.option("--image-root", "image_roots", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Also serve result images from under this folder (repeatable). By default only the roots the "
+                   "build recorded serve images: a folder corpus, a manifest's --image-root (or its folder), an "
+                   "import's --image-root.")
 @click.option("--clip-front", is_flag=True,
               help="Also serve clip-retrieval's web front at /clip-front/ (needs: pip install --no-deps clip-retrieval==2.45.0).")
 def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, backend, verify, write_token_file,
-          reload_interval, ray_address, shard_groups, replicas, clip_front):
+          reload_interval, ray_address, shard_groups, replicas, ray_start_timeout, image_roots, clip_front):
     """Serve INDEXES ([NAME=]FOLDER ...) over HTTP: API, OpenAPI docs at /docs, web page at /.
 
     clip-retrieval back's API is served too (POST /knn-service, /metadata, GET /indices-list): point
@@ -97,15 +103,17 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
     if ray_address is not None:
         from ..scale import serve_on_ray
 
+        actors = len(opened) * shard_groups * replicas  # shares sized for every index's actors
         try:
             for i in opened.values():
-                pools.append(serve_on_ray(i, shard_groups, replicas, ray_address, backend=backend))
-        except Exception:
+                pools.append(serve_on_ray(i, shard_groups, replicas, ray_address, backend=backend, actors=actors,
+                                          start_timeout_s=ray_start_timeout))
+        except BaseException:  # an actor that cannot be placed, Ctrl-C: stop what was started
             for p in reversed(pools):
                 p.close()
             raise
     app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=max_body, max_pixels=max_pixels,
-                     write_token=token, reload_interval=reload_interval, clip_front=front)
+                     write_token=token, reload_interval=reload_interval, clip_front=front, image_roots=image_roots)
     writes = "writes on (token)" if token else "writes off"
     click.echo(f"serving {', '.join(f'{n} ({len(i)} items)' for n, i in opened.items())} on http://{host}:{port} "
                f"({writes}){'; clip front at /clip-front/' if front else ''}", err=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
@@ -65,12 +66,42 @@ class CorpusReader:
         return pa.schema(BASE_FIELDS + list(self.extra_schema) + [SOURCE_FIELD])
 
 
-def read_caption_file(path: str) -> tuple[Optional[str], list[str]]:
+MAX_SIDE_FILE = 16 << 20  # a caption or .json larger than this is not a caption
+
+
+class NotAFile(OSError):
+    """A caption or metadata path that exists but is no regular file (a folder, a FIFO, a device)."""
+
+
+def read_side_file(path: str) -> Optional[bytes]:
+    """The bytes of a caption/.json file beside an image; None when there is none. NotAFile when
+    the path is a folder, FIFO, socket or device (opened without blocking, never read) or too large."""
     try:
-        with open(path, "rb") as f:
-            return decode_text(f.read())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None, []
+        return None
+    except IsADirectoryError:
+        raise NotAFile(f"{os.path.basename(path)} is a folder, not a file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFile(f"{os.path.basename(path)} is not a regular file")
+        if st.st_size > MAX_SIDE_FILE:
+            raise NotAFile(f"{os.path.basename(path)} is larger than {MAX_SIDE_FILE >> 20} MiB")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def read_caption_file(path: str) -> tuple[Optional[str], list[str]]:
+    """(caption, repairs) of a ``.txt`` caption: None when there is none, or when the path is not a
+    readable regular file (the reason goes in the repairs: the item is indexed without it, logged)."""
+    try:
+        data = read_side_file(path)
+    except OSError as e:
+        return None, [f"caption skipped: {e.args[0] if isinstance(e, NotAFile) else e.strerror or type(e).__name__}"]
+    return decode_text(data)
 
 
 def json_text(data: Optional[bytes], repairs: list) -> Optional[str]:

@@ -9,7 +9,8 @@ from typing import Iterator
 import pyarrow as pa
 
 from ..errors import CorpusError
-from .base import CorpusReader, Entry, Want, finish_entry, fingerprint, json_text, read_caption_file, stat_part
+from .base import (CorpusReader, Entry, NotAFile, Want, finish_entry, fingerprint, json_text, read_caption_file,
+                   read_side_file, stat_part)
 from .images import is_image_name
 
 log = logging.getLogger("retrieval.corpus")
@@ -45,10 +46,11 @@ class FolderReader(CorpusReader):
             if wanted:
                 e.image = path
                 caption, e.repairs = read_caption_file(stem + ".txt")
-                meta = None
-                if os.path.isfile(stem + ".json"):
-                    with open(stem + ".json", "rb") as f:
-                        meta = json_text(f.read(), e.repairs)
+                try:
+                    meta = json_text(read_side_file(stem + ".json"), e.repairs)
+                except OSError as err:
+                    meta = None
+                    e.repairs.append(f"metadata .json skipped: {err.args[0] if isinstance(err, NotAFile) else err.strerror}")
                 e.extra = {"json": meta}
                 finish_entry(e, caption)
             yield e

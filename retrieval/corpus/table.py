@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from ..errors import CorpusError
 from .base import CorpusReader, Entry, Want, fingerprint, finish_entry, stat_part
+from .csvtypes import converter, infer_types
 
 log = logging.getLogger("retrieval.corpus")
 
@@ -68,10 +69,19 @@ def csv_rows(path: str, delimiter: str) -> Iterator[dict]:
             yield dict(zip(header, row))
 
 
+def check_not_urls_only(path: str, names: list[str], image_column: Optional[str]) -> None:
+    """CorpusError up front when the manifest's only image column is a URL column."""
+    url = next((n for n in names if n.lower() in ("url", "image_url", "img_url")), None)
+    if url and not image_column and not any(find_column(names, c) for c in IMAGE_COLUMNS):
+        raise CorpusError(f"{os.path.basename(path)} has a {url!r} column but no local image-path column "
+                          f"(tried {', '.join(IMAGE_COLUMNS)}): {REMOTE}".replace("URL_COLUMN", url))
+
+
 class ManifestReader(CorpusReader):
     """A Parquet or CSV table: an image-path column (relative to ``image_root``) and a caption column.
 
-    Other columns are kept as metadata. Consecutive rows naming the same image (e.g. Flickr's five
+    Other columns are kept as metadata; a CSV's are typed from all their values (``csvtypes``: int,
+    float, bool, date, timestamp, else string), Parquet's keep their types. Consecutive rows naming the same image (e.g. Flickr's five
     captions per photo) become one item: ``caption`` is the first, ``captions`` holds them all.
     Column names match case-insensitively. A CSV row that cannot be parsed (wrong number of fields,
     a NUL byte, a field over 16 MiB) becomes one skipped item, logged like a corrupt image.
@@ -85,6 +95,7 @@ class ManifestReader(CorpusReader):
         self.image_root = os.path.abspath(image_root) if image_root else os.path.dirname(self.path)
         schema = self._schema()
         names = schema.names
+        check_not_urls_only(self.path, names, image_column)
         self.image_column = pick_column(names, image_column, IMAGE_COLUMNS, "image-path")
         try:
             self.caption_column: Optional[str] = pick_column(names, caption_column, CAPTION_COLUMNS, "caption")
@@ -99,7 +110,11 @@ class ManifestReader(CorpusReader):
         used = {self.image_column, self.caption_column, self.key_column}
         reserved = {"key", "image_path", "caption", "captions"}
         self.extra_columns = [n for n in names if n not in used and n.lower() not in reserved]
-        self.extra_schema = pa.schema([schema.field(n) for n in self.extra_columns]
+        types = {n: schema.field(n).type for n in self.extra_columns}
+        if self._is_csv() and self.extra_columns:  # typed like pyarrow/DuckDB would, from every row
+            types = infer_types((r for r in self._rows() if BAD_ROW not in r), self.extra_columns)
+        self._convert = {n: converter(t) for n, t in types.items()} if self._is_csv() else None
+        self.extra_schema = pa.schema([pa.field(n, types[n]) for n in self.extra_columns]
                                       + [pa.field("captions", pa.list_(pa.string()))])
 
     def describe(self) -> dict:
@@ -181,7 +196,8 @@ class ManifestReader(CorpusReader):
                 col = self.caption_column
                 captions = [] if col is None else [" ".join(str(r[col]).split()) for r in rows
                                                    if r[col] is not None and str(r[col]).strip()]
-                e.extra = {n: row[n] for n in self.extra_columns}
+                e.extra = ({n: row[n] for n in self.extra_columns} if self._convert is None
+                           else {n: self._convert[n](row[n]) for n in self.extra_columns})
                 e.extra["captions"] = captions
                 if not img:
                     e.error = ("reader", "empty image path")

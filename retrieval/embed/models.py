@@ -106,8 +106,22 @@ def _weights_file(model: str, pretrained: Optional[str]) -> Optional[str]:
     if pretrained and pretrained != RANDOM and (os.sep in pretrained or os.path.splitext(pretrained)[1]):
         if not os.path.isfile(pretrained):
             raise ModelLoadError(f"checkpoint file not found: {pretrained}")
+        check_checkpoint(pretrained)
         return os.path.abspath(pretrained)
     return None
+
+
+def check_checkpoint(path: str) -> None:
+    """ModelLoadError unless ``path`` starts like a checkpoint: safetensors (a JSON header), a torch
+    zip archive, or a pickle (what ``torch.save`` writes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {e.strerror or type(e).__name__}") from None
+    if not (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or (len(head) == 9 and head[8:9] == b"{")):
+        raise ModelLoadError(f"{path} is not a model checkpoint (expected a .safetensors file or a torch "
+                             f"checkpoint); pass an open_clip pretrained tag or a weights file")
 
 
 def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34b_b79k",
@@ -171,11 +185,14 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
     return ClipModel(net, preprocess, tokenizer, device, next(net.parameters()).dtype, identity)
 
 
-def declared_identity(model: str, pretrained: Optional[str], logit_scale: float = 100.0) -> dict:
+def declared_identity(model: str, pretrained: Optional[str], logit_scale: Optional[float] = None) -> dict:
     """The identity of a model a user declares made some embeddings (``retrieval import``), read
-    from open_clip's config without loading weights: arch, tag, embed_dim, context length, and the
-    logit scale as declared (100 for every released CLIP). Marked ``declared``: only the dims and
-    the logit scale of a model opened against it can be checked."""
+    from open_clip's config without loading the model: arch, tag, embed_dim, context length, and the
+    logit scale, with where it came from (``logit_scale_source``): ``declared`` when given, else
+    ``checkpoint`` when the weights are a local file (read from it: safetensors without torch),
+    else ``assumed`` (100, every released CLIP's; a hub tag's weights are not here to read).
+    Marked ``declared``: only the dims, and a logit scale that was declared or read, can be checked
+    against a model opened later."""
     import json
 
     from .._compat import import_open_clip
@@ -193,11 +210,45 @@ def declared_identity(model: str, pretrained: Optional[str], logit_scale: float 
             cfg = import_open_clip().get_model_config(model)
         if cfg is None:
             raise ModelLoadError(f"unknown open_clip model {model!r} (see open_clip.list_models())")
+    source = "declared"
+    if logit_scale is None:
+        weights = _weights_file(model, pretrained) if pretrained != RANDOM else None
+        if weights is not None:
+            logit_scale, source = checkpoint_logit_scale(weights), "checkpoint"
+        else:
+            logit_scale, source = 100.0, "assumed"
     if not (logit_scale > 0 and math.isfinite(logit_scale)):
         raise ValueError(f"the logit scale must be a positive number, got {logit_scale}")
     return {"arch": model, "pretrained": pretrained, "weights_path": None, "weights_sha256": None,
-            "embed_dim": int(cfg["embed_dim"]), "logit_scale": float(logit_scale),
+            "embed_dim": int(cfg["embed_dim"]), "logit_scale": float(logit_scale), "logit_scale_source": source,
             "context_length": int((cfg.get("text_cfg") or {}).get("context_length", 77)), "declared": True}
+
+
+def checkpoint_logit_scale(path: str) -> float:
+    """exp(logit_scale) stored in a checkpoint file: a safetensors file is read without torch (only
+    that tensor); ``.pt``/``.bin`` through ``torch.load(weights_only=True, mmap=True)``."""
+    import numpy as np
+
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="numpy") as f:
+                name = next((k for k in f.keys() if k.split(".")[-1] == "logit_scale"), None)
+                value = None if name is None else np.asarray(f.get_tensor(name), np.float64)
+        else:
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else {}
+            name = next((k for k in state if k.split(".")[-1] == "logit_scale"), None)
+            value = None if name is None else state[name].float().numpy().astype(np.float64)
+    except Exception as e:  # noqa: BLE001 - any reader failure is the file's
+        raise ModelLoadError(f"cannot read the logit scale from {path} ({type(e).__name__}: {str(e)[:200]}); "
+                             f"pass --logit-scale") from None
+    if value is None or value.size != 1:
+        raise ModelLoadError(f"{path} holds no logit_scale; pass --logit-scale")
+    return float(np.exp(value.reshape(())))
 
 
 def _packaged_config(arch: str) -> Optional[dict]:
@@ -218,8 +269,10 @@ def same_model(a: dict, b: dict) -> bool:
     declared identity (embeddings imported from another tool) can only be checked for the embedding
     width and the logit scale (within 1 %)."""
     if a.get("declared") or b.get("declared"):
+        known = all(x.get("logit_scale_source", "declared") != "assumed" for x in (a, b))
         return (a.get("embed_dim") == b.get("embed_dim")
-                and math.isclose(float(a.get("logit_scale", 100.0)), float(b.get("logit_scale", 100.0)), rel_tol=0.01))
+                and (not known or math.isclose(float(a.get("logit_scale", 100.0)), float(b.get("logit_scale", 100.0)),
+                                               rel_tol=0.01)))
     if a.get("weights_sha256") or b.get("weights_sha256"):
         return a.get("weights_sha256") == b.get("weights_sha256")
     keys = ("arch", "pretrained", "embed_dim") + (("seed",) if a.get("pretrained") == RANDOM else ())
@@ -230,8 +283,10 @@ def describe(identity: dict) -> str:
     w = identity.get("weights_path") or identity.get("pretrained") or "?"
     sha = identity.get("weights_sha256")
     if identity.get("declared"):
+        how = {"checkpoint": "read from the checkpoint", "assumed": "assumed"}.get(
+            identity.get("logit_scale_source", "declared"), "declared")
         return (f"{identity.get('arch')} [{w}] dim={identity.get('embed_dim')} logit scale "
-                f"{float(identity.get('logit_scale', 100.0)):.1f} (declared at import)")
+                f"{float(identity.get('logit_scale', 100.0)):.1f} ({how} at import)")
     return f"{identity.get('arch')} [{w}{' sha256:' + sha[:12] if sha else ''}] dim={identity.get('embed_dim')}"
 
 

@@ -2,7 +2,8 @@
 
 The appended rows become new shards added to the folder's trained quantizer (no retraining), with
 their bias offsets from the stored banks, in the same commits (``store.writer``). A key the folder
-already holds is replaced: its old row is tombstoned in the commit that adds the new one.
+already holds is replaced: its old row is tombstoned in the commit that adds the new one. A key the
+user deleted (held) is released: adding it is an explicit re-add.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..store.generations import publish
+from ..store.generations import next_generation, publish
+from ..store.held import held_keys, set_held
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.masks import find_keys
@@ -54,6 +56,9 @@ def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: n
         if img.shape[1] != m["model"]["embed_dim"]:
             raise ValueError(f"embeddings have dim {img.shape[1]}, the index has {m['model']['embed_dim']}")
         old = find_keys(folder, m, keys)
+        held = held_keys(folder, m)
+        if held & set(keys):  # adding a key the user deleted is an explicit re-add: it is released
+            set_held(folder, m, held - set(keys), next_generation(m))
         replaced = dict(zip(old.found, old.ids.tolist()))
         schema = metadata_schema(rows, folder_schema(folder, m))
         writer = ShardWriter(folder, m, schema, dict(m["build"]), read_errors(folder), dict(replaced),

@@ -38,7 +38,8 @@ from ..store.integrity import file_record
 from ..store.layout import (MODALITIES, bank_path, bias_generation_dir, bias_path, reference_path)
 from ..store.lock import write_lock
 from ..store.manifest import load_manifest
-from ..store.offsets import index_with_offsets, usable_rows
+from ..store.masks import usable_rows
+from ..store.offsets import index_with_offsets
 from ..store.quantizer import train_shared
 from ..store.vectors import ShardVectors, read_all
 
@@ -129,6 +130,9 @@ def _check_sizes(**sizes: int) -> None:
     for name, v in sizes.items():
         if v <= 0:
             raise ValueError(f"{name} must be positive, got {v}")
+    if sizes.get("nnn_k", 0) > sizes.get("ref_size", 0):
+        raise ValueError(f"nnn_k ({sizes['nnn_k']}) must be at most ref_size ({sizes['ref_size']}): NNN averages "
+                         f"the top nnn_k of the reference similarities")
 
 
 def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
@@ -141,6 +145,10 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     tau = float(tau if tau is not None else BANK_TAU_SCALE * m["model"]["logit_scale"])
     t0 = time.perf_counter()
     texts, banks, refs = _banks(folder, m, shards, clip, bank, bank_texts, bank_size, ref_size, seed)
+    fewest = min(len(r) for r in refs.values())
+    if nnn_k > fewest:  # a small folder: fewer reference queries than k (recorded as used)
+        log.warning("nnn_k %d is more than the %d reference queries this folder gives; using %d", nnn_k, fewest, fewest)
+        nnn_k = max(1, fewest)
     gen = next_generation(m)
     where = bias_generation_dir(gen)
     shutil.rmtree(folder / where, ignore_errors=True)  # what a killed run of this generation left

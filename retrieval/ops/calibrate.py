@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..methods.calibrate import TopByLam, choose_lam, pair_hits, sample_pairs
-from ..store.offsets import usable_rows
+from ..store.masks import usable_rows
 from ..store.vectors import ShardVectors, read_all
 
 DEFAULT_CALIBRATION_PAIRS = 1000

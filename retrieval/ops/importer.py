@@ -36,6 +36,7 @@ import numpy as np
 
 from ..embed import declared_identity
 from ..errors import CorpusError, IndexFolderError
+from ..store.checks import check_unit_rows
 from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, committed_rows, write_chunks
 from ..store.lock import write_lock
 from ..store.manifest import load_manifest, new_manifest
@@ -66,6 +67,9 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Part], int, str]:
     src = Path(src)
     if not src.is_dir():
         raise CorpusError(f"{src} is not a folder", usage=True)
+    if (src / "manifest.json").is_file() and not (src / "img_emb").is_dir():
+        raise CorpusError(f"{src} is an index folder of this engine (manifest.json), not clip-retrieval's inference "
+                          f"output: serve or search it directly", usage=True)
     if not (src / "img_emb").is_dir():
         if (src / "image.index").exists():
             raise CorpusError(f"{src} is a clip-retrieval index folder (image.index): import the inference output "
@@ -89,7 +93,7 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Part], int, str]:
             tshape, tdt = NpyRows(text).header()
             if tshape != shape or tdt != dt:
                 raise CorpusError(f"{text} is {tdt}{list(tshape)}, but {img.name} is {dt}{list(shape)}")
-        rows = pq.ParquetFile(meta).metadata.num_rows
+        rows = parquet_rows(meta)
         if rows != shape[0]:
             raise CorpusError(f"{meta} has {rows} rows, {img.name} has {shape[0]}")
         if dim is not None and (shape[1], dt) != (dim, dtype):
@@ -97,6 +101,17 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Part], int, str]:
         dim, dtype = shape[1], dt
         parts.append(Part(n, img, text if has_text else None, meta, shape[0]))
     return parts, int(dim), str(dtype)
+
+
+def parquet_rows(path: Path) -> int:
+    """Rows of a metadata Parquet file; CorpusError naming it when it is not Parquet."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a file that is not Parquet
+        raise CorpusError(f"{path} is not a readable Parquet file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
 
 
 def check_norms(path: Path, zero_ok: bool) -> None:
@@ -206,6 +221,13 @@ def _rows_chunk(part: Part, img, txt, lo: int, hi: int, rows: list[dict], first:
     t = txt.rows(lo, hi) if txt is not None else np.zeros((hi - lo, dim), x.dtype)
     if normalize:
         x, t = _unit(x, part.img, False), _unit(t, part.text or part.img, True)
+    else:  # every row, not only the sample checked up front: one NaN row would rank first for every query
+        try:
+            check_unit_rows(x, str(part.img), first=lo)
+            check_unit_rows(t, str(part.text or part.img), zero_ok=True, first=lo)
+        except ValueError as e:
+            raise CorpusError(f"{str(e).split(';')[0]}; pass --normalize to normalise the vectors while importing "
+                              f"(NaN and infinite rows cannot be imported)") from None
     return x, t, rows  # in the source dtype (fp16 from clip-retrieval): converted once, by the writer
 
 
@@ -216,6 +238,9 @@ def check_keys(parts: list[Part]) -> None:
     seen: set = set()
     for part in parts:
         for i, key in enumerate(pq.read_table(part.metadata, columns=["key"]).column("key").to_pylist()):
+            if key is None or str(key) == "":
+                raise CorpusError(f"{part.metadata}: row {i} has no key (null or empty); give every row a key, or "
+                                  f"drop the key column to number the rows")
             key = str(key)
             if key in seen:
                 raise CorpusError(f"{part.metadata}: key {key!r} (row {i}) is not unique")
@@ -237,7 +262,7 @@ def _schema(parts: list[Part]):
 
 
 def import_folder(src: str | os.PathLike, out: str | os.PathLike, model: str, pretrained: Optional[str] = None, *,
-                  logit_scale: float = 100.0, index_key: Optional[str] = None, shard_size: int = DEFAULT_SHARD_SIZE,
+                  logit_scale: Optional[float] = None, index_key: Optional[str] = None, shard_size: int = DEFAULT_SHARD_SIZE,
                   bias_bank: Optional[str] = "corpus", normalize: bool = False,
                   memory_budget: int = DEFAULT_MEMORY_BUDGET, recall_target: float = 0.95,
                   image_root: Optional[str] = None) -> dict:

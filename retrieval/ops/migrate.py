@@ -35,7 +35,7 @@ from ..store.layout import (EMB_FILE, INDEX_FILE, MODALITIES, bank_path, bias_di
 from ..store.lock import write_lock
 from ..store.manifest import FORMAT_VERSION, load_manifest
 from ..store.vectors import built_key, keeps_npy
-from ..store.offsets import usable_rows
+from ..store.masks import usable_rows
 from .bias import METHODS, BiasFiles, save_offsets, quantize
 
 log = logging.getLogger("retrieval.migrate")

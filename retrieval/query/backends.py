@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from .faiss_search import search_shards
+from .topk import merge_topk  # noqa: F401 - re-exported
 from .selection import Selection
 
 GPU_MAX_K = 2048
@@ -45,20 +46,6 @@ def pick_backend(name: str = "auto") -> str:
 def _nvidia_device() -> bool:
     """Whether this machine exposes an NVIDIA device (the driver's device nodes)."""
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0") or sys.platform == "win32"
-
-
-def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard (scores, local ids) into global top-k (ids -1 stay -1)."""
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([np.where(p[1] >= 0, p[1] + off, -1) for p, off in zip(parts, offsets)], axis=1)
-    kk = min(k, scores.shape[1])
-    if kk < scores.shape[1]:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        sub = np.take_along_axis(scores, part, 1)
-        order = np.take_along_axis(part, np.argsort(-sub, axis=1, kind="stable"), 1)
-    else:
-        order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
 class FaissBackend:

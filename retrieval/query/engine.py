@@ -19,7 +19,8 @@ import numpy as np
 
 from ..store.combined import combine_query
 from ..methods.rerank import offset_search
-from .backends import TorchBackend, merge_topk
+from .backends import TorchBackend
+from .topk import merge_topk
 from .biases import Biases
 from .faiss_search import THREADED_MAX_QUERIES, search_shard
 from .selection import Selection

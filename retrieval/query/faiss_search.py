@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from .selection import Selection, selector
+from .topk import merge_topk
 
 THREADED_MAX_QUERIES = 16  # above this, faiss's own OpenMP parallelism over queries wins
 FLAT_SCAN_BELOW = 0.25     # allowed fraction under which a Flat shard scans only the allowed rows
@@ -119,7 +120,6 @@ def search_shard(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = None
 def search_shards(indexes: list, q: np.ndarray, k: int, starts: np.ndarray, pool: Optional[ThreadPoolExecutor] = None,
                   selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
     """Search every shard index and merge: sequential for query batches, a thread per shard for a few queries."""
-    from .backends import merge_topk
 
     def one(i):
         if selection is None or selection.masks[i] is None:

@@ -79,7 +79,7 @@ class Index(RowQueries):
     def delete(self, keys) -> "KeyLookup":
         """Delete the items of ``keys`` (tombstones, one manifest write) and refresh; returns which
         were found, missing or deleted already."""
-        from ..store.masks import delete_keys
+        from ..store.held import delete_keys
 
         found = delete_keys(self.folder, keys)
         self.refresh()

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..errors import IndexFolderError
 from ..store.files import quiet_stdout
 from ..store.layout import INDEX_FILE
-
-if TYPE_CHECKING:
-    from .shards import ShardSet
+from .reading import reading
 
 log = logging.getLogger("retrieval.query")
 
@@ -36,11 +34,10 @@ class Merged:
         return out
 
 
-def open_merged(shards: "ShardSet", modality: str) -> Optional[Merged]:
-    """``shards``' merged index of ``modality`` when it is current for them, else None."""
+def open_merged(shards, modality: str) -> Optional[Merged]:
+    """``shards``' (a ``query.shards.ShardSet``) merged index of ``modality`` when it is current for
+    them, else None."""
     import faiss
-
-    from .shards import reading
 
     entry = (shards.manifest.get("merged") or {}).get(modality)
     if entry is None:

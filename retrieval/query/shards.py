@@ -10,12 +10,10 @@ named in the error.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -25,19 +23,7 @@ from ..store.layout import INDEX_FILE
 from ..store.integrity import quick_check
 from ..store.vectors import ShardVectors
 from .merged import Merged, open_merged
-
-
-@contextlib.contextmanager
-def reading(path: str | os.PathLike) -> Iterator[None]:
-    """Turn any failure to read ``path`` into one IndexFolderError line naming the file."""
-    try:
-        yield
-    except IndexFolderError:
-        raise
-    except Exception as e:  # numpy, faiss and pyarrow each raise their own kinds
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise IndexFolderError(f"{path} is unreadable ({type(e).__name__}: {msg}); "
-                               f"run `retrieval verify` on the index folder") from None
+from .reading import reading
 
 
 def check_listed_files(folder: Path, manifest: dict) -> None:

@@ -15,17 +15,19 @@ The actors read the folder at the same path, so the folder must be on storage ev
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Optional
 
 import numpy as np
 
-from ..query.backends import merge_topk
+from ..query.topk import merge_topk
 from ..query.engine import Offset
 from ..query.partial import report_missing
 
 log = logging.getLogger("retrieval.ray")
 TIMEOUT_S = 30.0
+START_TIMEOUT_S = 120.0
 
 
 def shard_group(shard_id: int, groups: int) -> int:
@@ -33,15 +35,16 @@ def shard_group(shard_id: int, groups: int) -> int:
     return int(shard_id) % groups
 
 
-def serve_plan(groups: int, replicas: int, cluster_gpus: float, cluster_cpus: float) -> dict:
+def serve_plan(groups: int, replicas: int, cluster_gpus: float, cluster_cpus: float, actors: Optional[int] = None) -> dict:
     """Each serving actor's Ray resources (pure): a whole GPU when the cluster has one per actor,
-    else an equal share of the CPUs, at most one each."""
+    else an equal share of the CPUs (at most one each, rounded down so the shares fit). ``actors``:
+    how many actors the whole server starts (every served index's), default ``groups * replicas``."""
     if groups <= 0 or replicas <= 0:
         raise ValueError(f"groups and replicas must be positive, got {groups} and {replicas}")
-    n = groups * replicas
+    n = max(actors or 0, groups * replicas)
     if cluster_gpus >= n:
         return {"num_gpus": 1, "num_cpus": 0}
-    return {"num_cpus": round(min(1.0, max(cluster_cpus, 0.0) / n), 4)}
+    return {"num_cpus": math.floor(min(1.0, max(cluster_cpus, 0.0) / n) * 10_000) / 10_000}
 
 
 class _ShardGroup:
@@ -90,7 +93,11 @@ class RayShardGroups:
 
     def __init__(self, folder: str, groups: int = 2, replicas: int = 1, address: Optional[str] = None,
                  backend: str = "auto", mmap: Optional[bool] = None, search_params: Optional[str] = None,
-                 timeout_s: float = TIMEOUT_S, init_kw: Optional[dict] = None):
+                 timeout_s: float = TIMEOUT_S, init_kw: Optional[dict] = None, actors: Optional[int] = None,
+                 start_timeout_s: float = START_TIMEOUT_S):
+        """``actors``: how many serving actors the whole server starts (all its indexes'), so each
+        gets a share of the cluster that leaves room for the others; ``start_timeout_s``: how long
+        to wait for every actor to be placed and open its shards before giving up in one line."""
         import ray
 
         self.groups, self.replicas, self.timeout_s = groups, replicas, timeout_s
@@ -100,18 +107,43 @@ class RayShardGroups:
             ray.init(**({} if local else {"address": address}), include_dashboard=False, log_to_driver=False,
                      **(init_kw or {}))
         res = ray.cluster_resources()
-        resources = serve_plan(groups, replicas, res.get("GPU", 0), res.get("CPU", 1))
+        resources = serve_plan(groups, replicas, res.get("GPU", 0), res.get("CPU", 1), actors)
         cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4, **resources)(_ShardGroup)
         spread = {"scheduling_strategy": "SPREAD"}
         self.actors = [[cls.options(**spread).remote(str(folder), g, groups, backend, mmap, search_params)
                         for _ in range(replicas)] for g in range(groups)]
         self._turn = [0] * groups
         try:
-            ray.get([a.ready.remote() for row in self.actors for a in row])
-        except ray.exceptions.RayTaskError as e:
+            self._wait_ready(folder, resources, start_timeout_s)
+        except BaseException:  # a timeout, an actor's own error, Ctrl-C: no actor is left behind
             self.close()
-            raise _cause(e) from None
+            raise
         log.info("serving %s on %d shard groups x %d replicas (%s each)", folder, groups, replicas, resources)
+
+    def _wait_ready(self, folder: str, resources: dict, start_timeout_s: float) -> None:
+        """Wait for every actor to open its shards, in short waits (Ctrl-C stops it between them);
+        RetrievalError naming what could not be placed when ``start_timeout_s`` passes first."""
+        import ray
+
+        from ..errors import RetrievalError
+
+        pending = [a.ready.remote() for row in self.actors for a in row]
+        deadline = time.monotonic() + start_timeout_s
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                free = ray.available_resources()
+                raise RetrievalError(
+                    f"{len(pending)} of {self.groups * self.replicas} Ray actors for {folder} were not placed within "
+                    f"{start_timeout_s:.0f} s: each asks for {resources}, the cluster has "
+                    f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU free; serve fewer indexes, "
+                    f"shard groups or replicas, or add nodes")
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=min(0.5, left))
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    raise _cause(e) from None
 
     def engines(self, shards, biases, modality: str, backend: str) -> "FanOut":
         """The searcher's engine factory (``Index.use_engines``)."""
@@ -222,7 +254,8 @@ def serve_on_ray(index, groups: int = 2, replicas: int = 1, address: Optional[st
                  backend: str = "auto", **kw) -> RayShardGroups:
     """Start the shard-group actors of ``index``'s folder and route its searches through them;
     ``close()`` the returned groups to stop. ``backend`` is picked on each actor ('auto': its GPU
-    through torch or faiss when it has one); mmap and search parameters are the index's own."""
+    through torch or faiss when it has one); mmap and search parameters are the index's own. With
+    several indexes on one cluster, pass ``actors`` = all of their actors (see ``RayShardGroups``)."""
     opts = {**index.open_options, "backend": backend}
     pool = RayShardGroups(str(index.folder), groups, replicas, address, **opts, **kw)
     index.use_engines(pool.engines)

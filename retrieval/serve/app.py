@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,16 +23,19 @@ from .service import MAX_BODY, HTTPError, Service
 def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max_body: int = MAX_BODY,
                max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None,
                write_token: Optional[str] = None, reload_interval: float = 0.0,
-               clip_front: Optional[Path] = None) -> FastAPI:
+               clip_front: Optional[Path] = None, image_roots: Sequence[str] = ()) -> FastAPI:
     """The FastAPI app serving ``indexes`` ({name: Index opened with its model}).
 
     ``max_pixels``: the largest uploaded image (the build's limit by default); ``decode_budget``:
     pixels decoded at once across requests (default 2 x max_pixels). ``write_token`` turns on the
     mutating routes (deletes, reload); ``reload_interval`` > 0 polls the folders for newer manifests.
     clip-retrieval back's routes are always served (``clipback``); ``clip_front``, the folder of its
-    built web front (``clipback.find_clip_front()``), is served at /clip-front/.
+    built web front (``clipback.find_clip_front()``), is served at /clip-front/. ``image_roots``:
+    folders besides the ones each build recorded that result images may be served from
+    (``corpus.items``: a served file must resolve under a root and decode as an image).
     """
-    service = Service(indexes, max_batch, max_wait_ms, max_pixels, decode_budget, write_token, reload_interval)
+    service = Service(indexes, max_batch, max_wait_ms, max_pixels, decode_budget, write_token, reload_interval,
+                      image_roots)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

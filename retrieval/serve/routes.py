@@ -126,9 +126,9 @@ def add_routes(app: FastAPI, service: Service) -> None:
         return {"index": name, "deleted": len(found.found), "already_deleted": len(found.deleted),
                 "not_found": found.missing[:1000]}
 
-    @app.delete("/items/{index}/{key}", response_model=Deleted, responses=errors(401, 403, 404, 409, 422))
+    @app.delete("/items/{index}/{key:path}", response_model=Deleted, responses=errors(401, 403, 404, 409, 422))
     async def delete_item(index: str, key: str, request: Request):
-        """Delete the item of ``key`` (needs the write token; a key holding '/' goes in the batch route)."""
+        """Delete the item of ``key`` (needs the write token; the key may hold '/', URL-encoded or not)."""
         return await _write(request, index, [key])
 
     @app.post("/items/{index}/delete", response_model=Deleted, responses=errors(400, 401, 403, 404, 409, 415, 422))

@@ -47,6 +47,7 @@ class RunReport:
     deleted: int = 0
     unchanged: int = 0
     skipped: int = 0
+    held: int = 0  # corpus items whose keys the user deleted: left out until restored
     first_build: bool = True
 
     def line(self) -> str:
@@ -114,7 +115,7 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
     manifest = existing or new_manifest(clip.identity, reader.describe(), dict(settings))
     resumed = len(manifest["shards"])
     plan = plan_run(reader, out, existing, read_errors(out) if existing else [])
-    report = RunReport(changed=len(plan.replaced), deleted=len(plan.deleted), unchanged=plan.unchanged,
+    report = RunReport(changed=len(plan.replaced), deleted=len(plan.deleted), unchanged=plan.unchanged, held=plan.held,
                        first_build=not manifest.get("complete"))
     if manifest.get("complete") and plan.todo is not None and len(plan.todo) == 0 and len(plan.deleted) == 0:
         return manifest, report  # in step with the corpus: nothing to write

@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..embed.models import describe
-from .layout import ERRORS
 from .manifest import require_manifest
+from .writer import read_errors
 
 
 def _size(path: Path) -> int:
@@ -24,19 +24,28 @@ def index_info(folder: str | os.PathLike) -> dict:
         shards.append({"id": s["id"], "rows": s["rows"], "index": {k: v["key"] for k, v in s["index"].items()},
                        "params": {k: v["params"] for k, v in s["index"].items()}, "bytes": sizes})
     reasons: Counter = Counter()
-    err_path = folder / ERRORS
-    if err_path.exists():
-        import json
-
-        for line in err_path.read_text().splitlines():
-            if line.strip():
-                e = json.loads(line)
-                reasons[f"{e['action']}: {e['stage']}: {e['reason'].split(':')[0]}"] += 1
+    for e in read_errors(folder):
+        reasons[f"{e['action']}: {e['stage']}: {str(e.get('reason', '')).split(':')[0]}"] += 1
     return {"path": str(folder), "complete": m.get("complete", False), "model": m["model"],
+            "columns": metadata_columns(folder, m), "held": (m.get("held") or {}).get("count", 0),
             "model_text": describe(m["model"]), "corpus": m["corpus"], "counts": m.get("counts", {}),
             "shards": shards, "total_bytes": sum(sum(s["bytes"].values()) for s in shards),
             "reasons": dict(reasons.most_common()), "stats": m.get("stats", {}), "build": m.get("build", {}),
             "bias": _bias_info(folder, m)}
+
+
+def metadata_columns(folder: Path, m: dict) -> dict[str, str]:
+    """{column: its Arrow type} of the metadata (the newest shard's file; internal columns left out)."""
+    import pyarrow.parquet as pq
+
+    shards = [s for s in m["shards"] if s["rows"]]
+    if not shards:
+        return {}
+    try:
+        schema = pq.read_schema(folder / shards[-1]["files"]["metadata"])
+    except Exception:  # noqa: BLE001 - an unreadable file is named by open and verify; info still prints
+        return {}
+    return {f.name: str(f.type) for f in schema if f.name != "_source"}
 
 
 def _bias_info(folder: Path, m: dict) -> dict:
@@ -60,12 +69,14 @@ def format_info(info: dict) -> str:
     c = info["counts"]
     nocap = f" ({c['captionless']} without a caption)" if c.get("captionless") else ""
     dead = f"; {c['deleted']} deleted rows (`retrieval compact` reclaims them)" if c.get("deleted") else ""
+    dead += f"; {info['held']} deleted keys held out of syncs" if info.get("held") else ""
     lines = [
         f"index     {info['path']}{'' if info['complete'] else '  (INCOMPLETE: re-run the build to resume)'}",
         f"model     {info['model_text']}  logit_scale={info['model'].get('logit_scale', 0):.2f}",
         f"corpus    {info['corpus'].get('type')}: {info['corpus'].get('path')}",
         f"items     {c.get('live', c.get('rows', 0))} of {c.get('inputs', 0)} inputs indexed and live{nocap}; "
         f"skipped {c.get('skipped', 0)}, repaired {c.get('repaired', 0)}{dead}",
+        f"columns   {', '.join(f'{n} ({t})' for n, t in info.get('columns', {}).items()) or '-'}",
         f"size      {_human(info['total_bytes'])} in {len(info['shards'])} shards",
         "shard      rows  image index          text index           bytes",
     ]

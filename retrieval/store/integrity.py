@@ -54,6 +54,9 @@ def listed_files(manifest: dict) -> Iterator[tuple[str, dict]]:
         yield rel, rec
     for entry in (manifest.get("tombstones") or {}).values():
         yield entry["file"], {k: entry[k] for k in ("bytes", "sha256", "sample") if k in entry}
+    if manifest.get("held"):
+        entry = manifest["held"]
+        yield entry["file"], {k: entry[k] for k in ("bytes", "sha256", "sample") if k in entry}
     for entry in (manifest.get("trained") or {}).values():
         yield entry["file"], {k: entry[k] for k in ("bytes", "sha256", "sample") if k in entry}
     for entry in (manifest.get("merged") or {}).values():

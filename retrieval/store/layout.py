@@ -12,6 +12,7 @@ bias/gNNNNNN/                      one generation of bias files (the manifest's 
   bank_bsap_{modality}.npy         the BSAP banks; ref_nnn_{modality}.npy the NNN reference queries
 captions/captions_{k}.npy          rows of shard k that have a caption (packed bits; only when some lack one)
 tombstones/{k}_gNNNNNN.npy         rows of shard k deleted as of generation NNNNNN (packed bits)
+tombstones/held_gNNNNNN.parquet    keys deleted by the user: a sync does not bring them back
 faiss/trained_{modality}.index     the trained, empty index appended shards are added to (no retraining)
 errors.jsonl                       one line per skipped or repaired input
 .lock                              held by the one writer (see ``lock.py``)
@@ -62,6 +63,10 @@ def caption_file(k: int) -> str:
 
 def tombstone_file(k: int, generation: int) -> str:
     return f"{TOMBSTONE_DIR}/{shard_name(k)}_g{generation:06d}.npy"
+
+
+def held_file(generation: int) -> str:
+    return f"{TOMBSTONE_DIR}/held_g{generation:06d}.parquet"
 
 
 def trained_file(modality: str, generation: Optional[int] = None) -> str:

@@ -28,10 +28,8 @@ _held: dict[str, list] = {}  # folder -> [thread RLock, depth, fd]
 @contextlib.contextmanager
 def write_lock(folder: str | os.PathLike) -> Iterator[None]:
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise storage_error(e, folder) from None
+    if not folder.is_dir():  # builds create their folder first (outfolder.prepare_out); nothing else does
+        raise IndexFolderError(f"{folder} {'is not a folder' if folder.exists() else 'does not exist'}", usage=True)
     key = str(folder.resolve())
     with _guard:
         entry = _held.setdefault(key, [threading.RLock(), 0, None])

@@ -52,6 +52,22 @@ def caption_mask(folder: str | os.PathLike, shard: dict) -> Optional[np.ndarray]
     return None if rel is None else load_mask(Path(folder) / rel, shard["rows"])
 
 
+def usable_rows(folder: Path, manifest: dict, shard: dict, modality: str) -> np.ndarray:
+    """Local rows of ``shard`` a bank or a training sample may use for ``modality``: live, and
+    captioned for text."""
+    if modality not in shard["index"]:
+        return np.zeros(0, np.int64)
+    keep = np.ones(shard["rows"], bool)
+    dead = deleted_mask(folder, manifest, shard)
+    if dead is not None:
+        keep &= ~dead
+    if modality == "text":
+        cap = caption_mask(folder, shard)
+        if cap is not None:
+            keep &= cap
+    return np.flatnonzero(keep)
+
+
 def live_count(manifest: dict) -> int:
     rows = sum(s["rows"] for s in manifest["shards"])
     return rows - sum(t["count"] for t in (manifest.get("tombstones") or {}).values())
@@ -82,6 +98,29 @@ def apply_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[in
         save_npy(folder / rel, pack(mask))
         tomb[str(s["id"])] = {"file": rel, "count": int(mask.sum()), **file_record(folder / rel)}
     return newly
+
+
+def clear_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[int], generation: int) -> int:
+    """Make deleted global ``ids`` live again in ``manifest`` (new files under ``generation``; the
+    caller publishes). Returns how many were deleted before."""
+    folder = Path(folder)
+    ids = np.unique(np.asarray(list(ids), np.int64))
+    tomb = manifest.get("tombstones") or {}
+    revived = 0
+    for s in manifest["shards"]:
+        local = ids[(ids >= s["offset"]) & (ids < s["offset"] + s["rows"])] - s["offset"]
+        mask = deleted_mask(folder, manifest, s) if len(local) else None
+        if mask is None:
+            continue
+        revived += int(mask[local].sum())
+        mask[local] = False
+        if not mask.any():
+            tomb.pop(str(s["id"]), None)
+            continue
+        rel = tombstone_file(s["id"], generation)
+        save_npy(folder / rel, pack(mask))
+        tomb[str(s["id"])] = {"file": rel, "count": int(mask.sum()), **file_record(folder / rel)}
+    return revived
 
 
 @dataclass
@@ -124,20 +163,3 @@ def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) ->
     seen = set(found) | set(deleted)
     return KeyLookup(np.array(ids, np.int64), found, [k for k in wanted.to_pylist() if k not in seen],
                      sorted(set(deleted) - set(found)))
-
-
-def delete_keys(folder: str | os.PathLike, keys: Iterable[str]) -> KeyLookup:
-    """Tombstone the rows of ``keys`` and publish (one manifest write); returns what was found."""
-    from .generations import next_generation, publish
-    from .lock import write_lock
-    from .manifest import require_manifest
-
-    with write_lock(folder):
-        m = require_manifest(folder)
-        if not m.get("complete"):
-            raise IndexFolderError(f"{folder} is incomplete; finish its build before deleting")
-        found = find_keys(folder, m, keys)
-        if len(found.ids):
-            apply_tombstones(folder, m, found.ids, next_generation(m))
-            publish(folder, m)
-    return found

@@ -22,26 +22,10 @@ from .combined import combine_vectors
 from .files import save_faiss
 from .integrity import file_record
 from .layout import EMB_FILE, INDEX_FILE, index_file, trained_file
-from .masks import caption_mask, deleted_mask
+from .masks import usable_rows
 from .vectors import keeps_npy, read_all, set_offsets
 
 METHODS = ("bsap", "nnn")
-
-
-def usable_rows(folder: Path, manifest: dict, shard: dict, modality: str) -> np.ndarray:
-    """Local rows of ``shard`` a bank or a training sample may use for ``modality``: live, and
-    captioned for text."""
-    if modality not in shard["index"]:
-        return np.zeros(0, np.int64)
-    keep = np.ones(shard["rows"], bool)
-    dead = deleted_mask(folder, manifest, shard)
-    if dead is not None:
-        keep &= ~dead
-    if modality == "text":
-        cap = caption_mask(folder, shard)
-        if cap is not None:
-            keep &= cap
-    return np.flatnonzero(keep)
 
 
 def _set_file(folder: Path, shard: dict, role: str, rel: Optional[str]) -> None:

@@ -6,7 +6,8 @@ is planned the same way, so a resume stays correct whatever happened to the corp
 - a key indexed with another source fingerprint (its files or row changed) is **changed**: the new
   version is embedded and the old row tombstoned in the same manifest write;
 - an indexed key no longer in the corpus is **deleted** (tombstoned);
-- a key skipped before with the same fingerprint (a corrupt image) is not retried; its log line stays.
+- a key skipped before with the same fingerprint (a corrupt image) is not retried; its log line stays;
+- a key the user deleted (held, ``store.held``) is not added back until it is restored.
 Rows indexed before fingerprints existed (no ``_source``) count as unchanged.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..corpus import CorpusReader
+from .held import held_keys
 from .masks import deleted_mask
 
 SOURCE = "_source"  # the metadata column holding each row's source fingerprint
@@ -33,6 +35,7 @@ class Plan:
                                                     # and repairs of rows that stay indexed
     inputs: int = 0
     unchanged: int = 0
+    held: int = 0                                   # corpus items left out: their keys were deleted by the user
 
     @property
     def added(self) -> int:
@@ -66,18 +69,22 @@ def plan_run(reader: CorpusReader, folder: str | os.PathLike, manifest: Optional
     if manifest is None or not manifest["shards"]:
         return Plan(None)
     indexed = indexed_keys(folder, manifest)
+    held = held_keys(folder, manifest)
     skipped_before = {e["key"]: e for e in old_errors if e.get("action") == "skipped" and e.get("source")}
     repaired_before: dict[str, list] = {}
     for e in old_errors:
         if e.get("action") == "repaired":
             repaired_before.setdefault(e["key"], []).append(e)
     todo, replaced, kept, seen = [], {}, [], set()
-    n = unchanged = 0
+    n = unchanged = n_held = 0
     for e in reader.entries(lambda pos: False, sources=True):
         n += 1
         if e.error is not None and e.key in seen:  # a duplicate key: its first occurrence decides
             continue
         seen.add(e.key)
+        if e.key in held:
+            n_held += 1
+            continue
         have = indexed.get(e.key)
         if have is not None and (have[1] is None or have[1] == e.source):
             unchanged += 1
@@ -91,4 +98,4 @@ def plan_run(reader: CorpusReader, folder: str | os.PathLike, manifest: Optional
             replaced[e.key] = have[0]
         todo.append(e.pos)
     deleted = np.array(sorted(i for k, (i, _) in indexed.items() if k not in seen), np.int64)
-    return Plan(np.array(todo, np.int64), replaced, deleted, kept, n, unchanged)
+    return Plan(np.array(todo, np.int64), replaced, deleted, kept, n, unchanged, n_held)

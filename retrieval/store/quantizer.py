@@ -20,6 +20,7 @@ from .files import save_faiss
 from .integrity import file_record
 from .keys import sample_ids, train_size
 from .layout import MODALITIES, trained_file
+from .masks import usable_rows
 from .vectors import ShardVectors
 
 log = logging.getLogger("retrieval.build")
@@ -46,8 +47,6 @@ def train_shared(folder: Path, manifest: dict, seed: int = 0, offsets: Optional[
     needs training (when the folder keeps none yet); returns the modalities trained. ``offsets``
     ({shard id: {modality: {method: [rows]}}}) and ``shifts`` ({method: {modality: s}}): the offsets
     coordinates the shards will hold (a lossy key's codebooks are trained on them; default zeros)."""
-    from .offsets import usable_rows
-
     done = []
     for modality in MODALITIES:
         if (manifest.get("trained") or {}).get(modality) is not None:

@@ -10,6 +10,7 @@ Shard ids and global ids come from counters in the manifest and are never reused
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Protocol
@@ -22,6 +23,8 @@ from .generations import next_generation, publish
 from .layout import ERRORS, MODALITIES
 from .masks import apply_tombstones, live_count
 from .shard import shard_modalities, write_shard, zero_text_rows
+
+log = logging.getLogger("retrieval.build")
 
 
 class Extension(Protocol):
@@ -46,10 +49,26 @@ Extend = Extension
 
 
 def read_errors(out: Path) -> list[dict]:
+    """The folder's log of skipped and repaired items. A line that is not such a record (a hand edit,
+    a torn copy) is left out with a warning, never a crash; the next write of the log drops it."""
     path = out / ERRORS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out_lines, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+        except ValueError:
+            e = None
+        if isinstance(e, dict) and {"key", "stage", "action"} <= e.keys():
+            out_lines.append({"pos": -1, **e})
+        else:
+            bad += 1
+    if bad:
+        log.warning("%s: %d line(s) are not error records; left out", path, bad)
+    return out_lines
 
 
 def write_errors(out: Path, errors: list[dict]) -> None:

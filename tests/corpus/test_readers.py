@@ -93,7 +93,7 @@ def test_csv_manifest_groups_captions_and_keeps_columns(tmp_path):
     assert isinstance(r, ManifestReader) and r.image_column == "image" and r.caption_column == "caption"
     es = list(r.entries())
     assert [e.key for e in es] == ["p1.jpg", "p2.jpg", "http://example.org/x.jpg", "p1.jpg"]
-    assert es[0].caption == "first" and es[0].extra == {"score": "0.5", "captions": ["first", "second"]}
+    assert es[0].caption == "first" and es[0].extra == {"score": 0.5, "captions": ["first", "second"]}  # typed from the CSV
     assert es[1].error is None and es[1].caption is None
     assert "remote image URLs" in es[2].error[1]
     assert "duplicate key" in es[3].error[1]

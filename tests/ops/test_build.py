@@ -296,7 +296,7 @@ def test_a_malformed_manifest_row_is_skipped_and_logged_not_fatal(tmp_path, tiny
                        "reason": "malformed CSV row at line 3: 4 fields, the header has 3", "source": ""}]
     _, _, meta = read_layout(tmp_path / "idx")
     assert meta.column("caption").to_pylist() == ["a blue square", "a caption, with a comma", "the last one"]
-    assert meta.column("year").to_pylist() == ["2020", "2021", "2022"]
+    assert meta.column("year").to_pylist() == [2020, 2021, 2022]   # typed from every well-formed row
 
 
 def test_a_manifest_of_urls_says_they_are_not_downloaded(tmp_path):

@@ -142,7 +142,7 @@ def test_kill_9_leaves_a_consistent_index_and_a_rerun_completes(tmp_path, tiny_c
         cmd = [sys.executable, "-m", "retrieval.cli", "delete", str(out), *sorted(before)[:8]]
         after = set(sorted(before)[8:])
     else:
-        from retrieval.store.masks import delete_keys
+        from retrieval.store.held import delete_keys
 
         delete_keys(out, sorted(before)[::3])
         before = after = set(_keys(out))

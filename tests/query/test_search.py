@@ -72,7 +72,7 @@ def test_bad_queries(flickr_index):
     idx = open_index(flickr_index)
     with pytest.raises(ValueError, match="dim"):
         idx.search_vectors(np.zeros((1, 3), np.float32))
-    with pytest.raises(ValueError, match="k must be positive"):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
         idx.search_vectors(np.zeros((1, 256), np.float32), k=0)
     with pytest.raises(IndexFolderError, match="without a model"):
         idx.search_text(["a dog"])
@@ -216,12 +216,12 @@ def test_build_from_embeddings_round_trip(tmp_path):
         build_from_embeddings(tmp_path / "f", img, txt[:10], {"arch": "synthetic"})
     bad = img.copy()
     bad[7] *= 3.0
-    with pytest.raises(ValueError, match="image embeddings: row 7 has norm 3; pass L2-normalised"):
+    with pytest.raises(ValueError, match="image embeddings: row 7 has norm 3; pass finite, L2-normalised"):
         build_from_embeddings(tmp_path / "g", bad, txt, {"arch": "synthetic"})
     no_caption = txt.copy()
     no_caption[3] = 0.0                     # zeros: an item without a caption, allowed
     no_caption[5, 0] = np.nan
-    with pytest.raises(ValueError, match="text embeddings: row 5 has norm nan"):
+    with pytest.raises(ValueError, match="text embeddings: row 5 has NaN or infinite values"):
         build_from_embeddings(tmp_path / "g", img, no_caption, {"arch": "synthetic"})
     assert not (tmp_path / "g").exists()    # refused before anything is written
 

@@ -23,6 +23,9 @@ def test_serve_plan_and_groups():
     assert serve_plan(2, 2, 4, 16) == {"num_gpus": 1, "num_cpus": 0}     # one GPU per actor
     assert serve_plan(2, 2, 0, 2) == {"num_cpus": 0.5}                   # a share of the CPUs
     assert serve_plan(2, 1, 0, 16) == {"num_cpus": 1.0}                  # at most one each
+    assert serve_plan(2, 1, 0, 2, actors=4) == {"num_cpus": 0.5}         # two indexes share the cluster
+    assert serve_plan(2, 1, 2, 2, actors=4) == {"num_cpus": 0.5}         # 2 GPUs are too few for 4 actors
+    assert 3 * serve_plan(3, 1, 0, 2)["num_cpus"] <= 2                   # shares rounded down: they fit
     with pytest.raises(ValueError, match="positive"):
         serve_plan(0, 1, 0, 2)
     assert [shard_group(i, 3) for i in range(5)] == [0, 1, 2, 0, 1]
@@ -179,4 +182,86 @@ def test_cli_serve_on_ray(cluster, flickr_index, tiny_clip):
         proc.terminate()
         err = proc.communicate(timeout=60)[1]
     assert "searching on Ray: 2 shard groups x 1 replicas" in err
+    assert "Traceback" not in err
+
+
+def _serve(args: list, port: int):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", *args, "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_indexes_on_ray_share_the_cluster(cluster, flickr_index):
+    """Two indexes x 2 shard groups on a 2-CPU cluster: every actor gets a share that leaves room for
+    the others' (each asked for a whole CPU before, and the second index waited for ever)."""
+    import json
+    import urllib.request
+
+    port = _free_port()
+    proc = _serve([f"A={flickr_index}", f"B={flickr_index}", "--ray", ray.get_runtime_context().gcs_address,
+                   "--shard-groups", "2", "--ray-start-timeout", "60"], port)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/search", json.dumps(
+                    {"text": "a dog", "k": 3, "index": "B"}).encode(), {"content-type": "application/json"})
+                got = json.loads(urllib.request.urlopen(req, timeout=30).read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert len(got["results"]) == 3 and got["index"] == "B"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+
+
+@pytest.fixture()
+def full_cluster(cluster):
+    """Every CPU and GPU of the test cluster held by another actor: nothing more can be placed."""
+    @ray.remote(num_cpus=2, num_gpus=2)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote(), timeout=60)
+    yield ray.get_runtime_context().gcs_address
+    ray.kill(holder)
+
+
+def test_actors_that_cannot_be_placed_time_out_in_one_line(full_cluster, flickr_index):
+    port = _free_port()
+    proc = _serve([str(flickr_index), "--ray", full_cluster, "--ray-start-timeout", "5"], port)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 1, err
+    line = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line and "were not placed within 5 s" in line[0] and "CPU" in line[0], err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_stops_a_server_waiting_for_actors(full_cluster, flickr_index):
+    import signal
+
+    port = _free_port()
+    proc = _serve([str(flickr_index), "--ray", full_cluster, "--ray-start-timeout", "600"], port)
+    time.sleep(15)  # the model is loaded and the actors are waiting for room
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    err = proc.communicate(timeout=60)[1]
+    assert time.monotonic() - t0 < 30 and proc.returncode != 0, err
     assert "Traceback" not in err

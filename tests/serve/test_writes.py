@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from retrieval import build_from_embeddings, create_app, open_index
-from retrieval.store.masks import delete_keys
+from retrieval.store.held import delete_keys
 from tests.conftest import unit_vectors
 from tests.serve.test_server import Server
 
