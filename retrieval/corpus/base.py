@@ -84,6 +84,8 @@ def read_side_file(path: str) -> Optional[bytes]:
         raise NotAFile(f"{os.path.basename(path)} is a folder, not a file") from None
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise NotAFile(f"{os.path.basename(path)} is a folder, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise NotAFile(f"{os.path.basename(path)} is not a regular file")
         if st.st_size > MAX_SIDE_FILE:

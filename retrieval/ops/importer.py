@@ -67,7 +67,7 @@ def scan_source(src: str | os.PathLike) -> tuple[list[Part], int, str]:
     src = Path(src)
     if not src.is_dir():
         raise CorpusError(f"{src} is not a folder", usage=True)
-    if (src / "manifest.json").is_file() and not (src / "img_emb").is_dir():
+    if (src / "manifest.json").is_file() and '"format_version"' in (src / "manifest.json").read_text(errors="replace"):
         raise CorpusError(f"{src} is an index folder of this engine (manifest.json), not clip-retrieval's inference "
                           f"output: serve or search it directly", usage=True)
     if not (src / "img_emb").is_dir():

@@ -49,6 +49,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 await run_in_threadpool(idx.check_where, body.where)
             except FilterError as e:
                 raise HTTPError(422, str(e)) from None
+            except IndexFolderError as e:  # the served folder's metadata is gone: unavailable, not the request
+                raise HTTPError(503, str(e)) from None
         if body.image_base64 is not None or image_bytes is not None:
             data = image_bytes if image_bytes is not None else b64_image(body.image_base64)
             q.image = await run_in_threadpool(service.decode_image, data, name)

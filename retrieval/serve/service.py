@@ -94,6 +94,8 @@ class Service:
     def index(self, name: Optional[str]):
         if name is None:
             return next(iter(self.indexes.items()))
+        if not isinstance(name, str):
+            raise HTTPError(400, f"the index name must be a string, got {type(name).__name__}")
         if name not in self.indexes:
             raise HTTPError(404, f"unknown index {name!r}; serving: {', '.join(self.indexes)}")
         return name, self.indexes[name]
@@ -114,10 +116,6 @@ class Service:
 
     # ---- the batched search -----------------------------------------------------------------
     def run_batch(self, queries: list[Query]) -> list:
-        import torch
-
-        from ..embed import Encoder
-
         for name in {q.index for q in queries}:
             idx = self.indexes[name]
             texts = [q for q in queries if q.index == name and q.text is not None]
@@ -125,7 +123,11 @@ class Service:
                 for q, v in zip(texts, idx.encode_texts([q.text for q in texts])):
                     q.vector = v
             images = [q for q in queries if q.index == name and q.image is not None]
-            if images:
+            if images:  # torch only when images are encoded: embedding and item queries never load it
+                import torch
+
+                from ..embed import Encoder
+
                 vecs = Encoder(idx.clip).images(torch.stack([q.image for q in images]))
                 for q, v in zip(images, vecs):
                     q.vector = v

@@ -216,3 +216,46 @@ def test_appends_reuse_the_trained_quantizer_and_offsets_stay_exact(tmp_path):
     want = live[np.argsort(-(q @ stored.T - idx.biases.all("nnn", "image")[np.searchsorted(idx.ids(), live)]), axis=1)[:, :10]]
     got = idx.search(q, 10, rerank="nnn", alpha=1.0)[1]
     assert (np.sort(got, 1) == np.sort(want, 1)).mean() > 0.99            # offsets moved with their rows
+
+
+def test_a_delete_holds_across_syncs_until_restored(tmp_path):
+    """A takedown stays down: re-running the build over a corpus that still has the file does not bring
+    a deleted key back; `retrieval delete --restore` does (the row is live again at once)."""
+    names = list(first_captions())[:12]
+    _photos(tmp_path / "photos", names)
+    out = tmp_path / "idx"
+    assert subprocess.run(_cli_build(tmp_path / "photos", out), env=ENV, capture_output=True).returncode == 0
+    gone = names[3][:-4]
+    r = subprocess.run([sys.executable, "-m", "retrieval.cli", "delete", str(out), gone], env=ENV, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "deleted 1" in r.stdout
+    r = subprocess.run(_cli_build(tmp_path / "photos", out), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and "+0 added" in r.stdout and "1 held" in r.stdout, r.stdout + r.stderr
+    assert gone not in _keys(out) and len(_keys(out)) == 11
+    (tmp_path / "photos" / names[3]).with_suffix(".txt").write_text("a changed caption")   # changed: still held
+    r = subprocess.run(_cli_build(tmp_path / "photos", out), env=ENV, capture_output=True, text=True)
+    assert gone not in _keys(out) and "1 held" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "retrieval.cli", "delete", str(out), "--restore", gone, "nope"], env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "restored 1 (1 live again now), not deleted 1" in r.stdout, r.stdout + r.stderr
+    assert gone in _keys(out)
+    r = subprocess.run(_cli_build(tmp_path / "photos", out), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and "1 changed" in r.stdout and "held" not in r.stdout, r.stdout   # the new caption
+    assert _keys(out).count(gone) == 1
+    info = json.loads(subprocess.run([sys.executable, "-m", "retrieval.cli", "info", str(out), "--json"], env=ENV,
+                                     capture_output=True, text=True).stdout)
+    assert info["held"] == 0
+
+
+def test_add_embeddings_of_a_held_key_releases_it(tmp_path):
+    from retrieval import add_embeddings
+    from retrieval.store.held import held_keys
+    from retrieval.store.manifest import require_manifest
+
+    rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}"} for i in range(30)]
+    build_from_embeddings(tmp_path / "i", unit_vectors(30, 16, 0), unit_vectors(30, 16, 1), {"arch": "synthetic"}, rows)
+    open_index(tmp_path / "i").delete(["k3", "k4"])
+    assert held_keys(tmp_path / "i", require_manifest(tmp_path / "i")) == {"k3", "k4"}
+    add_embeddings(tmp_path / "i", unit_vectors(1, 16, 5), unit_vectors(1, 16, 6), [{"key": "k3", "caption": "again"}])
+    assert held_keys(tmp_path / "i", require_manifest(tmp_path / "i")) == {"k4"}
+    assert "k3" in _keys(tmp_path / "i") and "k4" not in _keys(tmp_path / "i")

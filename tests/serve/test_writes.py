@@ -27,6 +27,7 @@ def _folder(path):
     x = np.concatenate([near, unit_vectors(2000, 16, 8)])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}"} for i in range(len(x))]
+    rows[-1]["key"], rows[-2]["key"] = "photos/2024/a b.jpg", "x/y"   # keys holding '/' (and a space)
     build_from_embeddings(path, x, x, {"arch": "synthetic"}, rows, shard_size=700, index_key="IVF8,Flat")
     return q
 
@@ -105,6 +106,11 @@ def test_writes_need_the_token(tmp_path):
         assert st == 200 and body == {"index": "i", "deleted": 2, "already_deleted": 0, "not_found": ["zzz"]}
         st, body = call(srv, "DELETE", "/items/i/k2", None, auth)
         assert st == 200 and body["deleted"] == 1
+        st, body = call(srv, "DELETE", "/items/i/photos/2024/a%20b.jpg", None, auth)   # '/' in the key, as is
+        assert st == 200 and body["deleted"] == 1, body
+        st, body = call(srv, "DELETE", "/items/i/x%2Fy", None, auth)                  # or URL-encoded
+        assert st == 200 and body["deleted"] == 1, body
+        assert call(srv, "DELETE", "/items/i/x%2Fy", None)[0] == 401
         ids = [r["id"] for r in call(srv, "POST", "/search", {"embedding": q.tolist(), "k": 10})[1]["results"]]
         assert not {0, 1, 2} & set(ids) and len(ids) == 10
         assert call(srv, "POST", "/search", {"item_id": 1, "k": 3})[0] == 404   # a deleted item is gone everywhere
