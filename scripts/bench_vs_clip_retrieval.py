@@ -37,6 +37,26 @@ def _run(cmd: list[str], env: dict, timeout: float = 1200) -> float:
     return time.perf_counter() - t
 
 
+def write_tars(flickr: Path, n: int, n_tars: int, corpus: Path) -> Path:
+    """The first ``n`` Flickr photos with their first caption as ``n_tars`` WebDataset tars (one per
+    worker: webdataset gives a worker without a shard an error)."""
+    from retrieval import open_corpus
+
+    corpus.mkdir(parents=True)
+    reader = open_corpus(str(flickr / "captions.csv"), image_root=str(flickr / "images"))
+    first = {e.key: e.caption for e in reader.entries()}  # first caption per photo
+    names = list(first)[:n]
+    for t in range(n_tars):
+        with tarfile.open(corpus / f"{t:05d}.tar", "w") as tf:
+            for i in range(t, len(names), n_tars):
+                for ext, data in (("jpg", (flickr / "images" / names[i]).read_bytes()),
+                                  ("txt", first[names[i]].encode()), ("json", json.dumps({"image": names[i]}).encode())):
+                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    return corpus
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default="../shared")
@@ -50,21 +70,8 @@ def main() -> None:
         sys.exit(f"clip-retrieval not found at {a.clip_retrieval}; see this script's docstring")
     flickr = Path(a.shared).resolve() / "data" / "flickr8k_1k"
     tmp = Path(tempfile.mkdtemp(prefix="bench-vs-cr-"))
-    corpus = tmp / "wds"  # one tar per worker: webdataset gives a worker without a shard an error
-    corpus.mkdir()
-    from retrieval import open_corpus
-
-    first = {e.key: e.caption for e in open_corpus(str(flickr / "captions.csv"), image_root=str(flickr / "images")).entries()}  # first caption per photo
-    names = list(first)[: a.n]
     n_tars = max(1, a.workers)
-    for t in range(n_tars):
-        with tarfile.open(corpus / f"{t:05d}.tar", "w") as tf:
-            for i in range(t, len(names), n_tars):
-                for ext, data in (("jpg", (flickr / "images" / names[i]).read_bytes()),
-                                  ("txt", first[names[i]].encode()), ("json", json.dumps({"image": names[i]}).encode())):
-                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
-                    info.size = len(data)
-                    tf.addfile(info, io.BytesIO(data))
+    corpus = write_tars(flickr, a.n, n_tars, tmp / "wds")
     tars = f"{corpus}/{{00000..{n_tars - 1:05d}}}.tar"
     ckpt = tmp / "vit-b-32-random.pt"
     import torch

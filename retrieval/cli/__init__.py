@@ -32,7 +32,9 @@ class _Group(click.Group):
         except RetrievalError as e:
             _fail(str(e), e.exit_code)
         except KeyboardInterrupt:
-            _fail("interrupted: committed shards are kept; re-run the same command to resume", 130)
+            writes = ctx.invoked_subcommand in ("build", "import")
+            _fail("interrupted" + (": committed shards are kept; re-run the same command to resume" if writes else ""),
+                  130)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except OSError as e:

@@ -6,8 +6,8 @@ the metadata is copied into an in-memory table first, then external access (file
 extensions) is switched off and the configuration locked. The expression is parsed on its own and
 its parse tree checked (``query.where``: one boolean expression over the user's columns, allowed
 node kinds and functions only, none that grows strings or lists without bound); the statement that
-runs is built from that checked tree (``json_deserialize_sql``), never by splicing the text. Each
-filter runs on its own cursor, so a slow one does not hold up the others of the same index; one
+runs must parse to our own SELECT with exactly that checked tree as its WHERE. Each
+filter runs on its thread's own cursor, so a slow one does not hold up the others of the same index; one
 running longer than ``TIMEOUT_S`` is interrupted. Results are cached by expression (LRU, bounded in
 bytes).
 """
@@ -17,6 +17,7 @@ import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -38,6 +39,8 @@ class Filters:
         self._con = None
         self._columns: list[str] = []
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._template: Optional[dict] = None  # the parse tree of our SELECT, whose WHERE a checked expression fills
         self._cache: OrderedDict[str, Selection] = OrderedDict()
 
     def _connect(self):
@@ -65,31 +68,44 @@ class Filters:
         return con
 
     def _cursor(self):
-        with self._lock:
-            self._con = self._con or self._connect()
-            return self._con.cursor()
+        """This thread's cursor on the table (created once per thread): filters of different threads
+        run side by side, and an interrupt stops only its own thread's filter."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            with self._lock:
+                self._con = self._con or self._connect()
+                cur = self._local.cursor = self._con.cursor()
+                parse = "SELECT json_serialize_sql(?)"
+                if self._template is None:
+                    self._template = json.loads(cur.execute(parse, [f"SELECT {SHARD}, {ROW} FROM meta WHERE true"]
+                                                            ).fetchone()[0])
+        return cur
 
     def columns(self) -> list[str]:
         """The metadata columns a filter may name."""
-        self._cursor().close()
+        self._cursor()
         return list(self._columns)
 
     def _statement(self, cur, where: str) -> str:
-        """The SQL that runs: the checked expression tree put into our own SELECT."""
-        from .where import WhereError, expression
+        """The SQL that runs, checked on its parse tree: the expression parsed alone must pass the
+        allow-list (``query.where``), and the statement around it must parse to our own SELECT with
+        exactly that tree as its WHERE (both parsed in one call)."""
+        from .where import WhereError, expression, same_tree
 
-        parse = "SELECT json_serialize_sql(?)"
         if len(where) > MAX_CHARS:
             raise FilterError(f"a where expression is at most {MAX_CHARS} characters, got {len(where)}")
+        sql = f"SELECT {SHARD}, {ROW} FROM meta WHERE (\n{where}\n)"
+        alone, full = cur.execute("SELECT json_serialize_sql(?), json_serialize_sql(?)", [f"SELECT\n{where}\n", sql]).fetchone()
         try:
-            expr = expression(json.loads(cur.execute(parse, [f"SELECT\n{where}\n"]).fetchone()[0]), self._columns)
+            expr = expression(json.loads(alone), self._columns)
+            stmt = json.loads(full)
         except WhereError as e:
             raise FilterError(str(e)) from None
         except RecursionError:
             raise FilterError("the where expression is nested too deeply") from None
-        stmt = json.loads(cur.execute(parse, [f"SELECT {SHARD}, {ROW} FROM meta WHERE true"]).fetchone()[0])
-        stmt["statements"][0]["node"]["where_clause"] = expr
-        return cur.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(stmt)]).fetchone()[0]
+        if not same_tree(stmt, self._template, expr):
+            raise FilterError("a where expression must be one boolean expression over the metadata columns")
+        return sql
 
     def selection(self, where: str) -> Selection:
         """The rows matching ``where`` (FilterError when it cannot be evaluated)."""
@@ -113,7 +129,6 @@ class Filters:
             raise FilterError(f"bad where expression: {str(e).splitlines()[0][:300]}") from None
         finally:
             timer.cancel()
-            cur.close()
         masks = [np.zeros(n, bool) for n in self.rows]
         for k in np.unique(got[SHARD]):
             masks[int(k)][got[ROW][got[SHARD] == k]] = True

@@ -7,9 +7,10 @@ string functions, list membership, JSON field access). Every function in the lis
 no longer than its inputs plus the expression's own text, so a filter cannot grow strings or lists
 without bound (``repeat``, ``lpad``, ``replace``, ``printf``, ``range``, ``string_agg`` are out), and
 subqueries, aggregates, window functions, lambdas, ``*``, parameters and qualified column names
-are refused. The checked tree is what runs: :func:`expression` returns it, and the filter module
-turns it back into SQL with ``json_deserialize_sql``, so nothing the user typed is spliced into a
-statement (``1=1) ORDER BY random() --`` cannot reach the query around it).
+are refused. The checked tree is what runs: the filter module parses the expression alone (:func:`expression`
+checks it) and inside its own ``SELECT ... WHERE (...)``, and runs that statement only when its parse
+tree is its own with exactly the checked expression as the WHERE (:func:`same_tree`), so nothing
+the user typed reaches the statement around it (``1=1) ORDER BY random() --``, ``true) OR (true``).
 """
 from __future__ import annotations
 
@@ -83,6 +84,28 @@ def expression(parsed: dict, columns: Iterable[str]) -> dict:
         raise WhereError("a where expression takes no alias")
     check(expr, {c.lower() for c in columns}, sorted(columns))
     return expr
+
+
+def _plain(node: Any) -> Any:
+    """A parse tree without source positions (the same expression parses alike wherever it stands)."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items() if k not in ("query_location", "query_location_length")}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def same_tree(statement: dict, template: dict, expr: dict) -> bool:
+    """Whether ``statement`` (a parsed ``SELECT ... WHERE (<where>)``) is ``template`` (the same SELECT
+    parsed with ``WHERE true``) with exactly ``expr`` as its WHERE: nothing of the text reached the
+    statement around the expression."""
+    if statement.get("error") or len(statement.get("statements") or []) != 1:
+        return False
+    got = _plain(statement["statements"][0])
+    want = _plain(template["statements"][0])
+    where = got.get("node", {}).pop("where_clause", None)
+    want.get("node", {}).pop("where_clause", None)
+    return got == want and where == _plain(expr)
 
 
 def check(node: Any, allowed: set, names: list, depth: int = 0) -> None:

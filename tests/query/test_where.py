@@ -69,7 +69,7 @@ def test_attacks_and_mistakes_are_one_line_errors(filters, where, msg):
 
 
 def test_the_checked_tree_is_what_runs(filters):
-    """The statement that runs is rebuilt from the checked parse tree: what DuckDB would read past
+    """The statement that runs parses to our own SELECT with the checked expression as its WHERE: what DuckDB would read past
     the expression (ORDER BY, LIMIT, another column) never reaches it."""
     assert filters.selection("year >= 1900").total == N
     with pytest.raises(FilterError):
