@@ -189,8 +189,9 @@ def declared_identity(model: str, pretrained: Optional[str], logit_scale: Option
     """The identity of a model a user declares made some embeddings (``retrieval import``), read
     from open_clip's config without loading the model: arch, tag, embed_dim, context length, and the
     logit scale, with where it came from (``logit_scale_source``): ``declared`` when given, else
-    ``checkpoint`` when the weights are a local file (read from it: safetensors without torch),
-    else ``assumed`` (100, every released CLIP's; a hub tag's weights are not here to read).
+    ``checkpoint`` when the weights are a local file or a hub tag's file already in huggingface_hub's
+    cache (read from it: safetensors without torch), else ``assumed`` (100, every released CLIP's:
+    open_clip's pretrained config records no logit scale, and nothing is downloaded).
     Marked ``declared``: only the dims, and a logit scale that was declared or read, can be checked
     against a model opened later."""
     import json
@@ -213,6 +214,8 @@ def declared_identity(model: str, pretrained: Optional[str], logit_scale: Option
     source = "declared"
     if logit_scale is None:
         weights = _weights_file(model, pretrained) if pretrained != RANDOM else None
+        if weights is None and pretrained not in (None, RANDOM):
+            weights = cached_hub_weights(model, pretrained)
         if weights is not None:
             logit_scale, source = checkpoint_logit_scale(weights), "checkpoint"
         else:
@@ -222,6 +225,28 @@ def declared_identity(model: str, pretrained: Optional[str], logit_scale: Option
     return {"arch": model, "pretrained": pretrained, "weights_path": None, "weights_sha256": None,
             "embed_dim": int(cfg["embed_dim"]), "logit_scale": float(logit_scale), "logit_scale_source": source,
             "context_length": int((cfg.get("text_cfg") or {}).get("context_length", 77)), "declared": True}
+
+
+def cached_hub_weights(arch: str, tag: str) -> Optional[str]:
+    """The local file of an open_clip hub tag's weights when huggingface_hub's cache already holds
+    it (nothing is downloaded), else None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        from .._compat import import_open_clip
+
+        import_open_clip()
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+        from open_clip.pretrained import get_pretrained_cfg
+
+        repo, name = os.path.split((get_pretrained_cfg(arch, tag) or {}).get("hf_hub", ""))
+        for filename in ([name] if name else []) + [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]:
+            found = try_to_load_from_cache(repo, filename) if repo else None
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    except Exception:  # noqa: BLE001 - no cache, no hub library, an unknown tag: nothing to read
+        return None
+    return None
 
 
 def checkpoint_logit_scale(path: str) -> float:

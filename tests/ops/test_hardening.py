@@ -282,3 +282,25 @@ def test_a_url_only_manifest_is_explained_up_front(tmp_path):
 def test_bias_nnn_k_beyond_the_references_is_refused(folder):
     r = CliRunner().invoke(main, ["bias", str(folder), "--bank", "corpus", "--nnn-k", "100000"])
     assert r.exit_code == 2 and "nnn_k (100000) must be at most ref_size (4096)" in r.output, r.output
+
+
+def test_a_hub_tag_whose_weights_are_cached_gives_its_checkpoint_logit_scale(tmp_path, monkeypatch):
+    """huggingface_hub's cache layout (models--org--name/snapshots/REV/FILE, refs/main): the tag's file is
+    read when it is there, without downloading."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from retrieval.embed.models import declared_identity
+
+    repo = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    save_file({"logit_scale": np.array(np.log(42.0), np.float32)},
+              str(repo / "snapshots" / "abc123" / "open_clip_model.safetensors"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    ident = declared_identity("ViT-B-32", "laion2b_s34b_b79k")
+    assert ident["logit_scale_source"] == "checkpoint" and abs(ident["logit_scale"] - 42.0) < 1e-3
