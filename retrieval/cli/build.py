@@ -34,14 +34,17 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, F
 @click.option("--modalities", default="image,text", show_default=True,
               help="Indexes to build: image (text->image, image->image) and text (search among captions; built "
                    "only where captions exist). 'image' halves the footprint of a captioned corpus.")
+@click.option("--text-columns", default=None, metavar="C1,C2",
+              help="Metadata columns keyword search (--text-match) reads besides the captions, e.g. title,tags; "
+                   "fixed at the first build.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on Ray actors (pip install '.[ray]'): alone, a local cluster on this machine; with an "
                    "address (auto, ray://host:10001), that cluster. One actor per GPU, else per CPU.")
 @click.option("--ray-actors", type=POSITIVE, default=None, help="With --ray: number of embedding actors.")
 def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, memory_budget, device, workers,
-          image_root, image_column, caption_column, key_column, max_pixels, require_captions, modalities, quiet,
-          ray_address, ray_actors):
+          image_root, image_column, caption_column, key_column, max_pixels, require_captions, modalities, text_columns,
+          quiet, ray_address, ray_actors):
     """Embed CORPUS with open_clip and write a sharded index folder; on an existing folder, sync it.
 
     CORPUS is a folder of images (same-stem .txt captions and .json metadata optional), a
@@ -70,7 +73,8 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
                     image_root=image_root, image_column=image_column, caption_column=caption_column,
                     key_column=key_column, max_pixels=max_pixels, progress=not quiet,
                     require_captions=require_captions, modalities=wanted, report=report, ray=ray_address,
-                    ray_actors=ray_actors)
+                    ray_actors=ray_actors,
+                    text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None)
     c, st, run = m["counts"], m.get("stats", {}), report[0]
     if run.first_build:
         click.echo(f"built {c['live']} items ({c['captionless']} without a caption) in {len(m['shards'])} shards "

@@ -16,12 +16,15 @@ from .common import POSITIVE, Finite, Size
 def migrate(index):
     """Rewrite INDEX, written by an older version, in the current format (no re-embedding).
 
-    IVF shards keep their trained centroids and tuned nprobe; the vectors end up stored once. A killed
+    IVF shards keep their trained centroids and tuned nprobe; the vectors end up stored once. Shards
+    without a full-text file (folders built before keyword search) get one from their metadata. A killed
     migration leaves the folder as it was; re-run it.
     """
+    from ..ops.fulltext import add_fulltext
     from ..ops.migrate import migrate as run
 
     click.echo(run(index).line())
+    click.echo(add_fulltext(index).line())
 
 
 @click.command()

@@ -8,6 +8,7 @@ import click
 
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.backends import BACKENDS
+from ..query.fusion import FUSIONS
 from ..methods.dedup import DEFAULT_THRESHOLD as DEDUP
 from .common import POSITIVE, Finite
 
@@ -32,21 +33,40 @@ from .common import POSITIVE, Finite
                                           "folder = 'trips'\".")
 @click.option("--dedup", type=Finite(0.0, 1.0), is_flag=False, flag_value=DEDUP, default=None,
               help=f"Collapse near-duplicates (cosine >= THRESHOLD; --dedup alone: {DEDUP}).")
+@click.option("--text-match", default=None, metavar="WORDS",
+              help='Keyword search (BM25) over the captions and text columns: words, "phrases", prefix*, AND/OR/NOT. '
+                   "Alone: keyword results only; with --hybrid: the keywords fused with the CLIP search.")
+@click.option("--hybrid", is_flag=True,
+              help="Fuse the CLIP (or --rerank) ranking with the keyword ranking of --text-match (default: of TEXT). "
+                   "Not --rerank hybrid, which is BSAP-H.")
+@click.option("--fusion", type=click.Choice(FUSIONS), default="rrf", show_default=True,
+              help="rrf: reciprocal rank fusion (k=60); weighted: min-max normalised scores, --keyword-weight.")
+@click.option("--keyword-weight", type=Finite(0.0, 1.0), default=None,
+              help="With --fusion weighted: the keyword side's weight (default 0.5).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, where, dedup, as_json):
-    """Search INDEX with TEXT (or --image PATH) and print the top-k rows."""
+def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, where, dedup, text_match, hybrid,
+           fusion, keyword_weight, as_json):
+    """Search INDEX with TEXT (or --image PATH, or --text-match WORDS alone) and print the top-k rows."""
     from ..query import open_index
 
-    if (text is None) == (image is None):
-        raise click.UsageError("give a TEXT or --image PATH (one of them)")
+    if text is not None and image is not None or (text is None and image is None and text_match is None):
+        raise click.UsageError("give a TEXT, --image PATH or --text-match WORDS (TEXT or --image, with "
+                               "--text-match only for --hybrid)")
     if text is not None and not text.strip():
         raise click.BadParameter("the query text is empty", param_hint="TEXT")
     if image is not None and not os.path.isfile(image):
         raise click.BadParameter(f"{image} is not a file", param_hint="--image")
-    idx = open_index(index, "auto", backend=backend)
+    if text_match is not None and (text is not None or image is not None) and not hybrid:
+        raise click.UsageError("--text-match with TEXT or --image needs --hybrid (or drop them for a keyword search)")
+    if hybrid and text_match is None and text is None:
+        raise click.UsageError("--hybrid needs --text-match WORDS (or a TEXT to match as keywords)")
+    keyword_only = text is None and image is None
+    idx = open_index(index, None if keyword_only else "auto", backend=backend)
+    extra = {} if keyword_only else dict(rerank=rerank, candidates=candidates, lam=lam, alpha=alpha, dedup=dedup,
+                                         **({"fusion": fusion, "keyword_weight": keyword_weight} if hybrid else {}))
     try:
-        rows = idx.query(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates,
-                         lam=lam, alpha=alpha, where=where, dedup=dedup)[0]
+        rows = idx.query(text=text, image=image, k=k, target=target, where=where, text_match=text_match,
+                         hybrid=hybrid, **extra)[0]
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     if as_json:

@@ -35,6 +35,17 @@ def check_modalities(modalities: Sequence[str]) -> list[str]:
     return [m for m in MODALITIES if m in wanted]
 
 
+def check_text_columns(columns: Optional[Sequence[str]], names: Sequence[str]) -> list[str]:
+    """The columns keyword search indexes: the captions, then the named metadata columns (CorpusError
+    for one the corpus does not have)."""
+    wanted = ["caption"] + [c for c in (columns or ()) if c != "caption"]
+    bad = [c for c in wanted[1:] if c not in names or c.startswith("_")]
+    if bad:
+        raise CorpusError(f"no metadata column {bad[0]!r} for keyword search (--text-columns); columns: "
+                          f"{', '.join(n for n in names if not n.startswith('_'))}", usage=True)
+    return list(dict.fromkeys(wanted))
+
+
 def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = "ViT-B-32",
                 pretrained: Optional[str] = "laion2b_s34b_b79k", *, batch_size: int = 64,
                 shard_size: int = DEFAULT_SHARD_SIZE, index_key: Optional[str] = None,
@@ -45,7 +56,7 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None,
                 require_captions: bool = False, modalities: Sequence[str] = MODALITIES,
                 report: Optional[list] = None, ray: Optional[str] = None, ray_actors: Optional[int] = None,
-                ray_task_rows: Optional[int] = None) -> dict:
+                ray_task_rows: Optional[int] = None, text_columns: Optional[Sequence[str]] = None) -> dict:
     """Build, resume or sync the index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
@@ -55,17 +66,20 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     image->image search; 'text': search among captions; text needs captions). ``report``, a list, receives the run's :class:`~retrieval.store.indexer.RunReport`.
     ``ray``: embed on Ray actors ('local' starts a local cluster; else a cluster address such as
     'auto'), ``ray_actors`` of them (default one per GPU, else per CPU), ``ray_task_rows`` inputs per
-    task; the folder is the same as a single-process build's.
+    task; the folder is the same as a single-process build's. ``text_columns``: the metadata columns
+    keyword search reads besides the captions (default: the captions only), fixed at the first build.
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
     modalities = check_modalities(modalities)
     reader = open_corpus(corpus, image_root, image_column, caption_column, key_column, require_captions)
+    text_columns = check_text_columns(text_columns, reader.metadata_schema.names)
     check_out(out)
     clip = clip or load_model(model, pretrained, device)
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "max_pixels": max_pixels, "batch_size": batch_size, "workers": workers,
-                "recall_target": recall_target, "require_captions": require_captions, "modalities": modalities}
+                "recall_target": recall_target, "require_captions": require_captions, "modalities": modalities,
+                "text_columns": text_columns}
     source = None
     if ray is not None:
         from ..scale import RayBatches

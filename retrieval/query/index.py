@@ -11,7 +11,7 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from ..errors import IndexFolderError
 from ..store.integrity import require_intact
 from ..store.manifest import load_manifest, recorded_model, require_manifest
 from .backends import pick_backend
-from .rerankers import Clip, Deduplicated, make_method
+from .fusion import with_keywords
+from .rerankers import Deduplicated, make_method
 from .rows import RowQueries
 from .searcher import EngineFactory
 from .snapshot import Snapshot, only_shards
@@ -137,15 +138,11 @@ class Index(RowQueries):
         return self._snap.is_live(ids)
 
     # ---- search ----------------------------------------------------------------------------
-    def search_vectors(self, queries: np.ndarray, k: int = 10, modality: str = "image") -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, global ids) of L2-normalised ``queries`` [n, d] among live ``modality`` items."""
-        snap = self._snap
-        return snap.searcher.search(queries, k, modality, Clip(), snap.selection(modality))
-
     def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
                candidates: Optional[int] = None, tau: Optional[float] = None, lam: Optional[float] = None,
                alpha: float = 0.75, where: Optional[str] = None, dedup: Optional[float] = None,
-               captioned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               captioned: bool = False, text_match: Optional[Sequence[str]] = None, fusion: str = "rrf",
+               keyword_weight: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, global ids) of query embeddings among ``target`` items; ids -1 pad a row
         when fewer than k items qualify.
 
@@ -154,19 +151,20 @@ class Index(RowQueries):
         pairs), 'nnn' (s - α bias). BSAP, BSAP-H and NNN search the whole corpus exactly with the
         stored offsets; with ``candidates=N`` any method reranks CLIP's top N instead. ``where``: a SQL boolean expression over the metadata columns; ``dedup``:
         collapse near-duplicates (cosine >= the threshold, e.g. 0.94); ``captioned``: only items
-        with a caption. Deleted items are never returned.
+        with a caption. ``text_match``: one keyword query per query row, fused with the method's
+        ranking (``query.fusion``: ``fusion`` 'rrf' or 'weighted' with ``keyword_weight``, default
+        0.5). Deleted items are never returned.
         """
         check_search_options(candidates=candidates, tau=tau, lam=lam, alpha=alpha, dedup=dedup)
         snap = self._snap
         lam = snap.biases.lam(target) if lam is None else lam
         method = make_method(rerank, float(tau if tau is not None else snap.biases.tau()), candidates, lam, alpha)
+        if text_match is not None:
+            method = with_keywords(method, snap.keywords, text_match, len(np.atleast_2d(queries)), fusion,
+                                   keyword_weight)
         if dedup is not None:
             method = Deduplicated(method, float(dedup))
         return snap.searcher.search(queries, k, target, method, snap.selection(target, where, captioned))
-
-    def check_where(self, where: str) -> None:
-        """Evaluate (and cache) a ``where`` filter; FilterError (a ValueError) when it is invalid."""
-        self._snap.filters.selection(where)
 
     def metadata(self, ids) -> list[dict]:
         """Metadata rows of live global ids, in order (only the Parquet row groups holding them are

@@ -16,6 +16,7 @@ import numpy as np
 from .biases import Biases
 from .engine import ModalitySearch
 from .filters import Filters
+from .keyword import KeywordIndex
 from .metadata import MetadataReader
 from .searcher import Searcher
 from .selection import RowMasks, Selection
@@ -47,11 +48,11 @@ class Snapshot:
         same_bias = same_shards and _bias_files(previous.manifest) == _bias_files(manifest)
         if same_shards:
             self.shard_set = previous.shard_set  # same immutable shards; masks come from the new manifest
-            self.meta, self._filters = previous.meta, previous._filters
+            self.meta, self._filters, self._keywords = previous.meta, previous._filters, previous._keywords
         else:
             self.shard_set = ShardSet(self.folder, manifest, mmap, search_params,
                                       previous.shard_set if previous is not None else None)
-            self.meta, self._filters = MetadataReader(self.shard_set), None
+            self.meta, self._filters, self._keywords = MetadataReader(self.shard_set), None, None
         if same_bias and previous.searcher._factory is (engines or ModalitySearch):
             self.biases, self.searcher = previous.biases, previous.searcher
         else:
@@ -68,6 +69,13 @@ class Snapshot:
         if self._filters is None:
             self._filters = Filters(self.folder, self.shard_set.shards, self.shard_set.rows)
         return self._filters
+
+    @property
+    def keywords(self) -> KeywordIndex:
+        """BM25 keyword search over the shards' full-text files (opened on first use)."""
+        if self._keywords is None:
+            self._keywords = KeywordIndex(self.shard_set)
+        return self._keywords
 
     def selection(self, target: str, where: Optional[str] = None, captioned: bool = False) -> Selection:
         """The rows a search of ``target`` may return (live, captioned for text, matching ``where``)."""

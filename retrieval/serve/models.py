@@ -11,12 +11,14 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..methods.xmore import METHODS as XMORE_METHODS
+from ..query.fusion import FUSIONS
 from .service import MAX_ID, MAX_K
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 Rerank = Literal[RERANK_METHODS]
 Target = Literal["image", "text"]
+Fusion = Literal[FUSIONS]
 Method = Literal[XMORE_METHODS]
 
 
@@ -38,14 +40,27 @@ class SearchBody(BaseModel):
     where: Optional[str] = Field(None, max_length=2000, description="SQL boolean expression over the metadata columns")
     dedup: Optional[FiniteFloat] = Field(None, gt=0.0, le=1.0, description="collapse near-duplicates (cosine >= this)")
     return_embeddings: bool = False
+    text_match: Optional[str] = Field(None, max_length=2000, description='keywords (words, "phrases", prefix*, '
+                                      "AND/OR/NOT) over the captions and text columns: alone a BM25 keyword search; "
+                                      "with hybrid, fused with the query's CLIP ranking")
+    hybrid: bool = Field(False, description="fuse the ranking with the keyword ranking of text_match (default: of text)")
+    fusion: Fusion = Field("rrf", description="rrf (reciprocal rank fusion, k=60) or weighted")
+    keyword_weight: Optional[FiniteFloat] = Field(None, ge=0.0, le=1.0, description="weighted fusion: the keyword "
+                                                  "side's weight (default 0.5)")
 
     @model_validator(mode="after")
     def one_query(self):
         given = [x is not None for x in (self.text, self.image_base64, self.embedding, self.item_id)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of text, image_base64, embedding or item_id")
+        if sum(given) != 1 and not (sum(given) == 0 and self.text_match is not None and not self.hybrid):
+            raise ValueError("give exactly one of text, image_base64, embedding or item_id (or text_match alone)")
         if self.text is not None and not self.text.strip():
             raise ValueError("text is empty")
+        if self.text_match is not None and not self.text_match.strip():
+            raise ValueError("text_match is empty")
+        if self.text_match is not None and sum(given) and not self.hybrid:
+            raise ValueError("text_match with another query needs hybrid: true (or send text_match alone)")
+        if self.hybrid and self.text_match is None and self.text is None:
+            raise ValueError("hybrid needs text_match (or a text to match as keywords)")
         return self
 
 

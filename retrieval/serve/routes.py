@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
 from ..query.filters import FilterError
+from ..query.keyword import parse as keyword_parse
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
@@ -43,7 +44,16 @@ def add_routes(app: FastAPI, service: Service) -> None:
     async def _search(body: SearchBody, image_bytes: Optional[bytes] = None):
         name, idx = service.index(body.index)
         q = Query(name, body.k, body.target, body.rerank, body.candidates, body.lam, body.alpha,
-                  body.return_embeddings, where=body.where, dedup=body.dedup, text=body.text)
+                  body.return_embeddings, where=body.where, dedup=body.dedup, text=body.text,
+                  text_match=body.text_match if body.text_match is not None or not body.hybrid else body.text,
+                  fusion=body.fusion, keyword_weight=body.keyword_weight)
+        if q.text_match is not None:  # checked now: bad syntax is the request's 422, a folder without files 409
+            try:
+                keyword_parse(q.text_match)
+            except ValueError as e:
+                raise HTTPError(422, str(e)) from None
+            if not idx.snapshot.keywords.available:
+                raise HTTPError(409, f"index {name!r} has no full-text files; run `retrieval migrate` on it once")
         if body.where is not None:  # evaluated (and cached) now: a bad expression is the request's 422
             try:
                 await run_in_threadpool(idx.check_where, body.where)
@@ -63,7 +73,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
             if not idx.is_live([body.item_id])[0]:
                 raise HTTPError(404, f"index {name!r} has no item {body.item_id}")
             q.vector = idx.embeddings([body.item_id], "image")[0]
-        if body.rerank not in rerank_methods(idx):
+        if body.rerank not in rerank_methods(idx) and (q.vector is not None or q.text is not None or q.image is not None):
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
         try:
             results = await service.batcher.submit(q)
@@ -76,7 +86,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/search", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422, 503))
     async def search(body: SearchBody):
-        """Search with a text, a base64 image or an embedding (micro-batched with concurrent requests)."""
+        """Search with a text, a base64 image, an embedding or an item; or keywords (``text_match``) alone,
+        or fused with the other query (``hybrid``). Micro-batched with concurrent requests."""
         return await _search(body)
 
     @app.post("/search/upload", response_model=SearchResult, responses=errors(400, 404, 409, 413, 422, 503))
@@ -89,7 +100,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
             raise HTTPError(400, "the uploaded file is empty")
         body = SearchBody.model_construct(index=index, text=None, image_base64=None, embedding=None, item_id=None,
                                           k=k, target=target, rerank=rerank, candidates=None, lam=None, alpha=0.75,
-                                          return_embeddings=False)
+                                          return_embeddings=False, where=None, dedup=None, text_match=None,
+                                          hybrid=False, fusion="rrf", keyword_weight=None)
         return await _search(body, image_bytes=data)
 
     @app.post("/classify", response_model=ClassifyResult, responses=errors(400, 404, 413, 422, 503))

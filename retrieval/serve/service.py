@@ -54,9 +54,14 @@ class Query:
     vector: Optional[np.ndarray] = None
     raw: bool = False              # answer (scores, ids) arrays instead of result rows
     missing: tuple = ()            # shards a sharded search left out (set by the batch)
+    text_match: Optional[str] = None  # keywords: alone a keyword search, with a vector fused with it
+    fusion: str = "rrf"
+    keyword_weight: Optional[float] = None
 
     def group(self) -> tuple:
-        return (self.index, self.target, self.rerank, self.candidates, self.lam, self.alpha, self.where, self.dedup)
+        keyword_only = self.text_match is not None and self.vector is None and self.text is None and self.image is None
+        return (self.index, self.target, self.rerank, self.candidates, self.lam, self.alpha, self.where, self.dedup,
+                "keywords" if keyword_only else self.text_match is not None, self.fusion, self.keyword_weight)
 
 
 class Service:
@@ -135,13 +140,18 @@ class Service:
         groups: dict[tuple, list[int]] = {}
         for i, q in enumerate(queries):
             groups.setdefault(q.group(), []).append(i)
-        for (name, target, rerank, cand, lam, alpha, where, dedup), members in groups.items():
+        for (name, target, rerank, cand, lam, alpha, where, dedup, keywords, fusion, weight), members in groups.items():
             idx = self.indexes[name]
-            qs = np.stack([queries[i].vector for i in members]).astype(np.float32)
             kmax = max(queries[i].k for i in members)
+            texts = [queries[i].text_match for i in members] if keywords else None
             with collect_missing() as missing:
-                scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam,
-                                         alpha=alpha, where=where, dedup=dedup)
+                if keywords == "keywords":
+                    scores, ids = idx.keyword_search(texts, kmax, where=where, target=target)
+                else:
+                    qs = np.stack([queries[i].vector for i in members]).astype(np.float32)
+                    scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam,
+                                             alpha=alpha, where=where, dedup=dedup, text_match=texts, fusion=fusion,
+                                             keyword_weight=weight)
             missed = tuple(sorted(missing))
             for row, i in enumerate(members):
                 q = queries[i]

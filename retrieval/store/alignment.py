@@ -13,6 +13,7 @@ import numpy as np
 
 from .faiss_index import index_rows
 from .files import PARQUET_SHARD_KEY
+from .fts import fts_rows
 from .layout import EMB_FILE, INDEX_FILE
 
 UNREADABLE = "is unreadable"
@@ -42,6 +43,11 @@ def shard_problems(folder: Path, s: dict, dim: Optional[int] = None, keys: bool 
             out.append((rel, f"shard {s['id']}: the key column is {key or 'missing'}, not strings; {REPAIR_KEYS}"))
         elif keys and null_keys(folder, s):
             out.append((rel, f"shard {s['id']}: {null_keys(folder, s)} row(s) have a null key; {REPAIR_KEYS}"))
+        if keys and "fts" in s["files"]:
+            rel = s["files"]["fts"]
+            n = fts_rows(folder / rel)
+            if n != s["rows"]:
+                out.append((rel, f"shard {s['id']}: the full-text file covers {n} rows, manifest says {s['rows']}"))
         for mod in s.get("index") or {}:
             if EMB_FILE[mod] in s["files"]:
                 rel = s["files"][EMB_FILE[mod]]

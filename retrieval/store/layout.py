@@ -12,6 +12,7 @@ bias/gNNNNNN/                      one generation of bias files (the manifest's 
   bank_bsap_{modality}.npy         the BSAP banks; ref_nnn_{modality}.npy the NNN reference queries
 captions/captions_{k}.npy          rows of shard k that have a caption (packed bits; only when some lack one)
 tombstones/{k}_gNNNNNN.npy         rows of shard k deleted as of generation NNNNNN (packed bits)
+fts/fts_{k}.sqlite                 shard k's full-text index (SQLite FTS5, ``store.fts``)
 tombstones/held_gNNNNNN.parquet    keys deleted by the user: a sync does not bring them back
 faiss/trained_{modality}.index     the trained, empty index appended shards are added to (no retraining)
 errors.jsonl                       one line per skipped or repaired input
@@ -31,6 +32,7 @@ INDEX_FILE = {"image": "image_index", "text": "text_index"}
 ERRORS = "errors.jsonl"
 BIAS_DIR = "bias"
 TOMBSTONE_DIR = "tombstones"
+FTS_DIR = "fts"
 METADATA_ROW_GROUP = 4096  # small row groups: a query reads only the groups its results live in
 
 
@@ -63,6 +65,10 @@ def caption_file(k: int) -> str:
 
 def tombstone_file(k: int, generation: int) -> str:
     return f"{TOMBSTONE_DIR}/{shard_name(k)}_g{generation:06d}.npy"
+
+
+def fts_file(k: int) -> str:
+    return f"{FTS_DIR}/fts_{shard_name(k)}.sqlite"
 
 
 def held_file(generation: int) -> str:

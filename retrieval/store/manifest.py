@@ -16,6 +16,9 @@ MANIFEST = "manifest.json"
 
 
 def new_manifest(model: dict, corpus: dict, build: dict) -> dict:
+    """A first build's manifest; its shards get full-text files over ``build["text_columns"]`` (default:
+    the captions) unless ``build["fts"]`` is False."""
+    build = {"fts": True, "text_columns": ["caption"], **build}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, "model": model,
             "corpus": corpus, "build": build, "shards": [], "counts": {}, "stats": {}}
 

@@ -1,4 +1,4 @@
-"""Write one shard's files: metadata, caption mask, and per modality its vectors, stored once.
+"""Write one shard's files: metadata, caption mask, full-text index, and per modality its vectors, stored once.
 
 Per modality (``settings["modalities"]``; text only when some row has a caption):
 - ``Flat``: the fp16 npy, searched with BLAS; no faiss file.
@@ -24,7 +24,8 @@ from .faiss_index import build_faiss_index, new_index, tune_params
 from .files import save_faiss, save_npy, save_parquet
 from .integrity import file_record
 from .keys import shard_key
-from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, index_file, shard_files, trained_file
+from .fts import DEFAULT_COLUMNS, row_texts, write_fts
+from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, fts_file, index_file, shard_files, trained_file
 from .masks import pack
 from .vectors import built_key, keeps_npy
 
@@ -109,6 +110,10 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
         files["captions"] = caption_file(k)
         save_npy(out / files["captions"], pack(has_caption))
     save_parquet(out / files["metadata"], rows, schema, (k, offset))
+    build = manifest.get("build") or {}
+    if build.get("fts"):
+        files["fts"] = fts_file(k)
+        entry["fts"] = write_fts(out / files["fts"], row_texts(rows, build.get("text_columns") or DEFAULT_COLUMNS))
     wanted = shard_modalities(settings, has_caption)
     for modality, vecs in zip(MODALITIES, (img, txt)):
         usable = np.arange(n) if modality == "image" else captioned
