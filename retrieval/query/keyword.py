@@ -1,7 +1,8 @@
 """Keyword search over the shards' full-text files (``store.fts``), ranked by BM25 with the statistics
 of the whole folder, not of each shard.
 
-The query language is a safe subset of FTS5's: words (``eiffel tower``: every word, in any order),
+The query language is a safe subset of FTS5's: words (``eiffel tower``: every word, in any order; an
+``AND`` is implied between neighbours, groups included),
 ``"quoted phrases"``, a trailing ``*`` for a prefix (``bicyc*``), ``AND`` / ``OR`` / ``NOT`` and
 parentheses. Anything else inside a word (``SKU-123``, ``caption:x``, ``NEAR``) is taken literally: each
 word is passed to FTS5 as a quoted string, so no column filter or other FTS5 function can be reached.
@@ -57,6 +58,9 @@ def parse(text: str) -> Parsed:
         m = _TOKEN.match(text, pos)
         quote, opened, closed, word = m.groups()
         pos = m.end()
+        starts = quote or opened or (word and word not in ("AND", "OR", "NOT"))
+        if starts and out and (out[-1] == ")" or out[-1].startswith('"')):
+            out.append("AND")  # FTS5 joins only phrases implicitly: "a (b OR c)" needs its AND
         if quote:
             end = text.find('"', pos)
             if end < 0:
@@ -82,7 +86,9 @@ def parse(text: str) -> Parsed:
         raise KeywordError("bad keyword query: a parenthesis is not closed")
     if not words:
         raise KeywordError("the keyword query has no words")
-    return Parsed(" ".join(out), words)
+    parsed = Parsed(" ".join(out), words)
+    shared_tokenizer().check(parsed.match)
+    return parsed
 
 
 def _quoted(s: str) -> str:
@@ -98,11 +104,29 @@ class Tokenizer:
         self.con.execute("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, q, 'instance')")
         self.lock = threading.Lock()
 
+    def check(self, match: str) -> None:
+        """KeywordError when FTS5 cannot parse ``match`` (``a OR``, ``NOT x`` alone)."""
+        with self.lock:
+            try:
+                self.con.execute("SELECT rowid FROM q WHERE q MATCH ?", [match]).fetchall()
+            except sqlite3.OperationalError as e:
+                raise KeywordError(f"bad keyword query: {str(e).removeprefix('fts5: ')}") from None
+
     def tokens(self, text: str) -> list[str]:
         with self.lock:
             self.con.execute("DELETE FROM q")
             self.con.execute("INSERT INTO q(rowid, text) VALUES (1, ?)", [text])
             return [t for t, in self.con.execute("SELECT term FROM temp.v ORDER BY offset")]
+
+
+_SHARED: list = []
+
+
+def shared_tokenizer() -> Tokenizer:
+    """The process's one query tokenizer (and syntax checker)."""
+    if not _SHARED:
+        _SHARED.append(Tokenizer())
+    return _SHARED[0]
 
 
 def _next_prefix(p: str) -> str:
@@ -163,7 +187,6 @@ class KeywordIndex:
         self.avgdl = tokens / self.docs if self.docs else 1.0
         self._open: dict[int, ShardText] = {}
         self._lock = threading.Lock()
-        self._tokenizer: Optional[Tokenizer] = None
 
     def _shard(self, i: int) -> ShardText:
         with self._lock:
@@ -173,11 +196,9 @@ class KeywordIndex:
 
     def terms(self, parsed: Parsed) -> list[tuple[str, bool]]:
         """The index tokens of the query's words ((token, prefix?); a prefix word's last token is)."""
-        with self._lock:
-            self._tokenizer = self._tokenizer or Tokenizer()
         out = []
         for text, prefix in parsed.words:
-            toks = self._tokenizer.tokens(text)
+            toks = shared_tokenizer().tokens(text)
             out += [(t, prefix and j == len(toks) - 1) for j, t in enumerate(toks)]
         return list(dict.fromkeys(out))
 

@@ -33,6 +33,18 @@ def _keys(folder):
     return [r["key"] for r in idx.metadata(idx.ids())]
 
 
+def _keyword_agrees_with_captions(folder, word="a"):
+    """Keyword search for ``word`` returns exactly the live rows whose caption holds it as a word."""
+    import re
+
+    idx = open_index(folder)
+    ids = idx.ids()
+    want = {int(i) for i, r in zip(ids, idx.metadata(ids)) if word in re.findall(r"\w+", (r["caption"] or "").lower())}
+    s, got = idx.keyword_search(word, max(1, len(ids)))
+    assert set(got[0][got[0] >= 0].tolist()) == want
+    return want
+
+
 def _cli_build(corpus, out, *extra):
     return [sys.executable, "-m", "retrieval.cli", "build", str(corpus), "--out", str(out), "--model", str(TINY),
             "--shard-size", "10", "--batch-size", "5", "--workers", "0", "--quiet", *extra]
@@ -93,6 +105,9 @@ def test_sync_adds_changes_and_deletes(tmp_path, tiny_clip):
     got = idx.query(text="a bright red sports car on a racetrack", k=1, target="text")[0][0]
     assert got["key"] == names[5][:-4] and got["caption"] == "a bright red sports car on a racetrack"
     assert m["counts"]["deleted"] == 5                                       # 4 gone + the old version of 1
+    s, ids = idx.keyword_search("racetrack", 5)                              # the keyword side follows the sync
+    assert ids[0].tolist()[:2] == [got["id"], -1]
+    assert len(_keyword_agrees_with_captions(out)) > 10
     again: list = []
     build_index(corpus, out, report=again, **kw)
     assert again[0].line() == "+0 added, -0 deleted, 0 changed" and again[0].unchanged == 26
@@ -161,6 +176,7 @@ def test_kill_9_leaves_a_consistent_index_and_a_rerun_completes(tmp_path, tiny_c
         proc.wait()
         keys = _keys(out)                                                   # opens: every listed file intact
         assert len(keys) == len(set(keys)) and before & after <= set(keys) <= before | after
+        _keyword_agrees_with_captions(out)                                  # full-text files in step too
         if set(keys) == after:
             break
     assert killed_mid_write >= 1

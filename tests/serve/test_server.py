@@ -266,3 +266,24 @@ def test_a_bias_file_corrupted_while_serving_is_a_503_naming_it(flickr_index, ti
     assert r.status_code == 503 and "nnn_image_0001.npy is unreadable" in r.json()["detail"]
     r = client.post("/search", json={"text": "a dog"})  # what does not need the file still works
     assert r.status_code == 200 and len(r.json()["results"]) == 10
+
+
+def test_keyword_and_hybrid_search_over_http(server):
+    import re
+
+    st, body, _ = call(server, "POST", "/search", {"text_match": "frisbee", "k": 8})
+    assert st == 200 and len(body["results"]) == 8
+    for r in body["results"]:                              # every row holds the word in one of its captions
+        assert any("frisbee" in re.findall(r"\w+", c.lower()) for c in r["captions"])
+    assert body["results"][0]["score"] >= body["results"][-1]["score"] > 0
+    st, hy, _ = call(server, "POST", "/search", {"text": "a dog catches a frisbee", "hybrid": True, "k": 10})
+    assert st == 200 and len(hy["results"]) == 10
+    st, hy2, _ = call(server, "POST", "/search", {"text": "a dog", "text_match": "frisbee", "hybrid": True, "k": 10,
+                                                  "rerank": "nnn", "fusion": "weighted", "keyword_weight": 0.7,
+                                                  "where": "caption LIKE '%dog%'"})
+    assert st == 200 and all("dog" in r["caption"] for r in hy2["results"])
+    for bad in ({"text_match": '"unclosed'}, {"text_match": "a OR"}, {"text": "dog", "text_match": "dog"},
+                {"text_match": "dog", "hybrid": True}, {"text": "dog", "hybrid": True, "fusion": "max"},
+                {"text": "dog", "hybrid": True, "keyword_weight": 1.5}, {"text_match": " "}):
+        st, err, _ = call(server, "POST", "/search", bad)
+        assert st == 422 and "detail" in err, (bad, st, err)

@@ -1,0 +1,210 @@
+"""Keyword search (BM25 over the shards' full-text files) and keyword + CLIP fusion: exact matching
+sets through appends, deletes and compaction, BM25 equal to a direct computation with whole-folder
+statistics, literal matches above borderline CLIP hits, k results whenever k qualify, one-line errors."""
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from retrieval import add_embeddings, build_from_embeddings, open_index
+from retrieval.cli import main
+from retrieval.ops import compact
+from retrieval.query.fusion import rrf, weighted
+from retrieval.query.keyword import KeywordError, parse
+from tests.conftest import unit_vectors
+
+D, N = 16, 3000
+WORDS = ["dog", "cat", "beach", "red", "car", "tree", "river", "child", "ball", "grass", "snow", "city"]
+RARE = "zyxwvu"
+
+
+def _caption(i: int, rng) -> str:
+    words = [WORDS[j] for j in rng.integers(0, len(WORDS), rng.integers(3, 9))]
+    if i % 431 == 7:
+        words.insert(int(rng.integers(0, len(words))), RARE)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    rows = [{"key": f"k{i}", "image_path": "", "caption": _caption(i, rng), "title": f"item {i}"} for i in range(N)]
+    out = tmp_path_factory.mktemp("kw") / "idx"
+    build_from_embeddings(out, unit_vectors(N, D, 1), unit_vectors(N, D, 2), {"arch": "synthetic"}, rows,
+                          shard_size=700, index_key="IVF8,Flat")
+    return out, rows
+
+
+def _with(rows, word):
+    return {i for i, r in enumerate(rows) if word in r["caption"].split()}
+
+
+def _bm25(rows, live, query_words):
+    """Okapi BM25 (k1 1.2, b 0.75) with N, df, avgdl over every row written (deleted ones too)."""
+    docs = [r["caption"].split() for r in rows]
+    n, avgdl = len(docs), sum(map(len, docs)) / len(docs)
+    out = {}
+    for i in live:
+        s = 0.0
+        for w in query_words:
+            df = sum(w in d for d in docs)
+            tf = docs[i].count(w)
+            if tf:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                s += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(docs[i]) / avgdl))
+        if s:
+            out[i] = s
+    return out
+
+
+def test_a_rare_token_finds_exactly_its_captions(corpus):
+    folder, rows = corpus
+    idx = open_index(folder)
+    want = _with(rows, RARE)
+    s, ids = idx.keyword_search(RARE, 100)
+    assert set(ids[0][ids[0] >= 0].tolist()) == want and len(want) == 7 and (ids[0] >= 0).sum() == 7
+    assert idx.keyword_search(RARE.upper(), 100)[1][0].tolist()[:7] == ids[0].tolist()[:7]   # case folded
+    assert (idx.keyword_search("zyxwv", 10)[1] < 0).all()                                    # whole words only
+    assert set(idx.keyword_search("zyxw*", 10)[1][0][:7].tolist()) == want                  # a prefix
+
+
+def test_scores_are_bm25_over_the_whole_folder(corpus):
+    folder, rows = corpus
+    idx = open_index(folder)
+    for query in ("beach OR snow", "red car", f"{RARE} OR tree"):
+        words = [w for w in query.split() if w != "OR"]
+        want = _bm25(rows, range(N), words)
+        if "OR" not in query:
+            want = {i: v for i, v in want.items() if all(w in rows[i]["caption"].split() for w in words)}
+        s, ids = idx.keyword_search(query, 50)
+        got = dict(zip(ids[0].tolist(), s[0].tolist()))
+        best = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:50]
+        assert [i for i, _ in best] == ids[0].tolist(), query
+        np.testing.assert_allclose([got[i] for i, _ in best], [v for _, v in best], rtol=1e-4)
+
+
+def test_matches_follow_deletes_appends_where_and_compaction(corpus, tmp_path):
+    import shutil
+
+    folder, rows = corpus
+    work = tmp_path / "w"
+    shutil.copytree(folder, work)
+    want = sorted(_with(rows, RARE))
+    idx = open_index(work)
+    idx.delete([f"k{want[0]}", f"k{want[1]}"])
+    new = [{"key": f"new{i}", "image_path": "", "caption": f"a {RARE} at the end {i}", "title": "t"} for i in range(3)]
+    add_embeddings(work, unit_vectors(3, D, 5), unit_vectors(3, D, 6), new)
+    idx.refresh()
+    ids = idx.keyword_search(RARE, 100)[1][0]
+    keys = {r["key"] for r in idx.metadata(ids[ids >= 0])}
+    expect = {f"k{i}" for i in want[2:]} | {r["key"] for r in new}
+    assert keys == expect
+    ids = idx.keyword_search(RARE, 100, where="title = 't'")[1][0]
+    assert {r["key"] for r in idx.metadata(ids[ids >= 0])} == {r["key"] for r in new}
+    compact(work, threshold=0.0, min_rows=10_000)                  # every shard rewritten: new files, new ids
+    idx = open_index(work)
+    ids = idx.keyword_search(RARE, 100)[1][0]
+    assert {r["key"] for r in idx.metadata(ids[ids >= 0])} == expect
+    assert CliRunner().invoke(main, ["verify", str(work)]).exit_code == 0
+
+
+def test_text_columns_are_searched_too(tmp_path):
+    rows = [{"key": f"k{i}", "image_path": "", "caption": "a photo", "title": f"sku{i}"} for i in range(50)]
+    build_from_embeddings(tmp_path / "a", unit_vectors(50, D, 1), unit_vectors(50, D, 2), {"arch": "synthetic"}, rows)
+    assert (open_index(tmp_path / "a").keyword_search("sku7", 5)[1] < 0).all()        # captions only by default
+    from retrieval.ops.fulltext import add_fulltext
+    from retrieval.store.manifest import require_manifest
+
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())          # a folder from before keyword search
+    for s in m["shards"]:
+        for field in ("files", "sha256", "bytes", "sample"):
+            s[field].pop("fts", None)
+        s.pop("fts", None)
+    m["build"].pop("fts")
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(Exception, match="retrieval migrate"):
+        open_index(tmp_path / "a").keyword_search("photo", 3)
+    assert add_fulltext(tmp_path / "a", ["caption", "title"]).shards == 1
+    assert require_manifest(tmp_path / "a")["build"]["text_columns"] == ["caption", "title"]
+    assert open_index(tmp_path / "a").keyword_search("sku7", 5)[1][0].tolist()[:2] == [7, -1]
+
+
+def _near(q, n, spread, seed):
+    x = q + spread * np.random.default_rng(seed).standard_normal((n, len(q))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def hybrid_folder(tmp_path_factory):
+    """A query vector q; 40 rows close to it (borderline CLIP hits, generic captions); 5 rows farther
+    away whose captions literally hold the query's words; 500 unrelated rows."""
+    q = unit_vectors(1, D, 9)[0]
+    x = np.concatenate([_near(q, 40, 0.3, 1), _near(q, 5, 1.2, 2), unit_vectors(500, D, 3)])
+    captions = ["a photo of something"] * 40 + [f"the eiffel tower at dusk {i}" for i in range(5)] + ["other"] * 500
+    rows = [{"key": f"k{i}", "image_path": "", "caption": c, "group": i // 40} for i, c in enumerate(captions)]
+    out = tmp_path_factory.mktemp("hy") / "idx"
+    build_from_embeddings(out, x, x, {"arch": "synthetic"}, rows, shard_size=200)
+    return out, q
+
+
+@pytest.mark.parametrize("rerank", ["clip", "nnn", "bsap"])
+def test_hybrid_puts_literal_matches_above_borderline_clip_hits(hybrid_folder, rerank):
+    folder, q = hybrid_folder
+    idx = open_index(folder)
+    plain = idx.search(q[None], 10, rerank=rerank)[1][0]
+    assert not set(range(40, 45)) & set(plain.tolist())                     # CLIP alone misses them
+    fused = idx.search(q[None], 10, rerank=rerank, text_match="eiffel tower")[1][0]
+    assert set(fused[:10].tolist()) >= set(range(40, 45))                   # the literal matches are in
+    assert set(fused[:2].tolist()) & set(range(40, 45))                     # and near the top
+    w = idx.search(q[None], 10, rerank=rerank, text_match="eiffel tower", fusion="weighted", keyword_weight=0.9)[1][0]
+    assert set(w[:5].tolist()) == set(range(40, 45))
+
+
+def test_hybrid_returns_k_whenever_k_qualify(hybrid_folder):
+    folder, q = hybrid_folder
+    idx = open_index(folder)
+    for k in (3, 10, 60, 545):
+        s, ids = idx.search(q[None], k, text_match="eiffel")
+        assert (ids >= 0).all() and len(set(ids[0].tolist())) == k
+    s, ids = idx.search(q[None], 50, text_match="eiffel", where="\"group\" = 1")
+    assert sorted(ids[0][ids[0] >= 0].tolist()) == list(range(40, 80))      # all 40 rows the filter allows
+    s, ids = idx.search(q[None], 20, text_match="eiffel", dedup=0.999)
+    assert (ids >= 0).all()
+
+
+def test_fusion_functions():
+    a = (np.array([0.9, 0.8, 0.7]), np.array([1, 2, 3]))
+    b = (np.array([5.0, 1.0, -np.inf]), np.array([3, 4, -1]))
+    s, ids = rrf([a, b])
+    assert ids.tolist() == [3, 1, 2, 4] and s[0] == pytest.approx(1 / 63 + 1 / 61)
+    s, ids = weighted([a, b], [0.5, 0.5])          # min-max: a -> 1, .5, 0; b -> 1, 0 (ties: the smaller id)
+    assert ids.tolist() == [1, 3, 2, 4] and s.tolist() == pytest.approx([0.5, 0.5, 0.25, 0.0])
+    s, ids = weighted([a, b], [0.2, 0.8])
+    assert ids.tolist() == [3, 1, 2, 4]
+
+
+@pytest.mark.parametrize("query,msg", [('"open', "quote is not closed"), ("a OR", "syntax error"), ("(a", "not closed"),
+                                       (")", "closes nothing"), ("", "empty"), ("x" * 2001, "at most 2000")])
+def test_bad_keyword_queries_are_one_line_errors(corpus, query, msg):
+    with pytest.raises(KeywordError, match=msg):
+        open_index(corpus[0]).keyword_search(query, 3)
+    r = CliRunner().invoke(main, ["search", str(corpus[0]), "--text-match", query])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_the_query_subset_cannot_reach_fts5_functions():
+    for text in ("caption:dog", "NEAR(a b)", "a + b", "{text}: x", "^dog"):
+        assert all(part.startswith('"') or part in ("AND", "OR", "NOT", "(", ")") for part in
+                   re.findall(r'"(?:[^"]|"")*"\*?|\S+', parse(text).match)), text
+
+
+def test_cli_keyword_and_hybrid(corpus):
+    folder, rows = corpus
+    r = CliRunner().invoke(main, ["search", str(folder), "--text-match", RARE, "--k", "20", "--json"])
+    assert r.exit_code == 0, r.output
+    assert {json.loads(x)["key"] for x in r.output.splitlines()} == {f"k{i}" for i in _with(rows, RARE)}
+    r = CliRunner().invoke(main, ["search", str(folder), "a dog", "--text-match", "dog"])
+    assert r.exit_code == 2 and "needs --hybrid" in r.output
