@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import IndexFolderError
-from ..store.fts import row_texts, write_fts
+from ..store.fts import row_texts
 from ..store.generations import publish
-from ..store.integrity import file_record
-from ..store.layout import fts_file
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
+from ..store.shard import fulltext_entry
 
 
 @dataclass
@@ -43,16 +42,10 @@ def add_fulltext(folder: str | os.PathLike, text_columns: Optional[Sequence[str]
             raise IndexFolderError(f"{folder} is incomplete; finish its build first")
         build = m.setdefault("build", {})
         columns = list(text_columns or build.get("text_columns") or ["caption"])
-        todo = [s for s in m["shards"] if s["rows"] > 0 and "fts" not in s["files"]]
+        todo = [s for s in m["shards"] if s["rows"] > 0 and not s.get("fts")]
         rows = 0
         for s in todo:
-            table = pq.read_table(folder / s["files"]["metadata"])
-            rel = fts_file(s["id"])
-            s["fts"] = write_fts(folder / rel, row_texts(table, columns))
-            s["files"]["fts"] = rel
-            rec = file_record(folder / rel)
-            for field in ("sha256", "bytes", "sample"):
-                s.setdefault(field, {})["fts"] = rec[field]
+            s["fts"] = fulltext_entry(folder, s["id"], row_texts(pq.read_table(folder / s["files"]["metadata"]), columns))
             rows += s["rows"]
         if todo or not build.get("fts"):
             build["fts"], build["text_columns"] = True, columns

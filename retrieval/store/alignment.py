@@ -43,11 +43,11 @@ def shard_problems(folder: Path, s: dict, dim: Optional[int] = None, keys: bool 
             out.append((rel, f"shard {s['id']}: the key column is {key or 'missing'}, not strings; {REPAIR_KEYS}"))
         elif keys and null_keys(folder, s):
             out.append((rel, f"shard {s['id']}: {null_keys(folder, s)} row(s) have a null key; {REPAIR_KEYS}"))
-        if keys and "fts" in s["files"]:
-            rel = s["files"]["fts"]
+        if keys and s.get("fts"):
+            rel = s["fts"]["dir"]
             n = fts_rows(folder / rel)
             if n != s["rows"]:
-                out.append((rel, f"shard {s['id']}: the full-text file covers {n} rows, manifest says {s['rows']}"))
+                out.append((rel, f"shard {s['id']}: the full-text index covers {n} rows, manifest says {s['rows']}"))
         for mod in s.get("index") or {}:
             if EMB_FILE[mod] in s["files"]:
                 rel = s["files"][EMB_FILE[mod]]

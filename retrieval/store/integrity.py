@@ -50,6 +50,7 @@ def listed_files(manifest: dict) -> Iterator[tuple[str, dict]]:
             rec = {k: s[k][role] for k in ("bytes", "sha256", "sample") if role in s.get(k, {})}
             if rec or (s["rows"] > 0 or not role.endswith("_index")):
                 yield rel, rec
+        yield from ((s.get("fts") or {}).get("files") or {}).items()
     for rel, rec in ((manifest.get("bias") or {}).get("files") or {}).items():
         yield rel, rec
     for entry in (manifest.get("tombstones") or {}).values():
@@ -139,7 +140,7 @@ def alignment(folder: Path, manifest: dict, bad_files: set) -> list[tuple[str, s
     out = [("manifest.json", why) for why in manifest_problems(manifest)]
     dim = (manifest.get("model") or {}).get("embed_dim")
     for s in manifest.get("shards", []):
-        if s["rows"] == 0 or bad_files & set(s["files"].values()):
+        if s["rows"] == 0 or bad_files & (set(s["files"].values()) | set((s.get("fts") or {}).get("files") or ())):
             continue
         out += shard_problems(folder, s, dim)
     return out

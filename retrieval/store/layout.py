@@ -12,7 +12,7 @@ bias/gNNNNNN/                      one generation of bias files (the manifest's 
   bank_bsap_{modality}.npy         the BSAP banks; ref_nnn_{modality}.npy the NNN reference queries
 captions/captions_{k}.npy          rows of shard k that have a caption (packed bits; only when some lack one)
 tombstones/{k}_gNNNNNN.npy         rows of shard k deleted as of generation NNNNNN (packed bits)
-fts/fts_{k}.sqlite                 shard k's full-text index (SQLite FTS5, ``store.fts``)
+fts/fts_{k}/                       shard k's full-text index (a tantivy folder, ``store.fts``)
 tombstones/held_gNNNNNN.parquet    keys deleted by the user: a sync does not bring them back
 faiss/trained_{modality}.index     the trained, empty index appended shards are added to (no retraining)
 errors.jsonl                       one line per skipped or repaired input
@@ -68,7 +68,8 @@ def tombstone_file(k: int, generation: int) -> str:
 
 
 def fts_file(k: int) -> str:
-    return f"{FTS_DIR}/fts_{shard_name(k)}.sqlite"
+    """Shard ``k``'s full-text folder (a tantivy index)."""
+    return f"{FTS_DIR}/fts_{shard_name(k)}"
 
 
 def held_file(generation: int) -> str:

@@ -24,7 +24,7 @@ from .faiss_index import build_faiss_index, new_index, tune_params
 from .files import save_faiss, save_npy, save_parquet
 from .integrity import file_record
 from .keys import shard_key
-from .fts import DEFAULT_COLUMNS, row_texts, write_fts
+from .fts import DEFAULT_COLUMNS, fts_files, row_texts, write_fts
 from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, fts_file, index_file, shard_files, trained_file
 from .masks import pack
 from .vectors import built_key, keeps_npy
@@ -112,8 +112,7 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
     save_parquet(out / files["metadata"], rows, schema, (k, offset))
     build = manifest.get("build") or {}
     if build.get("fts"):
-        files["fts"] = fts_file(k)
-        entry["fts"] = write_fts(out / files["fts"], row_texts(rows, build.get("text_columns") or DEFAULT_COLUMNS))
+        entry["fts"] = fulltext_entry(out, k, row_texts(rows, build.get("text_columns") or DEFAULT_COLUMNS))
     wanted = shard_modalities(settings, has_caption)
     for modality, vecs in zip(MODALITIES, (img, txt)):
         usable = np.arange(n) if modality == "image" else captioned
@@ -144,6 +143,13 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
     for field in ("sha256", "bytes", "sample"):
         entry[field] = {name: r[field] for name, r in records.items()}
     return entry
+
+
+def fulltext_entry(out: Path, k: int, texts: list[str]) -> dict:
+    """Write shard ``k``'s full-text folder; its manifest record {"dir", "docs", "files": {rel: record}}."""
+    rel = fts_file(k)
+    info = write_fts(out / rel, texts)
+    return {"dir": rel, **info, "files": {f: file_record(out / f) for f in fts_files(out, rel)}}
 
 
 def zero_text_rows(txt: Optional[np.ndarray], has_caption: np.ndarray, n: int, dim: int) -> np.ndarray:

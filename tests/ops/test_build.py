@@ -43,7 +43,7 @@ def test_flickr_manifest_and_stored_vectors(flickr_index):
     assert m["model"]["weights_sha256"].startswith("9dce3be6") and m["model"]["embed_dim"] == 256
     img, _, _ = read_layout(flickr_index)
     for s in m["shards"]:  # small shards are Flat: their vectors live in the npy only, scanned with BLAS
-        assert set(s["files"]) == {"metadata", "img_emb", "text_emb", "fts"}
+        assert set(s["files"]) == {"metadata", "img_emb", "text_emb"}
         assert {mod: (i["key"], i["ntotal"], i["dim"]) for mod, i in s["index"].items()} == {
             "image": ("Flat", s["rows"], 256), "text": ("Flat", s["rows"], 256)}
     idx = open_index(flickr_index)
@@ -263,8 +263,8 @@ def test_forced_index_key_builds_ivf_and_small_last_shard_falls_back(tmp_path, t
     assert [s["index"]["image"]["key"] for s in m["shards"]] == ["IVF16,SQfp16", "Flat"]
     assert [s["index"]["image"]["requested"] for s in m["shards"]] == ["IVF16,Flat", "Flat"]
     assert m["shards"][0]["index"]["image"]["params"].startswith("nprobe=")
-    assert set(m["shards"][0]["files"]) == {"metadata", "image_index", "text_index", "fts"}
-    assert set(m["shards"][1]["files"]) == {"metadata", "img_emb", "text_emb", "fts"}
+    assert set(m["shards"][0]["files"]) == {"metadata", "image_index", "text_index"}
+    assert set(m["shards"][1]["files"]) == {"metadata", "img_emb", "text_emb"}
     with pytest.raises(IndexFolderError, match="--index-key"):
         build_index(root, tmp_path / "idx2", index_key="IVF4,Bogus", workers=0, progress=False, clip=tiny_clip)
 
