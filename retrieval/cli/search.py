@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from pathlib import Path
 
 import click
 
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.backends import BACKENDS
+from ..query.examples import STRATEGIES
 from ..query.fusion import FUSIONS
 from ..methods.dedup import DEFAULT_THRESHOLD as DEDUP
 from .common import POSITIVE, Finite
@@ -43,31 +46,49 @@ from .common import POSITIVE, Finite
               help="rrf: reciprocal rank fusion (k=60); weighted: min-max normalised scores, --keyword-weight.")
 @click.option("--keyword-weight", type=Finite(0.0, 1.0), default=None,
               help="With --fusion weighted: the keyword side's weight (default 0.5).")
+@click.option("--like", "like", multiple=True, metavar="KEY|FILE",
+              help="A positive example (repeatable): an image file, else the key of an item of INDEX. With TEXT or "
+                   "--image, that query is one more positive.")
+@click.option("--unlike", "unlike", multiple=True, metavar="KEY|FILE", help="A negative example (repeatable).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="average_vector", show_default=True,
+              help="How examples combine (Qdrant's): average_vector (2·mean(like) - mean(unlike), any --rerank), "
+                   "best_score, sum_scores.")
+@click.option("--min-score", default=None, metavar="S|auto",
+              help="Drop results scoring below S (the method's own score), or 'auto': the floor `retrieval bias` "
+                   "recorded (what an unrelated item scores 1 %% of the time).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, where, dedup, text_match, hybrid,
-           fusion, keyword_weight, as_json):
-    """Search INDEX with TEXT (or --image PATH, or --text-match WORDS alone) and print the top-k rows."""
+           fusion, keyword_weight, like, unlike, strategy, min_score, as_json):
+    """Search INDEX with TEXT, --image PATH, --like/--unlike examples, or --text-match WORDS alone, and
+    print the top-k rows."""
     from ..query import open_index
+    from ..query.spec import AUTO, QuerySpec
 
-    if text is not None and image is not None or (text is None and image is None and text_match is None):
-        raise click.UsageError("give a TEXT, --image PATH or --text-match WORDS (TEXT or --image, with "
-                               "--text-match only for --hybrid)")
     if text is not None and not text.strip():
         raise click.BadParameter("the query text is empty", param_hint="TEXT")
     if image is not None and not os.path.isfile(image):
         raise click.BadParameter(f"{image} is not a file", param_hint="--image")
-    if text_match is not None and (text is not None or image is not None) and not hybrid:
-        raise click.UsageError("--text-match with TEXT or --image needs --hybrid (or drop them for a keyword search)")
-    if hybrid and text_match is None and text is None:
-        raise click.UsageError("--hybrid needs --text-match WORDS (or a TEXT to match as keywords)")
-    keyword_only = text is None and image is None
-    idx = open_index(index, None if keyword_only else "auto", backend=backend)
-    extra = {} if keyword_only else dict(rerank=rerank, candidates=candidates, lam=lam, alpha=alpha, dedup=dedup,
-                                         **({"fusion": fusion, "keyword_weight": keyword_weight} if hybrid else {}))
+    if min_score not in (None, AUTO):
+        try:
+            min_score = float(min_score)
+        except ValueError:
+            raise click.BadParameter(f"{min_score!r} is not a number or 'auto'", param_hint="--min-score") from None
+        if not math.isfinite(min_score):
+            raise click.BadParameter("must be finite", param_hint="--min-score")
+    examples = lambda items: tuple({"image": Path(x)} if os.path.isfile(x) else {"key": x} for x in items)  # noqa: E731
+    spec = QuerySpec(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates, lam=lam,
+                     alpha=alpha, where=where, dedup=dedup, text_match=text_match, hybrid=hybrid, fusion=fusion,
+                     keyword_weight=keyword_weight, positive=examples(like), negative=examples(unlike),
+                     strategy=strategy, min_score=min_score)
     try:
-        rows = idx.query(text=text, image=image, k=k, target=target, where=where, text_match=text_match,
-                         hybrid=hybrid, **extra)[0]
+        spec.check()
     except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    needs_model = text is not None or image is not None or any(os.path.isfile(x) for x in like + unlike)
+    idx = open_index(index, "auto" if needs_model else None, backend=backend)
+    try:
+        rows = idx.query(**{f: getattr(spec, f) for f in spec.__dataclass_fields__ if f != "extra"})[0]
+    except (ValueError, LookupError) as e:
         raise click.BadParameter(str(e)) from None
     if as_json:
         for r in rows:

@@ -29,9 +29,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..methods.rerank import DEFAULT_NNN_K, bsap_offsets, nnn_bias
+from ..methods.rerank import DEFAULT_NNN_K, LAM_BY_TARGET, bsap_offsets, nnn_bias
 from ..store.files import save_npy
-from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam
+from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam, nonmatching_floors
 from ..store.combined import quantize_offsets
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
@@ -175,7 +175,9 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
             index_with_offsets(folder, m, s, modality, offsets, shifts, gen)
     t_index = time.perf_counter() - t_index
     cal = calibrate_lam(folder, m, shards, per_shard, calibrate, seed + 4) if calibrate and "text" in banks else None
-    m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}),
+    lam = cal["lam"] if cal else {t: LAM_BY_TARGET.get(t, LAM_BY_TARGET["image"]) for t in banks}
+    floor = nonmatching_floors(folder, m, shards, per_shard, lam, tau, seed=seed + 5) if calibrate else None
+    m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}), **({"floor": floor} if floor else {}),
                  "tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
                  "seed": seed, "shift": shifts, "dir": where, "files": out.files,

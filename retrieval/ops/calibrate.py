@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..methods.calibrate import TopByLam, choose_lam, pair_hits, sample_pairs
+from ..methods.rerank import bsap_from_offsets, hybrid_from_offsets
 from ..store.masks import usable_rows
 from ..store.vectors import ShardVectors, read_all
 
@@ -71,3 +72,51 @@ def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size
         out["lam"][target], out["r1"][target] = lam, r1
     log.info("BSAP-H λ from %d pairs: %s", len(rows), out["lam"])
     return out
+
+
+FLOOR_QUANTILE = 0.99
+FLOOR_SHIFTS = 8
+
+
+def nonmatching_floors(folder: Path, m: dict, shards: list[dict], offsets: dict, lam: dict, tau: float,
+                       alpha: float = 0.75, size: int = DEFAULT_CALIBRATION_PAIRS, seed: int = 0) -> Optional[dict]:
+    """The score a non-matching pair reaches with probability 1 - FLOOR_QUANTILE, per query kind,
+    target and method (``--min-score auto``): query row i against target row i + j (j = 1..8) of a
+    sample of live rows, scored as the index scores (stored offsets, the recorded τ and λ, α). Caption
+    queries need captioned pairs; image queries any live image. None when too few rows."""
+    shards = [s for s in shards if "image" in s["index"]]
+    pair_of = _Pairs(folder, m, shards)
+    with_caption = [np.intersect1d(t, i) + s["offset"] for s, t, i in
+                    zip(shards, pair_of.usable["text"], pair_of.usable["image"]) if "text" in s["index"]]
+    images = [i + s["offset"] for s, i in zip(shards, pair_of.usable["image"])]
+    out: dict = {"quantile": FLOOR_QUANTILE, "alpha": alpha, "lam": dict(lam), "floors": {}}
+    for kinds, rows in (((("text", "image"), ("image", "image"), ("image", "text"), ("text", "text")), with_caption),
+                        ((("image", "image"),), images)):
+        every = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        pick = sample_pairs(len(every), size, seed)
+        if pick is None:
+            continue
+        picked = every[pick]
+        img, cap = pair_of(picked)
+        vec = {"image": img, "text": cap}
+        sh = np.searchsorted(pair_of.starts, picked, side="right") - 1
+        local = picked - pair_of.starts[sh]
+        for qm, tm in kinds:
+            if f"{qm}->{tm}" in out["floors"]:
+                continue
+            c = {meth: np.array([offsets[shards[k]["id"]].get(tm, {}).get(meth, np.zeros(1))[r] if tm in
+                                 offsets[shards[k]["id"]] else 0.0 for k, r in zip(sh, local)], np.float32)
+                 for meth in ("bsap", "nnn")}
+            s, cb, cn = [], [], []
+            for j in range(1, min(FLOOR_SHIFTS, len(picked) - 1) + 1):
+                s.append((vec[qm] * np.roll(vec[tm], -j, axis=0)).sum(1))
+                cb.append(np.roll(c["bsap"], -j))
+                cn.append(np.roll(c["nnn"], -j))
+            s, cb, cn = np.concatenate(s), np.concatenate(cb), np.concatenate(cn)
+            lam_t = float(lam.get(tm, 0.0))
+            scores = {"clip": s, "bsap": bsap_from_offsets(s, cb, tau), "hybrid": hybrid_from_offsets(s, cb, lam_t),
+                      "nnn": s - alpha * cn}
+            out["floors"][f"{qm}->{tm}"] = {meth: float(np.quantile(v, FLOOR_QUANTILE))
+                                            for meth, v in scores.items()}
+        out["pairs"] = max(out.get("pairs", 0), int(len(picked)))
+    return out if out["floors"] else None

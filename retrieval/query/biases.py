@@ -39,6 +39,23 @@ class Biases:
         chosen = (self.section or {}).get("lam") or {}
         return float(chosen.get(target, LAM_BY_TARGET.get(target, LAM_BY_TARGET["image"])))
 
+    def floor(self, query: str, target: str, method: str, lam: float, alpha: float) -> float:
+        """The score a non-matching ``query``->``target`` pair reaches 1 % of the time with ``method``,
+        recorded by ``retrieval bias`` (``ops.calibrate.nonmatching_floors``); ValueError when the
+        folder has none or the query's λ or α differ from the ones it was recorded with."""
+        rec = (self.section or {}).get("floor")
+        got = None if rec is None else (rec.get("floors") or {}).get(f"{query}->{target}", {}).get(method)
+        if got is None:
+            raise ValueError(f"no recorded relevance floor for {query}->{target} {method} queries in this index "
+                             f"(`retrieval bias` records them; captions are needed for text queries); "
+                             f"pass a number to min_score")
+        if method == "nnn" and not np.isclose(alpha, rec.get("alpha", 0.75)):
+            raise ValueError(f"the nnn floor is recorded for alpha {rec.get('alpha', 0.75)}; pass a number to "
+                             f"min_score for alpha {alpha}")
+        if method == "hybrid" and not np.isclose(lam, (rec.get("lam") or {}).get(target, lam)):
+            raise ValueError(f"the hybrid floor is recorded for lam {rec['lam'][target]}; pass a number to min_score")
+        return float(got)
+
     def per_shard(self, method: str, modality: str) -> list[np.ndarray]:
         """Offsets of ``method`` for targets of ``modality``, one array per shard (zeros for a shard
         without that modality)."""

@@ -33,9 +33,10 @@ def encode_images(clip, paths: list) -> np.ndarray:
     ims = []
     for p in paths:
         try:
-            ims.append(clip.preprocess(decode_image(str(p))[0]))
+            ims.append(clip.preprocess(decode_image(p if isinstance(p, (bytes, bytearray)) else str(p))[0]))
         except ItemError as e:
-            raise ValueError(f"query image {p}: {e.reason}") from None
+            what = "bytes" if isinstance(p, (bytes, bytearray)) else p
+            raise ValueError(f"query image {what}: {e.reason}") from None
     return Encoder(clip).images(torch.stack(ims))
 
 

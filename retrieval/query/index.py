@@ -20,11 +20,15 @@ from ..errors import IndexFolderError
 from ..store.integrity import require_intact
 from ..store.manifest import load_manifest, recorded_model, require_manifest
 from .backends import pick_backend
+from .builder import QueryBuilder
+from .examples import Examples
 from .fusion import with_keywords
 from .rerankers import Deduplicated, make_method
 from .rows import RowQueries
 from .searcher import EngineFactory
 from .snapshot import Snapshot, only_shards
+from .spec import QuerySpec
+from .topk import above
 
 if TYPE_CHECKING:
     from ..store.masks import KeyLookup
@@ -138,13 +142,16 @@ class Index(RowQueries):
         return self._snap.is_live(ids)
 
     # ---- search ----------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 10, target: str = "image", rerank: str = "clip",
+    def search(self, queries=None, k: int = 10, target: str = "image", rerank: str = "clip",
                candidates: Optional[int] = None, tau: Optional[float] = None, lam: Optional[float] = None,
                alpha: float = 0.75, where: Optional[str] = None, dedup: Optional[float] = None,
                captioned: bool = False, text_match: Optional[Sequence[str]] = None, fusion: str = "rrf",
-               keyword_weight: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, global ids) of query embeddings among ``target`` items; ids -1 pad a row
-        when fewer than k items qualify.
+               keyword_weight: Optional[float] = None, examples: Optional[Examples] = None,
+               min_score: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, global ids) of query embeddings [n, d] among ``target`` items; ids -1 pad a row
+        when fewer than k items qualify. With a text, an image path or bytes, or nothing, a
+        :class:`~retrieval.query.builder.QueryBuilder` instead (``idx.search("a dog").where(...)
+        .rerank("nnn").limit(10).to_list()``).
 
         ``rerank``: 'clip' (cosine), 'bsap' (balanced score b_j), 'hybrid' (BSAP-H: s - (1-λ) c_j,
         ``lam`` = λ the weight of CLIP; None: as ``retrieval bias`` chose it from the index's own
@@ -153,30 +160,27 @@ class Index(RowQueries):
         collapse near-duplicates (cosine >= the threshold, e.g. 0.94); ``captioned``: only items
         with a caption. ``text_match``: one keyword query per query row, fused with the method's
         ranking (``query.fusion``: ``fusion`` 'rrf' or 'weighted' with ``keyword_weight``, default
-        0.5). Deleted items are never returned.
+        0.5). ``examples``: search by positive and negative examples instead (``query.examples``; the
+        query rows are ignored, the examples that are rows never returned). ``min_score``: drop results
+        scoring below it (the method's own score). Deleted items are never returned.
         """
+        if queries is None or isinstance(queries, (str, bytes, os.PathLike)):  # the fluent API: a builder
+            image = queries if isinstance(queries, (bytes, os.PathLike)) else None
+            return QueryBuilder(self, QuerySpec(text=queries if isinstance(queries, str) else None, image=image,
+                                                k=k, target=target))
         check_search_options(candidates=candidates, tau=tau, lam=lam, alpha=alpha, dedup=dedup)
         snap = self._snap
         lam = snap.biases.lam(target) if lam is None else lam
         method = make_method(rerank, float(tau if tau is not None else snap.biases.tau()), candidates, lam, alpha)
+        selection = snap.selection(target, where, captioned, examples.ids if examples is not None else ())
+        if examples is not None:
+            method, queries = examples.method(method, rerank, candidates), examples.query()
         if text_match is not None:
             method = with_keywords(method, snap.keywords, text_match, len(np.atleast_2d(queries)), fusion,
                                    keyword_weight)
         if dedup is not None:
             method = Deduplicated(method, float(dedup))
-        return snap.searcher.search(queries, k, target, method, snap.selection(target, where, captioned))
-
-    def metadata(self, ids) -> list[dict]:
-        """Metadata rows of live global ids, in order (only the Parquet row groups holding them are
-        read); IndexError for an id that is not in the index or was deleted."""
-        ok = self.is_live(ids)
-        if not ok.all():
-            raise IndexError(f"id {int(np.asarray(ids).ravel()[~ok][0])} is not in this index (or was deleted)")
-        return [{c: v for c, v in row.items() if c != "_source"} for row in self._snap.meta.rows(ids)]
-
-    def embeddings(self, ids, modality: str = "image") -> np.ndarray:
-        """Stored (fp16) embeddings of global ``ids`` as float32 [..., d]."""
-        return self._snap.shard_set.gather(ids, modality)
+        return above(*snap.searcher.search(queries, k, target, method, selection), min_score)
 
 
 def check_search_options(candidates=None, tau=None, lam=None, alpha: float = 0.75, dedup=None) -> None:

@@ -7,7 +7,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .encode import encode_images, encode_texts, query_vectors
+from .encode import encode_images, encode_texts
+from .examples import Examples, example_kind
+from .spec import QuerySpec, rows, run
 from .rerankers import Clip
 
 
@@ -22,39 +24,17 @@ class RowQueries:
 
     def query(self, text: Optional[list[str]] = None, image: Optional[list[str]] = None,
               embedding: Optional[np.ndarray] = None, k: int = 10, target: str = "image",
-              return_embeddings: bool = False, text_match: Union[str, list[str], None] = None,
-              hybrid: bool = False, **search_kw) -> list[list[dict]]:
+              return_embeddings: bool = False, **options) -> list[list[dict]]:
         """Search with texts, image paths or raw embeddings; one list of result rows per query.
 
-        ``text_match`` alone: keyword search (BM25 over the captions and text columns). ``hybrid``:
-        the CLIP (or reranked) ranking fused with the keyword ranking of ``text_match``, or of
-        ``text`` when no ``text_match`` is given (``fusion``, ``keyword_weight`` as in ``search``)."""
-        if text_match is not None and text is None and image is None and embedding is None:
-            if hybrid:
-                raise ValueError("hybrid search needs a text, image or embedding query besides text_match")
-            unknown = set(search_kw) - {"where", "captioned"}
-            if unknown:
-                raise ValueError(f"a keyword-only search takes no {', '.join(sorted(unknown))}")
-            scores, ids = self.keyword_search(text_match, k, target=target, **search_kw)
-        else:
-            q = query_vectors(self.clip, text, image, embedding)
-            if hybrid or text_match is not None:
-                if not hybrid:
-                    raise ValueError("text_match with a text, image or embedding query needs hybrid=True "
-                                     "(or drop the other query for a keyword search)")
-                words = text_match if text_match is not None else text
-                if words is None:
-                    raise ValueError("hybrid search needs text_match (or a text query to match as keywords)")
-                search_kw["text_match"] = [words] * len(q) if isinstance(words, str) else list(words)
-            scores, ids = self.search(q, k, target, **search_kw)
-        out = []
-        for sc, row_ids in zip(scores, ids):
-            keep = row_ids >= 0
-            rows = self.metadata(row_ids[keep])
-            embs = self.embeddings(row_ids[keep], target) if return_embeddings else None
-            out.append([{**r, "score": float(s), **({"embedding": embs[i]} if return_embeddings else {})}
-                        for i, (r, s) in enumerate(zip(rows, sc[keep]))])
-        return out
+        ``options`` are :class:`~retrieval.query.spec.QuerySpec`'s: ``rerank``, ``candidates``, ``lam``,
+        ``alpha``, ``where``, ``dedup``, ``captioned``, ``min_score`` (a number or 'auto');
+        ``text_match`` (alone: keyword search) and ``hybrid`` (fused with the keyword ranking of
+        ``text_match``, or of ``text``), ``fusion``, ``keyword_weight``; ``positive``, ``negative`` and
+        ``strategy`` (example queries, ``query.examples``)."""
+        spec = QuerySpec(text=text, image=image, embedding=embedding, k=k, target=target,
+                         return_embeddings=return_embeddings, **options)
+        return rows(self, spec, *run(self, spec))
 
     def keyword_search(self, texts: Union[str, Sequence[str]], k: int = 10, where: Optional[str] = None,
                        target: str = "image", captioned: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +55,62 @@ class RowQueries:
     def check_where(self, where: str) -> None:
         """Evaluate (and cache) a ``where`` filter; FilterError (a ValueError) when it is invalid."""
         self.snapshot.filters.selection(where)
+
+    def metadata(self, ids) -> list[dict]:
+        """Metadata rows of live global ids, in order (only the Parquet row groups holding them are
+        read); IndexError for an id that is not in the index or was deleted."""
+        ok = self.is_live(ids)
+        if not ok.all():
+            raise IndexError(f"id {int(np.asarray(ids).ravel()[~ok][0])} is not in this index (or was deleted)")
+        return [{c: v for c, v in row.items() if c != "_source"} for row in self.snapshot.meta.rows(ids)]
+
+    def embeddings(self, ids, modality: str = "image") -> np.ndarray:
+        """Stored (fp16) embeddings of global ``ids`` as float32 [..., d]."""
+        return self.snapshot.shard_set.gather(ids, modality)
+
+    def examples(self, positive, negative=(), strategy: str = "average_vector") -> Examples:
+        """Positive and negative examples (``query.examples.example_kind``) as vectors: a row's stored
+        image embedding for an id or key, the model's embedding of a text or an image, or a vector; a
+        plain str is a key when the index holds it, else an image file when one exists, else a text."""
+        import base64
+        import os
+
+        from ..store.masks import find_keys
+        from .encode import normalised
+
+        def one(e) -> tuple[np.ndarray, Optional[int]]:
+            kind, value = example_kind(e)
+            if kind in ("key", "str"):
+                found = find_keys(self.folder, self.manifest, [str(value)])
+                if len(found.ids):
+                    return self.embeddings(found.ids[:1], "image"), int(found.ids[0])
+                if kind == "key":
+                    raise ValueError(f"no item with key {str(value)[:100]!r} in this index")
+                kind = "image" if os.path.isfile(value) else "text"
+            if kind == "id":
+                if not self.is_live([value])[0]:
+                    raise ValueError(f"no item {value} in this index (or it was deleted)")
+                return self.embeddings([int(value)], "image"), int(value)
+            if kind == "text":
+                return encode_texts(self.clip, [str(value)]), None
+            if kind == "image_base64":
+                kind, value = "image", base64.b64decode(str(value).partition(",")[2] or str(value))
+            if kind == "image":
+                return encode_images(self.clip, [value]), None
+            v = normalised(np.asarray(value, np.float32))
+            if v.shape[1] != self.dim:
+                raise ValueError(f"an example embedding must have {self.dim} numbers, got {v.shape[1]}")
+            return v, None
+
+        def side(items) -> tuple[np.ndarray, list]:
+            got = [one(e) for e in items]
+            vecs = [v / np.linalg.norm(v, axis=1, keepdims=True) for v, _ in got]
+            return (np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, self.dim), np.float32),
+                    [i for _, i in got if i is not None])
+
+        pos, pos_ids = side(list(positive))
+        neg, neg_ids = side(list(negative or ()))
+        return Examples(strategy, pos, neg, tuple(pos_ids + neg_ids))
 
     def search_text(self, texts: list[str], k: int = 10, modality: str = "image") -> list[list[dict]]:
         """Top-k rows per text (plain CLIP cosine) among ``modality`` items."""

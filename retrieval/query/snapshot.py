@@ -77,12 +77,28 @@ class Snapshot:
             self._keywords = KeywordIndex(self.shard_set)
         return self._keywords
 
-    def selection(self, target: str, where: Optional[str] = None, captioned: bool = False) -> Selection:
-        """The rows a search of ``target`` may return (live, captioned for text, matching ``where``)."""
+    def selection(self, target: str, where: Optional[str] = None, captioned: bool = False,
+                  exclude: tuple = ()) -> Selection:
+        """The rows a search of ``target`` may return (live, captioned for text, matching ``where``, not
+        one of the global ids ``exclude``)."""
         sel = self.rows.base(target, captioned)
         sel = sel if where is None else sel & self.filters.selection(where)
-        sel.spec, sel.generation = (target, where, captioned), self.generation  # a cached base: the same each time
+        sel = self.without(sel, exclude) if len(exclude) else sel
+        sel.spec, sel.generation = (target, where, captioned, tuple(exclude)), self.generation
         return sel
+
+    def without(self, selection: Selection, ids) -> Selection:
+        """``selection`` less the global ``ids`` (those in this snapshot)."""
+        ids = np.asarray(list(ids), np.int64)
+        ok, sh = self.shard_set.contains(ids)
+        if not ok.any():
+            return selection
+        masks = list(selection.masks)
+        for k in np.unique(sh[ok]):
+            m = np.ones(int(selection.rows[k]), bool) if masks[k] is None else masks[k].copy()
+            m[ids[ok & (sh == k)] - self.shard_set.starts[k]] = False
+            masks[k] = m
+        return Selection(masks, selection.rows)
 
     def ids(self, target: str) -> np.ndarray:
         """Global ids of the items a search of ``target`` can return."""

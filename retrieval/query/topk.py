@@ -16,3 +16,12 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, 
     else:
         order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def above(scores: np.ndarray, ids: np.ndarray, floor=None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) with the results scoring below ``floor`` dropped (ids -1, scores -inf); as is
+    when ``floor`` is None. Results are best first, so what is dropped is each row's tail."""
+    if floor is None:
+        return scores, ids
+    low = scores < floor
+    return np.where(low, -np.inf, scores).astype(scores.dtype), np.where(low, -1, ids)

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import IndexFolderError, RetrievalError
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.filters import FilterError
+from ..query.spec import QuerySpec
 from .service import MAX_ID, MAX_K, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
 
 CORS = {"Access-Control-Allow-Origin": "*"}
@@ -121,22 +122,22 @@ def parse_knn(body: dict, service: Service) -> tuple[Query, int, list[str]]:
     ignored = [f for f in ("use_safety_model", "use_violence_detector", "use_mclip") if body.get(f)]
     if _int(body, "aesthetic_score", None, -(2**31), 2**31) is not None and _number(body, "aesthetic_weight") != 0:
         ignored.append("aesthetic_score")
-    q = Query(name, k, modality, rerank, None, None, 0.75, False, where=where,
-              dedup=DEDUP_COSINE if body.get("deduplicate") else None, raw=True)
+    q = Query(name, QuerySpec(k=k, target=modality, rerank=rerank, where=where,
+                              dedup=DEDUP_COSINE if body.get("deduplicate") else None), raw=True)
     text, image, url, emb = (body.get(f) for f in ("text", "image", "image_url", "embedding_input"))
     if isinstance(text, str) and text.strip():
         if len(text) > 2000:
             raise HTTPError(400, "text is longer than 2000 characters")
-        q.text = text
+        q.spec.text = text
     elif image is not None:
         if not isinstance(image, str):
             raise HTTPError(400, "image must be a base64 string")
-        q.image = b64_image(image)  # decoded by the caller, off the event loop
+        q.image = q.spec.image = b64_image(image)  # decoded by the caller, off the event loop
     elif url is not None:
         raise HTTPError(400, "image_url is not fetched by this server (it makes no outbound requests): "
                              "send the image itself, base64-encoded, in image")
     elif emb is not None:
-        q.vector = _embedding(emb, idx.dim, rerank)
+        q.vector = q.spec.embedding = _embedding(emb, idx.dim, rerank)
     else:
         raise HTTPError(400, "give one of text, image or embedding_input")
     return q, num_images, ignored
@@ -187,8 +188,8 @@ def add_clip_back_routes(app: FastAPI, service: Service, front: Optional[Path] =
         try:
             q, num_images, ignored = parse_knn(await _body(request), service)
             idx = service.indexes[q.index]
-            if q.where is not None:
-                await run_in_threadpool(idx.check_where, q.where)
+            if q.spec.where is not None:
+                await run_in_threadpool(idx.check_where, q.spec.where)
             if isinstance(q.image, bytes):
                 q.image = await run_in_threadpool(service.decode_image, q.image, q.index)
             scores, ids = await service.batcher.submit(q)

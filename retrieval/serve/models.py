@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..methods.xmore import METHODS as XMORE_METHODS
+from ..query.examples import STRATEGIES
 from ..query.fusion import FUSIONS
 from .service import MAX_ID, MAX_K
 
@@ -19,7 +20,24 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Rerank = Literal[RERANK_METHODS]
 Target = Literal["image", "text"]
 Fusion = Literal[FUSIONS]
+Strategy = Literal[STRATEGIES]
 Method = Literal[XMORE_METHODS]
+
+
+class Example(BaseModel):
+    """One example: exactly one of key, id, text, image_base64, embedding."""
+
+    key: Optional[str] = Field(None, min_length=1, max_length=1000)
+    id: Optional[int] = Field(None, ge=0, le=MAX_ID)
+    text: Optional[str] = Field(None, min_length=1, max_length=2000)
+    image_base64: Optional[str] = None
+    embedding: Optional[list[FiniteFloat]] = Field(None, max_length=8192)
+
+    @model_validator(mode="after")
+    def one(self):
+        if sum(getattr(self, f) is not None for f in ("key", "id", "text", "image_base64", "embedding")) != 1:
+            raise ValueError("an example gives exactly one of key, id, text, image_base64 or embedding")
+        return self
 
 
 class SearchBody(BaseModel):
@@ -48,11 +66,22 @@ class SearchBody(BaseModel):
     keyword_weight: Optional[FiniteFloat] = Field(None, ge=0.0, le=1.0, description="weighted fusion: the keyword "
                                                   "side's weight (default 0.5)")
 
+    positive: Optional[list[Example]] = Field(None, min_length=1, max_length=64,
+                                             description="examples to find more like (with strategy)")
+    negative: Optional[list[Example]] = Field(None, min_length=1, max_length=64, description="examples to move away from")
+    strategy: Strategy = Field("average_vector", description="how examples combine (Qdrant's strategies)")
+    min_score: Optional[Union[FiniteFloat, Literal["auto"]]] = Field(
+        None, description="drop results below this score of the method ('auto': the floor the index recorded)")
+
     @model_validator(mode="after")
     def one_query(self):
         given = [x is not None for x in (self.text, self.image_base64, self.embedding, self.item_id)]
-        if sum(given) != 1 and not (sum(given) == 0 and self.text_match is not None and not self.hybrid):
-            raise ValueError("give exactly one of text, image_base64, embedding or item_id (or text_match alone)")
+        examples = bool(self.positive or self.negative)
+        if sum(given) > 1 or (sum(given) == 0 and not examples and (self.text_match is None or self.hybrid)):
+            raise ValueError("give exactly one of text, image_base64, embedding or item_id (or text_match alone, "
+                             "or positive/negative examples)")
+        if self.negative and not (self.positive or any(given)):
+            raise ValueError("negative examples need a positive example or a query")
         if self.text is not None and not self.text.strip():
             raise ValueError("text is empty")
         if self.text_match is not None and not self.text_match.strip():

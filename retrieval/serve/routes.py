@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ..errors import IndexFolderError, RetrievalError
 from ..query.filters import FilterError
 from ..query.keyword import parse as keyword_parse
+from ..query.spec import QuerySpec, floor
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
@@ -43,17 +44,19 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     async def _search(body: SearchBody, image_bytes: Optional[bytes] = None):
         name, idx = service.index(body.index)
-        q = Query(name, body.k, body.target, body.rerank, body.candidates, body.lam, body.alpha,
-                  body.return_embeddings, where=body.where, dedup=body.dedup, text=body.text,
-                  text_match=body.text_match if body.text_match is not None or not body.hybrid else body.text,
-                  fusion=body.fusion, keyword_weight=body.keyword_weight)
-        if q.text_match is not None:  # checked now: bad syntax is the request's 422, a folder without files 409
+        spec = QuerySpec(k=body.k, target=body.target, rerank=body.rerank, candidates=body.candidates, lam=body.lam,
+                         alpha=body.alpha, where=body.where, dedup=body.dedup, text=body.text,
+                         return_embeddings=body.return_embeddings, text_match=body.text_match, hybrid=body.hybrid,
+                         fusion=body.fusion, keyword_weight=body.keyword_weight, strategy=body.strategy,
+                         min_score=body.min_score, item_id=body.item_id)
+        q = Query(name, spec)
+        if spec.text_match is not None or spec.hybrid:  # checked now: bad syntax is the request's 422
             try:
-                keyword_parse(q.text_match)
+                keyword_parse(spec.text_match if spec.text_match is not None else spec.text)
             except ValueError as e:
                 raise HTTPError(422, str(e)) from None
             if not idx.snapshot.keywords.available:
-                raise HTTPError(409, f"index {name!r} has no full-text files; run `retrieval migrate` on it once")
+                raise HTTPError(409, f"index {name!r} has no full-text index; run `retrieval migrate` on it once")
         if body.where is not None:  # evaluated (and cached) now: a bad expression is the request's 422
             try:
                 await run_in_threadpool(idx.check_where, body.where)
@@ -62,23 +65,32 @@ def add_routes(app: FastAPI, service: Service) -> None:
             except IndexFolderError as e:  # the served folder's metadata is gone: unavailable, not the request
                 raise HTTPError(503, str(e)) from None
         if body.image_base64 is not None or image_bytes is not None:
-            data = image_bytes if image_bytes is not None else b64_image(body.image_base64)
+            spec.image = data = image_bytes if image_bytes is not None else b64_image(body.image_base64)
             q.image = await run_in_threadpool(service.decode_image, data, name)
         elif body.embedding is not None:
             v = embedding_vector(body.embedding, idx.dim)
             if v is None:
                 return JSONResponse({"detail": f"embedding must be {idx.dim} finite numbers, not all zero"}, 422)
-            q.vector = v / np.linalg.norm(v)
+            q.vector = spec.embedding = v / np.linalg.norm(v)
         elif body.item_id is not None:
             if not idx.is_live([body.item_id])[0]:
                 raise HTTPError(404, f"index {name!r} has no item {body.item_id}")
             q.vector = idx.embeddings([body.item_id], "image")[0]
-        if body.rerank not in rerank_methods(idx) and (q.vector is not None or q.text is not None or q.image is not None):
+        spec.positive = tuple([await service.example(name, e) for e in body.positive or ()])
+        spec.negative = tuple([await service.example(name, e) for e in body.negative or ()])
+        if spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
+        try:
+            spec.check()
+            spec.min_score = await run_in_threadpool(floor, idx, spec)
+        except ValueError as e:
+            raise HTTPError(422, str(e)) from None
         try:
             results = await service.batcher.submit(q)
         except IndexFolderError as e:  # the server's own files, not the request: unavailable
             raise HTTPError(503, str(e)) from None
+        except LookupError as e:
+            raise HTTPError(404, str(e)) from None
         except (ValueError, RetrievalError) as e:
             raise HTTPError(400, str(e)) from None
         return {"index": name, "k": body.k, "rerank": body.rerank, "target": body.target, "results": results,
@@ -101,7 +113,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
         body = SearchBody.model_construct(index=index, text=None, image_base64=None, embedding=None, item_id=None,
                                           k=k, target=target, rerank=rerank, candidates=None, lam=None, alpha=0.75,
                                           return_embeddings=False, where=None, dedup=None, text_match=None,
-                                          hybrid=False, fusion="rrf", keyword_weight=None)
+                                          hybrid=False, fusion="rrf", keyword_weight=None, positive=None,
+                                          negative=None, strategy="average_vector", min_score=None)
         return await _search(body, image_bytes=data)
 
     @app.post("/classify", response_model=ClassifyResult, responses=errors(400, 404, 413, 422, 503))

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..corpus.images import DEFAULT_MAX_PIXELS
 from ..query.partial import collect_missing
+from ..query.spec import QuerySpec, keywords_of, run, search_options
 from .admin import Reloader
 from .batching import MicroBatcher
 from .decoding import ImageDecoder
@@ -37,31 +38,26 @@ class HTTPError(Exception):
 
 @dataclass
 class Query:
-    """One search request, validated, waiting in the batcher."""
+    """One search request, validated (``spec``, its min_score resolved to a number), waiting in the batcher."""
 
     index: str
-    k: int
-    target: str
-    rerank: str
-    candidates: Optional[int]
-    lam: Optional[float]
-    alpha: float
-    return_embeddings: bool
-    where: Optional[str] = None
-    dedup: Optional[float] = None
-    text: Optional[str] = None
-    image: Any = None              # preprocessed image tensor
+    spec: QuerySpec
+    image: Any = None              # preprocessed image tensor (the spec's image query)
     vector: Optional[np.ndarray] = None
     raw: bool = False              # answer (scores, ids) arrays instead of result rows
     missing: tuple = ()            # shards a sharded search left out (set by the batch)
-    text_match: Optional[str] = None  # keywords: alone a keyword search, with a vector fused with it
-    fusion: str = "rrf"
-    keyword_weight: Optional[float] = None
+
+    @property
+    def k(self) -> int:
+        return self.spec.k
 
     def group(self) -> tuple:
-        keyword_only = self.text_match is not None and self.vector is None and self.text is None and self.image is None
-        return (self.index, self.target, self.rerank, self.candidates, self.lam, self.alpha, self.where, self.dedup,
-                "keywords" if keyword_only else self.text_match is not None, self.fusion, self.keyword_weight)
+        """Queries searched in one call: vector queries of one index with the same options; every
+        keyword or example query alone."""
+        s = self.spec
+        if s.kind != "vector":
+            return ("alone", id(self))
+        return (self.index, tuple(sorted(search_options(s).items())), s.hybrid, s.min_score)
 
 
 class Service:
@@ -96,6 +92,24 @@ class Service:
         except ItemImageError as e:
             raise HTTPError(e.status, str(e)) from None
 
+    async def example(self, name: str, e) -> dict:
+        """One HTTP example as ``Index.examples`` takes it; an image is decoded under the server's pixel
+        limit and budget and encoded here (off the event loop), a key/id/text/embedding passed on."""
+        from fastapi.concurrency import run_in_threadpool
+
+        if e.image_base64 is None:
+            return {f: getattr(e, f) for f in ("key", "id", "text", "embedding") if getattr(e, f) is not None}
+        tensor = await run_in_threadpool(self.decode_image, b64_image(e.image_base64), name)
+
+        def encode():
+            import torch
+
+            from ..embed import Encoder
+
+            return Encoder(self.indexes[name].clip).images(torch.stack([tensor]))[0]
+
+        return {"embedding": await run_in_threadpool(encode)}
+
     def index(self, name: Optional[str]):
         if name is None:
             return next(iter(self.indexes.items()))
@@ -123,9 +137,9 @@ class Service:
     def run_batch(self, queries: list[Query]) -> list:
         for name in {q.index for q in queries}:
             idx = self.indexes[name]
-            texts = [q for q in queries if q.index == name and q.text is not None]
+            texts = [q for q in queries if q.index == name and q.spec.kind == "vector" and q.spec.text is not None]
             if texts:
-                for q, v in zip(texts, idx.encode_texts([q.text for q in texts])):
+                for q, v in zip(texts, idx.encode_texts([q.spec.text for q in texts])):
                     q.vector = v
             images = [q for q in queries if q.index == name and q.image is not None]
             if images:  # torch only when images are encoded: embedding and item queries never load it
@@ -140,18 +154,17 @@ class Service:
         groups: dict[tuple, list[int]] = {}
         for i, q in enumerate(queries):
             groups.setdefault(q.group(), []).append(i)
-        for (name, target, rerank, cand, lam, alpha, where, dedup, keywords, fusion, weight), members in groups.items():
-            idx = self.indexes[name]
-            kmax = max(queries[i].k for i in members)
-            texts = [queries[i].text_match for i in members] if keywords else None
+        for members in groups.values():
+            first = queries[members[0]]
+            name, spec, idx = first.index, first.spec, self.indexes[first.index]
             with collect_missing() as missing:
-                if keywords == "keywords":
-                    scores, ids = idx.keyword_search(texts, kmax, where=where, target=target)
+                if spec.kind != "vector":
+                    scores, ids = run(idx, spec)
                 else:
                     qs = np.stack([queries[i].vector for i in members]).astype(np.float32)
-                    scores, ids = idx.search(qs, kmax, target=target, rerank=rerank, candidates=cand, lam=lam,
-                                             alpha=alpha, where=where, dedup=dedup, text_match=texts, fusion=fusion,
-                                             keyword_weight=weight)
+                    words = [keywords_of(queries[i].spec, 1)[0] for i in members] if spec.hybrid else None
+                    scores, ids = idx.search(qs, max(queries[i].k for i in members), text_match=words,
+                                             min_score=spec.min_score, **search_options(spec))
             missed = tuple(sorted(missing))
             for row, i in enumerate(members):
                 q = queries[i]
@@ -168,7 +181,7 @@ class Service:
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
         meta = idx.metadata(ids)
-        embs = idx.embeddings(ids, q.target) if q.return_embeddings else None
+        embs = idx.embeddings(ids, q.spec.target) if q.spec.return_embeddings else None
         rows = []
         for j, (m, s) in enumerate(zip(meta, scores)):
             r = {**m, "score": float(s), "image_url": f"/items/{name}/{m['id']}/image"}

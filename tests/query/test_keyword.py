@@ -216,4 +216,4 @@ def test_cli_keyword_and_hybrid(corpus):
     assert r.exit_code == 0, r.output
     assert {json.loads(x)["key"] for x in r.output.splitlines()} == {f"k{i}" for i in _with(rows, RARE)}
     r = CliRunner().invoke(main, ["search", str(folder), "a dog", "--text-match", "dog"])
-    assert r.exit_code == 2 and "needs --hybrid" in r.output
+    assert r.exit_code == 2 and "needs hybrid" in r.output
