@@ -24,6 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 STRATEGIES = ("average_vector", "best_score", "sum_scores")
+
+
+class ExampleNotFound(LookupError, ValueError):
+    """An example names a row (key or id) the index does not have (HTTP 404, CLI exit 2)."""
 POOL = 100
 
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .encode import encode_images, encode_texts
-from .examples import Examples, example_kind
+from .examples import ExampleNotFound, Examples, example_kind
 from .spec import QuerySpec, rows, run
 from .rerankers import Clip
 
@@ -85,11 +85,11 @@ class RowQueries:
                 if len(found.ids):
                     return self.embeddings(found.ids[:1], "image"), int(found.ids[0])
                 if kind == "key":
-                    raise ValueError(f"no item with key {str(value)[:100]!r} in this index")
+                    raise ExampleNotFound(f"no item with key {str(value)[:100]!r} in this index")
                 kind = "image" if os.path.isfile(value) else "text"
             if kind == "id":
                 if not self.is_live([value])[0]:
-                    raise ValueError(f"no item {value} in this index (or it was deleted)")
+                    raise ExampleNotFound(f"no item {value} in this index (or it was deleted)")
                 return self.embeddings([int(value)], "image"), int(value)
             if kind == "text":
                 return encode_texts(self.clip, [str(value)]), None

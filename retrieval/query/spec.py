@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from .encode import query_vectors
-from .examples import STRATEGIES
+from .examples import STRATEGIES, check_strategy
 from .fusion import FUSIONS
 
 AUTO = "auto"
@@ -73,6 +73,8 @@ class QuerySpec:
             raise ValueError("negative examples need a positive example or a query to move away from")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.kind == "examples":
+            check_strategy(self.strategy, self.rerank, self.candidates)
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if self.kind == "keyword" and self.hybrid:

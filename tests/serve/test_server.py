@@ -287,3 +287,31 @@ def test_keyword_and_hybrid_search_over_http(server):
                 {"text": "dog", "hybrid": True, "keyword_weight": 1.5}, {"text_match": " "}):
         st, err, _ = call(server, "POST", "/search", bad)
         assert st == 422 and "detail" in err, (bad, st, err)
+
+
+def test_example_queries_and_relevance_floor_over_http(server):
+    st, one, _ = call(server, "POST", "/search", {"item_id": 3, "k": 6})
+    key = next(r["key"] for r in one["results"] if r["id"] == 3)
+    b64 = base64.b64encode(CAT.read_bytes()).decode()
+    st, body, _ = call(server, "POST", "/search", {"positive": [{"key": key}, {"id": 10}, {"text": "a dog"},
+                                                                {"image_base64": b64}], "negative": [{"id": 11}],
+                                                   "k": 8, "rerank": "nnn"})
+    assert st == 200 and len(body["results"]) == 8, body
+    assert not {3, 10, 11} & {r["id"] for r in body["results"]}             # the examples never come back
+    for strategy in ("best_score", "sum_scores"):
+        st, body, _ = call(server, "POST", "/search", {"positive": [{"id": 3}], "negative": [{"id": 11}],
+                                                       "strategy": strategy, "k": 5})
+        assert st == 200 and len(body["results"]) == 5 and 3 not in {r["id"] for r in body["results"]}
+    st, body, _ = call(server, "POST", "/search", {"text": "a dog runs", "negative": [{"text": "water"}], "k": 5})
+    assert st == 200 and len(body["results"]) == 5
+    st, floor, _ = call(server, "POST", "/search", {"text": "a dog runs on the grass", "k": 1000, "min_score": "auto"})
+    assert st == 200 and 0 < len(floor["results"]) < 1000
+    st, body, _ = call(server, "POST", "/search", {"text": "a dog runs on the grass", "k": 1000,
+                                                   "min_score": floor["results"][-1]["score"]})
+    assert st == 200 and len(body["results"]) == len(floor["results"])
+    for bad in ({"positive": [{"key": "nope"}]}, {"positive": [{"id": 3, "text": "x"}]}, {"negative": [{"id": 3}]},
+                {"positive": [{"id": 3}], "strategy": "best_score", "rerank": "nnn"},
+                {"text": "x", "min_score": "high"}, {"embedding": [0.1] * 256, "min_score": "auto"},
+                {"positive": [{"id": 2**70}]}, {"positive": []}):
+        st, err, _ = call(server, "POST", "/search", bad)
+        assert st in (404, 422) and "detail" in err, (bad, st, err)
