@@ -15,7 +15,8 @@ from ..query.spec import QuerySpec, floor
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
-from .service import MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
+from .service import (MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, http_example,
+                      rerank_methods)
 
 def add_routes(app: FastAPI, service: Service) -> None:
     """Register every route of the service on ``app``."""
@@ -76,8 +77,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
             if not idx.is_live([body.item_id])[0]:
                 raise HTTPError(404, f"index {name!r} has no item {body.item_id}")
             q.vector = idx.embeddings([body.item_id], "image")[0]
-        spec.positive = tuple([await service.example(name, e) for e in body.positive or ()])
-        spec.negative = tuple([await service.example(name, e) for e in body.negative or ()])
+        spec.positive = tuple([await http_example(service, name, e) for e in body.positive or ()])
+        spec.negative = tuple([await http_example(service, name, e) for e in body.negative or ()])
         if spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
         try:

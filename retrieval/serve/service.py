@@ -92,24 +92,6 @@ class Service:
         except ItemImageError as e:
             raise HTTPError(e.status, str(e)) from None
 
-    async def example(self, name: str, e) -> dict:
-        """One HTTP example as ``Index.examples`` takes it; an image is decoded under the server's pixel
-        limit and budget and encoded here (off the event loop), a key/id/text/embedding passed on."""
-        from fastapi.concurrency import run_in_threadpool
-
-        if e.image_base64 is None:
-            return {f: getattr(e, f) for f in ("key", "id", "text", "embedding") if getattr(e, f) is not None}
-        tensor = await run_in_threadpool(self.decode_image, b64_image(e.image_base64), name)
-
-        def encode():
-            import torch
-
-            from ..embed import Encoder
-
-            return Encoder(self.indexes[name].clip).images(torch.stack([tensor]))[0]
-
-        return {"embedding": await run_in_threadpool(encode)}
-
     def index(self, name: Optional[str]):
         if name is None:
             return next(iter(self.indexes.items()))
@@ -221,6 +203,25 @@ class Service:
     def close(self) -> None:
         self.reloader.close()
         self.batcher.close()
+
+
+async def http_example(service: Service, name: str, e) -> dict:
+    """One HTTP example as ``Index.examples`` takes it; an image is decoded under the server's pixel
+    limit and budget and encoded here (off the event loop), a key/id/text/embedding passed on."""
+    from fastapi.concurrency import run_in_threadpool
+
+    if e.image_base64 is None:
+        return {f: getattr(e, f) for f in ("key", "id", "text", "embedding") if getattr(e, f) is not None}
+    tensor = await run_in_threadpool(service.decode_image, b64_image(e.image_base64), name)
+
+    def encode():
+        import torch
+
+        from ..embed import Encoder
+
+        return Encoder(service.indexes[name].clip).images(torch.stack([tensor]))[0]
+
+    return {"embedding": await run_in_threadpool(encode)}
 
 
 def warn_outside_roots(name: str, index, extra_roots: Sequence[str]) -> int:
