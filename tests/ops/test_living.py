@@ -139,6 +139,7 @@ def test_resume_is_correct_when_the_corpus_changed_in_between(tmp_path, tiny_cli
     keys = _keys(out)
     want = {n[:-4] for n in names[:30]} | {f"000_{n[:-4]}" for n in names[30:40]}
     assert len(keys) == len(set(keys)) == 40 and set(keys) == want        # every item exactly once
+    assert len(_keyword_agrees_with_captions(out)) > 20                     # the full-text side too
 
 
 @pytest.mark.parametrize("operation", ["sync", "delete", "compact"])
