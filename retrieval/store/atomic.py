@@ -64,6 +64,31 @@ def atomic_path(path: PathLike) -> Iterator[str]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``path``; on success its files are fsynced and it replaces
+    ``path`` (a leftover folder of that name, a killed writer's, is removed first), on error it is removed."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        if is_machine_error(e):
+            raise storage_error(e, path) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_bytes(path: PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)

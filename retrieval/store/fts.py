@@ -18,14 +18,12 @@ tantivy prunes to the top k (0.1 ms).
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .atomic import TMP_MARK, is_machine_error, storage_error
+from .atomic import atomic_dir
 
 ANALYZER = "retrieval"
 DEFAULT_COLUMNS = ("caption",)
@@ -84,11 +82,7 @@ def write_fts(folder: Path, texts: Iterable[str]) -> dict:
     returns {"docs": rows with text}."""
     import tantivy
 
-    folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}{TMP_MARK}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with atomic_dir(folder) as tmp:
         index = tantivy.Index(schema(), path=str(tmp))
         index.register_tokenizer(ANALYZER, analyzer())
         writer = index.writer(heap_size=64_000_000, num_threads=1)
@@ -104,17 +98,6 @@ def write_fts(folder: Path, texts: Iterable[str]) -> dict:
         del writer, index
         (tmp / ".tantivy-writer.lock").unlink(missing_ok=True)
         (tmp / META_LOCK).touch()
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        shutil.rmtree(folder, ignore_errors=True)  # a killed writer's leftover under the final name
-        os.replace(tmp, folder)
-    except OSError as e:
-        if is_machine_error(e):
-            raise storage_error(e, folder) from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"docs": docs}
 
 
