@@ -41,7 +41,8 @@ def encode_images(clip, paths: list) -> np.ndarray:
 
 
 def normalised(embedding) -> np.ndarray:
-    q = np.atleast_2d(np.asarray(embedding, np.float32))
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+        q = np.atleast_2d(np.asarray(embedding, np.float32))
     norms = np.linalg.norm(q, axis=1, keepdims=True)
     if not np.isfinite(q).all() or (norms == 0).any():
         raise ValueError("a query embedding is all zeros or holds NaN or infinite values")

@@ -256,7 +256,8 @@ def embedding_vector(values: Any, dim: int) -> Optional[np.ndarray]:
     """``values`` as a float32 [dim] query vector (not normalised), or None when they are not
     ``dim`` finite numbers, not all zero."""
     try:
-        v = np.asarray(values, np.float32)
+        with np.errstate(over="ignore"):  # a finite float64 beyond float32 becomes inf: refused below
+            v = np.asarray(values, np.float32)
     except (TypeError, ValueError):
         return None
     if v.shape != (dim,) or not np.isfinite(v).all() or not np.any(v):
