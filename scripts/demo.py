@@ -53,6 +53,12 @@ def main() -> int:
         print(f"\n> {q}  (rerank nnn, exact over the whole corpus)")
         for r in index.query(text=q, k=a.k, rerank="nnn")[0]:
             print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
+        print(f"\n> {q}  (hybrid: CLIP fused with the keyword ranking of the same words; keywords alone: frisbee)")
+        for r in index.search(q).hybrid().limit(a.k).to_list() + index.search().text_match("frisbee").limit(2).to_list():
+            print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
+        print(f"\n> more like {index.metadata([3])[0]['key']}, less like {index.metadata([11])[0]['key']}  (examples)")
+        for r in index.search().like(3).unlike(11).limit(a.k).to_list():
+            print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
         cifar = shared / "data" / "cifar10_test_1k"
         if not a.corpus and cifar.is_dir():
             classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
