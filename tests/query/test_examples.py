@@ -151,3 +151,14 @@ def test_builders_are_immutable_and_readable(folder):
     a, b = base.limit(3), base.where("year = 2001").limit(4)
     assert len(a.to_list()) == 3 and all(r["year"] == 2001 for r in b.to_list()) and base.spec.where is None
     assert "positive=('k5',)" in repr(a) and "k=3" in repr(a)
+
+
+def test_to_pandas_needs_pandas_and_says_so(folder):
+    import importlib.util
+
+    b = open_index(folder).search().like("k5").limit(3)
+    if importlib.util.find_spec("pandas") is None:
+        with pytest.raises(ImportError, match="to_pandas needs pandas"):
+            b.to_pandas()
+    else:
+        assert b.to_pandas()["id"].tolist() == [r["id"] for r in b.to_list()]
