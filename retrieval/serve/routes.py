@@ -15,8 +15,8 @@ from ..query.spec import QuerySpec, floor
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
-from .service import (MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, http_example,
-                      rerank_methods)
+from .service import (MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, encode_image,
+                      http_example, rerank_methods)
 
 def add_routes(app: FastAPI, service: Service) -> None:
     """Register every route of the service on ``app``."""
@@ -79,6 +79,9 @@ def add_routes(app: FastAPI, service: Service) -> None:
             q.vector = idx.embeddings([body.item_id], "image")[0]
         spec.positive = tuple([await http_example(service, name, e) for e in body.positive or ()])
         spec.negative = tuple([await http_example(service, name, e) for e in body.negative or ()])
+        if spec.kind == "examples" and q.image is not None:  # the query image, one more positive: decoded
+            spec.image, spec.embedding = None, await run_in_threadpool(encode_image, service, name, q.image)
+            q.image = None
         if spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
         try:

@@ -205,6 +205,15 @@ class Service:
         self.batcher.close()
 
 
+def encode_image(service: Service, name: str, tensor) -> np.ndarray:
+    """The embedding of one decoded image with index ``name``'s model."""
+    import torch
+
+    from ..embed import Encoder
+
+    return Encoder(service.indexes[name].clip).images(torch.stack([tensor]))[0]
+
+
 async def http_example(service: Service, name: str, e) -> dict:
     """One HTTP example as ``Index.examples`` takes it; an image is decoded under the server's pixel
     limit and budget and encoded here (off the event loop), a key/id/text/embedding passed on."""
@@ -213,15 +222,7 @@ async def http_example(service: Service, name: str, e) -> dict:
     if e.image_base64 is None:
         return {f: getattr(e, f) for f in ("key", "id", "text", "embedding") if getattr(e, f) is not None}
     tensor = await run_in_threadpool(service.decode_image, b64_image(e.image_base64), name)
-
-    def encode():
-        import torch
-
-        from ..embed import Encoder
-
-        return Encoder(service.indexes[name].clip).images(torch.stack([tensor]))[0]
-
-    return {"embedding": await run_in_threadpool(encode)}
+    return {"embedding": await run_in_threadpool(encode_image, service, name, tensor)}
 
 
 def warn_outside_roots(name: str, index, extra_roots: Sequence[str]) -> int:

@@ -315,3 +315,11 @@ def test_example_queries_and_relevance_floor_over_http(server):
                 {"positive": [{"id": 2**70}]}, {"positive": []}):
         st, err, _ = call(server, "POST", "/search", bad)
         assert st in (404, 422) and "detail" in err, (bad, st, err)
+
+
+def test_an_image_query_with_negative_examples(server):
+    b64 = base64.b64encode(CAT.read_bytes()).decode()
+    st, plain, _ = call(server, "POST", "/search", {"image_base64": b64, "k": 5})
+    st, body, _ = call(server, "POST", "/search", {"image_base64": b64, "negative": [{"id": plain["results"][0]["id"]}],
+                                                   "k": 5})
+    assert st == 200 and plain["results"][0]["id"] not in {r["id"] for r in body["results"]}
