@@ -24,7 +24,6 @@ def shard_problems(folder: Path, s: dict, dim: Optional[int] = None, keys: bool 
     """(file, problem) for each way shard ``s``'s files disagree with its manifest entry (and, with
     ``keys``, a key column that is not strings). A file that cannot be read is one problem,
     ``"is unreadable (...)"``, and ends the shard's check."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = Path(folder)
@@ -38,11 +37,9 @@ def shard_problems(folder: Path, s: dict, dim: Optional[int] = None, keys: bool 
         owner = (meta.metadata or {}).get(PARQUET_SHARD_KEY)
         if owner is not None and json.loads(owner) != [s["id"], s["offset"]]:
             out.append((rel, f"holds the rows of shard {json.loads(owner)[0]}, not shard {s['id']}"))
-        key = pf.schema_arrow.field("key").type if "key" in pf.schema_arrow.names else None
-        if keys and (key is None or not pa.types.is_string(key)):
-            out.append((rel, f"shard {s['id']}: the key column is {key or 'missing'}, not strings; {REPAIR_KEYS}"))
-        elif keys and null_keys(folder, s):
-            out.append((rel, f"shard {s['id']}: {null_keys(folder, s)} row(s) have a null key; {REPAIR_KEYS}"))
+        why = key_problem(folder, s, pf.schema_arrow) if keys else None
+        if why:
+            out.append((rel, f"shard {s['id']}: {why}; {REPAIR_KEYS}"))
         if keys and s.get("fts"):
             rel = s["fts"]["dir"]
             n = fts_rows(folder / rel)
@@ -67,22 +64,24 @@ def shard_problems(folder: Path, s: dict, dim: Optional[int] = None, keys: bool 
     return out
 
 
-def bad_keys(folder: Path, s: dict) -> bool:
-    """Whether shard ``s``'s key column is not a column of non-null strings (compact repairs it)."""
+def key_problem(folder: Path, s: dict, schema=None) -> Optional[str]:
+    """What is wrong with shard ``s``'s key column (not strings, or null keys), or None; ``schema``:
+    its metadata file's, when already read (the column itself is read only when its type is right)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(Path(folder) / s["files"]["metadata"])
-    if "key" not in schema.names or not pa.types.is_string(schema.field("key").type):
-        return True
-    return null_keys(folder, s) > 0
+    path = Path(folder) / s["files"]["metadata"]
+    schema = schema if schema is not None else pq.read_schema(path)
+    key = schema.field("key").type if "key" in schema.names else None
+    if key is None or not pa.types.is_string(key):
+        return f"the key column is {key or 'missing'}, not strings"
+    nulls = pq.read_table(path, columns=["key"]).column("key").null_count
+    return f"{nulls} row(s) have a null key" if nulls else None
 
 
-def null_keys(folder: Path, s: dict) -> int:
-    """Rows of shard ``s`` whose key is null (reads the key column)."""
-    import pyarrow.parquet as pq
-
-    return pq.read_table(Path(folder) / s["files"]["metadata"], columns=["key"]).column("key").null_count
+def bad_keys(folder: Path, s: dict) -> bool:
+    """Whether shard ``s``'s key column is not a column of non-null strings (compact repairs it)."""
+    return key_problem(folder, s) is not None
 
 
 def manifest_problems(manifest: dict) -> list[str]:

@@ -45,20 +45,29 @@ def is_machine_error(e: BaseException) -> bool:
 
 
 @contextlib.contextmanager
+def machine_errors(path: PathLike) -> Iterator[None]:
+    """Turn a write failure of the machine's (disk full, quota, read-only, permissions) into one
+    StorageError line naming ``path``; other errors pass through."""
+    try:
+        yield
+    except OSError as e:
+        if is_machine_error(e):
+            raise storage_error(e, path) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield str(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if is_machine_error(e):
-            raise storage_error(e, path) from None
-        raise
+        with machine_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield str(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -74,17 +83,14 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    except OSError as e:
-        if is_machine_error(e):
-            raise storage_error(e, path) from None
-        raise
+        with machine_errors(path):
+            tmp.mkdir(parents=True)
+            yield tmp
+            for p in tmp.iterdir():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

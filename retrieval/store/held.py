@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-
 from ..errors import IndexFolderError
 from .files import save_parquet
 from .generations import next_generation, publish
@@ -25,7 +23,7 @@ from .integrity import file_record
 from .layout import held_file
 from .lock import write_lock
 from .manifest import require_manifest
-from .masks import KeyLookup, apply_tombstones, clear_tombstones, deleted_mask, find_keys
+from .masks import KeyLookup, apply_tombstones, clear_tombstones, find_keys
 
 
 def held_keys(folder: str | os.PathLike, manifest: dict) -> set[str]:
@@ -58,30 +56,6 @@ class Restored:
     not_held: list[str] = field(default_factory=list)
 
 
-def newest_dead_rows(folder: Path, manifest: dict, keys: set[str]) -> dict[str, int]:
-    """{key: global id of its newest tombstoned row} for ``keys`` with no live row (rows compaction
-    reclaimed are gone)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    wanted = pa.array(sorted(keys), pa.string())
-    live, dead = set(), {}
-    for s in manifest["shards"]:
-        if s["rows"] == 0:
-            continue
-        col = pq.read_table(folder / s["files"]["metadata"], columns=["key"]).column("key")
-        rows = np.flatnonzero(pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
-        mask = deleted_mask(folder, manifest, s)
-        for r in rows:
-            key = col[int(r)].as_py()
-            if mask is not None and mask[r]:
-                dead[key] = max(dead.get(key, -1), s["offset"] + int(r))
-            else:
-                live.add(key)
-    return {k: i for k, i in dead.items() if k not in live}
-
-
 def delete_keys(folder: str | os.PathLike, keys: Iterable[str]) -> KeyLookup:
     """Tombstone the rows of ``keys`` and hold the keys (a sync does not re-add them); one manifest
     write. Returns what was found."""
@@ -110,8 +84,7 @@ def restore_keys(folder: str | os.PathLike, keys: Iterable[str]) -> Restored:
         out = Restored(sorted(keys & held), 0, sorted(keys - held))
         if out.restored:
             gen = next_generation(m)
-            rows = newest_dead_rows(folder, m, set(out.restored))
-            out.revived = clear_tombstones(folder, m, rows.values(), gen)
+            out.revived = clear_tombstones(folder, m, find_keys(folder, m, out.restored).dead.values(), gen)
             set_held(folder, m, held - keys, gen)
             publish(folder, m)
     return out

@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import IndexFolderError
+from .alignment import REPAIR_KEYS
 from .integrity import file_record
 from .layout import tombstone_file
 from .files import save_npy
@@ -83,7 +84,6 @@ def apply_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[in
     shards = [s for s in manifest["shards"] if s["rows"] > 0]
     starts = np.array([s["offset"] for s in shards], np.int64)
     sh = np.searchsorted(starts, ids, side="right") - 1
-    tomb = manifest.setdefault("tombstones", {})
     newly = 0
     for k in np.unique(sh):
         s = shards[int(k)]
@@ -94,10 +94,20 @@ def apply_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[in
         mask = np.zeros(s["rows"], bool) if mask is None else mask
         newly += int((~mask[local]).sum())
         mask[local] = True
-        rel = tombstone_file(s["id"], generation)
-        save_npy(folder / rel, pack(mask))
-        tomb[str(s["id"])] = {"file": rel, "count": int(mask.sum()), **file_record(folder / rel)}
+        _set_tombstones(folder, manifest, s, mask, generation)
     return newly
+
+
+def _set_tombstones(folder: Path, manifest: dict, shard: dict, mask: np.ndarray, generation: int) -> None:
+    """Record ``mask`` as ``shard``'s tombstones in ``manifest`` (a new file under ``generation``; no
+    file, and no entry, when nothing is deleted)."""
+    tomb = manifest.setdefault("tombstones", {})
+    if not mask.any():
+        tomb.pop(str(shard["id"]), None)
+        return
+    rel = tombstone_file(shard["id"], generation)
+    save_npy(folder / rel, pack(mask))
+    tomb[str(shard["id"])] = {"file": rel, "count": int(mask.sum()), **file_record(folder / rel)}
 
 
 def clear_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[int], generation: int) -> int:
@@ -105,7 +115,6 @@ def clear_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[in
     caller publishes). Returns how many were deleted before."""
     folder = Path(folder)
     ids = np.unique(np.asarray(list(ids), np.int64))
-    tomb = manifest.get("tombstones") or {}
     revived = 0
     for s in manifest["shards"]:
         local = ids[(ids >= s["offset"]) & (ids < s["offset"] + s["rows"])] - s["offset"]
@@ -114,23 +123,20 @@ def clear_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[in
             continue
         revived += int(mask[local].sum())
         mask[local] = False
-        if not mask.any():
-            tomb.pop(str(s["id"]), None)
-            continue
-        rel = tombstone_file(s["id"], generation)
-        save_npy(folder / rel, pack(mask))
-        tomb[str(s["id"])] = {"file": rel, "count": int(mask.sum()), **file_record(folder / rel)}
+        _set_tombstones(folder, manifest, s, mask, generation)
     return revived
 
 
 @dataclass
 class KeyLookup:
-    """Global ids of keys: ``ids`` of the live ones found, and the keys ``missing`` or ``deleted`` already."""
+    """Global ids of keys: ``ids`` of the live ones found, and the keys ``missing`` or ``deleted`` already
+    (no live row; ``dead`` holds each deleted-row key's newest deleted row, compaction permitting)."""
 
     ids: np.ndarray
     found: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    dead: dict = field(default_factory=dict)   # key -> global id of its newest deleted row
 
 
 def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) -> KeyLookup:
@@ -141,14 +147,12 @@ def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) ->
 
     folder = Path(folder)
     wanted = pa.array(sorted({str(k) for k in keys}), pa.string())
-    ids, found, deleted = [], [], []
+    ids, found, deleted, dead_rows = [], [], [], {}
     for s in manifest["shards"]:
         if s["rows"] == 0:
             continue
         col = pq.read_table(folder / s["files"]["metadata"], columns=["key"]).column("key")
         if not pa.types.is_string(col.type):
-            from .alignment import REPAIR_KEYS
-
             raise IndexFolderError(f"{folder / s['files']['metadata']}: the key column is {col.type}, not strings; "
                                    f"{REPAIR_KEYS}")
         rows = np.flatnonzero(pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
@@ -157,9 +161,13 @@ def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) ->
         dead = deleted_mask(folder, manifest, s)
         for r in rows:
             key = col[int(r)].as_py()
-            (deleted if dead is not None and dead[r] else found).append(key)
-            if dead is None or not dead[r]:
+            if dead is not None and dead[r]:
+                deleted.append(key)
+                dead_rows[key] = max(dead_rows.get(key, -1), s["offset"] + int(r))
+            else:
+                found.append(key)
                 ids.append(s["offset"] + int(r))
     seen = set(found) | set(deleted)
-    return KeyLookup(np.array(ids, np.int64), found, [k for k in wanted.to_pylist() if k not in seen],
-                     sorted(set(deleted) - set(found)))
+    gone = sorted(set(deleted) - set(found))
+    return KeyLookup(np.array(ids, np.int64), found, [k for k in wanted.to_pylist() if k not in seen], gone,
+                     {k: dead_rows[k] for k in gone})
