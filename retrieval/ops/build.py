@@ -16,7 +16,7 @@ import numpy as np
 from ..corpus import DEFAULT_MAX_PIXELS, open_corpus
 from ..embed import ClipModel, load_model
 from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
-from ..errors import StorageError
+from ..errors import CorpusError, StorageError
 from ..store.layout import MODALITIES
 from ..store.outfolder import check_out, committed
 from .bias import BiasExtension, compute_biases

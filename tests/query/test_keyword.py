@@ -217,3 +217,14 @@ def test_cli_keyword_and_hybrid(corpus):
     assert {json.loads(x)["key"] for x in r.output.splitlines()} == {f"k{i}" for i in _with(rows, RARE)}
     r = CliRunner().invoke(main, ["search", str(folder), "a dog", "--text-match", "dog"])
     assert r.exit_code == 2 and "needs hybrid" in r.output
+
+
+def test_unknown_text_columns_are_a_usage_error(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "a.jpg")
+    (tmp_path / "m.csv").write_text("image,caption,title\na.jpg,a photo,t\n")
+    r = CliRunner().invoke(main, ["build", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
+                                  "--text-columns", "title,nope"])
+    assert r.exit_code == 2 and "no metadata column 'nope' for keyword search" in r.output, r.output
+    assert not (tmp_path / "o").exists()
