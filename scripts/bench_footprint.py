@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from synthetic import folder_bytes, status_mb, unit_vectors  # noqa: E402
+from synthetic import baseline_tree, folder_bytes, status_mb, unit_vectors  # noqa: E402
 NPROBES = (1, 16, 256)
 
 
@@ -221,13 +221,6 @@ def _median(runs: list[dict]) -> dict:
     return out
 
 
-def baseline_tree(commit: str, where: Path) -> Path:
-    if not (where / "retrieval").exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(where), commit], check=True,
-                       capture_output=True)
-    return where
-
-
 def report(sides: dict, a) -> None:
     names = list(sides)
     print(f"\n{a.n} x {a.dim}, {a.shards} shards of IVF{a.nlist}; {a.queries} clustered queries, k=10")
@@ -290,7 +283,7 @@ def main() -> None:
         make_data(a)
         codes = {"ours": ROOT}
         if not a.no_baseline:
-            codes["baseline"] = baseline_tree(a.baseline, work / "baseline-code")
+            codes["baseline"] = baseline_tree(ROOT, a.baseline, work / "baseline-code")
         sides, rounds = {}, {name: [] for name in codes}
         for name, code in codes.items():
             folder = work / f"idx-{name}"

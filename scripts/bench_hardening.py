@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from synthetic import status_mb  # noqa: E402
+from synthetic import baseline_tree, status_mb  # noqa: E402
 
 WHERE = ["year >= 2020", "caption LIKE '%dog%'", "grp IN (1, 2, 3) AND year BETWEEN 2001 AND 2010",
          "lower(caption) LIKE 'a photo of%' AND score > 0.5"]
@@ -139,13 +139,6 @@ def write_metadata(folder: Path, rows: int) -> None:
                                  "score": rng.random(n)}), folder / "metadata" / f"m{i}.parquet", row_group_size=4096)
 
 
-def baseline_tree(commit: str, where: Path) -> Path:
-    if not (where / "retrieval").exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(where), commit], check=True,
-                       capture_output=True)
-    return where
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["where"], help=argparse.SUPPRESS)
@@ -166,7 +159,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-hardening-"))
     sides = {"this checkout": str(ROOT)}
     if not a.no_baseline:
-        sides = {f"baseline {a.baseline}": str(baseline_tree(a.baseline, work / "baseline-code")), **sides}
+        sides = {f"baseline {a.baseline}": str(baseline_tree(ROOT, a.baseline, work / "baseline-code")), **sides}
     write_metadata(work / "meta", a.rows)
     timings: dict[str, list[dict]] = {s: [] for s in sides}
     for _ in range(a.rounds):

@@ -35,6 +35,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from synthetic import timed  # noqa: E402
+
 QUERIES = {"rare word": None, "product code": None, "mid word": None, "common word": "dog",
            "two words": "dog beach", "phrase": '"on the beach"', "sentence": "a dog runs on the beach"}
 
@@ -89,16 +91,6 @@ def pick_queries(texts: list[str]) -> dict[str, str]:
     return q
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def fts5_match(q: str) -> str:
     """The FTS5 form of one of the benchmark's queries (words quoted, a phrase kept)."""
     if q.startswith('"'):
@@ -112,7 +104,7 @@ def bare_fts5(texts: list[str], queries: dict, repeats: int, work: Path) -> dict
     con = sqlite3.connect(path)
     con.execute("PRAGMA journal_mode=OFF")
     con.execute("PRAGMA synchronous=OFF")
-    con.execute(f"CREATE VIRTUAL TABLE fts USING fts5(text, tokenize='unicode61 remove_diacritics 2')")
+    con.execute("CREATE VIRTUAL TABLE fts USING fts5(text, tokenize='unicode61 remove_diacritics 2')")
     con.executemany("INSERT INTO fts(rowid, text) VALUES (?, ?)", enumerate(texts))
     con.execute("INSERT INTO fts(fts) VALUES ('optimize')")
     con.commit()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthetic import unit_vectors
+from synthetic import timed, unit_vectors
 
 PROBE = """
 import json, sys, numpy as np
@@ -33,16 +32,6 @@ idx = open_index(sys.argv[1], backend='faiss-cpu', search_params=sys.argv[2], mm
 idx.search(np.load(sys.argv[3]), 10)
 print(json.dumps({'before': base, 'after': status_mb()}))
 """
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # untimed warm-up
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def probe_rss(folder: Path, params: str, q_file: Path, mmap=None) -> dict:

@@ -43,3 +43,27 @@ def status_mb(pid: int | str = "self") -> dict[str, float]:
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one untimed warm-up call."""
+    import statistics
+    import time
+
+    fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def baseline_tree(root: Path, commit: str, where: Path) -> Path:
+    """A git worktree of ``commit`` at ``where`` (made once), to run the baseline side of a benchmark."""
+    import subprocess
+
+    if not (where / "retrieval").exists():
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", str(where), commit], check=True,
+                       capture_output=True)
+    return where

@@ -16,7 +16,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 MAX_BYTES = 64 << 20
 

@@ -31,6 +31,12 @@ class _Pairs:
             mask[t] = True
         self.vectors = {mod: [ShardVectors(folder, s, mod) for s in shards] for mod in ("image", "text")}
 
+    def captioned_rows(self) -> np.ndarray:
+        """Global rows usable in both modalities: the folder's image-caption pairs."""
+        pairs = [np.intersect1d(t, i) + s["offset"]
+                 for s, t, i in zip(self.shards, self.usable["text"], self.usable["image"])]
+        return np.concatenate(pairs) if pairs else np.zeros(0, np.int64)
+
     def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(rows, np.int64)
         sh = np.searchsorted(self.starts, rows, side="right") - 1
@@ -53,9 +59,7 @@ def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size
     indexes. None when the folder has fewer than MIN_PAIRS pairs (or no captions)."""
     shards = [s for s in shards if "image" in s["index"] and "text" in s["index"]]
     pair_of = _Pairs(folder, m, shards)
-    pairs = [np.intersect1d(t, i) + s["offset"]
-             for s, t, i in zip(shards, pair_of.usable["text"], pair_of.usable["image"])]
-    every = np.concatenate(pairs) if pairs else np.zeros(0, np.int64)
+    every = pair_of.captioned_rows()
     pick = sample_pairs(len(every), size, seed)
     if pick is None:
         return None
@@ -86,14 +90,13 @@ def nonmatching_floors(folder: Path, m: dict, shards: list[dict], offsets: dict,
     queries need captioned pairs; image queries any live image. None when too few rows."""
     shards = [s for s in shards if "image" in s["index"]]
     pair_of = _Pairs(folder, m, shards)
-    with_caption = [np.intersect1d(t, i) + s["offset"] for s, t, i in
-                    zip(shards, pair_of.usable["text"], pair_of.usable["image"]) if "text" in s["index"]]
-    images = [i + s["offset"] for s, i in zip(shards, pair_of.usable["image"])]
+    images = np.concatenate([i + s["offset"] for s, i in zip(shards, pair_of.usable["image"])] or
+                            [np.zeros(0, np.int64)])
     out: dict = {"quantile": FLOOR_QUANTILE, "alpha": alpha, "lam": dict(lam), "floors": {}}
-    for kinds, rows in (((("text", "image"), ("image", "image"), ("image", "text"), ("text", "text")), with_caption),
-                        ((("image", "image"),), images)):
-        every = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        pick = sample_pairs(len(every), size, seed)
+    for kinds, every in (((("text", "image"), ("image", "image"), ("image", "text"), ("text", "text")),
+                          pair_of.captioned_rows()), ((("image", "image"),), images)):
+        kinds = [k for k in kinds if f"{k[0]}->{k[1]}" not in out["floors"]]  # image->image: once
+        pick = sample_pairs(len(every), size, seed) if kinds else None
         if pick is None:
             continue
         picked = every[pick]
@@ -102,11 +105,8 @@ def nonmatching_floors(folder: Path, m: dict, shards: list[dict], offsets: dict,
         sh = np.searchsorted(pair_of.starts, picked, side="right") - 1
         local = picked - pair_of.starts[sh]
         for qm, tm in kinds:
-            if f"{qm}->{tm}" in out["floors"]:
-                continue
-            c = {meth: np.array([offsets[shards[k]["id"]].get(tm, {}).get(meth, np.zeros(1))[r] if tm in
-                                 offsets[shards[k]["id"]] else 0.0 for k, r in zip(sh, local)], np.float32)
-                 for meth in ("bsap", "nnn")}
+            c = {meth: np.array([offsets[shards[k]["id"]][tm][meth][r] if tm in offsets[shards[k]["id"]] else 0.0
+                                 for k, r in zip(sh, local)], np.float32) for meth in ("bsap", "nnn")}
             s, cb, cn = [], [], []
             for j in range(1, min(FLOOR_SHIFTS, len(picked) - 1) + 1):
                 s.append((vec[qm] * np.roll(vec[tm], -j, axis=0)).sum(1))

@@ -62,8 +62,6 @@ class Part:
 
 def scan_source(src: str | os.PathLike) -> tuple[list[Part], int, str]:
     """The parts of a clip-retrieval inference folder, checked; (parts, dim, source dtype)."""
-    import pyarrow.parquet as pq
-
     src = Path(src)
     if not src.is_dir():
         raise CorpusError(f"{src} is not a folder", usage=True)

@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from .keyword import parse
+
 FUSIONS = ("rrf", "weighted")
 RRF_K = 60
 POOL = 100
@@ -89,8 +91,6 @@ def with_keywords(method, keywords, text_match, n_queries: int, fusion: str = "r
                   keyword_weight: Optional[float] = None) -> KeywordFusion:
     """``method`` fused with the keyword queries ``text_match`` (one per query row; a string for one
     row), checked first: ValueError for a bad fusion, weight, count or keyword syntax."""
-    from .keyword import parse
-
     check_fusion(fusion, keyword_weight)
     texts = [text_match] if isinstance(text_match, str) else list(text_match)
     if len(texts) != n_queries:

@@ -2,7 +2,6 @@
 when asked, the stored embedding): the convenience half of :class:`~retrieval.query.index.Index`."""
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -11,6 +10,7 @@ from .encode import encode_images, encode_texts
 from .examples import ExampleNotFound, Examples, example_kind
 from .spec import QuerySpec, rows, run
 from .rerankers import Clip
+from .searcher import check_k
 
 
 class RowQueries:
@@ -41,8 +41,7 @@ class RowQueries:
         """Top-k (BM25 scores, global ids) per keyword query (``query.keyword``: words, "phrases",
         prefix*, AND/OR/NOT) over the captions and chosen text columns; ids -1 where fewer rows match.
         Deleted rows and rows ``where`` excludes are never returned."""
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_k(k)
         texts = [texts] if isinstance(texts, str) else list(texts)
         snap = self.snapshot
         return snap.keywords.search(texts, int(k), snap.selection(target, where, captioned))
@@ -78,12 +77,16 @@ class RowQueries:
         from ..store.masks import find_keys
         from .encode import normalised
 
-        def one(e) -> tuple[np.ndarray, Optional[int]]:
-            kind, value = example_kind(e)
+        positive, negative = list(positive), list(negative or ())
+        kinds = [example_kind(e) for e in positive + negative]
+        named = [str(v) for k, v in kinds if k in ("key", "str")]
+        found = find_keys(self.folder, self.manifest, named) if named else None  # one scan for every key
+        key_ids = dict(zip(found.found, found.ids.tolist())) if found is not None else {}
+
+        def one(kind, value) -> tuple[np.ndarray, Optional[int]]:
             if kind in ("key", "str"):
-                found = find_keys(self.folder, self.manifest, [str(value)])
-                if len(found.ids):
-                    return self.embeddings(found.ids[:1], "image"), int(found.ids[0])
+                if str(value) in key_ids:
+                    return self.embeddings([key_ids[str(value)]], "image"), key_ids[str(value)]
                 if kind == "key":
                     raise ExampleNotFound(f"no item with key {str(value)[:100]!r} in this index")
                 kind = "image" if os.path.isfile(value) else "text"
@@ -97,19 +100,19 @@ class RowQueries:
                 kind, value = "image", base64.b64decode(str(value).partition(",")[2] or str(value))
             if kind == "image":
                 return encode_images(self.clip, [value]), None
-            v = normalised(np.asarray(value, np.float32))
+            v = normalised(value)
             if v.shape[1] != self.dim:
                 raise ValueError(f"an example embedding must have {self.dim} numbers, got {v.shape[1]}")
             return v, None
 
         def side(items) -> tuple[np.ndarray, list]:
-            got = [one(e) for e in items]
+            got = [one(*kind) for kind in items]
             vecs = [v / np.linalg.norm(v, axis=1, keepdims=True) for v, _ in got]
             return (np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, self.dim), np.float32),
                     [i for _, i in got if i is not None])
 
-        pos, pos_ids = side(list(positive))
-        neg, neg_ids = side(list(negative or ()))
+        pos, pos_ids = side(kinds[:len(positive)])
+        neg, neg_ids = side(kinds[len(positive):])
         return Examples(strategy, pos, neg, tuple(pos_ids + neg_ids))
 
     def search_text(self, texts: list[str], k: int = 10, modality: str = "image") -> list[list[dict]]:

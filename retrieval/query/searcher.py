@@ -14,6 +14,12 @@ from .selection import Selection
 from .shards import ShardSet
 
 
+def check_k(k) -> None:
+    """ValueError unless ``k`` is a positive integer (bools are not)."""
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
 EngineFactory = Callable[[ShardSet, Biases, str, str], object]
 
 
@@ -42,8 +48,7 @@ class Searcher:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.shards.dim:
             raise ValueError(f"queries have dim {q.shape[1]}, index has {self.shards.dim}")
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_k(k)
         if not np.isfinite(q).all():
             raise ValueError("query embeddings hold NaN or infinite values")
         if not np.any(q, axis=1).all():

@@ -17,9 +17,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..store.masks import find_keys
 from .encode import query_vectors
-from .examples import STRATEGIES, check_strategy
+from .examples import STRATEGIES, check_strategy, example_kind
 from .fusion import FUSIONS
+from .topk import above
 
 AUTO = "auto"
 
@@ -105,16 +107,12 @@ class QuerySpec:
 
 
 def _modality(example, index=None) -> Optional[str]:
-    from .examples import example_kind
-
     kind, value = example_kind(example)
     if kind == "text":
         return "text"
     if kind in ("key", "id", "image", "image_base64"):
         return "image"
     if kind == "str":  # as ``Index.examples`` reads it: a key, else an image file, else a text
-        from ..store.masks import find_keys
-
         if index is not None and len(find_keys(index.folder, index.manifest, [value]).ids):
             return "image"
         return "image" if os.path.isfile(value) else "text"
@@ -128,12 +126,11 @@ def floor(index, spec: QuerySpec) -> Optional[float]:
     kind = spec.query_modality(index)
     if kind is None:
         raise ValueError("min_score 'auto' is recorded for text and image queries; pass a number for this one")
-    biases = index.snapshot.biases
-    method = spec.rerank if spec.kind != "keyword" else None
-    if method is None:
+    if spec.kind == "keyword":
         raise ValueError("min_score 'auto' is a floor on a rerank method's score; pass a BM25 score for keywords")
+    biases = index.snapshot.biases
     lam = biases.lam(spec.target) if spec.lam is None else spec.lam
-    return biases.floor(kind, spec.target, method, lam, spec.alpha)
+    return biases.floor(kind, spec.target, spec.rerank, lam, spec.alpha)
 
 
 def search_options(spec: QuerySpec) -> dict:
@@ -158,8 +155,6 @@ def run(index, spec: QuerySpec) -> tuple[np.ndarray, np.ndarray]:
     if spec.kind == "keyword":
         s, ids = index.keyword_search(spec.text_match, spec.k, where=spec.where, target=spec.target,
                                       captioned=spec.captioned)
-        from .topk import above
-
         return above(s, ids, low)
     opts = search_options(spec)
     if spec.kind == "examples":

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..corpus.images import DEFAULT_MAX_PIXELS
 from ..query.partial import collect_missing
-from ..query.spec import QuerySpec, keywords_of, run, search_options
+from ..query.spec import QuerySpec, keywords_of, rows, run, search_options
 from .admin import Reloader
 from .batching import MicroBatcher
 from .decoding import ImageDecoder
@@ -160,17 +160,14 @@ class Service:
 
     @staticmethod
     def _rows(name: str, idx, q: Query, scores: np.ndarray, ids: np.ndarray) -> list[dict]:
-        keep = ids >= 0
-        ids, scores = ids[keep], scores[keep]
-        meta = idx.metadata(ids)
-        embs = idx.embeddings(ids, q.spec.target) if q.spec.return_embeddings else None
-        rows = []
-        for j, (m, s) in enumerate(zip(meta, scores)):
-            r = {**m, "score": float(s), "image_url": f"/items/{name}/{m['id']}/image"}
-            if embs is not None:
-                r["embedding"] = [round(float(x), 6) for x in embs[j]]
-            rows.append(r)
-        return rows
+        """``query.spec.rows`` as JSON: the image URL added, embeddings as rounded lists."""
+        out = []
+        for r in rows(idx, q.spec, scores[None], ids[None])[0]:
+            r["image_url"] = f"/items/{name}/{r['id']}/image"
+            if "embedding" in r:
+                r["embedding"] = [round(float(x), 6) for x in r.pop("embedding")]
+            out.append(r)
+        return out
 
     # ---- classification --------------------------------------------------------------------
     def classifier(self, name: str, classes: tuple, templates: tuple, neighbours: int, captions: int):

@@ -6,7 +6,7 @@ text columns, joined) with the row number as a fast field: every row is a docume
 (rows without text are empty documents). It is written beside the shard under a temp name and
 renamed into place, never changed after: deletes are the shard's tombstones, applied at query
 time; compaction writes new shards, with new folders; ``retrieval migrate`` gives older folders
-theirs. Each of its files is listed in the shard's manifest entry (``fts_files``: size, sha256,
+theirs. Each of its files is listed in the shard's manifest entry (``fts.files``: size, sha256,
 fingerprint) like the shard's other files, so open, verify and the generation sweep cover them.
 
 Analyzer (registered as ``retrieval`` on every open, tantivy does not store analyzers): split on

@@ -172,8 +172,6 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
                      recall_target: float = 0.95, extend: Optional[Extend] = None) -> dict:
     """Shards from precomputed, row-aligned embeddings; returns the (complete) manifest. A text row of
     zeros marks an item without a caption."""
-    import pyarrow as pa
-
     img, txt = np.asarray(image_emb), np.asarray(text_emb)
     if img.ndim != 2 or img.shape != txt.shape:
         raise ValueError(f"image and text embeddings must be 2-D and row-aligned, got {img.shape} and {txt.shape}")

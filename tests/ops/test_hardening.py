@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from retrieval import add_embeddings, build_from_embeddings, build_index, import_folder, open_index
+from retrieval import add_embeddings, build_from_embeddings, import_folder, open_index
 from retrieval.cli import main
 from retrieval.ops import compact
 from tests.clip_retrieval_layout import write_inference_folder

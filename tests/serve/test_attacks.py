@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.clip_retrieval_layout import write_inference_folder
-from tests.conftest import FLICKR, TINY, make_image, needs_shared
+from tests.conftest import TINY, make_image, needs_shared
 
 pytestmark = needs_shared
 N = 40
