@@ -21,7 +21,9 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import IndexFolderError
 from .selection import Selection
+from .where import WhereError, expression, same_tree
 
 SHARD, ROW = "__retrieval_shard", "__retrieval_row"
 TIMEOUT_S = 10.0
@@ -45,8 +47,6 @@ class Filters:
 
     def _connect(self):
         import duckdb
-
-        from ..errors import IndexFolderError
 
         con = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
         files = [str(self.folder / s["files"]["metadata"]) for s in self.shards]
@@ -75,10 +75,9 @@ class Filters:
             with self._lock:
                 self._con = self._con or self._connect()
                 cur = self._local.cursor = self._con.cursor()
-                parse = "SELECT json_serialize_sql(?)"
                 if self._template is None:
-                    self._template = json.loads(cur.execute(parse, [f"SELECT {SHARD}, {ROW} FROM meta WHERE true"]
-                                                            ).fetchone()[0])
+                    self._template = json.loads(cur.execute("SELECT json_serialize_sql(?)", [
+                        f"SELECT {SHARD}, {ROW} FROM meta WHERE true"]).fetchone()[0])
         return cur
 
     def columns(self) -> list[str]:
@@ -90,8 +89,6 @@ class Filters:
         """The SQL that runs, checked on its parse tree: the expression parsed alone must pass the
         allow-list (``query.where``), and the statement around it must parse to our own SELECT with
         exactly that tree as its WHERE (both parsed in one call)."""
-        from .where import WhereError, expression, same_tree
-
         if len(where) > MAX_CHARS:
             raise FilterError(f"a where expression is at most {MAX_CHARS} characters, got {len(where)}")
         sql = f"SELECT {SHARD}, {ROW} FROM meta WHERE (\n{where}\n)"

@@ -100,7 +100,7 @@ def metadata_schema(rows: list[dict], base=None):
         fields.append(pa.field(f.name, t))
     schema = pa.schema(fields)
     try:
-        pa.Table.from_pylist(rows[:1024], schema=schema)
+        pa.Table.from_pylist(rows, schema=schema)  # every row, as the writer converts them, before anything is written
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ValueError(f"metadata rows do not fit the folder's columns: {str(e).splitlines()[0][:200]}") from None
     return schema
