@@ -73,27 +73,36 @@ class NotAFile(OSError):
     """A caption or metadata path that exists but is no regular file (a folder, a FIFO, a device)."""
 
 
-def read_side_file(path: str) -> Optional[bytes]:
-    """The bytes of a caption/.json file beside an image; None when there is none. NotAFile when
-    the path is a folder, FIFO, socket or device (opened without blocking, never read) or too large."""
+def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file: FileNotFoundError when there is none; NotAFile (reason in it) when the
+    path is a folder, FIFO, socket or device (opened without blocking, never read) or larger than
+    ``max_bytes``. What a request or a corpus names can thus never hang a reader on a FIFO."""
+    name = os.path.basename(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
     except IsADirectoryError:
-        raise NotAFile(f"{os.path.basename(path)} is a folder, not a file") from None
+        raise NotAFile(f"{name} is a folder, not a file") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise NotAFile(f"{os.path.basename(path)} is a folder, not a file")
+            raise NotAFile(f"{name} is a folder, not a file")
         if not stat.S_ISREG(st.st_mode):
-            raise NotAFile(f"{os.path.basename(path)} is not a regular file")
-        if st.st_size > MAX_SIDE_FILE:
-            raise NotAFile(f"{os.path.basename(path)} is larger than {MAX_SIDE_FILE >> 20} MiB")
+            raise NotAFile(f"{name} is not a regular file")
+        if st.st_size > max_bytes:
+            raise NotAFile(f"{name} is larger than {max_bytes >> 20} MiB")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+            return f.read(max_bytes + 1)
     finally:
         os.close(fd)
+
+
+def read_side_file(path: str) -> Optional[bytes]:
+    """The bytes of a caption/.json file beside an image; None when there is none; NotAFile as
+    :func:`read_regular_file`."""
+    try:
+        return read_regular_file(path, MAX_SIDE_FILE)
+    except FileNotFoundError:
+        return None
 
 
 def read_caption_file(path: str) -> tuple[Optional[str], list[str]]:

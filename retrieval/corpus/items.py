@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import tarfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from .base import NotAFile, read_regular_file
 
 MAX_BYTES = 64 << 20
 
@@ -79,23 +80,13 @@ def item_image(corpus: dict, image_path: str, extra_roots: Sequence[str | os.Pat
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
     try:  # non-blocking: a FIFO planted under a root must not hang the request
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return read_regular_file(path, max_bytes)
+    except NotAFile as e:
+        raise ItemImageError(str(e), 403) from None
     except (FileNotFoundError, NotADirectoryError):
         raise ItemImageError(f"image file is missing: {path.name}") from None
     except OSError as e:
         raise ItemImageError(f"image file is unreadable: {path.name} ({e.strerror or type(e).__name__})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ItemImageError(f"{path.name} is not a regular file", 403)
-        if st.st_size > max_bytes:
-            raise ItemImageError("image file is too large to serve", 403)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(max_bytes + 1)
-    except OSError as e:
-        raise ItemImageError(f"image file is unreadable: {path.name} ({e.strerror or type(e).__name__})") from None
-    finally:
-        os.close(fd)
 
 
 def image_bytes(data: bytes, name: str) -> tuple[bytes, str]:

@@ -144,8 +144,7 @@ class ExampleSearch:
             s, ids = engine.search((v / n)[None], k, selection=selection)
             return np.where(ids >= 0, s * n, -np.inf).astype(np.float32), ids
         pool = max(4 * k, POOL)
-        found = [engine.search(p[None], pool, selection=selection)[1][0] for p in self.pos]
-        ids = np.unique(np.concatenate(found))
+        ids = np.unique(engine.search(self.pos, pool, selection=selection)[1])  # every positive in one search
         ids = ids[ids >= 0]
         out_s, out_i = np.full((1, k), -np.inf, np.float32), np.full((1, k), -1, np.int64)
         if len(ids):
