@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..methods.comclip import WEIGHTINGS
 from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.backends import BACKENDS
 from ..query.examples import STRATEGIES
@@ -23,9 +24,22 @@ from .common import POSITIVE, Finite
 @click.option("--k", type=POSITIVE, default=20, show_default=True, help="Results per query.")
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Search among the corpus images or its captions.")
-@click.option("--rerank", type=click.Choice(RERANK_METHODS), default="clip", show_default=True,
-              help="clip cosine; bsap, hybrid (BSAP-H) and nnn exact over the whole corpus (or over --candidates).")
+@click.option("--rerank", type=click.Choice(RERANK_METHODS + ("comclip",)), default="clip", show_default=True,
+              help="clip cosine; bsap, hybrid (BSAP-H) and nnn exact over the whole corpus (or over --candidates); "
+                   "comclip: a text query's top --candidates (10) by ComCLIP's sub-image matching (slow: reads images).")
 @click.option("--candidates", type=POSITIVE, default=None, help="Rerank CLIP's top N instead of searching exactly.")
+@click.option("--weighting", type=click.Choice(WEIGHTINGS), default="sum", show_default=True,
+              help="comclip: the parts' weights, s_k / sum s (its released code) or softmax(s_k / --temperature).")
+@click.option("--temperature", type=Finite(1e-6, 1e6), default=1.0, show_default=True,
+              help="comclip: the softmax temperature of --weighting softmax.")
+@click.option("--parses", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help='comclip: captions\' parses in ComCLIP\'s JSON shape, {caption: {"objects": ..., "connections": ...}} '
+                   "(e.g. from an LLM); default: the built-in parser.")
+@click.option("--regions", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="comclip: dense-caption boxes, {image key: {caption: [[x1, y1, x2, y2], ...]}} (GRiT's output); "
+                   "default: selective-search proposals.")
+@click.option("--max-boxes", type=click.IntRange(0, 64), default=16, show_default=True,
+              help="comclip: region proposals per image.")
 @click.option("--lam", type=Finite(0.0, 1.0), default=None,
               help="BSAP-H: weight of CLIP in s - (1 - lam) c (1: plain CLIP, 0: BSAP's ranking); "
                    "default: the lambda `retrieval bias` chose from the index's own pairs (else 0.1 for images, 0.2 for text).")
@@ -58,7 +72,8 @@ from .common import POSITIVE, Finite
                    "recorded (what an unrelated item scores 1 %% of the time).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, where, dedup, text_match, hybrid,
-           fusion, keyword_weight, like, unlike, strategy, min_score, as_json):
+           fusion, keyword_weight, like, unlike, strategy, min_score, weighting, temperature, parses, regions, max_boxes,
+           as_json):
     """Search INDEX with TEXT, --image PATH, --like/--unlike examples, or --text-match WORDS alone, and
     print the top-k rows."""
     from ..query import open_index
@@ -81,6 +96,8 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
                      keyword_weight=keyword_weight, positive=examples(like), negative=examples(unlike),
                      strategy=strategy, min_score=min_score)
     try:
+        if rerank == "comclip":
+            spec.comclip = comclip_options(weighting, temperature, parses, regions, max_boxes)
         spec.check()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -97,3 +114,11 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
     click.echo(f"{'rank':>4}  {'score':>8}  {'id':>7}  {'key':<30}  caption")
     for i, r in enumerate(rows, 1):
         click.echo(f"{i:>4}  {r['score']:8.4f}  {r['id']:>7}  {str(r['key'])[:30]:<30}  {('' if r['caption'] is None else str(r['caption']))[:80]}")
+
+
+def comclip_options(weighting: str, temperature: float, parses, regions, max_boxes: int):
+    """ComCLIP's options from the command line (ValueError, one line, for an unreadable file)."""
+    from ..query.comclip import ComclipOptions, load_parses, load_regions
+
+    return ComclipOptions(weighting, temperature, max_boxes, parses=load_parses(parses) if parses else None,
+                          regions=load_regions(regions) if regions else None)

@@ -1,4 +1,5 @@
-"""Encode preprocessed images and tokenized texts to L2-normalised numpy arrays."""
+"""Encode preprocessed images and tokenized texts to L2-normalised numpy arrays (or raw ones, for
+methods such as ComCLIP that use the embeddings' norms)."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,21 +29,22 @@ class Encoder:
         tol = 1e-4 if self.clip.dtype == torch.float32 else 5e-3
         return bool((ref - got).abs().max() <= tol)
 
-    def _run(self, fn, x) -> np.ndarray:
+    def _run(self, fn, x, normalise: bool = True) -> np.ndarray:
         with torch.inference_mode():
-            y = fn(x.to(self.clip.device))
-            y = torch.nn.functional.normalize(y.float(), dim=-1)
+            y = fn(x.to(self.clip.device)).float()
+            if normalise:
+                y = torch.nn.functional.normalize(y, dim=-1)
         return y.cpu().numpy()
 
-    def images(self, images) -> np.ndarray:
-        return self._run(lambda x: self.clip.model.encode_image(x.to(self.clip.dtype)), images)
+    def images(self, images, normalise: bool = True) -> np.ndarray:
+        return self._run(lambda x: self.clip.model.encode_image(x.to(self.clip.dtype)), images, normalise)
 
-    def tokens(self, tokens) -> np.ndarray:
+    def tokens(self, tokens, normalise: bool = True) -> np.ndarray:
         if self.trim_text:
             from .text_fast import encode_text_trimmed
 
-            return self._run(lambda t: encode_text_trimmed(self.clip.model, t), tokens)
-        return self._run(self.clip.model.encode_text, tokens)
+            return self._run(lambda t: encode_text_trimmed(self.clip.model, t), tokens, normalise)
+        return self._run(self.clip.model.encode_text, tokens, normalise)
 
-    def texts(self, texts: list[str]) -> np.ndarray:
-        return self.tokens(self.clip.tokenizer(texts))
+    def texts(self, texts: list[str], normalise: bool = True) -> np.ndarray:
+        return self.tokens(self.clip.tokenizer(texts), normalise)

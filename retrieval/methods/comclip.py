@@ -55,3 +55,24 @@ def comclip_score(g: np.ndarray, sub: np.ndarray, parts: np.ndarray, caption: np
     v = fuse(g, sub, parts, weighting, temperature)
     t = np.asarray(caption, np.float64)
     return float(v @ t / (np.linalg.norm(v) * np.linalg.norm(t)))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def ground(entities: np.ndarray, boxes: np.ndarray, whole: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """For each entity text embedding [m, d], the index of the box whose masked-image embedding
+    [b, d] it matches best (cosine), or -1 when no box beats the whole image's embedding [d] by more
+    than ``margin``: the "no region matched" case, where ComCLIP uses the whole image."""
+    ent = _unit(np.asarray(entities).reshape(-1, np.shape(whole)[-1]))
+    if not len(ent):
+        return np.zeros(0, np.int64)
+    boxes = np.asarray(boxes).reshape(-1, ent.shape[1])
+    if not len(boxes):
+        return np.full(len(ent), -1, np.int64)
+    sims = ent @ _unit(boxes).T
+    best = sims.argmax(1)
+    beats = sims[np.arange(len(ent)), best] > ent @ _unit(whole) + margin
+    return np.where(beats, best, -1).astype(np.int64)

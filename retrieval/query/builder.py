@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from .comclip import ComclipOptions
 from .spec import QuerySpec, rows, run, with_options
 
 
@@ -41,10 +42,12 @@ class QueryBuilder:
 
     # ---- how it is ranked and filtered -----------------------------------------------------------
     def rerank(self, method: str, candidates: Optional[int] = None, lam: Optional[float] = None,
-               alpha: Optional[float] = None) -> "QueryBuilder":
-        """'clip', 'bsap', 'hybrid' (BSAP-H) or 'nnn' (exact over the corpus; over CLIP's top N with ``candidates``)."""
+               alpha: Optional[float] = None, comclip: Optional[ComclipOptions] = None) -> "QueryBuilder":
+        """'clip', 'bsap', 'hybrid' (BSAP-H) or 'nnn' (exact over the corpus; over CLIP's top N with
+        ``candidates``), or 'comclip' (a text query's top ``candidates``, 10 by default, by ComCLIP;
+        ``comclip``: its weighting, parses and regions)."""
         return self._with(rerank=method, candidates=candidates, lam=lam,
-                          alpha=self.spec.alpha if alpha is None else alpha)
+                          alpha=self.spec.alpha if alpha is None else alpha, comclip=comclip)
 
     def where(self, expression: str) -> "QueryBuilder":
         """A SQL boolean expression over the metadata columns."""

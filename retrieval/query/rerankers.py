@@ -114,6 +114,9 @@ def make_method(rerank: str, tau: float, candidates: Optional[int] = None, lam: 
                 alpha: float = 0.75):
     """The method object for ``rerank`` ('clip' | 'bsap' | 'hybrid' | 'nnn'); exact over the whole
     corpus unless ``candidates`` is given."""
+    if rerank == "comclip":
+        raise ValueError("comclip reranks with the query's text and the candidates' images, not a vector: "
+                         "use Index.query(text=..., rerank='comclip') or index.search(text).rerank('comclip')")
     if rerank not in METHODS:
         raise ValueError(f"unknown rerank method {rerank!r}; choose one of {', '.join(METHODS)}")
     if candidates is not None and candidates <= 0:

@@ -18,12 +18,14 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..store.masks import find_keys
+from .comclip import CANDIDATES, ComclipOptions, ComclipReranker
 from .encode import query_vectors
 from .examples import STRATEGIES, check_strategy, example_kind
 from .fusion import FUSIONS
 from .topk import above
 
 AUTO = "auto"
+COMCLIP = "comclip"
 
 
 @dataclass
@@ -50,6 +52,7 @@ class QuerySpec:
     dedup: Optional[float] = None
     captioned: bool = False
     min_score: Union[float, str, None] = None
+    comclip: Optional[ComclipOptions] = None   # rerank="comclip": weighting, parses, regions (None: defaults)
     return_embeddings: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -85,12 +88,23 @@ class QuerySpec:
             raise ValueError("text_match with another query needs hybrid (or drop the other query for a keyword search)")
         if self.hybrid and self.text_match is None and not isinstance(self.text, str):
             raise ValueError("hybrid needs text_match (or a text query to match as keywords)")
+        if self.rerank == COMCLIP:
+            self._check_comclip()
         if isinstance(self.min_score, str) and self.min_score != AUTO:
             raise ValueError(f"min_score is a number or 'auto', got {self.min_score!r}")
         if self.min_score == AUTO and (self.hybrid or self.kind == "examples" and self.strategy != "average_vector"):
             raise ValueError("min_score 'auto' is a floor on a rerank method's own score: not for hybrid (fused) "
                              f"or {self.strategy} scores; pass a number")
         return self
+
+    def _check_comclip(self) -> None:
+        texts = [self.text] if isinstance(self.text, str) else self.text
+        if self.kind != "vector" or not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("comclip reranks a text query's candidates by the caption's parts: give a text "
+                             "(not an image, embedding, item or examples)")
+        if self.hybrid or self.target != "image" or self.min_score == AUTO:
+            raise ValueError("comclip ranks images for a text: not with hybrid, target 'text' or min_score 'auto'")
+        (self.comclip or ComclipOptions()).check()
 
     def query_modality(self, index=None) -> Optional[str]:
         """What the query is, for the recorded floors: 'text', 'image' (files, bytes, items), else None
@@ -156,6 +170,8 @@ def run(index, spec: QuerySpec) -> tuple[np.ndarray, np.ndarray]:
         s, ids = index.keyword_search(spec.text_match, spec.k, where=spec.where, target=spec.target,
                                       captioned=spec.captioned)
         return above(s, ids, low)
+    if spec.rerank == COMCLIP:
+        return above(*comclip_search(index, spec), low)
     opts = search_options(spec)
     if spec.kind == "examples":
         pos = list(spec.positive)
@@ -176,6 +192,16 @@ def run(index, spec: QuerySpec) -> tuple[np.ndarray, np.ndarray]:
     else:
         q = query_vectors(index.clip, spec.text, spec.image, spec.embedding)
     return index.search(q, spec.k, min_score=low, text_match=keywords_of(spec, len(q)), **opts)
+
+
+def comclip_search(index, spec: QuerySpec) -> tuple[np.ndarray, np.ndarray]:
+    """CLIP's top ``candidates`` (10) of each text under ``where``/``dedup``, reranked by ComCLIP."""
+    reranker = ComclipReranker(index, spec.comclip or ComclipOptions())
+    texts = [spec.text] if isinstance(spec.text, str) else list(spec.text)
+    q = query_vectors(index.clip, texts)
+    opts = {**search_options(spec), "rerank": "clip", "candidates": None}
+    s, ids = index.search(q, max(spec.k, spec.candidates or CANDIDATES), **opts)
+    return reranker.rerank(texts, q, s, ids, spec.k)
 
 
 def rows(index, spec: QuerySpec, scores: np.ndarray, ids: np.ndarray) -> list[list[dict]]:

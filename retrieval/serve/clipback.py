@@ -114,7 +114,7 @@ def parse_knn(body: dict, service: Service) -> tuple[Query, int, list[str]]:
     rerank = body.get("rerank") or "clip"
     if rerank not in RERANK_METHODS:
         raise HTTPError(400, f"rerank must be one of {', '.join(RERANK_METHODS)}, got {rerank!r}"[:200])
-    if rerank not in rerank_methods(idx):
+    if rerank not in rerank_methods(idx, compositional=False):
         raise HTTPError(409, f"index {name!r} has no bias offsets; recompute them with `retrieval bias`")
     where = body.get("where")
     if where is not None and not isinstance(where, str):
@@ -249,7 +249,7 @@ def add_clip_back_routes(app: FastAPI, service: Service, front: Optional[Path] =
     @app.get("/indices-info", summary="each index's rows and methods, and the clip back options it ignores")
     async def indices_info():
         out = {name: {"rows": len(idx), "dim": idx.dim, "model": idx.manifest["model"].get("arch"),
-                      "rerank": rerank_methods(idx),
+                      "rerank": rerank_methods(idx, compositional=False),
                       "ignored_options": UNAVAILABLE}
                for name, idx in service.indexes.items()}
         return JSONResponse(out, headers=CORS)

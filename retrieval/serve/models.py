@@ -17,7 +17,8 @@ from .service import MAX_ID, MAX_K
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
-Rerank = Literal[RERANK_METHODS]
+Rerank = Literal[RERANK_METHODS + ("comclip",)]
+Weighting = Literal["sum", "softmax"]
 Target = Literal["image", "text"]
 Fusion = Literal[FUSIONS]
 Strategy = Literal[STRATEGIES]
@@ -72,6 +73,12 @@ class SearchBody(BaseModel):
     strategy: Strategy = Field("average_vector", description="how examples combine (Qdrant's strategies)")
     min_score: Optional[Union[FiniteFloat, Literal["auto"]]] = Field(
         None, description="drop results below this score of the method ('auto': the floor the index recorded)")
+    weighting: Weighting = Field("sum", description="rerank comclip: the parts' weights, s_k / sum s (its released "
+                                 "code) or softmax(s_k / temperature)")
+    temperature: FiniteFloat = Field(1.0, gt=0.0, le=1e6, description="rerank comclip: the softmax temperature")
+    parse: Optional[dict] = Field(None, description="rerank comclip: the text's parse in ComCLIP's JSON shape, "
+                                  '{"objects": {name: {"attributes": ...}}, "connections": [{"subject", "verb", '
+                                  '"object"}]} (default: the built-in parser)')
 
     @model_validator(mode="after")
     def one_query(self):

@@ -10,13 +10,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
 from ..query.filters import FilterError
+from ..query.comclip import refusal
 from ..query.keyword import parse as keyword_parse
 from ..query.spec import QuerySpec, floor
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
-from .service import (MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, embedding_vector, encode_image,
-                      http_example, rerank_methods)
+from .service import (MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, comclip_options, embedding_vector,
+                      encode_image, http_example, rerank_methods)
 
 def add_routes(app: FastAPI, service: Service) -> None:
     """Register every route of the service on ``app``."""
@@ -82,7 +83,11 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if spec.kind == "examples" and q.image is not None:  # the query image, one more positive: decoded
             spec.image, spec.embedding = None, await run_in_threadpool(encode_image, service, name, q.image)
             q.image = None
-        if spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
+        if body.rerank == "comclip":
+            if "comclip" not in rerank_methods(idx):
+                raise HTTPError(409, refusal(idx.manifest) or f"index {name!r} is served without its model")
+            spec.comclip = comclip_options(body, tuple(service.image_roots))
+        elif spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
         try:
             spec.check()

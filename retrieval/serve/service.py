@@ -55,7 +55,7 @@ class Query:
         """Queries searched in one call: vector queries of one index with the same options; every
         keyword or example query alone."""
         s = self.spec
-        if s.kind != "vector":
+        if s.kind != "vector" or s.rerank == "comclip":
             return ("alone", id(self))
         return (self.index, tuple(sorted(search_options(s).items())), s.hybrid, s.min_score)
 
@@ -140,7 +140,7 @@ class Service:
             first = queries[members[0]]
             name, spec, idx = first.index, first.spec, self.indexes[first.index]
             with collect_missing() as missing:
-                if spec.kind != "vector":
+                if spec.kind != "vector" or spec.rerank == "comclip":
                     scores, ids = run(idx, spec)
                 else:
                     qs = np.stack([queries[i].vector for i in members]).astype(np.float32)
@@ -245,9 +245,13 @@ def warn_outside_roots(name: str, index, extra_roots: Sequence[str]) -> int:
     return bad
 
 
-def rerank_methods(index) -> list[str]:
-    """The rerank methods ``index`` can serve: every method but clip reads stored bias offsets."""
-    return ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in index.manifest else [])
+def rerank_methods(index, compositional: bool = True) -> list[str]:
+    """The rerank methods ``index`` can serve: every method but clip and comclip reads stored bias
+    offsets; comclip reads the candidates' images (``compositional``: list it when it can run)."""
+    from ..query.comclip import refusal
+
+    return ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in index.manifest else []) + \
+        (["comclip"] if compositional and index.clip is not None and refusal(index.manifest) is None else [])
 
 
 def embedding_vector(values: Any, dim: int) -> Optional[np.ndarray]:
@@ -274,3 +278,20 @@ def b64_image(text: str) -> bytes:
     if not data:
         raise HTTPError(400, "image_base64 is empty")
     return data
+
+
+def comclip_options(body, image_roots: tuple):
+    """ComCLIP's options of a search body (its weighting, temperature and the text's parse); HTTPError
+    422 for a parse that is not in ComCLIP's shape."""
+    from ..methods.parse import from_json
+    from ..query.comclip import ComclipOptions
+
+    parses = None
+    if body.parse is not None:
+        if not isinstance(body.text, str):
+            raise HTTPError(422, "parse goes with a text query")
+        try:
+            parses = {body.text: from_json(body.parse)}
+        except ValueError as e:
+            raise HTTPError(422, f"parse: {e}") from None
+    return ComclipOptions(body.weighting, body.temperature, parses=parses, image_roots=image_roots)

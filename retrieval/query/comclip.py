@@ -1,0 +1,234 @@
+"""``rerank="comclip"``: ComCLIP (Jiang et al., NAACL 2024) over CLIP's top candidates of a text query.
+
+Per query: the caption is parsed (``methods.parse``, or a parse given in ComCLIP's JSON shape) into
+entities and subject–verb–object relations; the parts' texts are encoded (raw, not normalised). Per
+candidate: its image is read from the index's image roots; its regions are boxes from a dense
+captioner (``regions``: image key or path -> boxes) or selective-search proposals; the whole image
+and each box's masked image are encoded raw; each entity is grounded to its best box (or the whole
+image, ``methods.comclip.ground``); each relation's predicate image is the overlay of its subject's
+and object's masked images; the score is ``methods.comclip.comclip_score``. A caption with no part
+keeps CLIP's order; a candidate whose image cannot be read keeps its CLIP cosine (logged).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..corpus.images import decode_image
+from ..corpus.items import ItemImageError, item_image
+from ..corpus.regions import MAX_BOXES, Box, proposals
+from ..corpus.subimages import black_outside, overlay
+from ..errors import ItemError
+from ..methods.comclip import WEIGHTINGS, comclip_score, ground
+from ..methods.parse import Parse, parse
+
+log = logging.getLogger(__name__)
+CANDIDATES = 10
+IMAGE_SOURCES = ("folder", "manifest", "clip-retrieval", "webdataset")
+
+
+@dataclass(frozen=True)
+class ComclipOptions:
+    weighting: str = "sum"
+    temperature: float = 1.0
+    max_boxes: int = MAX_BOXES
+    margin: float = 0.0
+    parses: Optional[Mapping[str, Parse]] = None
+    regions: Optional[Mapping[str, Sequence[Box]]] = None
+    image_roots: tuple = field(default=())
+
+    def check(self) -> "ComclipOptions":
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+        if not 0 <= self.max_boxes <= 64:
+            raise ValueError(f"max_boxes must be in [0, 64], got {self.max_boxes}")
+        if not math.isfinite(self.margin):
+            raise ValueError(f"margin must be a finite number, got {self.margin}")
+        return self
+
+
+def refusal(manifest: dict) -> Optional[str]:
+    """Why ``manifest``'s index cannot run comclip (one line), or None."""
+    corpus = manifest.get("corpus") or {}
+    kind = corpus.get("type")
+    if kind not in IMAGE_SOURCES or (kind == "clip-retrieval" and not corpus.get("image_root")):
+        how = "built from embeddings" if kind == "embeddings" else \
+            "imported without --image-root" if kind == "clip-retrieval" else f"from a {kind!r} source"
+        return f"comclip reranks with the candidates' images, and this index ({how}) has no image files"
+    return None
+
+
+def parts_of(p: Parse) -> tuple[list[str], list[tuple[Optional[int], Optional[int]]]]:
+    """The texts scored against sub-images (entities, then each relation's verb) and, per relation,
+    its (subject, object) entity positions (None: not an entity of the parse)."""
+    names = [e.name for e in p.entities]
+    rels = [r for r in p.relations if r.verb]
+    pos = [(names.index(r.subject) if r.subject in names else None,
+            names.index(r.object) if r.object in names else None) for r in rels]
+    return [e.text for e in p.entities] + [r.verb for r in rels], pos
+
+
+class ComclipReranker:
+    """ComCLIP scores of candidate rows for text queries, with ``index``'s model and images."""
+
+    def __init__(self, index, options: ComclipOptions = ComclipOptions()):
+        why = refusal(index.manifest)
+        if why:
+            raise ValueError(why)
+        if index.clip is None:
+            raise ValueError("comclip encodes sub-images: open the index with its model (clip=...)")
+        self.index, self.options = index, options.check()
+        from ..embed import Encoder
+
+        self.encoder = Encoder(index.clip)
+
+    def parse(self, text: str) -> Parse:
+        given = (self.options.parses or {}).get(text)
+        return given if given is not None else parse(text)
+
+    def rerank(self, texts: Sequence[str], queries: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) of each query row's candidates (ids -1: none) by ComCLIP's score."""
+        out_s = np.full((len(texts), k), -np.inf, np.float32)
+        out_i = np.full((len(texts), k), -1, np.int64)
+        for r, text in enumerate(texts):
+            valid = ids[r] >= 0
+            s = self.scores(text, queries[r], scores[r][valid], ids[r][valid])
+            order = np.argsort(-s, kind="stable")[:k]
+            out_s[r, :len(order)], out_i[r, :len(order)] = s[order], ids[r][valid][order]
+        return out_s, out_i
+
+    def scores(self, text: str, query: np.ndarray, clip_scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """ComCLIP's score of each candidate id for ``text`` (CLIP's where it cannot apply)."""
+        texts, rel_pos = parts_of(self.parse(text))
+        if not texts or not len(ids):
+            return np.asarray(clip_scores, np.float32)
+        parts = self.encoder.texts(texts, normalise=False)
+        images = self._images(ids)
+        out = np.asarray(clip_scores, np.float64).copy()
+        wholes, boxes = self._regions(ids, images)
+        n_ent = len(texts) - len(rel_pos)
+        pending = []                                   # (row, relation, overlay image)
+        subs = {}
+        for i, image in enumerate(images):
+            if image is None:
+                continue
+            g, b = wholes[i], boxes[i]
+            at = ground(parts[:n_ent], b[1], g, self.options.margin)
+            ent = [b[1][j] if j >= 0 else g for j in at]
+            pred = []
+            for rel, (s_pos, o_pos) in enumerate(rel_pos):
+                js = (at[s_pos] if s_pos is not None else -1, at[o_pos] if o_pos is not None else -1)
+                if min(js) < 0:
+                    pred.append(g)
+                elif js[0] == js[1]:
+                    pred.append(b[1][js[0]])
+                else:
+                    pred.append(None)
+                    pending.append((i, rel, overlay([black_outside(image, b[0][js[1]]),
+                                                     black_outside(image, b[0][js[0]])])))
+            subs[i] = (g, ent, pred)
+        if pending:
+            embs = self._encode([p[2] for p in pending])
+            for (i, rel, _), e in zip(pending, embs):
+                subs[i][2][rel] = e
+        for i, (g, ent, pred) in subs.items():
+            try:
+                out[i] = comclip_score(g, np.stack(ent + pred), parts, query, self.options.weighting,
+                                       self.options.temperature)
+            except ValueError as e:                  # the parts' scores sum to zero: weights undefined
+                log.warning("comclip: candidate %d keeps its CLIP score (%s)", int(ids[i]), e)
+        return out.astype(np.float32)
+
+    def _images(self, ids: np.ndarray) -> list:
+        corpus = self.index.manifest["corpus"]
+        out = []
+        for row in self.index.metadata(ids):
+            try:
+                data, _ = item_image(corpus, row.get("image_path") or "", self.options.image_roots)
+                out.append(decode_image(data)[0])
+            except (ItemImageError, ItemError) as e:
+                reason = getattr(e, "reason", None) or str(e)
+                log.warning("comclip: item %s keeps its CLIP score: its image cannot be read (%s)", row.get("key"), reason)
+                out.append(None)
+        return out
+
+    def _regions(self, ids: np.ndarray, images: list) -> tuple[list, list]:
+        """Per candidate: the whole image's raw embedding and (boxes, their masked images' raw embeddings)."""
+        rows = self.index.metadata(ids)
+        batch, spans = [], []
+        for row, image in zip(rows, images):
+            if image is None:
+                spans.append(None)
+                continue
+            given = self.options.regions
+            bx = None if given is None else given.get(row.get("key"), given.get(row.get("image_path")))
+            bx = list(bx) if bx is not None else proposals(image, self.options.max_boxes)
+            spans.append((len(batch), bx))
+            batch += [image] + [black_outside(image, b) for b in bx]
+        embs = self._encode(batch) if batch else np.zeros((0, self.index.dim), np.float32)
+        wholes, boxes = [], []
+        for span in spans:
+            start, bx = span or (0, [])
+            wholes.append(embs[start] if span else None)
+            boxes.append((bx, embs[start + 1:start + 1 + len(bx)]))
+        return wholes, boxes
+
+    def _encode(self, images: list) -> np.ndarray:
+        import torch
+
+        pre = self.index.clip.preprocess
+        out = [self.encoder.images(torch.stack([pre(im) for im in images[i:i + 64]]), normalise=False)
+               for i in range(0, len(images), 64)]
+        return np.concatenate(out)
+
+
+def _json_file(path, what: str):
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path} is not JSON: {e}") from None
+
+
+def load_parses(path) -> dict[str, Parse]:
+    """``{caption: parse}`` from a JSON file, each parse in ComCLIP's shape (or, as its scripts save
+    it, that JSON as a string)."""
+    import json
+
+    from ..methods.parse import from_json
+
+    obj = _json_file(path, "parses file")
+    if not isinstance(obj, dict):
+        raise ValueError(f"parses file {path}: expected {{caption: {{\"objects\": ..., \"connections\": ...}}}}")
+    out = {}
+    for caption, p in obj.items():
+        try:
+            out[caption] = from_json(json.loads(p) if isinstance(p, str) else p)
+        except (ValueError, json.JSONDecodeError) as e:
+            raise ValueError(f"parses file {path}, caption {caption[:60]!r}: {e}") from None
+    return out
+
+
+def load_regions(path) -> dict[str, list[Box]]:
+    """``{image key or image path: boxes}`` from a JSON file of dense-caption outputs in ComCLIP's
+    shape, ``{image: {caption: [[x1, y1, x2, y2], ...]}}``."""
+    from ..corpus.regions import dense_caption_boxes
+
+    obj = _json_file(path, "regions file")
+    if not isinstance(obj, dict):
+        raise ValueError(f"regions file {path}: expected {{image key: {{caption: [[x1, y1, x2, y2], ...]}}}}")
+    try:
+        return {str(k): dense_caption_boxes(v) for k, v in obj.items()}
+    except ValueError as e:
+        raise ValueError(f"regions file {path}: {e}") from None
