@@ -1,9 +1,9 @@
 """Region boxes of an image for ComCLIP: training-free proposals, or a dense captioner's boxes.
 
 - :func:`proposals`: OpenCV contrib's selective search (Uijlings et al. 2013; "fast" mode) on the
-  image scaled to ``side`` pixels, boxes smaller than ``min_area`` or larger than ``max_area`` of the
-  image dropped, near-duplicates (IoU > ``iou``) merged, the first ``max_boxes`` kept (selective search
-  lists its hierarchy's boxes from the finest merges up).
+  image scaled to ``side`` pixels, then :func:`select_boxes`: its own order is random (it ranks boxes
+  with an unseeded RNG), so boxes are chosen by how many of its strategies found them (a
+  deterministic objectness), within an area range, without heavy overlaps.
 - :func:`dense_caption_boxes`: the boxes of a GRiT output in ComCLIP's shape ``{caption: [[x1, y1,
   x2, y2], ...]}`` (every box of every caption; ValueError, one line, for anything else).
 Boxes are (left, top, right, bottom) in the image's pixels, as GRiT writes them.
@@ -30,27 +30,37 @@ def _cv2():
     return cv2
 
 
-def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes a [n, 4] and b [m, 4] (left, top, right, bottom): [n, m]."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    inter = w * h
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def select_boxes(boxes: Sequence[Box], size: tuple[int, int], max_boxes: int = MAX_BOXES, min_area: float = 0.02,
-                 max_area: float = 0.9, iou_limit: float = 0.7) -> list[Box]:
-    """The first ``max_boxes`` of ``boxes`` (in order) whose area is within [min_area, max_area] of the
-    image's and that overlap no kept box by more than ``iou_limit``. Pure."""
-    area = float(size[0] * size[1])
-    kept: list[Box] = []
-    for b in boxes:
-        a = (b[2] - b[0]) * (b[3] - b[1]) / area
-        if min_area <= a <= max_area and all(iou(b, k) <= iou_limit for k in kept):
-            kept.append(tuple(float(v) for v in b))
+                 max_area: float = 0.9, same: float = 0.7, overlap: float = 0.5) -> list[Box]:
+    """Up to ``max_boxes`` of ``boxes`` whose area is within [min_area, max_area] of the image's: the
+    ones found most often (support: how many boxes overlap them by IoU > ``same``; selective search's
+    strategies agree on real objects), larger first on ties, none overlapping a kept one by more than
+    ``overlap``. Deterministic and pure: the order ``boxes`` come in does not matter."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    frac = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / float(size[0] * size[1])
+    b, frac = b[(frac >= min_area) & (frac <= max_area)], frac[(frac >= min_area) & (frac <= max_area)]
+    if not len(b) or max_boxes <= 0:
+        return []
+    support = (iou_matrix(b, b) > same).sum(1)
+    order = np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], -frac, -support))
+    kept: list[int] = []
+    for i in order:
+        if not kept or iou_matrix(b[i], b[kept]).max() <= overlap:
+            kept.append(int(i))
             if len(kept) == max_boxes:
                 break
-    return kept
+    return [tuple(float(v) for v in b[i]) for i in kept]
 
 
 def proposals(image: Image.Image, max_boxes: int = MAX_BOXES, side: int = 160) -> list[Box]:
@@ -62,8 +72,9 @@ def proposals(image: Image.Image, max_boxes: int = MAX_BOXES, side: int = 160) -
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(np.ascontiguousarray(np.asarray(small)[:, :, ::-1]))
     ss.switchToSelectiveSearchFast()
-    rects = ss.process()
-    boxes = [(x / scale, y / scale, min(w, (x + bw) / scale), min(h, (y + bh) / scale)) for x, y, bw, bh in rects]
+    rects = np.asarray(ss.process(), np.float64).reshape(-1, 4)
+    boxes = np.stack([rects[:, 0], rects[:, 1], rects[:, 0] + rects[:, 2], rects[:, 1] + rects[:, 3]], 1) / scale
+    boxes[:, 2], boxes[:, 3] = np.minimum(boxes[:, 2], w), np.minimum(boxes[:, 3], h)
     return select_boxes(boxes, (w, h), max_boxes)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -161,15 +163,20 @@ class ComclipReranker:
 
     def _regions(self, ids: np.ndarray, images: list) -> tuple[list, list]:
         """Per candidate: the whole image's raw embedding and (boxes, their masked images' raw embeddings)."""
-        rows = self.index.metadata(ids)
+        given = self.options.regions or {}
+        found = [None if im is None else given.get(row.get("key"), given.get(row.get("image_path")))
+                 for row, im in zip(self.index.metadata(ids), images)]
+        todo = [i for i, (b, im) in enumerate(zip(found, images)) if b is None and im is not None]
+        if todo:  # OpenCV releases the GIL: one proposal search per core
+            with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+                for i, b in zip(todo, pool.map(lambda i: proposals(images[i], self.options.max_boxes), todo)):
+                    found[i] = b
         batch, spans = [], []
-        for row, image in zip(rows, images):
+        for bx, image in zip(found, images):
             if image is None:
                 spans.append(None)
                 continue
-            given = self.options.regions
-            bx = None if given is None else given.get(row.get("key"), given.get(row.get("image_path")))
-            bx = list(bx) if bx is not None else proposals(image, self.options.max_boxes)
+            bx = list(bx)
             spans.append((len(batch), bx))
             batch += [image] + [black_outside(image, b) for b in bx]
         embs = self._encode(batch) if batch else np.zeros((0, self.index.dim), np.float32)
