@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[test,ray]'
+	$(PIP) install -q -c constraints.txt -e '.[test,ray,comclip]'
 	# clip-retrieval's real ClipClient and web front, for the drop-in tests: --no-deps, since its own
 	# dependencies pin numpy<2 and an old pyarrow (nothing of it is imported by the engine)
 	$(PIP) install -q --no-deps -c constraints.txt clip-retrieval

@@ -76,6 +76,91 @@ def parts_of(p: Parse) -> tuple[list[str], list[tuple[Optional[int], Optional[in
     return [e.text for e in p.entities] + [r.verb for r in rels], pos
 
 
+@dataclass(frozen=True)
+class Regions:
+    """An image's boxes and the raw embeddings of the whole image [d] and of each box's masked image [b, d]."""
+    boxes: list
+    whole: np.ndarray
+    embs: np.ndarray
+
+
+class ComclipScorer:
+    """ComCLIP's score of images for a text with one model (no index: the benchmark uses it alone)."""
+
+    def __init__(self, clip, options: ComclipOptions = ComclipOptions()):
+        from ..embed import Encoder
+
+        self.clip, self.options, self.encoder = clip, options.check(), Encoder(clip)
+
+    def parse(self, text: str) -> Parse:
+        given = (self.options.parses or {}).get(text)
+        return given if given is not None else parse(text)
+
+    def regions(self, images: Sequence, given: Sequence = ()) -> list[Optional[Regions]]:
+        """The :class:`Regions` of each image (None for None), from ``given`` boxes where not None,
+        else selective-search proposals (one search per core: OpenCV releases the GIL)."""
+        found = list(given) or [None] * len(images)
+        todo = [i for i, (b, im) in enumerate(zip(found, images)) if b is None and im is not None]
+        if todo:
+            with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+                for i, b in zip(todo, pool.map(lambda i: proposals(images[i], self.options.max_boxes), todo)):
+                    found[i] = b
+        batch, spans = [], []
+        for bx, image in zip(found, images):
+            spans.append(None if image is None else (len(batch), list(bx)))
+            if image is not None:
+                batch += [image] + [black_outside(image, b) for b in bx]
+        embs = self.encode(batch) if batch else None
+        return [None if span is None else Regions(span[1], embs[span[0]], embs[span[0] + 1:span[0] + 1 + len(span[1])])
+                for span in spans]
+
+    def scores(self, text: str, query: np.ndarray, images: Sequence, regions: Sequence[Optional[Regions]],
+               fallback: np.ndarray) -> np.ndarray:
+        """ComCLIP's score of each image for ``text`` (``query``: its embedding); ``fallback`` (CLIP's
+        scores) where the caption has no part, an image is None or the weights are undefined."""
+        texts, rel_pos = parts_of(self.parse(text))
+        out = np.asarray(fallback, np.float64).copy()
+        if not texts or not len(images):
+            return out.astype(np.float32)
+        parts = self.encoder.texts(texts, normalise=False)
+        n_ent = len(texts) - len(rel_pos)
+        pending, subs = [], {}                         # (image, relation, overlay image); image -> parts
+        for i, (image, reg) in enumerate(zip(images, regions)):
+            if image is None or reg is None:
+                continue
+            at = ground(parts[:n_ent], reg.embs, reg.whole, self.options.margin)
+            pred = []
+            for rel, (s_pos, o_pos) in enumerate(rel_pos):
+                js = (at[s_pos] if s_pos is not None else -1, at[o_pos] if o_pos is not None else -1)
+                if min(js) < 0:
+                    pred.append(reg.whole)
+                elif js[0] == js[1]:
+                    pred.append(reg.embs[js[0]])
+                else:
+                    pred.append(None)
+                    pending.append((i, rel, overlay([black_outside(image, reg.boxes[js[1]]),
+                                                     black_outside(image, reg.boxes[js[0]])])))
+            subs[i] = ([reg.embs[j] if j >= 0 else reg.whole for j in at], pred)
+        if pending:
+            for (i, rel, _), e in zip(pending, self.encode([p[2] for p in pending])):
+                subs[i][1][rel] = e
+        for i, (ent, pred) in subs.items():
+            try:
+                out[i] = comclip_score(regions[i].whole, np.stack(ent + pred), parts, query, self.options.weighting,
+                                       self.options.temperature)
+            except ValueError as e:                  # the parts' scores sum to zero: weights undefined
+                log.warning("comclip: image %d of %r keeps its CLIP score (%s)", i, text[:60], e)
+        return out.astype(np.float32)
+
+    def encode(self, images: list) -> np.ndarray:
+        """Raw (not normalised) embeddings of PIL images, 64 per forward."""
+        import torch
+
+        pre = self.clip.preprocess
+        return np.concatenate([self.encoder.images(torch.stack([pre(im) for im in images[i:i + 64]]), normalise=False)
+                               for i in range(0, len(images), 64)])
+
+
 class ComclipReranker:
     """ComCLIP scores of candidate rows for text queries, with ``index``'s model and images."""
 
@@ -85,14 +170,7 @@ class ComclipReranker:
             raise ValueError(why)
         if index.clip is None:
             raise ValueError("comclip encodes sub-images: open the index with its model (clip=...)")
-        self.index, self.options = index, options.check()
-        from ..embed import Encoder
-
-        self.encoder = Encoder(index.clip)
-
-    def parse(self, text: str) -> Parse:
-        given = (self.options.parses or {}).get(text)
-        return given if given is not None else parse(text)
+        self.index, self.scorer = index, ComclipScorer(index.clip, options)
 
     def rerank(self, texts: Sequence[str], queries: np.ndarray, scores: np.ndarray, ids: np.ndarray,
                k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,92 +186,23 @@ class ComclipReranker:
 
     def scores(self, text: str, query: np.ndarray, clip_scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """ComCLIP's score of each candidate id for ``text`` (CLIP's where it cannot apply)."""
-        texts, rel_pos = parts_of(self.parse(text))
-        if not texts or not len(ids):
+        if not parts_of(self.scorer.parse(text))[0] or not len(ids):
             return np.asarray(clip_scores, np.float32)
-        parts = self.encoder.texts(texts, normalise=False)
-        images = self._images(ids)
-        out = np.asarray(clip_scores, np.float64).copy()
-        wholes, boxes = self._regions(ids, images)
-        n_ent = len(texts) - len(rel_pos)
-        pending = []                                   # (row, relation, overlay image)
-        subs = {}
-        for i, image in enumerate(images):
-            if image is None:
-                continue
-            g, b = wholes[i], boxes[i]
-            at = ground(parts[:n_ent], b[1], g, self.options.margin)
-            ent = [b[1][j] if j >= 0 else g for j in at]
-            pred = []
-            for rel, (s_pos, o_pos) in enumerate(rel_pos):
-                js = (at[s_pos] if s_pos is not None else -1, at[o_pos] if o_pos is not None else -1)
-                if min(js) < 0:
-                    pred.append(g)
-                elif js[0] == js[1]:
-                    pred.append(b[1][js[0]])
-                else:
-                    pred.append(None)
-                    pending.append((i, rel, overlay([black_outside(image, b[0][js[1]]),
-                                                     black_outside(image, b[0][js[0]])])))
-            subs[i] = (g, ent, pred)
-        if pending:
-            embs = self._encode([p[2] for p in pending])
-            for (i, rel, _), e in zip(pending, embs):
-                subs[i][2][rel] = e
-        for i, (g, ent, pred) in subs.items():
-            try:
-                out[i] = comclip_score(g, np.stack(ent + pred), parts, query, self.options.weighting,
-                                       self.options.temperature)
-            except ValueError as e:                  # the parts' scores sum to zero: weights undefined
-                log.warning("comclip: candidate %d keeps its CLIP score (%s)", int(ids[i]), e)
-        return out.astype(np.float32)
+        rows = self.index.metadata(ids)
+        images = [self._image(row) for row in rows]
+        given = self.scorer.options.regions or {}
+        boxes = [given.get(row.get("key"), given.get(row.get("image_path"))) for row in rows]
+        return self.scorer.scores(text, query, images, self.scorer.regions(images, boxes), clip_scores)
 
-    def _images(self, ids: np.ndarray) -> list:
-        corpus = self.index.manifest["corpus"]
-        out = []
-        for row in self.index.metadata(ids):
-            try:
-                data, _ = item_image(corpus, row.get("image_path") or "", self.options.image_roots)
-                out.append(decode_image(data)[0])
-            except (ItemImageError, ItemError) as e:
-                reason = getattr(e, "reason", None) or str(e)
-                log.warning("comclip: item %s keeps its CLIP score: its image cannot be read (%s)", row.get("key"), reason)
-                out.append(None)
-        return out
-
-    def _regions(self, ids: np.ndarray, images: list) -> tuple[list, list]:
-        """Per candidate: the whole image's raw embedding and (boxes, their masked images' raw embeddings)."""
-        given = self.options.regions or {}
-        found = [None if im is None else given.get(row.get("key"), given.get(row.get("image_path")))
-                 for row, im in zip(self.index.metadata(ids), images)]
-        todo = [i for i, (b, im) in enumerate(zip(found, images)) if b is None and im is not None]
-        if todo:  # OpenCV releases the GIL: one proposal search per core
-            with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
-                for i, b in zip(todo, pool.map(lambda i: proposals(images[i], self.options.max_boxes), todo)):
-                    found[i] = b
-        batch, spans = [], []
-        for bx, image in zip(found, images):
-            if image is None:
-                spans.append(None)
-                continue
-            bx = list(bx)
-            spans.append((len(batch), bx))
-            batch += [image] + [black_outside(image, b) for b in bx]
-        embs = self._encode(batch) if batch else np.zeros((0, self.index.dim), np.float32)
-        wholes, boxes = [], []
-        for span in spans:
-            start, bx = span or (0, [])
-            wholes.append(embs[start] if span else None)
-            boxes.append((bx, embs[start + 1:start + 1 + len(bx)]))
-        return wholes, boxes
-
-    def _encode(self, images: list) -> np.ndarray:
-        import torch
-
-        pre = self.index.clip.preprocess
-        out = [self.encoder.images(torch.stack([pre(im) for im in images[i:i + 64]]), normalise=False)
-               for i in range(0, len(images), 64)]
-        return np.concatenate(out)
+    def _image(self, row: dict):
+        try:
+            data, _ = item_image(self.index.manifest["corpus"], row.get("image_path") or "",
+                                 self.scorer.options.image_roots)
+            return decode_image(data)[0]
+        except (ItemImageError, ItemError) as e:
+            reason = getattr(e, "reason", None) or str(e)
+            log.warning("comclip: item %s keeps its CLIP score: its image cannot be read (%s)", row.get("key"), reason)
+            return None
 
 
 def _json_file(path, what: str):
