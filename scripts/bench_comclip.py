@@ -143,6 +143,31 @@ def synthetic(clip, shared: Path, n: int, max_boxes: int, weighting: str, seed: 
     print(f"Synthetic CIFAR-10 collages: {n} queries, {2 * n} pairs (positive vs one class twice)")
     for k, v in out.items():
         print(f"  {k:<36} {v:.3f}")
+    out["recognition"] = recognition(scorer, classes, files, halves[0], rng)
+    return out
+
+
+def recognition(scorer, classes: list, files: dict, box, rng, per_class: int = 30) -> dict:
+    """Why ComCLIP can or cannot help here: zero-shot accuracy ("a photo of a C", 10 classes, chance
+    0.1) of the photo alone, of its tile cropped from a collage, and of the collage with everything
+    but that tile painted black (the sub-image ComCLIP scores)."""
+    from PIL import Image
+
+    from retrieval.corpus.subimages import black_outside
+
+    text = unit(scorer.encoder.texts([f"a photo of a {c}" for c in classes]))
+    hits = defaultdict(list)
+    for ci, c in enumerate(classes):
+        photos = [Image.open(f).convert("RGB") for f in files[c][:per_class]]
+        other = classes[(ci + 1) % len(classes)]
+        cols = [collage(p, Image.open(files[other][rng.integers(len(files[other]))])) for p in photos]
+        for name, ims in (("photo alone", photos), ("tile cropped from the collage", [x.crop(box) for x in cols]),
+                          ("collage masked to the tile (ComCLIP)", [black_outside(x, box) for x in cols])):
+            hits[name] += list((unit(scorer.encode(ims)) @ text.T).argmax(1) == ci)
+    out = {k: float(np.mean(v)) for k, v in hits.items()}
+    print("  zero-shot accuracy of the model on the tiles (10 classes, chance 0.10):")
+    for k, v in out.items():
+        print(f"    {k:<38} {v:.3f}")
     return out
 
 

@@ -3,7 +3,8 @@
 - Retrieval: recall@k for text→image and image→text over a captioned index, using its own
   image–caption rows as ground truth (row i's caption embedding should find row i's image and
   vice versa), or a metadata label column, or external query embeddings with labels; one row per
-  rerank method. Only stored embeddings are used: no model is needed.
+  rerank method. Only stored embeddings are used: no model is needed, except for ``comclip``
+  (text→image only: it parses each row's caption and encodes its candidates' sub-images).
 - Classification: accuracy of zero-shot CLIP, X-MoRe and its ablations on a labelled image set,
   with the index as the external caption bank. Images are embedded and neighbours retrieved once;
   every method is computed from the same arrays.
@@ -78,10 +79,15 @@ def eval_retrieval(index, ks: Sequence[int] = (1, 5, 10), methods: Sequence[str]
     out = []
     for direction, q, target, truth in plans:
         for m in methods:
-            if m != "clip" and not has_bias:
+            if m == "comclip" and (direction != "text→image" or queries is not None):
+                continue
+            if m not in ("clip", "comclip") and not has_bias:
                 continue
             t = time.perf_counter()
-            _, ids = index.search(q, K, target=target, rerank=m)
+            if m == "comclip":
+                ids = comclip_ids(index, rows, K)
+            else:
+                _, ids = index.search(q, K, target=target, rerank=m)
             seconds = time.perf_counter() - t
             if label_column:
                 flat = ids.ravel()
@@ -93,6 +99,18 @@ def eval_retrieval(index, ks: Sequence[int] = (1, 5, 10), methods: Sequence[str]
                 curve = hit_curve(ids, lambda i: i == truth[:, None])
             out.append({"direction": direction, "method": m, **{f"R@{k}": round(float(curve[k - 1]), 4) for k in ks},
                         "queries": int(len(q)), "seconds": round(seconds, 3), "curve": [round(float(v), 4) for v in curve]})
+    return out
+
+
+def comclip_ids(index, rows: np.ndarray, k: int) -> np.ndarray:
+    """Top-k ids of each row's caption (its metadata ``caption``), CLIP's top max(k, 10) reranked by ComCLIP."""
+    from ..query.spec import QuerySpec, run
+
+    texts = [r.get("caption") for r in index.metadata(rows)]
+    out = np.full((len(rows), k), -1, np.int64)
+    for i, text in enumerate(texts):
+        if isinstance(text, str) and text.strip():
+            out[i] = run(index, QuerySpec(text=text, k=k, rerank="comclip"))[1][0]
     return out
 
 

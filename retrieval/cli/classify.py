@@ -132,6 +132,9 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
 @click.argument("index", type=click.Path())
 @with_options(_CLASSIFY_OPTIONS)
 @click.option("--max-queries", type=POSITIVE, default=None, help="Retrieval: a seeded sample of this many rows (default all).")
+@click.option("--comclip", is_flag=True,
+              help="Retrieval: also ComCLIP (text→image; reranks CLIP's top 10 of each caption from the images, "
+                   "about a second per query on CPU: use --max-queries; needs the index's model and image files).")
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the query sample and of the stream order.")
 @click.option("--no-retrieval", is_flag=True, help="Skip the retrieval table.")
 @click.option("--label-column", default=None,
@@ -146,7 +149,7 @@ def classify(index, images, classes_file, labels_file, templates, neighbours, ca
 @click.option("--plot", "plot_file", type=click.Path(), default=None,
               help="Draw recall@k curves per method: out.png (matplotlib) or out.html (plotly).")
 def evaluate(index, classes_file, labels_file, templates, neighbours, captions, batch_size, as_json, max_queries,
-             seed, no_retrieval, label_column, queries_file, query_labels_file, query_target, ks, plot_file):
+             comclip, seed, no_retrieval, label_column, queries_file, query_labels_file, query_target, ks, plot_file):
     """Measure INDEX: retrieval recall per rerank method; with --labels, zero-shot vs X-MoRe accuracy.
 
     The retrieval table needs no model (stored embeddings only), so it also runs on indexes built from
@@ -164,10 +167,13 @@ def evaluate(index, classes_file, labels_file, templates, neighbours, captions, 
     queries = _queries(queries_file, query_labels_file, query_target)
     out: dict = {}
     if not no_retrieval:
-        idx = open_index(index)
+        from ..methods.rerank import METHODS
+
+        idx = open_index(index, "auto" if comclip else None)
         try:
             out["retrieval"] = eval_retrieval(idx, k_list, max_queries=max_queries, seed=seed,
-                                              label_column=label_column, queries=queries)
+                                              label_column=label_column, queries=queries,
+                                              methods=METHODS + (("comclip",) if comclip else ()))
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
         if plot_file:
