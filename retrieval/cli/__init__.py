@@ -65,5 +65,5 @@ def main(verbose: bool) -> None:
 
 
 for _command in (build.build, build.info, build.verify, build.delete, build.compact, search.search, build.bias,
-                 classify.classify, classify.evaluate, serve.serve, folder.migrate, folder.merge, folder.export, folder.import_):
+                 classify.classify, classify.evaluate, serve.serve, folder.migrate, folder.regions, folder.merge, folder.export, folder.import_):
     main.add_command(_command)

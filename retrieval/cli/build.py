@@ -37,6 +37,9 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, F
 @click.option("--text-columns", default=None, metavar="C1,C2",
               help="Metadata columns keyword search (--text-match) reads besides the captions, e.g. title,tags; "
                    "fixed at the first build.")
+@click.option("--regions", is_flag=True,
+              help="Also store ComCLIP's regions of every image (see `retrieval regions`): comclip queries then "
+                   "skip region proposals; later syncs keep them up to date.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on Ray actors (pip install '.[ray]'): alone, a local cluster on this machine; with an "
@@ -44,7 +47,7 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, F
 @click.option("--ray-actors", type=POSITIVE, default=None, help="With --ray: number of embedding actors.")
 def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, memory_budget, device, workers,
           image_root, image_column, caption_column, key_column, max_pixels, require_captions, modalities, text_columns,
-          quiet, ray_address, ray_actors):
+          regions, quiet, ray_address, ray_actors):
     """Embed CORPUS with open_clip and write a sharded index folder; on an existing folder, sync it.
 
     CORPUS is a folder of images (same-stem .txt captions and .json metadata optional), a
@@ -74,7 +77,8 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
                     key_column=key_column, max_pixels=max_pixels, progress=not quiet,
                     require_captions=require_captions, modalities=wanted, report=report, ray=ray_address,
                     ray_actors=ray_actors,
-                    text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None)
+                    text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None,
+                    regions=regions)
     c, st, run = m["counts"], m.get("stats", {}), report[0]
     if run.first_build:
         click.echo(f"built {c['live']} items ({c['captionless']} without a caption) in {len(m['shards'])} shards "

@@ -15,7 +15,7 @@ import io
 import os
 import tarfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from .base import NotAFile, read_regular_file
 
@@ -140,3 +140,15 @@ def _from_tar(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str
             return image_bytes(f.read(), member)
     except (OSError, KeyError, tarfile.TarError) as e:
         raise ItemImageError(f"cannot read {member} from {tname}: {type(e).__name__}") from None
+
+
+def no_image_files(corpus: dict) -> Optional[str]:
+    """Why an index built from ``corpus`` (its manifest section) has no image files to read, or None."""
+    kind = corpus.get("type")
+    if kind in ("folder", "manifest", "webdataset") or (kind == "clip-retrieval" and corpus.get("image_root")):
+        return None
+    if kind == "embeddings":
+        return "it was built from embeddings"
+    if kind == "clip-retrieval":
+        return "it was imported without --image-root"
+    return f"its rows come from a {kind!r} source"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,8 +19,10 @@ from ..embed import ClipModel, load_model
 from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
 from ..errors import CorpusError, StorageError
 from ..store.layout import MODALITIES
+from ..store.manifest import require_manifest
 from ..store.outfolder import check_out, committed
 from .bias import BiasExtension, compute_biases
+from .regions import add_regions
 
 log = logging.getLogger("retrieval.build")
 
@@ -56,7 +59,8 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 bias_bank: Optional[str] = "generic", clip: Optional[ClipModel] = None,
                 require_captions: bool = False, modalities: Sequence[str] = MODALITIES,
                 report: Optional[list] = None, ray: Optional[str] = None, ray_actors: Optional[int] = None,
-                ray_task_rows: Optional[int] = None, text_columns: Optional[Sequence[str]] = None) -> dict:
+                ray_task_rows: Optional[int] = None, text_columns: Optional[Sequence[str]] = None,
+                regions: bool = False) -> dict:
     """Build, resume or sync the index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
@@ -68,6 +72,8 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     'auto'), ``ray_actors`` of them (default one per GPU, else per CPU), ``ray_task_rows`` inputs per
     task; the folder is the same as a single-process build's. ``text_columns``: the metadata columns
     keyword search reads besides the captions (default: the captions only), fixed at the first build.
+    ``regions``: also store ComCLIP's regions of every image (``ops.regions``); a folder that has them
+    gets the new shards' at every sync.
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
@@ -93,6 +99,9 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
         except StorageError as e:
             raise StorageError(f"{e}; {committed(manifest)} committed, bias offsets not yet computed: free space "
                                f"and re-run the same command to resume") from None
+    if regions or (manifest.get("build") or {}).get("regions"):
+        add_regions(out, clip)
+        manifest = require_manifest(Path(out))
     if report is not None:
         report.append(run)
     return manifest

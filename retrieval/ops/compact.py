@@ -3,7 +3,8 @@
 Shards whose deleted fraction exceeds ``threshold`` (default 0.2), and shards with fewer live rows
 than ``min_rows`` when there are at least two of them (appends leave small shards), are rewritten
 into new shards of up to the build's shard size from what is stored: embeddings, metadata, caption
-masks and per-item bias offsets are copied (nothing is re-embedded or recomputed); the faiss indexes
+masks, per-item bias offsets and stored ComCLIP regions are copied (nothing is re-embedded or
+recomputed; regions only when every rewritten shard has them, else ``retrieval regions`` fills them); the faiss indexes
 are built anew, added to the folder's trained quantizer when it has one. One manifest write retires
 the old shards. The rewritten items get new global ids (the ids of every other item stay); keys
 never change. Shards whose key column is not strings (an old ``add_embeddings`` took None or int
@@ -21,11 +22,12 @@ from typing import Optional
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..store.generations import publish
+from ..store.generations import next_generation, publish
 from ..store.layout import MODALITIES, bias_path
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.masks import caption_mask, deleted_mask
+from ..store.regions import read_arrays, write_regions
 from ..store.shard import write_shard
 from ..store.vectors import read_all
 from ..store.alignment import bad_keys
@@ -104,12 +106,18 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
         errors = read_errors(folder)
         if not chosen:
             return CompactReport(before, before, 0, 0, 0, time.perf_counter() - t0)
-        parts = {"img": [], "txt": [], "cap": [], "meta": [], **{(mt, mod): [] for mt in METHODS for mod in MODALITIES}}
+        parts = {"img": [], "txt": [], "cap": [], "meta": [], "reg_emb": [], "reg_boxes": [], **{(mt, mod): [] for mt in METHODS for mod in MODALITIES}}
         bias = m.get("bias") if (m.get("bias") or {}).get("dir") else None  # a pre-generation bias: recompute
         if m.get("bias") and bias is None:
             m["bias"]["stale"] = True
+        boxes_n = {(s.get("regions") or {}).get("max_boxes") for s in chosen}
+        carry = len(boxes_n) == 1 and None not in boxes_n   # every rewritten row has stored regions: copy them
         for s in chosen:
             live = _live_rows(folder, m, s)
+            if carry:
+                emb, bx = read_arrays(folder, s["regions"])
+                parts["reg_emb"].append(np.asarray(emb[live]))
+                parts["reg_boxes"].append(np.asarray(bx[live]))
             parts["img"].append(np.asarray(read_all(folder, s, "image")[live]))
             parts["txt"].append(np.asarray(read_all(folder, s, "text")[live]) if "text" in s["index"]
                                 else np.zeros((len(live), s["dim"]), np.float16))
@@ -137,6 +145,8 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
             entry = write_shard(folder, m, k, offset, joined["img"][sl], joined["txt"][sl],
                                 joined["meta"].slice(start, sl.stop - start), joined["cap"][sl], schema, settings, offsets)
             entry["end_pos"] = None
+            if carry:
+                entry["regions"] = write_regions(folder, k, next_generation(m), joined["reg_emb"][sl], joined["reg_boxes"][sl])
             m["shards"].append(entry)
             m["next_shard"], m["next_id"] = k + 1, offset + entry["rows"]
             if bias:

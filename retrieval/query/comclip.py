@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..corpus.images import decode_image
-from ..corpus.items import ItemImageError, item_image
-from ..corpus.regions import MAX_BOXES, Box, proposals
+from ..corpus.items import ItemImageError, item_image, no_image_files
+from ..corpus.regions import MAX_BOXES, Box
 from ..corpus.subimages import black_outside, overlay
+from ..embed.regions import Regions, encode_raw, image_regions
 from ..errors import ItemError
 from ..methods.comclip import WEIGHTINGS, comclip_score, ground
 from ..methods.parse import Parse, parse
+from ..store.regions import read_arrays, row_regions
 
 log = logging.getLogger(__name__)
 CANDIDATES = 10
-IMAGE_SOURCES = ("folder", "manifest", "clip-retrieval", "webdataset")
 
 
 @dataclass(frozen=True)
@@ -57,13 +56,8 @@ class ComclipOptions:
 
 def refusal(manifest: dict) -> Optional[str]:
     """Why ``manifest``'s index cannot run comclip (one line), or None."""
-    corpus = manifest.get("corpus") or {}
-    kind = corpus.get("type")
-    if kind not in IMAGE_SOURCES or (kind == "clip-retrieval" and not corpus.get("image_root")):
-        how = "built from embeddings" if kind == "embeddings" else \
-            "imported without --image-root" if kind == "clip-retrieval" else f"from a {kind!r} source"
-        return f"comclip reranks with the candidates' images, and this index ({how}) has no image files"
-    return None
+    why = no_image_files(manifest.get("corpus") or {})
+    return None if why is None else f"comclip reranks with the candidates' images, and this index has none: {why}"
 
 
 def parts_of(p: Parse) -> tuple[list[str], list[tuple[Optional[int], Optional[int]]]]:
@@ -74,14 +68,6 @@ def parts_of(p: Parse) -> tuple[list[str], list[tuple[Optional[int], Optional[in
     pos = [(names.index(r.subject) if r.subject in names else None,
             names.index(r.object) if r.object in names else None) for r in rels]
     return [e.text for e in p.entities] + [r.verb for r in rels], pos
-
-
-@dataclass(frozen=True)
-class Regions:
-    """An image's boxes and the raw embeddings of the whole image [d] and of each box's masked image [b, d]."""
-    boxes: list
-    whole: np.ndarray
-    embs: np.ndarray
 
 
 class ComclipScorer:
@@ -97,49 +83,41 @@ class ComclipScorer:
         return given if given is not None else parse(text)
 
     def regions(self, images: Sequence, given: Sequence = ()) -> list[Optional[Regions]]:
-        """The :class:`Regions` of each image (None for None), from ``given`` boxes where not None,
-        else selective-search proposals (one search per core: OpenCV releases the GIL)."""
-        found = list(given) or [None] * len(images)
-        todo = [i for i, (b, im) in enumerate(zip(found, images)) if b is None and im is not None]
-        if todo:
-            with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
-                for i, b in zip(todo, pool.map(lambda i: proposals(images[i], self.options.max_boxes), todo)):
-                    found[i] = b
-        batch, spans = [], []
-        for bx, image in zip(found, images):
-            spans.append(None if image is None else (len(batch), list(bx)))
-            if image is not None:
-                batch += [image] + [black_outside(image, b) for b in bx]
-        embs = self.encode(batch) if batch else None
-        return [None if span is None else Regions(span[1], embs[span[0]], embs[span[0] + 1:span[0] + 1 + len(span[1])])
-                for span in spans]
+        """The regions of PIL images (None for None): ``given`` boxes where not None, else proposals."""
+        return image_regions(self.clip, images, given, self.options.max_boxes)
 
-    def scores(self, text: str, query: np.ndarray, images: Sequence, regions: Sequence[Optional[Regions]],
+    def encode(self, images: list) -> np.ndarray:
+        return encode_raw(self.clip, images)
+
+    def scores(self, text: str, query: np.ndarray, images: Sequence[Callable], regions: Sequence[Optional[Regions]],
                fallback: np.ndarray) -> np.ndarray:
-        """ComCLIP's score of each image for ``text`` (``query``: its embedding); ``fallback`` (CLIP's
-        scores) where the caption has no part, an image is None or the weights are undefined."""
+        """ComCLIP's score of each image for ``text`` (``query``: its embedding). ``images``: per image a
+        callable giving it (PIL, or None when unreadable; called only when a predicate's overlay must be
+        drawn); ``fallback`` (CLIP's scores) where the caption has no part, there are no regions, the
+        image is needed and unreadable, or the weights are undefined."""
         texts, rel_pos = parts_of(self.parse(text))
         out = np.asarray(fallback, np.float64).copy()
-        if not texts or not len(images):
+        if not texts or not len(regions):
             return out.astype(np.float32)
         parts = self.encoder.texts(texts, normalise=False)
         n_ent = len(texts) - len(rel_pos)
-        pending, subs = [], {}                         # (image, relation, overlay image); image -> parts
-        for i, (image, reg) in enumerate(zip(images, regions)):
-            if image is None or reg is None:
+        pending, subs = [], {}                         # (image, relation, overlay); image -> (entities, predicates)
+        for i, reg in enumerate(regions):
+            if reg is None:
                 continue
             at = ground(parts[:n_ent], reg.embs, reg.whole, self.options.margin)
-            pred = []
+            pred, draws = [], []
             for rel, (s_pos, o_pos) in enumerate(rel_pos):
                 js = (at[s_pos] if s_pos is not None else -1, at[o_pos] if o_pos is not None else -1)
-                if min(js) < 0:
-                    pred.append(reg.whole)
-                elif js[0] == js[1]:
-                    pred.append(reg.embs[js[0]])
-                else:
-                    pred.append(None)
-                    pending.append((i, rel, overlay([black_outside(image, reg.boxes[js[1]]),
-                                                     black_outside(image, reg.boxes[js[0]])])))
+                pred.append(reg.whole if min(js) < 0 else reg.embs[js[0]] if js[0] == js[1] else None)
+                if pred[-1] is None:
+                    draws.append((rel, js))
+            if draws:
+                image = images[i]()
+                if image is None:
+                    continue
+                pending += [(i, rel, overlay([black_outside(image, reg.boxes[o]), black_outside(image, reg.boxes[s])]))
+                            for rel, (s, o) in draws]
             subs[i] = ([reg.embs[j] if j >= 0 else reg.whole for j in at], pred)
         if pending:
             for (i, rel, _), e in zip(pending, self.encode([p[2] for p in pending])):
@@ -152,17 +130,10 @@ class ComclipScorer:
                 log.warning("comclip: image %d of %r keeps its CLIP score (%s)", i, text[:60], e)
         return out.astype(np.float32)
 
-    def encode(self, images: list) -> np.ndarray:
-        """Raw (not normalised) embeddings of PIL images, 64 per forward."""
-        import torch
-
-        pre = self.clip.preprocess
-        return np.concatenate([self.encoder.images(torch.stack([pre(im) for im in images[i:i + 64]]), normalise=False)
-                               for i in range(0, len(images), 64)])
-
 
 class ComclipReranker:
-    """ComCLIP scores of candidate rows for text queries, with ``index``'s model and images."""
+    """ComCLIP scores of candidate rows for text queries, with ``index``'s model and images, and its
+    stored regions where ``retrieval regions`` wrote them."""
 
     def __init__(self, index, options: ComclipOptions = ComclipOptions()):
         why = refusal(index.manifest)
@@ -189,20 +160,45 @@ class ComclipReranker:
         if not parts_of(self.scorer.parse(text))[0] or not len(ids):
             return np.asarray(clip_scores, np.float32)
         rows = self.index.metadata(ids)
-        images = [self._image(row) for row in rows]
-        given = self.scorer.options.regions or {}
-        boxes = [given.get(row.get("key"), given.get(row.get("image_path"))) for row in rows]
-        return self.scorer.scores(text, query, images, self.scorer.regions(images, boxes), clip_scores)
+        loaders = [_Loader(self, row) for row in rows]
+        given = self.scorer.options.regions
+        regions = [None if given is not None else r for r in self.stored(ids)]
+        todo = [i for i, r in enumerate(regions) if r is None]
+        if todo:
+            boxes = [given.get(rows[i].get("key"), given.get(rows[i].get("image_path"))) for i in todo] if given else ()
+            for i, r in zip(todo, self.scorer.regions([loaders[i]() for i in todo], boxes)):
+                regions[i] = r
+        return self.scorer.scores(text, query, loaders, regions, clip_scores)
 
-    def _image(self, row: dict):
-        try:
-            data, _ = item_image(self.index.manifest["corpus"], row.get("image_path") or "",
-                                 self.scorer.options.image_roots)
-            return decode_image(data)[0]
-        except (ItemImageError, ItemError) as e:
-            reason = getattr(e, "reason", None) or str(e)
-            log.warning("comclip: item %s keeps its CLIP score: its image cannot be read (%s)", row.get("key"), reason)
-            return None
+    def stored(self, ids: np.ndarray) -> list[Optional[Regions]]:
+        """The regions ``retrieval regions`` stored for ``ids`` (None where a shard or row has none)."""
+        shard_set = self.index.snapshot.shard_set
+        sh, local = shard_set.locate(ids)
+        out: list[Optional[Regions]] = []
+        for k, row in zip(sh, local):
+            entry = shard_set.shards[int(k)].get("regions")
+            found = row_regions(*read_arrays(self.index.folder, entry), int(row)) if entry else None
+            out.append(None if found is None else Regions(*found))
+        return out
+
+
+class _Loader:
+    """A candidate's image, read (once) when first asked for; None (logged) when it cannot be read."""
+
+    def __init__(self, reranker: ComclipReranker, row: dict):
+        self.reranker, self.row, self.image, self.done = reranker, row, None, False
+
+    def __call__(self):
+        if not self.done:
+            self.done = True
+            try:
+                data, _ = item_image(self.reranker.index.manifest["corpus"], self.row.get("image_path") or "",
+                                     self.reranker.scorer.options.image_roots)
+                self.image = decode_image(data)[0]
+            except (ItemImageError, ItemError) as e:
+                log.warning("comclip: item %s keeps its CLIP score: its image cannot be read (%s)",
+                            self.row.get("key"), getattr(e, "reason", None) or e)
+        return self.image
 
 
 def _json_file(path, what: str):

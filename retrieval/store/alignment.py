@@ -45,6 +45,10 @@ def shard_problems(folder: Path, s: dict, dim: Optional[int] = None, keys: bool 
             n = fts_rows(folder / rel)
             if n != s["rows"]:
                 out.append((rel, f"shard {s['id']}: the full-text index covers {n} rows, manifest says {s['rows']}"))
+        for rel in ((s.get("regions") or {}).get("files") or {}) if keys else ():
+            n = np.load(folder / rel, mmap_mode="r").shape[0]
+            if n != s["rows"]:
+                out.append((rel, f"shard {s['id']}: regions for {n} rows, manifest says {s['rows']}"))
         for mod in s.get("index") or {}:
             if EMB_FILE[mod] in s["files"]:
                 rel = s["files"][EMB_FILE[mod]]

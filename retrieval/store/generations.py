@@ -17,12 +17,12 @@ import shutil
 from pathlib import Path
 
 from .integrity import listed_files
-from .layout import BIAS_DIR, FTS_DIR, TOMBSTONE_DIR, legacy_bias_files
+from .layout import BIAS_DIR, FTS_DIR, REGIONS_DIR, TOMBSTONE_DIR, legacy_bias_files
 from .manifest import MIN_FORMAT, load_manifest, save_manifest
 
 # folders whose entries no manifest references are garbage (a killed writer's files); swept only by a
 # publish, which runs under the writer lock after every file it publishes is written
-MANAGED = ("img_emb", "text_emb", "metadata", "faiss", "captions", BIAS_DIR, TOMBSTONE_DIR, FTS_DIR)
+MANAGED = ("img_emb", "text_emb", "metadata", "faiss", "captions", BIAS_DIR, TOMBSTONE_DIR, FTS_DIR, REGIONS_DIR)
 
 
 def referenced(manifest: dict) -> set[str]:

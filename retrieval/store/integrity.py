@@ -51,6 +51,7 @@ def listed_files(manifest: dict) -> Iterator[tuple[str, dict]]:
             if rec or (s["rows"] > 0 or not role.endswith("_index")):
                 yield rel, rec
         yield from ((s.get("fts") or {}).get("files") or {}).items()
+        yield from ((s.get("regions") or {}).get("files") or {}).items()
     for rel, rec in ((manifest.get("bias") or {}).get("files") or {}).items():
         yield rel, rec
     for entry in (manifest.get("tombstones") or {}).values():

@@ -13,6 +13,7 @@ bias/gNNNNNN/                      one generation of bias files (the manifest's 
 captions/captions_{k}.npy          rows of shard k that have a caption (packed bits; only when some lack one)
 tombstones/{k}_gNNNNNN.npy         rows of shard k deleted as of generation NNNNNN (packed bits)
 fts/fts_{k}/                       shard k's full-text index (a tantivy folder, ``store.fts``)
+regions/regions_{k}_gN_{emb,boxes}.npy  shard k's ComCLIP regions (``retrieval regions``, ``store.regions``)
 tombstones/held_gNNNNNN.parquet    keys deleted by the user: a sync does not bring them back
 faiss/trained_{modality}.index     the trained, empty index appended shards are added to (no retraining)
 errors.jsonl                       one line per skipped or repaired input
@@ -33,6 +34,7 @@ ERRORS = "errors.jsonl"
 BIAS_DIR = "bias"
 TOMBSTONE_DIR = "tombstones"
 FTS_DIR = "fts"
+REGIONS_DIR = "regions"
 METADATA_ROW_GROUP = 4096  # small row groups: a query reads only the groups its results live in
 
 
