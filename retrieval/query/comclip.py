@@ -30,6 +30,7 @@ from ..store.regions import read_arrays, row_regions
 
 log = logging.getLogger(__name__)
 CANDIDATES = 10
+MAX_CANDIDATES = 32  # each candidate's image is read and encoded per region: a bound on one query's work
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..store.masks import find_keys
-from .comclip import CANDIDATES, ComclipOptions, ComclipReranker
+from .comclip import CANDIDATES, MAX_CANDIDATES, ComclipOptions, ComclipReranker
 from .encode import query_vectors
 from .examples import STRATEGIES, check_strategy, example_kind
 from .fusion import FUSIONS
@@ -104,6 +104,9 @@ class QuerySpec:
                              "(not an image, embedding, item or examples)")
         if self.hybrid or self.target != "image" or self.min_score == AUTO:
             raise ValueError("comclip ranks images for a text: not with hybrid, target 'text' or min_score 'auto'")
+        if max(self.k, self.candidates or CANDIDATES) > MAX_CANDIDATES:
+            raise ValueError(f"comclip reranks at most {MAX_CANDIDATES} candidates per query (k and candidates): "
+                             "each one's image is read and encoded region by region")
         (self.comclip or ComclipOptions()).check()
 
     def query_modality(self, index=None) -> Optional[str]:

@@ -144,7 +144,8 @@ def test_what_cannot_run_says_so(idx, embeddings_index):
     with pytest.raises(ValueError, match="query's text"):
         idx.search(unit_vectors(1, idx.dim, 0), rerank="comclip")
     for bad in ({"image": str(next((FLICKR / "images").iterdir()))}, {"text": TEXT, "min_score": "auto"},
-                {"text": TEXT, "target": "text"}, {"text": TEXT, "hybrid": True}):
+                {"text": TEXT, "target": "text"}, {"text": TEXT, "hybrid": True}, {"text": TEXT, "candidates": 33},
+                {"text": TEXT, "k": 40}):
         with pytest.raises(ValueError, match="comclip"):
             idx.query(**bad, rerank="comclip")
     with pytest.raises(ValueError, match="weighting"):
@@ -184,5 +185,6 @@ def test_http(idx, flickr_index, tiny_clip, tmp_path):
     assert c.post("/search", json={"text": TEXT, "rerank": "comclip", "parse": {"objects": [1]}}).status_code == 422
     assert c.post("/search", json={"embedding": [0.1] * idx.dim, "rerank": "comclip"}).status_code == 422
     assert c.post("/search", json={"text": TEXT, "rerank": "comclip", "temperature": 0}).status_code == 422
+    assert c.post("/search", json={"text": TEXT, "rerank": "comclip", "candidates": 5000}).status_code == 422
     r = c.post("/search", json={"index": "emb", "text": TEXT, "rerank": "comclip"})
     assert r.status_code == 409 and "detail" in r.json()
