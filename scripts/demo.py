@@ -59,6 +59,11 @@ def main() -> int:
         print(f"\n> more like {index.metadata([3])[0]['key']}, less like {index.metadata([11])[0]['key']}  (examples)")
         for r in index.search().like(3).unlike(11).limit(a.k).to_list():
             print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
+        for q in ("a dog chasing a man", "a man chasing a dog"):
+            print(f"\n> {q}  (rerank comclip: CLIP's top 10 by sub-image matching; regions computed now, "
+                  "`retrieval regions` stores them)")
+            for r in index.query(text=q, k=3, rerank="comclip")[0]:
+                print(f"  {r['score']:.3f}  {r['key']:<28}  {r['caption'][:70]}")
         cifar = shared / "data" / "cifar10_test_1k"
         if not a.corpus and cifar.is_dir():
             classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

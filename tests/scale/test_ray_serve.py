@@ -178,6 +178,11 @@ def test_cli_serve_on_ray(cluster, flickr_index, tiny_clip):
         local = open_index(flickr_index, tiny_clip).query(text=["a dog runs on the grass"], k=8, rerank="nnn")[0]
         assert [r["id"] for r in got["results"]] == [r["id"] for r in local]
         assert got["partial"] is False and got["missing_shards"] == []
+        body = json.dumps({"text": "a dog chasing a man", "k": 5, "rerank": "comclip"}).encode()  # candidates via Ray
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/search", body, {"content-type": "application/json"})
+        got = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        local = open_index(flickr_index, tiny_clip).query(text="a dog chasing a man", k=5, rerank="comclip")[0]
+        assert [r["id"] for r in got["results"]] == [r["id"] for r in local]
     finally:
         proc.terminate()
         err = proc.communicate(timeout=60)[1]
