@@ -23,7 +23,7 @@ from ..corpus.items import ItemImageError, item_image, no_image_files
 from ..corpus.regions import MAX_BOXES, Box
 from ..corpus.subimages import black_outside, overlay
 from ..embed.regions import Regions, encode_raw, image_regions
-from ..errors import ItemError
+from ..errors import ItemError, UsageError
 from ..methods.comclip import WEIGHTINGS, comclip_score, ground
 from ..methods.parse import Parse, parse
 from ..store.regions import read_arrays, row_regions
@@ -53,6 +53,15 @@ class ComclipOptions:
         if not math.isfinite(self.margin):
             raise ValueError(f"margin must be a finite number, got {self.margin}")
         return self
+
+
+def missing_extra() -> Optional[str]:
+    """What to install when the parser or the region proposals are not importable, else None."""
+    from importlib.util import find_spec
+
+    gone = [name for name, mod in (("textblob", "textblob"), ("opencv-contrib-python-headless", "cv2"))
+            if find_spec(mod) is None]
+    return f"comclip needs {' and '.join(gone)}: pip install 'retrieval[comclip]'" if gone else None
 
 
 def refusal(manifest: dict) -> Optional[str]:
@@ -142,6 +151,8 @@ class ComclipReranker:
             raise ValueError(why)
         if index.clip is None:
             raise ValueError("comclip encodes sub-images: open the index with its model (clip=...)")
+        if missing_extra():
+            raise UsageError(missing_extra())
         self.index, self.scorer = index, ComclipScorer(index.clip, options)
 
     def rerank(self, texts: Sequence[str], queries: np.ndarray, scores: np.ndarray, ids: np.ndarray,

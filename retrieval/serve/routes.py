@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
 from ..query.filters import FilterError
-from ..query.comclip import refusal
+from ..query.comclip import missing_extra, refusal
 from ..query.keyword import parse as keyword_parse
 from ..query.spec import QuerySpec, floor
 from .admin import LOOPBACK, authorised
@@ -85,7 +85,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
             q.image = None
         if body.rerank == "comclip":
             if "comclip" not in rerank_methods(idx):
-                raise HTTPError(409, refusal(idx.manifest) or f"index {name!r} is served without its model")
+                raise HTTPError(409, refusal(idx.manifest) or missing_extra() or f"index {name!r} has no model")
             spec.comclip = comclip_options(body, tuple(service.image_roots))
         elif spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
             raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")

@@ -248,10 +248,11 @@ def warn_outside_roots(name: str, index, extra_roots: Sequence[str]) -> int:
 def rerank_methods(index, compositional: bool = True) -> list[str]:
     """The rerank methods ``index`` can serve: every method but clip and comclip reads stored bias
     offsets; comclip reads the candidates' images (``compositional``: list it when it can run)."""
-    from ..query.comclip import refusal
+    from ..query.comclip import missing_extra, refusal
 
     return ["clip"] + (["bsap", "hybrid", "nnn"] if "bias" in index.manifest else []) + \
-        (["comclip"] if compositional and index.clip is not None and refusal(index.manifest) is None else [])
+        (["comclip"] if compositional and index.clip is not None and refusal(index.manifest) is None
+         and missing_extra() is None else [])
 
 
 def embedding_vector(values: Any, dim: int) -> Optional[np.ndarray]:

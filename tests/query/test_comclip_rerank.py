@@ -188,3 +188,14 @@ def test_http(idx, flickr_index, tiny_clip, tmp_path):
     assert c.post("/search", json={"text": TEXT, "rerank": "comclip", "candidates": 5000}).status_code == 422
     r = c.post("/search", json={"index": "emb", "text": TEXT, "rerank": "comclip"})
     assert r.status_code == 409 and "detail" in r.json()
+
+
+def test_without_the_extra_it_says_what_to_install(idx, monkeypatch):
+    import importlib.util
+
+    from retrieval.errors import UsageError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else real(name, *a))
+    with pytest.raises(UsageError, match=r"pip install 'retrieval\[comclip\]'"):
+        idx.query(TEXT, rerank="comclip")
