@@ -1,4 +1,5 @@
-"""Commands that convert index folders: ``migrate`` (older formats -> the current one), ``merge``
+"""Commands that convert index folders: ``migrate`` (older formats -> the current one), ``regions``
+(ComCLIP's regions of every image, stored), ``merge``
 (IVF shards -> one on-disk index), ``export``
 (the live rows in clip-retrieval's embeddings layout) and ``import`` (clip-retrieval's inference
 output -> an index folder, without re-embedding)."""
