@@ -29,7 +29,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..methods.rerank import DEFAULT_NNN_K, LAM_BY_TARGET, bsap_offsets, nnn_bias
+from ..methods.offsets import item_offsets
+from ..methods.rerank import DEFAULT_NNN_K, LAM_BY_TARGET
 from ..store.files import save_npy
 from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam, nonmatching_floors
 from ..store.combined import quantize_offsets
@@ -77,8 +78,7 @@ def _sample_rows(folder: Path, manifest: dict, shards: list[dict], modality: str
 
 def offsets_of(vectors: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, nnn_k: int) -> dict:
     """{"bsap": [n], "nnn": [n]} of vectors [n, d]."""
-    x = np.asarray(vectors, np.float32)
-    return {"bsap": bsap_offsets(x, bank, tau), "nnn": nnn_bias(x, refs, k=nnn_k)}
+    return item_offsets(vectors, bank, refs, tau, nnn_k)
 
 
 def quantize(offsets: dict, shifts: dict) -> None:

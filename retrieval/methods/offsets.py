@@ -1,0 +1,40 @@
+"""Per-item BSAP and NNN offsets of many items in one pass, at the machine's matmul speed.
+
+For each block of ``block`` items: one matmul against the BSAP bank, the log-sum-exp taken in place
+(shifted by the row's maximum), one matmul against the NNN references and their top k averaged
+(torch's ``topk``: no full partition). Equal to ``rerank.bsap_offsets`` and ``rerank.nnn_bias`` up to
+float32 rounding; what a build, ``retrieval bias``, appends and import compute. Arrays in, arrays out;
+torch is imported when called (it is what the build already runs: numpy's GEMM and ``np.partition``
+were 1.5x slower here, docs/benchmarks.md "Write path").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 1024  # items per matmul: 1024 x 4096 float32 scores (16 MB) stay in cache-friendly range
+
+
+def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, k: int,
+                 block: int = BLOCK) -> dict[str, np.ndarray]:
+    """{"bsap": c_j = LSE_m(τ s(j, a_m)) / τ, "nnn": mean of the k largest s(r, j)} for items [n, d]."""
+    import torch
+
+    x, b, r = (np.ascontiguousarray(a, np.float32) for a in (items, bank, refs))
+    if x.ndim != 2 or b.ndim != 2 or r.ndim != 2 or not (x.shape[1] == b.shape[1] == r.shape[1]):
+        raise ValueError(f"items {x.shape}, bank {b.shape} and references {r.shape} must be [n, d] of one d")
+    if not len(b) or not len(r) or k <= 0:
+        raise ValueError("offsets need a non-empty bank, non-empty references and k > 0")
+    if not tau > 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    k = min(k, len(r))
+    out_b, out_n = np.empty(len(x), np.float32), np.empty(len(x), np.float32)
+    X, B, R = torch.from_numpy(x), torch.from_numpy(b).T.contiguous(), torch.from_numpy(r).T.contiguous()
+    ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
+    with torch.inference_mode():
+        for i in range(0, len(x), block):
+            xc = X[i:i + block]
+            s = xc @ B
+            m = s.amax(1, keepdim=True)
+            ob[i:i + block] = m.squeeze(1) + s.sub_(m).mul_(tau).exp_().sum(1).log_() / tau
+            on[i:i + block] = torch.topk(xc @ R, k, 1, sorted=False).values.mean(1)
+    return {"bsap": out_b, "nnn": out_n}

@@ -1,0 +1,104 @@
+"""The write path, measured against the bare operations it is made of (one run, ratios).
+
+- ``offsets``: the BSAP log-sum-exp and the NNN top-k of N items [N, d] against a 4,096-row bank and
+  4,096 references: the engine's one-pass ``methods.offsets.item_offsets`` vs the previous numpy path
+  (``bsap_offsets`` + ``nnn_bias``: numpy GEMM, ``np.partition``) vs the bare torch matmuls of the
+  same shapes in the same blocks (the machine's GEMM speed), as GFLOP/s.
+- ``build``: ``build_from_embeddings`` of N image + N text vectors into one ``IVF{lists},Flat`` shard
+  per modality (biases included) vs bare faiss training (on the engine's sample size) and filling
+  the same two indexes.
+
+    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from synthetic import unit_vectors
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+    """(median seconds, last result) of ``repeats`` runs."""
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), out
+
+
+def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
+    import torch
+
+    from retrieval.methods.offsets import BLOCK, item_offsets
+    from retrieval.methods.rerank import bsap_offsets, nnn_bias
+
+    x = unit_vectors(n, d, 1, clusters=64, spread=0.5)
+    bank, refs = unit_vectors(bank_rows, d, 2), unit_vectors(bank_rows, d, 3)
+    X, B, R = torch.from_numpy(x), torch.from_numpy(bank).T.contiguous(), torch.from_numpy(refs).T.contiguous()
+
+    def bare():
+        with torch.inference_mode():
+            for i in range(0, n, BLOCK):
+                X[i:i + BLOCK] @ B
+                X[i:i + BLOCK] @ R
+
+    flop = 2 * 2 * n * bank_rows * d
+    t_bare, _ = best_of(bare, repeats)
+    t_new, new = best_of(lambda: item_offsets(x, bank, refs, 50.0, k), repeats)
+    t_old, old = best_of(lambda: (bsap_offsets(x, bank, 50.0), nnn_bias(x, refs, k)), repeats)
+    err = max(float(np.abs(new["bsap"] - old[0]).max()), float(np.abs(new["nnn"] - old[1]).max()))
+    print(f"offsets of {n} x {d} items, bank {bank_rows}, references {bank_rows}, k {k} (median of {repeats}):")
+    for name, t in (("bare torch matmuls", t_bare), ("item_offsets (engine)", t_new), ("numpy (previous)", t_old)):
+        print(f"  {name:<24} {t:7.2f} s  {flop / t / 1e9:6.1f} GFLOP/s  {t_bare / t:5.2f}x of the bare matmul speed")
+    print(f"  largest difference engine vs numpy: {err:.1e}")
+    return {"bare": t_bare, "engine": t_new, "numpy": t_old}
+
+
+def build(n: int, d: int, lists: int) -> dict:
+    import faiss
+
+    from retrieval import build_from_embeddings
+    from retrieval.store.keys import sample_ids, train_size
+
+    img, txt = unit_vectors(n, d, 4, clusters=256, spread=0.5), unit_vectors(n, d, 5, clusters=256, spread=0.5)
+    t = time.perf_counter()
+    for x in (img, txt):
+        index = faiss.index_factory(d, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(x[sample_ids(n, train_size(f"IVF{lists},Flat", n))])   # the sample size the engine trains on
+        index.add(x)
+    t_bare = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        build_from_embeddings(Path(tmp) / "idx", img, txt, {"arch": "synthetic", "logit_scale": 100.0},
+                              shard_size=n, index_key=f"IVF{lists},Flat")
+        t_ours = time.perf_counter() - t
+    print(f"build of {n} x {d} image + text, IVF{lists},Flat: build_from_embeddings {t_ours:.1f} s, bare faiss "
+          f"train + add of the two indexes {t_bare:.1f} s: {t_ours / t_bare:.2f}x")
+    return {"ours": t_ours, "bare": t_bare}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--bank", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--lists", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--parts", default="offsets,build")
+    a = ap.parse_args(argv)
+    parts = set(a.parts.split(","))
+    if "offsets" in parts:
+        offsets(a.n, a.dim, a.bank, a.k, a.repeats)
+    if "build" in parts:
+        build(a.n, a.dim, a.lists)
+
+
+if __name__ == "__main__":
+    main()
