@@ -22,7 +22,7 @@ import numpy as np
 from synthetic import unit_vectors
 
 
-def best_of(fn, repeats: int) -> tuple[float, object]:
+def median_run(fn, repeats: int) -> tuple[float, object]:
     """(median seconds, last result) of ``repeats`` runs."""
     times, out = [], None
     for _ in range(repeats):
@@ -49,9 +49,9 @@ def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
                 X[i:i + BLOCK] @ R
 
     flop = 2 * 2 * n * bank_rows * d
-    t_bare, _ = best_of(bare, repeats)
-    t_new, new = best_of(lambda: item_offsets(x, bank, refs, 50.0, k), repeats)
-    t_old, old = best_of(lambda: (bsap_offsets(x, bank, 50.0), nnn_bias(x, refs, k)), repeats)
+    t_bare, _ = median_run(bare, repeats)
+    t_new, new = median_run(lambda: item_offsets(x, bank, refs, 50.0, k), repeats)
+    t_old, old = median_run(lambda: (bsap_offsets(x, bank, 50.0), nnn_bias(x, refs, k)), repeats)
     err = max(float(np.abs(new["bsap"] - old[0]).max()), float(np.abs(new["nnn"] - old[1]).max()))
     print(f"offsets of {n} x {d} items, bank {bank_rows}, references {bank_rows}, k {k} (median of {repeats}):")
     for name, t in (("bare torch matmuls", t_bare), ("item_offsets (engine)", t_new), ("numpy (previous)", t_old)):

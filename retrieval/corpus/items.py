@@ -12,12 +12,17 @@ comes from the row's ``image_path`` in the index metadata, never from the caller
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tarfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from ..errors import ItemError
 from .base import NotAFile, read_regular_file
+from .images import decode_image
+
+log = logging.getLogger(__name__)
 
 MAX_BYTES = 64 << 20
 
@@ -140,6 +145,16 @@ def _from_tar(corpus: dict, image_path: str, max_bytes: int) -> tuple[bytes, str
             return image_bytes(f.read(), member)
     except (OSError, KeyError, tarfile.TarError) as e:
         raise ItemImageError(f"cannot read {member} from {tname}: {type(e).__name__}") from None
+
+
+def row_picture(corpus: dict, row: dict, extra_roots: Sequence[str | os.PathLike] = ()):
+    """The decoded RGB image of a metadata ``row`` (under the image-root rule), or None, logged with the
+    reason, when it has none or it cannot be read."""
+    try:
+        return decode_image(item_image(corpus, row.get("image_path") or "", extra_roots)[0])[0]
+    except (ItemImageError, ItemError) as e:
+        log.warning("item %s: its image cannot be read (%s)", row.get("key"), getattr(e, "reason", None) or e)
+        return None
 
 
 def no_image_files(corpus: dict) -> Optional[str]:

@@ -10,7 +10,7 @@ Boxes are (left, top, right, bottom) in the image's pixels, as GRiT writes them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -76,6 +76,11 @@ def proposals(image: Image.Image, max_boxes: int = MAX_BOXES, side: int = 160) -
     boxes = np.stack([rects[:, 0], rects[:, 1], rects[:, 0] + rects[:, 2], rects[:, 1] + rects[:, 3]], 1) / scale
     boxes[:, 2], boxes[:, 3] = np.minimum(boxes[:, 2], w), np.minimum(boxes[:, 3], h)
     return select_boxes(boxes, (w, h), max_boxes)
+
+
+def given_boxes(given: Optional[Mapping[str, Sequence[Box]]], row: dict) -> Optional[Sequence[Box]]:
+    """A row's boxes in ``given`` (by its key, else its image path), or None."""
+    return None if given is None else given.get(row.get("key"), given.get(row.get("image_path")))
 
 
 def dense_caption_boxes(obj) -> list[Box]:

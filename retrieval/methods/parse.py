@@ -55,9 +55,6 @@ class Parse:
     entities: tuple = ()
     relations: tuple = ()
 
-    def entity(self, name: Optional[str]) -> Optional[Entity]:
-        return next((e for e in self.entities if e.name == name), None)
-
     def to_json(self) -> dict:
         """ComCLIP's JSON shape."""
         return {"objects": {e.name: {"attributes": list(e.attributes) or None} for e in self.entities},

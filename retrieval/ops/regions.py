@@ -7,24 +7,20 @@ setting (``build.regions``), so that a later sync gives its new shards theirs an
 them. Rows whose image cannot be read are logged and computed at query time."""
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from ..corpus.images import decode_image
-from ..corpus.items import ItemImageError, item_image, no_image_files
-from ..corpus.regions import MAX_BOXES
+from ..corpus.items import no_image_files, row_picture
+from ..corpus.regions import MAX_BOXES, given_boxes
 from ..embed.regions import image_regions
-from ..errors import IndexFolderError, ItemError
+from ..errors import IndexFolderError
 from ..store.generations import next_generation, publish
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.regions import pack, write_regions
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,14 +35,6 @@ class RegionsReport:
             return "regions: every shard has them"
         miss = f" ({self.missing} unreadable: computed at query time)" if self.missing else ""
         return f"regions: {self.rows} images in {self.shards} shard(s) in {self.seconds:.1f} s{miss}"
-
-
-def _image(corpus: dict, row: dict, roots: Sequence[str]):
-    try:
-        return decode_image(item_image(corpus, row.get("image_path") or "", roots)[0])[0]
-    except (ItemImageError, ItemError) as e:
-        log.warning("regions: %s skipped: %s", row.get("key"), getattr(e, "reason", None) or e)
-        return None
 
 
 def add_regions(folder: str | os.PathLike, clip, max_boxes: Optional[int] = None,
@@ -77,9 +65,8 @@ def add_regions(folder: str | os.PathLike, clip, max_boxes: Optional[int] = None
             found = []
             for i in range(0, len(meta), batch):
                 chunk = meta[i:i + batch]
-                images = [_image(corpus, r, image_roots) for r in chunk]
-                boxes = [None if given is None else given.get(r["key"], given.get(r["image_path"])) for r in chunk]
-                found += image_regions(clip, images, boxes if given is not None else (), boxes_n)
+                images = [row_picture(corpus, r, image_roots) for r in chunk]
+                found += image_regions(clip, images, [given_boxes(given, r) for r in chunk], boxes_n)
             emb, bx = pack(found, s["dim"], boxes_n)
             s["regions"] = write_regions(folder, s["id"], gen, emb, bx)
             rows, missing = rows + s["rows"], missing + s["regions"]["missing"]

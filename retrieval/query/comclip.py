@@ -18,12 +18,11 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..corpus.images import decode_image
-from ..corpus.items import ItemImageError, item_image, no_image_files
-from ..corpus.regions import MAX_BOXES, Box
-from ..corpus.subimages import black_outside, overlay
+from ..corpus.items import no_image_files, row_picture
+from ..corpus.regions import MAX_BOXES, Box, given_boxes
+from ..corpus.subimages import black_outside, predicate_image
 from ..embed.regions import Regions, encode_raw, image_regions
-from ..errors import ItemError, UsageError
+from ..errors import UsageError
 from ..methods.comclip import WEIGHTINGS, comclip_score, ground
 from ..methods.parse import Parse, parse
 from ..store.regions import read_arrays, row_regions
@@ -126,8 +125,8 @@ class ComclipScorer:
                 image = images[i]()
                 if image is None:
                     continue
-                pending += [(i, rel, overlay([black_outside(image, reg.boxes[o]), black_outside(image, reg.boxes[s])]))
-                            for rel, (s, o) in draws]
+                pending += [(i, rel, predicate_image(image, black_outside(image, reg.boxes[s]),
+                                                     black_outside(image, reg.boxes[o]))) for rel, (s, o) in draws]
             subs[i] = ([reg.embs[j] if j >= 0 else reg.whole for j in at], pred)
         if pending:
             for (i, rel, _), e in zip(pending, self.encode([p[2] for p in pending])):
@@ -151,8 +150,9 @@ class ComclipReranker:
             raise ValueError(why)
         if index.clip is None:
             raise ValueError("comclip encodes sub-images: open the index with its model (clip=...)")
-        if missing_extra():
-            raise UsageError(missing_extra())
+        why = missing_extra()
+        if why:
+            raise UsageError(why)
         self.index, self.scorer = index, ComclipScorer(index.clip, options)
 
     def rerank(self, texts: Sequence[str], queries: np.ndarray, scores: np.ndarray, ids: np.ndarray,
@@ -177,7 +177,7 @@ class ComclipReranker:
         regions = [None if given is not None else r for r in self.stored(ids)]
         todo = [i for i, r in enumerate(regions) if r is None]
         if todo:
-            boxes = [given.get(rows[i].get("key"), given.get(rows[i].get("image_path"))) for i in todo] if given else ()
+            boxes = [given_boxes(given, rows[i]) for i in todo]
             for i, r in zip(todo, self.scorer.regions([loaders[i]() for i in todo], boxes)):
                 regions[i] = r
         return self.scorer.scores(text, query, loaders, regions, clip_scores)
@@ -203,13 +203,10 @@ class _Loader:
     def __call__(self):
         if not self.done:
             self.done = True
-            try:
-                data, _ = item_image(self.reranker.index.manifest["corpus"], self.row.get("image_path") or "",
+            self.image = row_picture(self.reranker.index.manifest["corpus"], self.row,
                                      self.reranker.scorer.options.image_roots)
-                self.image = decode_image(data)[0]
-            except (ItemImageError, ItemError) as e:
-                log.warning("comclip: item %s keeps its CLIP score: its image cannot be read (%s)",
-                            self.row.get("key"), getattr(e, "reason", None) or e)
+            if self.image is None:
+                log.warning("comclip: item %s keeps its CLIP score (its image cannot be read)", self.row.get("key"))
         return self.image
 
 
