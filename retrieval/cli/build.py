@@ -40,6 +40,10 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, F
 @click.option("--regions", is_flag=True,
               help="Also store ComCLIP's regions of every image (see `retrieval regions`): comclip queries then "
                    "skip region proposals; later syncs keep them up to date.")
+@click.option("--bias-later", is_flag=True,
+              help="Return as soon as the index is searchable (plain CLIP, keyword); its BSAP/NNN offsets stay "
+                   "pending until `retrieval bias INDEX` or a rerun without this flag. By default the build "
+                   "publishes the searchable index, then the offsets.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on Ray actors (pip install '.[ray]'): alone, a local cluster on this machine; with an "
@@ -47,7 +51,7 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, F
 @click.option("--ray-actors", type=POSITIVE, default=None, help="With --ray: number of embedding actors.")
 def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, memory_budget, device, workers,
           image_root, image_column, caption_column, key_column, max_pixels, require_captions, modalities, text_columns,
-          regions, quiet, ray_address, ray_actors):
+          regions, bias_later, quiet, ray_address, ray_actors):
     """Embed CORPUS with open_clip and write a sharded index folder; on an existing folder, sync it.
 
     CORPUS is a folder of images (same-stem .txt captions and .json metadata optional), a
@@ -78,8 +82,11 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
                     require_captions=require_captions, modalities=wanted, report=report, ray=ray_address,
                     ray_actors=ray_actors,
                     text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None,
-                    regions=regions)
+                    regions=regions, bias_later=bias_later)
     c, st, run = m["counts"], m.get("stats", {}), report[0]
+    if m.get("bias_pending"):
+        click.echo(f"searchable now; BSAP/NNN offsets pending: `retrieval bias {out} --bank "
+                   f"{m['bias_pending'].get('bank')}` (or this command without --bias-later) computes them")
     if run.first_build:
         click.echo(f"built {c['live']} items ({c['captionless']} without a caption) in {len(m['shards'])} shards "
                    f"from {c['inputs']} inputs (skipped {c['skipped']}, repaired {c['repaired']}) in "

@@ -177,6 +177,7 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     cal = calibrate_lam(folder, m, shards, per_shard, calibrate, seed + 4) if calibrate and "text" in banks else None
     lam = cal["lam"] if cal else {t: LAM_BY_TARGET.get(t, LAM_BY_TARGET["image"]) for t in banks}
     floor = nonmatching_floors(folder, m, shards, per_shard, lam, tau, seed=seed + 5) if calibrate else None
+    m.pop("bias_pending", None)
     m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}), **({"floor": floor} if floor else {}),
                  "tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
@@ -218,24 +219,38 @@ def _banks(folder: Path, m: dict, shards: list[dict], clip, bank: str, bank_text
 class BiasExtension:
     """The writer's ``Extension``: appended shards get offsets from the stored banks and references;
     a folder without banks gets them (``bank``: 'generic' | 'texts' | 'corpus'; None: no biases) in the
-    run's last publish, with its indexes rewritten, instead of in a second publish after it."""
+    generation after the one that makes it searchable (``later``: not in this run; the folder records
+    them as pending, and a rerun of the build or ``retrieval bias`` adds them)."""
 
     def __init__(self, folder: str | os.PathLike, clip=None, bank: Optional[str] = None,
-                 bank_texts: Optional[Sequence[str]] = None):
+                 bank_texts: Optional[Sequence[str]] = None, later: bool = False):
         self.folder, self.clip, self.bank, self.bank_texts = Path(folder), clip, bank, bank_texts
+        self.later = later
 
     def defers(self, manifest: dict) -> bool:
-        """Whether ``finish`` will compute banks: shards committed before then defer their indexes."""
-        return self.bank is not None and not manifest.get("bias")
+        """A first build that will compute banks defers its shards' indexes until they are all written
+        (one quantizer trained across them); a complete folder indexes new shards at once."""
+        return self.bank is not None and not manifest.get("bias") and not manifest.get("complete")
 
-    def finish(self, manifest: dict) -> None:
+    def _wanted(self, manifest: dict) -> bool:
         if self.bank is None or manifest.get("bias") or not any(s["rows"] for s in manifest["shards"]):
-            return
+            return False
         if self.bank == "corpus" and not any("text" in s["index"] for s in manifest["shards"]):
             log.warning("%s has no captions to sample a 'corpus' bank from: no bias offsets (BSAP/NNN); "
                         "add them with `retrieval bias %s --bank generic`", self.folder, self.folder)
-            return
+            return False
+        return True
+
+    def announce(self, manifest: dict) -> None:
+        if self._wanted(manifest):
+            manifest["bias_pending"] = {"bank": self.bank, **({"bank_texts": list(self.bank_texts)}
+                                                             if self.bank_texts else {})}
+
+    def finish(self, manifest: dict) -> bool:
+        if self.later or not self._wanted(manifest):
+            return False
         apply_biases(self.folder, manifest, self.clip, self.bank, self.bank_texts)
+        return True
 
     def offsets(self, manifest: dict, vectors: dict) -> Optional[dict]:
         section = manifest.get("bias")

@@ -60,7 +60,7 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 require_captions: bool = False, modalities: Sequence[str] = MODALITIES,
                 report: Optional[list] = None, ray: Optional[str] = None, ray_actors: Optional[int] = None,
                 ray_task_rows: Optional[int] = None, text_columns: Optional[Sequence[str]] = None,
-                regions: bool = False) -> dict:
+                regions: bool = False, bias_later: bool = False) -> dict:
     """Build, resume or sync the index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
@@ -73,7 +73,9 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     task; the folder is the same as a single-process build's. ``text_columns``: the metadata columns
     keyword search reads besides the captions (default: the captions only), fixed at the first build.
     ``regions``: also store ComCLIP's regions of every image (``ops.regions``); a folder that has them
-    gets the new shards' at every sync.
+    gets the new shards' at every sync. The folder is published searchable (plain CLIP and keyword
+    queries) before the bias offsets are computed, then again with them; ``bias_later`` returns at
+    searchable, with the offsets recorded as pending (a rerun without it, or ``compute_biases``, adds them).
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
@@ -91,14 +93,17 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
         from ..scale import RayBatches
 
         source = RayBatches(ray, ray_actors, **({"task_rows": ray_task_rows} if ray_task_rows else {}))
-    manifest, run = index_corpus(reader, out, clip, settings, progress, extend=BiasExtension(out, clip, bias_bank),
-                                 source=source)
-    if bias_bank and ("bias" not in manifest or manifest["bias"].get("stale")):
+    extend = BiasExtension(out, clip, bias_bank, later=bias_later)
+    manifest, run = index_corpus(reader, out, clip, settings, progress, extend=extend, source=source)
+    if bias_bank and not bias_later and ("bias" not in manifest or manifest["bias"].get("stale")):
+        pending = manifest.get("bias_pending") or {}  # a run stopped between searchable and debiased
         try:
-            manifest["bias"] = compute_biases(out, clip, bank=manifest.get("bias", {}).get("bank") or bias_bank)
+            compute_biases(out, clip, bank=(manifest.get("bias") or pending).get("bank") or bias_bank,
+                           bank_texts=pending.get("bank_texts"))
         except StorageError as e:
-            raise StorageError(f"{e}; {committed(manifest)} committed, bias offsets not yet computed: free space "
-                               f"and re-run the same command to resume") from None
+            raise StorageError(f"{e}; {committed(manifest)} committed and searchable, bias offsets not yet "
+                               f"computed: free space and re-run the same command to resume") from None
+        manifest = require_manifest(Path(out))
     if regions or (manifest.get("build") or {}).get("regions"):
         add_regions(out, clip)
         manifest = require_manifest(Path(out))
@@ -110,12 +115,15 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
 def build_from_embeddings(out: str | os.PathLike, image_emb: np.ndarray, text_emb: np.ndarray, model: dict,
                           rows: Optional[list[dict]] = None, *, shard_size: int = DEFAULT_SHARD_SIZE,
                           index_key: Optional[str] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                          recall_target: float = 0.95, bias_bank: Optional[str] = "corpus", clip=None) -> dict:
+                          recall_target: float = 0.95, bias_bank: Optional[str] = "corpus", clip=None,
+                          bias_later: bool = False) -> dict:
     """Write an index folder from precomputed, row-aligned embeddings (e.g. another tool's output).
 
     ``model`` is the identity the embeddings come from (at least arch, embed_dim, logit_scale);
-    ``rows`` are metadata dicts (default: ``{"key": str(i)}``). Returns the manifest.
+    ``rows`` are metadata dicts (default: ``{"key": str(i)}``). Returns the manifest. The folder is
+    published searchable first, then with its bias offsets (``bias_later``: return at searchable;
+    ``compute_biases`` adds them).
     """
     return write_embeddings(out, image_emb, text_emb, model, rows, shard_size=shard_size, index_key=index_key,
                             memory_budget=memory_budget, recall_target=recall_target,
-                            extend=BiasExtension(out, clip, bias_bank))
+                            extend=BiasExtension(out, clip, bias_bank, later=bias_later))

@@ -16,6 +16,17 @@ from ..store.layout import bias_dir, bias_path
 from .shards import ShardSet, reading
 
 
+def offsets_refusal(manifest: dict, name: str) -> str:
+    """Why an index without bias offsets cannot serve BSAP/NNN/hybrid queries: a build that published
+    it searchable is computing them (or was stopped before it did), or it never had any."""
+    pending = manifest.get("bias_pending")
+    if pending:
+        return (f"index {name!r} is searchable but its BSAP/NNN offsets (bank {pending.get('bank')}) are still "
+                f"being computed; use rerank clip until they are published, or finish them with `retrieval bias` "
+                f"or a rerun of the build if it was stopped")
+    return f"index {name!r} has no bias offsets; compute them with `retrieval bias`"
+
+
 class Biases:
     def __init__(self, shards: ShardSet, manifest: Optional[dict] = None):
         self.shards = shards
@@ -62,8 +73,7 @@ class Biases:
         key = (method, modality)
         if key not in self._per_shard:
             if self.section is None:
-                raise IndexFolderError(f"{self.shards.folder} has no bias/ (build it with compute_biases or "
-                                       f"`retrieval bias`)")
+                raise IndexFolderError(offsets_refusal(self.manifest, str(self.shards.folder)))
             out = []
             for s in self.shards.shards:
                 if modality not in s["index"]:

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
 from ..methods.rerank import METHODS as RERANK_METHODS
+from ..query.biases import offsets_refusal
 from ..query.filters import FilterError
 from ..query.spec import QuerySpec
 from .service import MAX_ID, MAX_K, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
@@ -115,7 +116,7 @@ def parse_knn(body: dict, service: Service) -> tuple[Query, int, list[str]]:
     if rerank not in RERANK_METHODS:
         raise HTTPError(400, f"rerank must be one of {', '.join(RERANK_METHODS)}, got {rerank!r}"[:200])
     if rerank not in rerank_methods(idx, compositional=False):
-        raise HTTPError(409, f"index {name!r} has no bias offsets; recompute them with `retrieval bias`")
+        raise HTTPError(409, offsets_refusal(idx.manifest, name))
     where = body.get("where")
     if where is not None and not isinstance(where, str):
         raise HTTPError(400, "where must be a string")

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import IndexFolderError, RetrievalError
+from ..query.biases import offsets_refusal
 from ..query.filters import FilterError
 from ..query.comclip import missing_extra, refusal
 from ..query.keyword import parse as keyword_parse
@@ -88,7 +89,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 raise HTTPError(409, refusal(idx.manifest) or missing_extra() or f"index {name!r} has no model")
             spec.comclip = comclip_options(body, tuple(service.image_roots))
         elif spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
-            raise HTTPError(409, f"index {name!r} has no bias/; recompute it with `retrieval bias`")
+            raise HTTPError(409, offsets_refusal(idx.manifest, name))
         try:
             spec.check()
             spec.min_score = await run_in_threadpool(floor, idx, spec)

@@ -217,13 +217,18 @@ def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, n
 
 
 def publish_complete(out: Path, manifest: dict, extend: Optional[Extend]) -> None:
-    """The run's last publish: the extension's banks and offsets, the indexes deferred until then
-    (built once, with their offsets; zeros when no offsets came), and ``complete``."""
-    if extend is not None:
-        extend.finish(manifest)
+    """The run's last publishes, in two generations. First the folder *searchable*: the indexes
+    deferred until then (built once, with zero offsets), ``complete``, and what the extension will
+    add (``announce``); then the extension's banks and offsets (``finish``), when it computes them
+    now. A kill between the two leaves a complete folder that serves plain CLIP and keyword queries
+    and refuses BSAP/NNN ones as pending, until a rerun (or ``retrieval bias``) adds them."""
     build_pending(out, manifest, next_generation(manifest))
     manifest["complete"] = True
+    if extend is not None:
+        extend.announce(manifest)
     publish(out, manifest)
+    if extend is not None and extend.finish(manifest):
+        publish(out, manifest)
 
 
 def committed_rows(manifest: dict) -> int:

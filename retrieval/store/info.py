@@ -51,7 +51,7 @@ def metadata_columns(folder: Path, m: dict) -> dict[str, str]:
 def _bias_info(folder: Path, m: dict) -> dict:
     """The manifest's bias section, summarised."""
     if "bias" not in m:
-        return {}
+        return {"pending": m["bias_pending"]} if m.get("bias_pending") else {}
     b = m["bias"]
     return {"bank": b.get("bank"), "bank_rows": b.get("bank_rows"), "nnn_k": b.get("nnn_k"), "tau": b.get("tau"),
             "stale": bool(b.get("stale"))}
@@ -87,7 +87,10 @@ def format_info(info: dict) -> str:
         lines.append("skipped / repaired items (see errors.jsonl):")
         lines += [f"  {n:>7}  {r}" for r, n in info["reasons"].items()]
     b = info.get("bias") or {}
-    if b:
+    if b.get("pending"):
+        lines.append(f"bias      pending (bank {b['pending'].get('bank')}): searchable with plain CLIP; BSAP/NNN once "
+                     f"the build publishes the offsets (a stopped build: re-run it, or `retrieval bias INDEX`)")
+    elif b:
         what = "sampled captions" if b["bank"] == "corpus" else "prompts"
         lines.append(f"bias      bank={b['bank']} ({(b.get('bank_rows') or {}).get('image')} {what}), "
                      f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}; in each index's extra coordinates"

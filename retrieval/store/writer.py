@@ -38,11 +38,17 @@ class Extension(Protocol):
         """Write the shard's offsets files and list them in ``manifest``."""
 
     def defers(self, manifest: dict) -> bool:
-        """Whether ``finish`` will provide offsets: shards committed until then defer their indexes."""
+        """Whether the run will compute banks before the folder is first complete: shards committed
+        until then defer their indexes (trained once across them, then built)."""
 
-    def finish(self, manifest: dict) -> None:
-        """Called before the publish that marks ``manifest`` complete: builds the deferred indexes
-        with their offsets (``store.offsets.index_with_offsets``), may add files."""
+    def announce(self, manifest: dict) -> None:
+        """Record in ``manifest`` (about to be published searchable) the offsets ``finish`` or a later
+        run will add, so that readers can say they are pending."""
+
+    def finish(self, manifest: dict) -> bool:
+        """Called after the publish that marks ``manifest`` complete: computes the banks and offsets
+        and rewrites the indexes' offsets coordinates (``store.offsets.index_with_offsets``); returns
+        whether it changed ``manifest`` (the caller then publishes it)."""
 
 
 Extend = Extension
