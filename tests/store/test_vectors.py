@@ -59,8 +59,9 @@ def test_lossy_codes_are_not_patched():
     assert not set_offsets(ix, np.zeros((3000, 2), np.float32), 16)
 
 
-def test_a_first_build_writes_each_index_once_with_its_offsets(tmp_path, monkeypatch):
-    """The shards wait as npy until the banks exist; then each index is written once, offsets in."""
+def test_a_first_build_writes_each_index_once_searchable_then_once_with_its_offsets(tmp_path, monkeypatch):
+    """The shards wait as npy until the vectors are all in; each index is written once searchable (zero
+    offsets, generation 4), then once with its offsets (generation 5)."""
     import retrieval.store.offsets as offsets_mod
     import retrieval.store.shard as shard_mod
     from retrieval import build_from_embeddings, open_index
@@ -72,7 +73,7 @@ def test_a_first_build_writes_each_index_once_with_its_offsets(tmp_path, monkeyp
     x = unit_vectors(3000, 16, 4)
     build_from_embeddings(tmp_path / "idx", x, x, {"arch": "synthetic"}, shard_size=1000, index_key="IVF8,Flat")
     indexes = sorted(n for n in written if not n.startswith("trained"))
-    assert indexes == sorted(f"{m}_{k:04d}_g000004.index" for m in ("image", "text") for k in range(3))
+    assert indexes == sorted(f"{m}_{k:04d}_g{g:06d}.index" for m in ("image", "text") for k in range(3) for g in (4, 5))
     assert not (tmp_path / "idx" / "img_emb").exists()  # the staging npy is gone
     idx = open_index(tmp_path / "idx")
     ix = idx.shard_set.index(1, "image")
