@@ -40,6 +40,12 @@ class Biases:
     def available(self) -> bool:
         return self.section is not None
 
+    def require(self) -> None:
+        """Raise IndexFolderError naming why when there are no offsets to serve (pending or never
+        computed): zero offset coordinates are never served as BSAP/NNN."""
+        if self.section is None:
+            raise IndexFolderError(offsets_refusal(self.manifest, str(self.shards.folder)))
+
     def tau(self) -> float:
         """The temperature the offsets were computed with (else the model's logit scale)."""
         return float((self.section or {}).get("tau", self.manifest["model"]["logit_scale"]))
@@ -72,8 +78,7 @@ class Biases:
         without that modality)."""
         key = (method, modality)
         if key not in self._per_shard:
-            if self.section is None:
-                raise IndexFolderError(offsets_refusal(self.manifest, str(self.shards.folder)))
+            self.require()
             out = []
             for s in self.shards.shards:
                 if modality not in s["index"]:

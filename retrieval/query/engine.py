@@ -65,6 +65,8 @@ class ModalitySearch:
                selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, global ids) of queries [n, d] among the ``selection``'s rows (all when None);
         with ``offset``, of s - scale * c exactly. Full: min(k, allowed rows) results per query."""
+        if offset is not None:
+            self.biases.require()  # every method and wrapper (fusion, examples, dedup) passes here
         if selection is not None and selection.is_everything:
             selection = None
         want = min(k, len(self.shards) if selection is None else selection.total)

@@ -32,7 +32,6 @@ class Clip:
 
 @dataclass(frozen=True)
 class ExactBSAP:
-    needs_offsets = True  # the stored BSAP/NNN offsets, refused until published
     tau: float
 
     def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
@@ -42,7 +41,6 @@ class ExactBSAP:
 
 @dataclass(frozen=True)
 class ExactHybrid:
-    needs_offsets = True  # the stored BSAP/NNN offsets, refused until published
     lam: float
 
     def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
@@ -51,7 +49,6 @@ class ExactHybrid:
 
 @dataclass(frozen=True)
 class ExactNNN:
-    needs_offsets = True  # the stored BSAP/NNN offsets, refused until published
     alpha: float
 
     def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
@@ -67,10 +64,6 @@ class Candidates:
     tau: float
     lam: float = DEFAULT_LAM
     alpha: float = 0.75
-
-    @property
-    def needs_offsets(self) -> bool:
-        return self.method != "clip"
 
     def search(self, engine: ModalitySearch, q: np.ndarray, k: int, selection: Optional[Selection] = None):
         s, cand = engine.search(q, max(self.n or HYBRID_CANDIDATES, k), selection=selection)

@@ -8,8 +8,7 @@ import numbers
 import numpy as np
 
 from ..store.layout import MODALITIES
-from ..errors import IndexFolderError
-from .biases import Biases, offsets_refusal
+from .biases import Biases
 from .engine import ModalitySearch
 from .selection import Selection
 from .shards import ShardSet
@@ -54,6 +53,4 @@ class Searcher:
             raise ValueError("query embeddings hold NaN or infinite values")
         if not np.any(q, axis=1).all():
             raise ValueError(f"query {int(np.flatnonzero(~np.any(q, axis=1))[0])} is all zeros: it has no direction to search")
-        if getattr(method, "needs_offsets", False) and not self.biases.available:
-            raise IndexFolderError(offsets_refusal(self.biases.manifest, str(self.shards.folder)))
         return method.search(self.engine(target), q, k, selection)

@@ -52,7 +52,7 @@ def test_one_build_publishes_searchable_then_debiased(tmp_path, monkeypatch):
 
 
 def test_bias_later_serves_clip_refuses_methods_then_completes_identically(tmp_path):
-    from retrieval import IndexFolderError, add_embeddings, build_from_embeddings, format_info, index_info
+    from retrieval import IndexFolderError, add_embeddings, build_from_embeddings, format_info, index_info, open_index
     from retrieval.ops import compute_biases
 
     img, txt = _embeddings()
@@ -68,6 +68,12 @@ def test_bias_later_serves_clip_refuses_methods_then_completes_identically(tmp_p
     for method in ("bsap", "hybrid", "nnn"):       # never plain CLIP in disguise
         with pytest.raises(IndexFolderError, match="still being computed"):
             _results(tmp_path / "later", method)
+    idx = open_index(tmp_path / "later")
+    for wrapped in (lambda: idx.search(unit_vectors(1, D, 9), k=10, rerank="nnn", dedup=0.9),   # dedup
+                    lambda: idx.search(k=10).like(3, 4).rerank("bsap").to_arrays(),               # examples
+                    lambda: idx.search(unit_vectors(1, D, 9), k=10, rerank="nnn", candidates=50)):
+        with pytest.raises(IndexFolderError, match="still being computed"):
+            wrapped()
     compute_biases(tmp_path / "later", bank="corpus")
     m = json.loads((tmp_path / "later" / "manifest.json").read_text())
     assert "bias_pending" not in m and m["bias"]["bank"] == "corpus"
