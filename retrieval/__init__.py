@@ -19,14 +19,22 @@ Public API (stable; factory functions, numpy in and out):
 The packages behind it follow the data path (see ARCHITECTURE.md): corpus -> embed -> store ->
 methods -> ops / query -> classify -> serve, cli.
 """
-from .classify import Classifier
-from .corpus import open_corpus
-from .embed import load_model
+from importlib import import_module
+
 from .errors import CorpusError, IndexFolderError, ModelLoadError, RetrievalError
-from .methods import gda_classifier, xmore
-from .ops import add_embeddings, build_from_embeddings, build_index, compact, import_folder
-from .query import Index, open_index
-from .store import choose_index_key, format_info, index_info
+
+# Imported on first use (PEP 562): `retrieval info` or a search by embedding does not pay for the
+# packages it never touches (classification, model loading, the build).
+_LAZY = {"Classifier": ".classify", "open_corpus": ".corpus", "load_model": ".embed", "gda_classifier": ".methods",
+         "xmore": ".methods", "add_embeddings": ".ops", "build_from_embeddings": ".ops", "build_index": ".ops",
+         "compact": ".ops", "import_folder": ".ops", "Index": ".query", "open_index": ".query",
+         "choose_index_key": ".store", "format_info": ".store", "index_info": ".store"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_app(*args, **kwargs):

@@ -7,8 +7,13 @@
 - ``build``: ``build_from_embeddings`` of N image + N text vectors into one ``IVF{lists},Flat`` shard
   per modality (biases included) vs bare faiss training (on the engine's sample size) and filling
   the same two indexes; and the time until the folder is searchable (``bias_later``).
+- ``cli``: whole-process wall times from a shell (median of ``--repeats``, interleaved) of
+  ``retrieval search IDX "a dog"`` (the text tower cached by a first, untimed-in-the-ratio run),
+  ``retrieval search IDX --embedding F.npy`` and ``retrieval info IDX`` vs ``python -c "import torch"``,
+  on a 32-image index of the Flickr fixture built with ViT-B-32's architecture (random weights: the
+  real model's size; no pretrained weights are needed to time it).
 
-    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build]
+    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build,cli]
 """
 from __future__ import annotations
 
@@ -86,6 +91,58 @@ def build(n: int, d: int, lists: int) -> dict:
     return {**took, "bare": t_bare}
 
 
+def cli(repeats: int, shared: Path, arch: str) -> dict:
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from retrieval import build_index
+
+    flickr = shared / "data" / "flickr8k_1k"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with open(flickr / "captions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))[:32]
+        with open(tmp / "corpus.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        idx = tmp / "idx"
+        build_index(tmp / "corpus.csv", idx, arch, "random", image_root=str(flickr / "images"), device="cpu",
+                    progress=False, workers=0)
+        np.save(tmp / "q.npy", unit_vectors(1, int(json_manifest(idx)["model"]["embed_dim"]), 9)[0])
+        env = dict(os.environ, RETRIEVAL_CACHE_DIR=str(tmp / "cache"), HF_HUB_OFFLINE="1")
+        exe = [sys.executable, "-m", "retrieval.cli"]
+        commands = {"import torch": [sys.executable, "-c", "import torch"],
+                    "search text": exe + ["search", str(idx), "a dog", "--k", "5"],
+                    "search --embedding": exe + ["search", str(idx), "--embedding", str(tmp / "q.npy"), "--k", "5"],
+                    "info": exe + ["info", str(idx)]}
+
+        def wall(cmd) -> float:
+            t = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            return time.perf_counter() - t
+
+        first = wall(commands["search text"])   # loads open_clip whole, caches the text tower
+        times = {name: [] for name in commands}
+        for _ in range(repeats):
+            for name, cmd in commands.items():
+                times[name].append(wall(cmd))
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    print(f"command line, {arch} (random weights), whole process, median of {repeats}:")
+    print(f"  first text search (full open_clip load, caches the text tower): {first:.2f} s")
+    for name, t in med.items():
+        print(f"  {name:<20} {t:6.2f} s  {t / med['import torch']:5.2f}x import torch")
+    return {**med, "first": first}
+
+
+def json_manifest(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "manifest.json").read_text())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200_000)
@@ -94,13 +151,17 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lists", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--parts", default="offsets,build")
+    ap.add_argument("--parts", default="offsets,build,cli")
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
+    ap.add_argument("--cli-arch", default="ViT-B-32")
     a = ap.parse_args(argv)
     parts = set(a.parts.split(","))
     if "offsets" in parts:
         offsets(a.n, a.dim, a.bank, a.k, a.repeats)
     if "build" in parts:
         build(a.n, a.dim, a.lists)
+    if "cli" in parts:
+        cli(max(a.repeats, 5), a.shared, a.cli_arch)
 
 
 if __name__ == "__main__":

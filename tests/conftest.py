@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "RETRIEVAL_CACHE_DIR" not in os.environ:  # the cached text towers of this run, not the user's
+    import tempfile
+
+    os.environ["RETRIEVAL_CACHE_DIR"] = _OWN_CACHE = tempfile.mkdtemp(prefix="retrieval-cache-")
 
 from pathlib import Path  # noqa: E402
 
@@ -11,6 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RETRIEVAL_SHARED", ROOT.parent / "shared"))
 TINY = SHARED / "models" / "tiny-clip-mix"
 FLICKR = SHARED / "data" / "flickr8k_1k"
+
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "_OWN_CACHE" in globals():
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 needs_shared = pytest.mark.skipif(not TINY.is_dir() or not FLICKR.is_dir(), reason="../shared fixtures not present")
 

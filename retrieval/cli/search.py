@@ -21,6 +21,8 @@ from .common import POSITIVE, Finite
 @click.argument("index", type=click.Path())
 @click.argument("text", required=False)
 @click.option("--image", "image", type=click.Path(), help="Search with an image file instead of text.")
+@click.option("--embedding", "embedding", type=click.Path(dir_okay=False), metavar="FILE.npy",
+              help="Search with a query embedding saved by numpy.save ([d] or [1, d]; no model is loaded).")
 @click.option("--k", type=POSITIVE, default=20, show_default=True, help="Results per query.")
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Search among the corpus images or its captions.")
@@ -71,7 +73,7 @@ from .common import POSITIVE, Finite
               help="Drop results scoring below S (the method's own score), or 'auto': the floor `retrieval bias` "
                    "recorded (what an unrelated item scores 1 %% of the time).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-def search(index, text, image, k, target, rerank, candidates, lam, alpha, backend, where, dedup, text_match, hybrid,
+def search(index, text, image, embedding, k, target, rerank, candidates, lam, alpha, backend, where, dedup, text_match, hybrid,
            fusion, keyword_weight, like, unlike, strategy, min_score, weighting, temperature, parses, regions, max_boxes,
            as_json):
     """Search INDEX with TEXT, --image PATH, --like/--unlike examples, or --text-match WORDS alone, and
@@ -90,9 +92,10 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
             raise click.BadParameter(f"{min_score!r} is not a number or 'auto'", param_hint="--min-score") from None
         if not math.isfinite(min_score):
             raise click.BadParameter("must be finite", param_hint="--min-score")
+    query_embedding = None if embedding is None else read_embedding(embedding)
     examples = lambda items: tuple({"image": Path(x)} if os.path.isfile(x) else {"key": x} for x in items)  # noqa: E731
-    spec = QuerySpec(text=text, image=image, k=k, target=target, rerank=rerank, candidates=candidates, lam=lam,
-                     alpha=alpha, where=where, dedup=dedup, text_match=text_match, hybrid=hybrid, fusion=fusion,
+    spec = QuerySpec(text=text, image=image, embedding=query_embedding, k=k, target=target, rerank=rerank,
+                     candidates=candidates, lam=lam, alpha=alpha, where=where, dedup=dedup, text_match=text_match, hybrid=hybrid, fusion=fusion,
                      keyword_weight=keyword_weight, positive=examples(like), negative=examples(unlike),
                      strategy=strategy, min_score=min_score)
     try:
@@ -101,8 +104,15 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
         spec.check()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    needs_model = text is not None or image is not None or any(os.path.isfile(x) for x in like + unlike)
-    idx = open_index(index, "auto" if needs_model else None, backend=backend)
+    files = any(os.path.isfile(x) for x in like + unlike)
+    if text is not None and image is None and not files and rerank != "comclip":  # the text tower alone
+        from ..embed.text_cache import text_model
+
+        idx = open_index(index, None, backend=backend)
+        idx.attach_model(text_model(idx.manifest["model"]))
+    else:
+        needs_model = text is not None or image is not None or files
+        idx = open_index(index, "auto" if needs_model else None, backend=backend)
     try:
         rows = idx.query(**{f: getattr(spec, f) for f in spec.__dataclass_fields__ if f != "extra"})[0]
     except (ValueError, LookupError) as e:
@@ -114,6 +124,25 @@ def search(index, text, image, k, target, rerank, candidates, lam, alpha, backen
     click.echo(f"{'rank':>4}  {'score':>8}  {'id':>7}  {'key':<30}  caption")
     for i, r in enumerate(rows, 1):
         click.echo(f"{i:>4}  {r['score']:8.4f}  {r['id']:>7}  {str(r['key'])[:30]:<30}  {('' if r['caption'] is None else str(r['caption']))[:80]}")
+
+
+def read_embedding(path: str):
+    """A query embedding from a ``.npy`` file (numbers only, no pickles); BadParameter otherwise."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise click.BadParameter(f"{path} is not a .npy file (write one with numpy.save)",
+                                         param_hint="--embedding")
+        q = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise click.BadParameter(f"cannot read {path} as a .npy array ({type(e).__name__}: {str(e)[:120]})",
+                                 param_hint="--embedding") from None
+    if q.dtype.kind not in "fiu" or q.ndim not in (1, 2) or (q.ndim == 2 and q.shape[0] != 1) or q.size == 0:
+        raise click.BadParameter(f"{path} holds a {q.dtype} array of shape {q.shape}; expected one vector, [d] or [1, d]",
+                                 param_hint="--embedding")
+    return q.reshape(1, -1).astype(np.float32)
 
 
 def comclip_options(weighting: str, temperature: float, parses, regions, max_boxes: int):

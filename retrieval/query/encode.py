@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..embed.text_cache import TextTower
 from ..errors import IndexFolderError, ItemError
 
 
@@ -18,6 +19,8 @@ def encode_texts(clip, texts: list[str]) -> np.ndarray:
     need_model(clip, "search by text")
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
         raise ValueError("query text is empty")
+    if isinstance(clip, TextTower):
+        return clip.texts(list(texts))
     from ..embed import Encoder
 
     return Encoder(clip).texts(list(texts))
@@ -25,6 +28,9 @@ def encode_texts(clip, texts: list[str]) -> np.ndarray:
 
 def encode_images(clip, paths: list) -> np.ndarray:
     need_model(clip, "search by image")
+    if isinstance(clip, TextTower):
+        raise IndexFolderError("this Index was opened with a text-only model; open it with the full model "
+                               "(clip='auto') to search by image")
     import torch
 
     from ..corpus.images import decode_image

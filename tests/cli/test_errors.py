@@ -1,5 +1,6 @@
 """Every user mistake on the command line is one line on stderr: exit 2 for usage errors, 1 for data
 errors; never a traceback."""
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -42,6 +43,11 @@ BAD = [
     (["search", IDX, "a dog", "--lam", "2"], "must be in [0.0, 1.0]"),
     (["search", IDX, "a dog", "--candidates", "0"], "must be positive"),
     (["search", "/no/such/index", "a dog"], "not an index folder"),
+    (["search", IDX, "--embedding", "{file}"], "is not a .npy file"),
+    (["search", IDX, "--embedding", "{new}"], "cannot read"),
+    (["search", IDX, "--embedding", "{matrix}"], "expected one vector"),
+    (["search", IDX, "--embedding", "{short}"], "dim 5, index has 256"),
+    (["search", IDX, "a dog", "--embedding", "{short}"], "exactly one of"),
     (["bias", IDX, "--nnn-k", "0"], "must be positive"),
     (["bias", IDX, "--bank-size", "0"], "must be positive"),
     (["bias", IDX, "--bank", "texts"], "needs at least one text"),
@@ -55,9 +61,12 @@ BAD = [
 def test_usage_errors_are_one_line_exit_2(flickr_index, tmp_path, args, msg):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "classes.txt").write_text("dog\ncat\n")
+    np.save(tmp_path / "matrix.npy", np.ones((2, 256), np.float32))
+    np.save(tmp_path / "short.npy", np.ones(5, np.float32))
     fill = {"idx": str(flickr_index), "csv": str(FLICKR / "captions.csv"), "images": str(FLICKR / "images"),
             "tiny": str(TINY), "file": str(tmp_path / "afile"), "new": str(tmp_path / "new"),
-            "classes": str(tmp_path / "classes.txt")}
+            "classes": str(tmp_path / "classes.txt"), "matrix": str(tmp_path / "matrix.npy"),
+            "short": str(tmp_path / "short.npy")}
     r = CliRunner().invoke(main, [a.format(**fill) for a in args])
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2, r.output
@@ -72,3 +81,34 @@ def test_an_unexpected_failure_is_still_one_line(flickr_index, monkeypatch):
     r = CliRunner().invoke(main, ["info", str(flickr_index)])
     assert r.exit_code == 1 and r.output.strip().splitlines() == [
         "error: internal error (ZeroDivisionError: division by zero); run with -v for the traceback and report it"]
+
+
+def test_search_by_a_saved_embedding(flickr_index, tmp_path):
+    """--embedding F.npy searches with a stored vector (no model): an item's own image embedding finds it first."""
+    import json
+
+    from tests.conftest import read_layout
+
+    img, _, meta = read_layout(flickr_index)
+    np.save(tmp_path / "q.npy", img[42].astype(np.float16))
+    r = CliRunner().invoke(main, ["search", str(flickr_index), "--embedding", str(tmp_path / "q.npy"), "--k", "3",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    assert len(rows) == 3 and rows[0]["key"] == meta.column("key")[42].as_py() and rows[0]["score"] > 0.99
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(flickr_index, tmp_path):
+    """`retrieval search ... | head -1`: the closed pipe ends the command quietly (exit 141, as SIGPIPE)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, read_layout
+
+    np.save(tmp_path / "q.npy", read_layout(flickr_index)[0][0])
+    p = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "search", str(flickr_index), "--embedding",
+                          str(tmp_path / "q.npy"), "--k", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=ROOT)
+    assert p.stdout.readline().split()[:2] == [b"rank", b"score"]
+    p.stdout.close()
+    assert p.wait(timeout=60) == 141 and p.stderr.read() == b""
