@@ -10,6 +10,8 @@ path"); torch's ``topk`` is what saves time on smaller blocks of work.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 BLOCK = 1024  # items per matmul: 1024 x 4096 float32 scores (16 MB) stay in cache-friendly range
@@ -29,7 +31,9 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
         raise ValueError(f"tau must be positive, got {tau}")
     k = min(k, len(r))
     out_b, out_n = np.empty(len(x), np.float32), np.empty(len(x), np.float32)
-    X, B, R = torch.from_numpy(x), torch.from_numpy(b).T.contiguous(), torch.from_numpy(r).T.contiguous()
+    with warnings.catch_warnings():  # read-only banks: torch warns that it could write to them; nothing here does
+        warnings.simplefilter("ignore", UserWarning)
+        X, B, R = torch.from_numpy(x), torch.from_numpy(b).T, torch.from_numpy(r).T  # views: BLAS transposes
     ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
     with torch.inference_mode():
         for i in range(0, len(x), block):

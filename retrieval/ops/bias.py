@@ -19,6 +19,7 @@ in force, and the superseded files are collected at the next publish.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -74,6 +75,20 @@ def _sample_rows(folder: Path, manifest: dict, shards: list[dict], modality: str
             out.append(ShardVectors(folder, s, modality).rows(r[mine]))
         start += len(r)
     return np.concatenate(out)
+
+
+def stored_bank(path: Path) -> np.ndarray:
+    """A bias generation's bank or references (read-only; a generation's files never change once
+    published, so repeated appends in one process read them once)."""
+    st = path.stat()
+    return _read_bank(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_bank(path: str, size: int, mtime_ns: int) -> np.ndarray:
+    a = np.load(path)
+    a.flags.writeable = False
+    return a
 
 
 def offsets_of(vectors: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, nnn_k: int) -> dict:
@@ -263,8 +278,8 @@ class BiasExtension:
             # recomputed after the run
             section["stale"] = True
             return None
-        out = {mod: offsets_of(vectors[mod], np.load(bank_path(self.folder, mod, where)),
-                               np.load(reference_path(self.folder, mod, where)), section["tau"], section["nnn_k"])
+        out = {mod: offsets_of(vectors[mod], stored_bank(bank_path(self.folder, mod, where)),
+                               stored_bank(reference_path(self.folder, mod, where)), section["tau"], section["nnn_k"])
                for mod in have}
         quantize(out, section.get("shift") or {})
         return out

@@ -119,9 +119,10 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
         if modality not in wanted:
             continue
         requested = shard_key(len(usable), d, settings["memory_budget"], settings["index_key"])
-        if settings["index_key"] and requested != settings["index_key"]:
-            log.warning("shard %d has %d rows, too few to train %s; using %s", k, len(usable), settings["index_key"],
-                        requested)
+        if settings["index_key"] and requested != settings["index_key"]:  # an append's small shard is by design
+            (log.info if manifest.get("shards") else log.warning)(
+                "shard %d has %d %s rows, too few for %s; using %s (`retrieval compact` merges small shards)", k,
+                len(usable), modality, settings["index_key"], requested)
         key = built_key(requested)
         t0 = time.perf_counter()
         info = {"key": key, "requested": requested, "params": "", "ntotal": n, "dim": int(d), "trained_reused": False}
