@@ -2,8 +2,9 @@
 row selection (LanceDB's ``where("...")`` convention; DESIGN §10).
 
 The expression may come from an HTTP client, and DuckDB runs SQL with the process's rights, so:
-the metadata is copied into an in-memory table first, then external access (files, network,
-extensions) is switched off and the configuration locked. The expression is parsed on its own and
+the metadata is a view over the shards' Parquet files (nothing is copied: the first filter reads
+only the columns it names), DuckDB's ``allowed_paths`` lists exactly those files, then external
+access (every other file, network, extensions) is switched off and the configuration locked. The expression is parsed on its own and
 its parse tree checked (``query.where``: one boolean expression over the user's columns, allowed
 node kinds and functions only, none that grows strings or lists without bound); the statement that
 runs must parse to our own SELECT with exactly that checked tree as its WHERE. Each
@@ -49,13 +50,15 @@ class Filters:
         import duckdb
 
         con = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
-        files = [str(self.folder / s["files"]["metadata"]) for s in self.shards]
+        files = [str((self.folder / s["files"]["metadata"]).absolute()) for s in self.shards]
+        listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"  # a view takes no parameters
         try:
-            con.execute("CREATE TEMP TABLE files AS SELECT * FROM (VALUES " +
+            con.execute("CREATE TABLE files AS SELECT * FROM (VALUES " +
                         ", ".join(f"(?, {i})" for i in range(len(files))) + ") t(filename, pos)", files)
-            con.execute(f"CREATE TABLE meta AS SELECT m.* EXCLUDE (filename, file_row_number), f.pos AS {SHARD}, "
-                        f"m.file_row_number AS {ROW} FROM read_parquet(?, filename=true, file_row_number=true, "
-                        f"union_by_name=true) m JOIN files f USING (filename)", [files])
+            con.execute(f"CREATE VIEW meta AS SELECT m.* EXCLUDE (filename, file_row_number), f.pos AS {SHARD}, "
+                        f"m.file_row_number AS {ROW} FROM read_parquet({listed}, filename=true, file_row_number=true, "
+                        f"union_by_name=true) m JOIN files f USING (filename)")
+            con.execute(f"SET allowed_paths = {listed}")  # these files, and nothing else, once access is off
         except duckdb.Error as e:  # the served folder's own files: unavailable, not the request's fault
             con.close()
             raise IndexFolderError(f"cannot read the metadata of {self.folder} for a where filter: "

@@ -103,3 +103,24 @@ def test_a_slow_filter_does_not_hold_up_the_others(tmp_path):
     th.join()
     assert done["heavy"] > 1.0, done            # the heavy filter really was slow
     assert light < max(0.5, 0.5 * done["heavy"], 5 * light_alone), (light, done)
+
+
+def test_the_metadata_is_a_view_and_no_other_file_is_readable(filters, tmp_path):
+    """Nothing is copied (the filter reads the shards' Parquet files through a view), and with external
+    access off only those files are readable: even SQL that bypassed the expression check could not
+    read another file or write one."""
+    import duckdb
+
+    filters.selection("year > 1950")
+    cur = filters._cursor()
+    assert cur.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'meta'").fetchone() == (
+        "VIEW",)
+    assert cur.execute("SELECT count(*) FROM meta").fetchone() == (N,)
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1]}), other)
+    for sql in (f"SELECT * FROM read_parquet('{other}')", "SELECT * FROM read_csv('/etc/passwd')",
+                f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'", "SET enable_external_access = true",
+                "SET allowed_paths = ['/']"):
+        with pytest.raises(duckdb.Error):
+            cur.execute(sql).fetchall()
+    assert not (tmp_path / "out.csv").exists()
