@@ -99,11 +99,29 @@ def _train_coarse(index, key: str, sample: np.ndarray, extra: int) -> None:
     ix = faiss.downcast_index(index)
     if not isinstance(ix, faiss.IndexIVF) or ix.quantizer.ntotal:
         return
-    zeroed = sample.copy()
-    zeroed[:, -extra:] = 0
-    coarse = faiss.index_factory(sample.shape[1], f"IVF{ix.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    coarse.train(zeroed)
-    ix.quantizer.add(faiss.downcast_index(coarse).quantizer.reconstruct_n(0, ix.nlist))
+    d = sample.shape[1] - extra  # trained without the zeroed coordinates (same centroids, fewer flops)
+    coarse = faiss.index_factory(d, f"IVF{ix.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    coarse.train(np.ascontiguousarray(sample[:, :d]))
+    centroids = np.zeros((ix.nlist, sample.shape[1]), np.float32)
+    centroids[:, :d] = faiss.downcast_index(coarse).quantizer.reconstruct_n(0, ix.nlist)
+    ix.quantizer.add(centroids)
+
+
+def exact_knn(q: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 65536) -> np.ndarray:
+    """Ids [nq, k] of the k largest inner products of ``q`` among ``vectors`` (any float dtype), read
+    ``chunk`` rows at a time."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for i in range(0, len(vectors), chunk):
+        part = np.ascontiguousarray(vectors[i:i + chunk], np.float32)
+        s, ids = faiss.knn(q, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        if s.shape[1] < k:  # a last chunk smaller than k
+            s = np.pad(s, ((0, 0), (0, k - s.shape[1])), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
+        heap.add_result(s, np.where(ids >= 0, ids + i, -1))
+    heap.finalize()
+    return heap.I
 
 
 def index_rows(path) -> int:
@@ -117,24 +135,36 @@ def index_rows(path) -> int:
     return struct.unpack("<q", head[8:16])[0]
 
 
+def tune_queries(vectors: np.ndarray, n_queries: int = 500, seed: int = 0,
+                 query_rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """The self-queries tuning uses: ``n_queries`` random rows of ``query_rows`` (default all), float32."""
+    pool = np.arange(len(vectors)) if query_rows is None else np.asarray(query_rows, np.int64)
+    picks = np.random.default_rng(seed).choice(len(pool), min(n_queries, len(pool)), replace=False)
+    return np.asarray(vectors[np.sort(pool[picks])], np.float32)
+
+
 def tune_params(index, vectors: np.ndarray, key: str, recall: float = 0.95, k: int = 10,
-                n_queries: int = 500, seed: int = 0, query_rows: Optional[np.ndarray] = None, extra: int = 0) -> str:
-    """Smallest nprobe/efSearch whose recall@k on self-queries reaches ``recall`` ('' for Flat)."""
+                n_queries: int = 500, seed: int = 0, query_rows: Optional[np.ndarray] = None,
+                truth: Optional[tuple[np.ndarray, np.ndarray]] = None) -> str:
+    """Smallest nprobe/efSearch whose recall@k on self-queries reaches ``recall`` ('' for Flat).
+
+    ``vectors`` [n, d] (any float dtype) are the items without the index's extra coordinates
+    (``index.d - d``: offsets and padding, ``store.combined``): the queries meet zeros there, so the
+    exact neighbours are those of the items alone, computed a chunk at a time. ``truth``: (queries,
+    their exact top-k ids) already computed (``store.combined.add_combined`` does it while adding)."""
     import faiss
 
-    if key == "Flat":
+    if key == "Flat" or len(vectors) == 0 or (query_rows is not None and len(query_rows) == 0):
         return ""
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = x.shape[0]
-    rng = np.random.default_rng(seed)
-    pool = np.arange(n) if query_rows is None else np.asarray(query_rows, np.int64)
-    if len(pool) == 0:
-        return ""
-    q = x[pool[rng.choice(len(pool), min(n_queries, len(pool)), replace=False)]].copy()
-    if extra:  # plain queries: [e, 0, 0] (the offsets coordinates meet zeros)
-        q[:, -extra:] = 0
-    k = min(k, n)
-    _, truth = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    k = min(k, len(vectors))
+    plain, truth_ids = truth if truth is not None else (None, None)
+    if plain is None:
+        plain = tune_queries(vectors, n_queries, seed, query_rows)
+        truth_ids = exact_knn(plain, vectors, k)
+    d = plain.shape[1]
+    q = np.zeros((len(plain), index.d), np.float32)  # plain queries: [e, 0, 0] (the offsets coordinates meet zeros)
+    q[:, :d] = plain
+    truth = truth_ids[:, :k]
     ps = faiss.ParameterSpace()
     if "HNSW" in key and "IVF" not in key:
         name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]

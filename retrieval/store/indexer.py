@@ -192,15 +192,16 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
               for i in range(0, len(img), shard_size))
     prepare_out(out)
     with write_lock(out):
-        return write_chunks(out, manifest, chunks, metadata_schema(rows), settings, extend)
+        return write_chunks(out, manifest, chunks, metadata_schema(rows), settings, extend, checked=True)
 
 
 def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, np.ndarray, list[dict]]], schema,
-                 settings: dict, extend: Optional[Extend] = None) -> dict:
+                 settings: dict, extend: Optional[Extend] = None, checked: bool = False) -> dict:
     """Commit row-aligned chunks (image [n, d], text [n, d] with zero rows for items without a caption,
     n metadata rows) after the rows ``manifest`` already holds, under the caller's write lock; then
     build what was deferred and publish the folder complete. A kill leaves the last commit, from which
-    a rerun with the same ``manifest`` resumes (the chunks it gives start after ``committed_rows``)."""
+    a rerun with the same ``manifest`` resumes (the chunks it gives start after ``committed_rows``).
+    ``checked``: the caller already checked every row (``store.checks``)."""
     start = committed_rows(manifest)
     writer = ShardWriter(out, manifest, schema, settings, [], extend=extend)
     pos = start
@@ -208,7 +209,8 @@ def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, n
         has = np.abs(txt).max(axis=1) > 0 if len(txt) else np.zeros(0, bool)
         batch = [{**r, "_pos": pos + i} for i, r in enumerate(rows)]
         pos += len(rows)
-        writer.add(np.asarray(img), np.asarray(txt)[has], batch, has.tolist(), [], pos)
+        txt = np.asarray(txt)
+        writer.add(np.asarray(img), txt if has.all() else txt[has], batch, has.tolist(), [], pos, checked=checked)
         del img, txt, rows, batch, has  # before the next chunk is read: about one chunk in memory
     writer.finish()
     update_counts(manifest, [], pos)

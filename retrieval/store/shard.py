@@ -19,11 +19,11 @@ from typing import Optional
 
 import numpy as np
 
-from .combined import combine_vectors, combined_layout
-from .faiss_index import build_faiss_index, new_index, tune_params
+from .combined import EXTRA, add_combined, combine_vectors, combined_layout
+from .faiss_index import build_faiss_index, gpu_for, new_index, trained_empty, tune_params, tune_queries
 from .files import save_faiss, save_npy, save_parquet
 from .integrity import file_record
-from .keys import shard_key
+from .keys import sample_ids, shard_key, train_size
 from .fts import DEFAULT_COLUMNS, fts_files, row_texts, write_fts
 from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, fts_file, index_file, shard_files, trained_file
 from .masks import pack
@@ -70,13 +70,27 @@ def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.
     fkey, dim = combined_layout(key, d)
     if shifts is None:
         shifts = (manifest.get("bias") or {}).get("shift") or {}
-    x = combine_vectors(vecs, offsets, {m: shifts.get(m, {}).get(modality, 0.0) for m in ("bsap", "nnn")}, dim)
+    sh = {m: shifts.get(m, {}).get(modality, 0.0) for m in EXTRA}
     trained = _trained(out, manifest, modality, fkey, dim) if keep_trained else None
-    index = build_faiss_index(x, fkey, seed=seed, trained=trained, train_rows=usable, extra=dim - d)
     params = manifest["trained"][modality].get("params") if trained is not None else None
+    truth = None
+    if gpu_for(fkey):  # one GPU round trip: train and add the whole combined array there
+        x = combine_vectors(vecs, offsets, sh, dim)
+        index = build_faiss_index(x, fkey, seed=seed, trained=trained, train_rows=usable, extra=dim - d)
+    else:  # on the CPU: train on a sample, then add chunk by chunk (no [n, dim] float32 copy)
+        if trained is not None:
+            index = faiss.clone_index(trained)
+        else:
+            rows = usable[sample_ids(len(usable), train_size(fkey, len(usable)), seed)]
+            picked = None if offsets is None else {m: None if offsets.get(m) is None else np.asarray(offsets[m])[rows]
+                                                   for m in EXTRA}
+            index = trained_empty(combine_vectors(vecs[rows], picked, sh, dim), fkey, extra=dim - d, use_gpu=False)
+        queries = tune_queries(vecs, seed=seed, query_rows=usable) if params is None and len(usable) else None
+        ids = add_combined(index, vecs, offsets, sh, dim, queries=queries)  # the tuning's truth in the same pass
+        truth = None if queries is None else (queries, ids)
     if params is None:  # a new quantizer (or one trained before any shard was added): tune, keep
-        params = tune_params(index, x, fkey, recall=settings["recall_target"], seed=seed, query_rows=usable,
-                             extra=dim - d)
+        params = tune_params(index, vecs, fkey, recall=settings["recall_target"], seed=seed, query_rows=usable,
+                             truth=truth)
         if trained is not None:
             manifest["trained"][modality]["params"] = params
     elif params:
@@ -155,6 +169,8 @@ def fulltext_entry(out: Path, k: int, texts: list[str]) -> dict:
 
 def zero_text_rows(txt: Optional[np.ndarray], has_caption: np.ndarray, n: int, dim: int) -> np.ndarray:
     """Text embeddings for all ``n`` rows: the captioned rows' vectors, zeros elsewhere."""
+    if txt is not None and len(txt) == n and has_caption.all():
+        return txt.astype(np.float16)  # a copy: the caller keeps its array
     out = np.zeros((n, dim), np.float16)
     if txt is not None and len(txt):
         out[np.flatnonzero(has_caption)] = txt

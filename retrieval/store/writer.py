@@ -157,11 +157,13 @@ class ShardWriter:
         return len(self.rows)
 
     def add(self, img: np.ndarray, txt: np.ndarray, rows: list[dict], has_caption: list[bool], errors: list[dict],
-            end_pos: int) -> None:
-        """Rows (image embeddings [n, d], text embeddings of the captioned rows only) of one batch."""
-        check_unit_rows(img, "image embeddings", first=self.n)
-        if txt is not None:
-            check_unit_rows(txt, "text embeddings")
+            end_pos: int, checked: bool = False) -> None:
+        """Rows (image embeddings [n, d], text embeddings of the captioned rows only) of one batch;
+        ``checked``: the caller already checked them (``store.checks``)."""
+        if not checked:
+            check_unit_rows(img, "image embeddings", first=self.n)
+            if txt is not None:
+                check_unit_rows(txt, "text embeddings")
         self.pending_errors.extend(errors)
         txt_all = zero_text_rows(txt, np.asarray(has_caption, bool), len(rows), img.shape[1])
         start = 0
@@ -180,7 +182,7 @@ class ShardWriter:
         m = self.manifest
         k, offset = next_ids(m)
         rows = [{c: v for c, v in r.items() if c != "_pos"} for r in self.rows]
-        img, txt = np.concatenate(self.img), np.concatenate(self.txt)
+        img, txt = (parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in (self.img, self.txt))
         has_caption = np.asarray(self.has_caption, bool)
         vectors = {mod: v for mod, v in zip(MODALITIES, (img, txt)) if mod in shard_modalities(self.s, has_caption)}
         offsets = None if self.extend is None else self.extend.offsets(m, vectors)
