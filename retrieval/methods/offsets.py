@@ -2,7 +2,8 @@
 
 For each block of ``block`` items: one matmul against the BSAP bank, the log-sum-exp taken in place
 (shifted by the row's maximum), one matmul against the NNN references and their top k averaged
-(torch's ``topk``: no full partition). Equal to ``rerank.bsap_offsets`` and ``rerank.nnn_bias`` up to
+(torch's ``topk``: no full partition). When the bank and the references are the same rows (a build
+samples one set for both where it can), one matmul serves both. Equal to ``rerank.bsap_offsets`` and ``rerank.nnn_bias`` up to
 float32 rounding; what a build, ``retrieval bias``, appends and import compute. Arrays in, arrays out;
 torch is imported when called (the build already runs it). Both this and the numpy pair are
 matmul-bound: at 200k items both ran at 0.80x of the bare matmul speed (docs/benchmarks.md "Write
@@ -35,11 +36,12 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
         warnings.simplefilter("ignore", UserWarning)
         X, B, R = torch.from_numpy(x), torch.from_numpy(b).T, torch.from_numpy(r).T  # views: BLAS transposes
     ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
+    shared = b.shape == r.shape and (np.shares_memory(b, r) or np.array_equal(b, r))  # one sample for both
     with torch.inference_mode():
         for i in range(0, len(x), block):
             xc = X[i:i + block]
             s = xc @ B
-            m = s.amax(1, keepdim=True)
+            on[i:i + block] = torch.topk(s if shared else xc @ R, k, 1, sorted=False).values.mean(1)
+            m = s.amax(1, keepdim=True)  # the log-sum-exp last: it overwrites s
             ob[i:i + block] = m.squeeze(1) + s.sub_(m).mul_(tau).exp_().sum(1).log_() / tau
-            on[i:i + block] = torch.topk(xc @ R, k, 1, sorted=False).values.mean(1)
     return {"bsap": out_b, "nnn": out_n}

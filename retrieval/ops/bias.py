@@ -223,11 +223,16 @@ def _banks(folder: Path, m: dict, shards: list[dict], clip, bank: str, bank_text
         text_bank = _sample_rows(folder, m, shards, "text", bank_size, seed)
     else:
         raise ValueError(f"unknown bank {bank!r}; choose generic, texts or corpus")
+    # where the BSAP bank and the NNN references are both samples of the same stored rows at the same
+    # size, they are one sample: each method still sees a random sample of the corpus, and
+    # ``item_offsets`` then multiplies the items by it once instead of twice
     banks = {"image": text_bank}
-    refs = {"image": _sample_rows(folder, m, shards, "text", ref_size, seed + 2) if captions else text_bank}
+    same = bank == "corpus" and ref_size == bank_size
+    refs = {"image": text_bank if same or not captions else _sample_rows(folder, m, shards, "text", ref_size, seed + 2)}
     if captions:
         banks["text"] = _sample_rows(folder, m, shards, "image", bank_size, seed + 1)
-        refs["text"] = _sample_rows(folder, m, shards, "image", ref_size, seed + 3)
+        refs["text"] = (banks["text"] if ref_size == bank_size
+                        else _sample_rows(folder, m, shards, "image", ref_size, seed + 3))
     return texts, banks, refs
 
 
