@@ -61,12 +61,15 @@ def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
     t_bare, _ = median_run(bare, repeats)
     t_new, new = median_run(lambda: item_offsets(x, bank, refs, 50.0, k), repeats)
     t_old, old = median_run(lambda: (bsap_offsets(x, bank, 50.0), nnn_bias(x, refs, k)), repeats)
+    t_one, _ = median_run(lambda: item_offsets(x, bank, bank, 50.0, k), repeats)
     err = max(float(np.abs(new["bsap"] - old[0]).max()), float(np.abs(new["nnn"] - old[1]).max()))
     print(f"offsets of {n} x {d} items, bank {bank_rows}, references {bank_rows}, k {k} (median of {repeats}):")
     for name, t in (("bare torch matmuls", t_bare), ("item_offsets (engine)", t_new), ("numpy (previous)", t_old)):
         print(f"  {name:<24} {t:7.2f} s  {flop / t / 1e9:6.1f} GFLOP/s  {t_bare / t:5.2f}x of the bare matmul speed")
     print(f"  largest difference engine vs numpy: {err:.1e}")
-    return {"bare": t_bare, "engine": t_new, "numpy": t_old}
+    print(f"  one sample as bank and references (what a build stores where it can): {t_one:.2f} s, "
+          f"{t_new / t_one:.2f}x faster than two")
+    return {"bare": t_bare, "engine": t_new, "numpy": t_old, "one_sample": t_one}
 
 
 def build(n: int, d: int, lists: int) -> dict:

@@ -34,21 +34,26 @@ class TopByLam:
         self.best = np.full((len(grid), len(q)), -np.inf, np.float32)
         self.rows = np.full((len(grid), len(q)), -1, np.int64)
 
-    def add(self, targets: np.ndarray, offsets: np.ndarray, rows: np.ndarray, block: int = 8192) -> None:
-        """Fold targets [n, d] with offsets [n] and global rows [n] into the running top-1."""
+    def add(self, targets: np.ndarray, offsets: np.ndarray, rows: np.ndarray, block: int = 2048) -> None:
+        """Fold targets [n, d] with offsets [n] and global rows [n] into the running top-1 (one score
+        buffer reused across λ and blocks: no [nq, block] allocation per λ)."""
         targets = np.asarray(targets, np.float32)
         if len(targets) != len(offsets) or len(targets) != len(rows):
             raise ValueError(f"{len(targets)} targets, {len(offsets)} offsets, {len(rows)} rows")
         offsets, rows = np.asarray(offsets, np.float32), np.asarray(rows, np.int64)
+        width = min(block, len(targets))
+        buf, w, every = np.empty((len(self.q), width), np.float32), np.empty(width, np.float32), np.arange(len(self.q))
         for i in range(0, len(targets), block):
             s = self.q @ targets[i:i + block].T                      # [nq, b]
+            b = s.shape[1]
             for g, lam in enumerate(self.grid):
-                h = s - (1.0 - lam) * offsets[None, i:i + block]
+                np.multiply(offsets[i:i + b], np.float32(1.0 - lam), out=w[:b])
+                h = np.subtract(s, w[None, :b], out=buf[:, :b])
                 j = h.argmax(1)
-                v = h[np.arange(len(h)), j]
+                v = h[every, j]
                 better = v > self.best[g]
                 self.best[g, better] = v[better]
-                self.rows[g, better] = rows[i:i + block][j[better]]
+                self.rows[g, better] = rows[i:i + b][j[better]]
 
 
 def pair_hits(query_rows: np.ndarray, top_rows: np.ndarray, pair_of) -> np.ndarray:
