@@ -28,16 +28,10 @@ _WEIGHT_NAMES = (
 )
 
 
-@dataclass
-class ClipModel:
-    """A loaded CLIP: the torch module, its transforms and tokenizer, and its identity."""
+class Identified:
+    """What a model's ``identity`` says of it: embedding width, logit scale, context length."""
 
-    model: Any
-    preprocess: Callable
-    tokenizer: Callable
-    device: str
-    dtype: Any
-    identity: dict = field(default_factory=dict)
+    identity: dict
 
     @property
     def dim(self) -> int:
@@ -50,6 +44,18 @@ class ClipModel:
     @property
     def context_length(self) -> int:
         return int(self.identity["context_length"])
+
+
+@dataclass
+class ClipModel(Identified):
+    """A loaded CLIP: the torch module, its transforms and tokenizer, and its identity."""
+
+    model: Any
+    preprocess: Callable
+    tokenizer: Callable
+    device: str
+    dtype: Any
+    identity: dict = field(default_factory=dict)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -31,6 +31,8 @@ from typing import Optional
 
 import numpy as np
 
+from .models import Identified, load_recorded_model, resolve_device, same_model
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "RETRIEVAL_CACHE_DIR"
@@ -119,21 +121,13 @@ def _tokenizer(tk, context_length: int, clean: str):
     return tk.SimpleTokenizer(context_length=context_length, clean=clean)
 
 
-class TextTower:
+class TextTower(Identified):
     """Encodes query texts like the full model's ``encode_text`` (L2-normalised float32 numpy), from
     the cached trace; ``identity`` is the manifest's model identity it was checked against."""
 
     def __init__(self, traced, tokenizer, identity: dict):
         self.traced, self.tokenizer, self.identity = traced, tokenizer, identity
         self.device = "cpu"
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.identity["logit_scale"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.identity["embed_dim"])
 
     def texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -222,8 +216,6 @@ def load_text_tower(identity: dict, root: Optional[Path] = None) -> Optional[Tex
         meta = json.loads(meta_file.read_text())
         if meta.get("format") != FORMAT or meta.get("weights_stamp") != _weights_stamp(identity.get("weights_path")):
             return None
-        from .models import same_model
-
         if not same_model(meta["identity"], identity):
             return None
         tokenizer = _tokenizer(tokenizer_module(), **meta["tokenizer"])
@@ -239,8 +231,6 @@ def load_text_tower(identity: dict, root: Optional[Path] = None) -> Optional[Tex
 def text_model(identity: dict, device: str = "auto"):
     """A model to encode text queries with: the cached :class:`TextTower` when there is one for the
     CPU, else the full model the identity records (loaded, and its text tower cached for next time)."""
-    from .models import load_recorded_model, resolve_device
-
     if resolve_device(device) == "cpu":
         tower = load_text_tower(identity)
         if tower is not None:

@@ -62,31 +62,28 @@ def combine_vectors(items: np.ndarray, offsets: Optional[dict] = None, shifts: O
 ADD_CHUNK = 65536  # rows combined and added at a time: ~35 MB of float32 at d = 512, not a full copy
 
 
+def offsets_at(offsets: Optional[dict], rows) -> Optional[dict]:
+    """{method: offsets[method][rows]} (rows: a slice or ids) of {method: [n] or None}; None stays None."""
+    if offsets is None:
+        return None
+    return {m: None if offsets.get(m) is None else np.asarray(offsets[m])[rows] for m in EXTRA}
+
+
 def add_combined(index, items: np.ndarray, offsets: Optional[dict], shifts: Optional[dict], dim: int,
                  chunk: int = ADD_CHUNK, queries: Optional[np.ndarray] = None, k: int = 10) -> Optional[np.ndarray]:
     """``index.add`` of the combined vectors of ``items`` [n, d] (any float dtype), ``chunk`` rows at
     a time: the [n, dim] float32 array is never built. With ``queries`` [nq, d], also their exact
     top-``k`` ids among the items (inner product; -1 past n), from the same float32 chunks."""
-    import faiss
+    from .faiss_index import ExactTopK
 
     d = items.shape[1]
-    heap = None if queries is None else faiss.ResultHeap(len(queries), k, keep_max=True)
+    top = None if queries is None else ExactTopK(queries, k)
     for i in range(0, len(items), chunk):
-        part = None if offsets is None else {
-            m: (None if offsets.get(m) is None else np.asarray(offsets[m])[i:i + chunk]) for m in EXTRA}
-        x = combine_vectors(items[i:i + chunk], part, shifts, dim)
+        x = combine_vectors(items[i:i + chunk], offsets_at(offsets, slice(i, i + chunk)), shifts, dim)
         index.add(x)
-        if heap is not None:
-            s = np.ascontiguousarray(x[:, :d])
-            got, ids = faiss.knn(queries, s, min(k, len(s)), metric=faiss.METRIC_INNER_PRODUCT)
-            if got.shape[1] < k:
-                got = np.pad(got, ((0, 0), (0, k - got.shape[1])), constant_values=-np.inf)
-                ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
-            heap.add_result(got, np.where(ids >= 0, ids + i, -1))
-    if heap is None:
-        return None
-    heap.finalize()
-    return heap.I
+        if top is not None:
+            top.add(x[:, :d], i)
+    return None if top is None else top.ids()
 
 
 def quantize_offsets(offsets: np.ndarray, shift: float) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .keys import sample_ids, train_size
+from .keys import training_rows
 
 
 def validate_key(key: str, d: int) -> None:
@@ -43,8 +43,7 @@ def build_faiss_index(vectors: np.ndarray, key: str, seed: int = 0, use_gpu: Opt
         index.add(x)
         return index
     pool = np.arange(n) if train_rows is None else np.asarray(train_rows, np.int64)
-    return _train_and_add(new_index(d, key), key, lambda: x[pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]],
-                          x, extra, use_gpu)
+    return _train_and_add(new_index(d, key), key, lambda: x[training_rows(pool, key, seed)], x, extra, use_gpu)
 
 
 def gpu_for(key: str) -> bool:
@@ -107,21 +106,39 @@ def _train_coarse(index, key: str, sample: np.ndarray, extra: int) -> None:
     ix.quantizer.add(centroids)
 
 
+class ExactTopK:
+    """The exact top-k ids by inner product of queries [nq, d] over vectors given a chunk at a time
+    (faiss ``knn`` per chunk, merged in a ``ResultHeap``); -1 where fewer than k were seen."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        import faiss
+
+        self.q, self.k = np.ascontiguousarray(queries, np.float32), k
+        self.heap = faiss.ResultHeap(len(self.q), k, keep_max=True)
+
+    def add(self, part: np.ndarray, first: int) -> None:
+        """Fold in the vectors ``part`` [m, d], whose global ids start at ``first``."""
+        import faiss
+
+        part = np.ascontiguousarray(part, np.float32)
+        s, ids = faiss.knn(self.q, part, min(self.k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        if s.shape[1] < self.k:  # a chunk smaller than k
+            s = np.pad(s, ((0, 0), (0, self.k - s.shape[1])), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, self.k - ids.shape[1])), constant_values=-1)
+        self.heap.add_result(s, np.where(ids >= 0, ids + first, -1))
+
+    def ids(self) -> np.ndarray:
+        self.heap.finalize()
+        return self.heap.I
+
+
 def exact_knn(q: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 65536) -> np.ndarray:
     """Ids [nq, k] of the k largest inner products of ``q`` among ``vectors`` (any float dtype), read
     ``chunk`` rows at a time."""
-    import faiss
-
-    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    top = ExactTopK(q, k)
     for i in range(0, len(vectors), chunk):
-        part = np.ascontiguousarray(vectors[i:i + chunk], np.float32)
-        s, ids = faiss.knn(q, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
-        if s.shape[1] < k:  # a last chunk smaller than k
-            s = np.pad(s, ((0, 0), (0, k - s.shape[1])), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
-        heap.add_result(s, np.where(ids >= 0, ids + i, -1))
-    heap.finalize()
-    return heap.I
+        top.add(vectors[i:i + chunk], i)
+    return top.ids()
 
 
 def index_rows(path) -> int:

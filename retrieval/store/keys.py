@@ -99,6 +99,11 @@ def train_size(key: str, n: int) -> int:
     return min(n, max(TRAIN_PER_CENTROID * k, 256 * 39 if "PQ" in key else 0))
 
 
+def training_rows(pool: np.ndarray, key: str, seed: int = 0) -> np.ndarray:
+    """The rows of ``pool`` an index of ``key`` trains on (``train_size`` of them, ``sample_ids``)."""
+    return pool[sample_ids(len(pool), train_size(key, len(pool)), seed)]
+
+
 def sample_ids(n: int, size: int, seed: int = 0) -> np.ndarray:
     """Sorted random row ids to train on (never the first rows: shards are often ordered)."""
     if size >= n:

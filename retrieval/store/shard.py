@@ -19,11 +19,11 @@ from typing import Optional
 
 import numpy as np
 
-from .combined import EXTRA, add_combined, combine_vectors, combined_layout
+from .combined import EXTRA, add_combined, combine_vectors, combined_layout, offsets_at
 from .faiss_index import build_faiss_index, gpu_for, new_index, trained_empty, tune_params, tune_queries
 from .files import save_faiss, save_npy, save_parquet
 from .integrity import file_record
-from .keys import sample_ids, shard_key, train_size
+from .keys import shard_key, training_rows
 from .fts import DEFAULT_COLUMNS, fts_files, row_texts, write_fts
 from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, fts_file, index_file, shard_files, trained_file
 from .masks import pack
@@ -81,10 +81,9 @@ def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.
         if trained is not None:
             index = faiss.clone_index(trained)
         else:
-            rows = usable[sample_ids(len(usable), train_size(fkey, len(usable)), seed)]
-            picked = None if offsets is None else {m: None if offsets.get(m) is None else np.asarray(offsets[m])[rows]
-                                                   for m in EXTRA}
-            index = trained_empty(combine_vectors(vecs[rows], picked, sh, dim), fkey, extra=dim - d, use_gpu=False)
+            rows = training_rows(usable, fkey, seed)
+            index = trained_empty(combine_vectors(vecs[rows], offsets_at(offsets, rows), sh, dim), fkey,
+                                  extra=dim - d, use_gpu=False)
         queries = tune_queries(vecs, seed=seed, query_rows=usable) if params is None and len(usable) else None
         ids = add_combined(index, vecs, offsets, sh, dim, queries=queries)  # the tuning's truth in the same pass
         truth = None if queries is None else (queries, ids)
