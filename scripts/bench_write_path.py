@@ -13,11 +13,15 @@
   on a 32-image index of the Flickr fixture built with ViT-B-32's architecture (random weights: the
   real model's size; no pretrained weights are needed to time it).
 
+- ``appends``: ``add_embeddings`` of 100 rows and of 10,000 rows (image + text) into a built N-row
+  ``IVF{lists},Flat`` folder, each one publish (the first of each size, which reads the stored banks,
+  reported apart; then the median of the rest), and single-query QPS (clip, exact BSAP) and
+  recall@10 against numpy brute force over the stored vectors and offsets, before and after the adds.
 - ``where``: the first ``where`` query on a freshly opened folder of N rows with five metadata
   columns (a new process each time: open, one plain query, then the timed filtered query; duckdb
   imported before the clock starts), and the second one, median of ``--repeats`` processes.
 
-    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build,cli,where]
+    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build,appends,cli,where]
 """
 from __future__ import annotations
 
@@ -179,6 +183,58 @@ def first_where(n: int, d: int, lists: int, repeats: int) -> dict:
     return {"first_ms": first, "second_ms": second}
 
 
+def _serving(folder: Path, q: np.ndarray, k: int = 10) -> dict:
+    """Single-query QPS (median of 3 passes) and recall@k vs brute force, for clip and exact BSAP."""
+    from synthetic import recall
+
+    from retrieval import open_index
+
+    idx = open_index(folder)
+    x = idx.embeddings(np.arange(len(idx)), "image")
+    out = {}
+    for method, c in (("clip", np.zeros(len(x), np.float32)), ("bsap", idx.biases.all("bsap", "image"))):
+        for qi in q[:20]:
+            idx.search(qi[None], k, rerank=method)
+        qps = [len(q) / median_run(lambda: [idx.search(qi[None], k, rerank=method) for qi in q], 1)[0]
+               for _ in range(3)]
+        s = q @ x.T - c
+        out[method] = {"qps": float(np.median(qps)), "recall": recall(idx.search(q, k, rerank=method)[1],
+                                                                     np.argpartition(-s, k - 1, axis=1)[:, :k])}
+    out["rows"] = len(idx)
+    return out
+
+
+def appends(n: int, d: int, lists: int, repeats: int) -> dict:
+    """Appends of 100 and 10,000 rows into an n-row folder, and serving before and after them."""
+    from retrieval import add_embeddings, build_from_embeddings
+
+    q = unit_vectors(200, d, 9, clusters=256, spread=0.5)
+    took: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "idx"
+        build_from_embeddings(folder, unit_vectors(n, d, 4, clusters=256, spread=0.5),
+                              unit_vectors(n, d, 5, clusters=256, spread=0.5), {"arch": "synthetic", "logit_scale": 100.0},
+                              rows=[{"key": f"k{i}"} for i in range(n)], shard_size=n, index_key=f"IVF{lists},Flat")
+        before = _serving(folder, q)
+        for m, times in ((100, max(repeats, 10)), (10_000, max(repeats, 4))):
+            t = []
+            for j in range(times):
+                a, b = (unit_vectors(m, d, 1000 * m + 2 * j + o, clusters=256, spread=0.5) for o in (0, 1))
+                rows = [{"key": f"a{m}_{j}_{i}"} for i in range(m)]
+                t.append(median_run(lambda: add_embeddings(folder, a, b, rows), 1)[0])
+            took[m] = {"first": t[0], "median": float(np.median(t[1:]))}
+        after = _serving(folder, q)
+    print(f"appends into a {n}-row IVF{lists},Flat folder (image + text; one publish each):")
+    for m, t in took.items():
+        print(f"  {m:>6} rows: first {t['first'] * 1e3:7.0f} ms (reads the banks), then median {t['median'] * 1e3:7.0f} ms")
+    print(f"  single-query serving, {before['rows']} rows before, {after['rows']} after (200 queries, median of 3):")
+    for method in ("clip", "bsap"):
+        b, a = before[method], after[method]
+        print(f"    {method:<5} QPS {b['qps']:7.0f} -> {a['qps']:7.0f} ({a['qps'] / b['qps']:.2f}x); "
+              f"recall@10 {b['recall']:.3f} -> {a['recall']:.3f}")
+    return {"appends": took, "before": before, "after": after}
+
+
 def json_manifest(folder: Path) -> dict:
     import json
 
@@ -193,7 +249,7 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lists", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--parts", default="offsets,build,cli,where")
+    ap.add_argument("--parts", default="offsets,build,appends,cli,where")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     ap.add_argument("--cli-arch", default="ViT-B-32")
     a = ap.parse_args(argv)
@@ -202,6 +258,8 @@ def main(argv=None) -> None:
         offsets(a.n, a.dim, a.bank, a.k, a.repeats)
     if "build" in parts:
         build(a.n, a.dim, a.lists)
+    if "appends" in parts:
+        appends(a.n, a.dim, a.lists, a.repeats)
     if "where" in parts:
         first_where(a.n, a.dim, a.lists, max(a.repeats, 5))
     if "cli" in parts:

@@ -59,9 +59,11 @@ def params_for(index, k: int, sel=None, scale: float = 1.0, exhaustive: bool = F
     return faiss.SearchParameters(sel=sel) if sel is not None else None
 
 
-def _complete(index, q: np.ndarray, k: int, part, want: int, sel) -> tuple[np.ndarray, np.ndarray]:
+def complete_short(index, q: np.ndarray, k: int, part, want: int, sel) -> tuple[np.ndarray, np.ndarray]:
     """Search again, exhaustively, the queries for which ``index`` returned fewer than ``want`` ids."""
     s, ids = part
+    if want <= ids.shape[1] and (ids[:, want - 1] >= 0).all():   # faiss pads with -1 at the end
+        return part
     short = np.flatnonzero((ids >= 0).sum(1) < want)
     params = params_for(index, k, sel, exhaustive=True) if len(short) else None
     if params is None:
@@ -108,13 +110,13 @@ def search_shard(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = None
     if kk == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     if mask is None:
-        return _complete(index, q, kk, index.search(q, kk, params=params_for(index, kk)), kk, None)
+        return complete_short(index, q, kk, index.search(q, kk, params=params_for(index, kk)), kk, None)
     xb = flat_vectors(index)
     if xb is not None:
         return _flat_masked(index, xb, q, kk, mask, allowed / n)
     sel = selector(bits if bits is not None else np.packbits(mask, bitorder="little"), len(mask))
     part = index.search(q, kk, params=params_for(index, kk, sel, scale=n / allowed))
-    return _complete(index, q, kk, part, kk, sel)
+    return complete_short(index, q, kk, part, kk, sel)
 
 
 def search_shards(indexes: list, q: np.ndarray, k: int, starts: np.ndarray, pool: Optional[ThreadPoolExecutor] = None,

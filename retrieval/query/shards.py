@@ -22,6 +22,7 @@ from ..store.alignment import UNREADABLE, shard_problems
 from ..store.layout import INDEX_FILE
 from ..store.integrity import quick_check
 from ..store.vectors import ShardVectors
+from .coarse import quantizer_groups
 from .merged import Merged, open_merged
 from .reading import reading
 
@@ -87,6 +88,7 @@ class ShardSet:
         self._lock = threading.Lock()
         self._indexes: dict[tuple, object] = {}
         self._merged: dict[str, Optional[Merged]] = {}
+        self._groups: dict[str, list[list[int]]] = {}
         self._vectors: dict[tuple, ShardVectors] = {}
         old = {} if previous is None else {s["id"]: previous for s in previous.shards}
         for s in self.shards:
@@ -140,6 +142,16 @@ class ShardSet:
             if modality not in self._merged:
                 self._merged[modality] = open_merged(self, modality)
             return self._merged[modality]
+
+    def coarse_groups(self, modality: str) -> list[list[int]]:
+        """Shard positions whose ``modality`` indexes share one coarse quantizer (``query.coarse``);
+        loads those indexes on first use."""
+        if modality not in self._groups:
+            found = quantizer_groups([self.index(i, modality) if modality in s["index"] else None
+                                      for i, s in enumerate(self.shards)])
+            with self._lock:
+                self._groups[modality] = found
+        return self._groups[modality]
 
     def vectors(self, i: int, modality: str) -> ShardVectors:
         """Shard ``i``'s stored vectors of ``modality`` (from its npy or its index codes)."""

@@ -38,7 +38,7 @@ def test_k_results_whenever_k_items_exist(ivf300, backend, kw):
 def test_a_backend_that_stays_short_is_filled_by_the_exact_scan(ivf300, monkeypatch):
     from retrieval.query import faiss_search
 
-    monkeypatch.setattr(faiss_search, "_complete", lambda index, q, k, part, want, sel: part)  # as HNSW: no retry
+    monkeypatch.setattr(faiss_search, "complete_short", lambda index, q, k, part, want, sel: part)  # as HNSW: no retry
     idx = open_index(ivf300, search_params="nprobe=1")
     q = unit_vectors(3, 32, 2)
     for kw in ({}, {"rerank": "nnn"}):

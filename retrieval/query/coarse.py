@@ -1,0 +1,153 @@
+"""One coarse assignment per query for the shards that share a coarse quantizer.
+
+Every shard of a folder's modality is a copy of the one trained quantizer with its own rows added
+(``store.quantizer``): a first build's shards and every appended shard. Searching them one by one
+repeats the coarse search (a [q, nlist] product: ~40 µs for one query at nlist 1,024, d 528) and
+faiss's per-call set-up for each shard, so an index with a few appended shards served a single query
+3.6x slower than the same rows in one shard (measured). Here the quantizer is searched once, for the
+largest nprobe any shard of the group needs, and each shard's inverted lists are scanned with its own
+nprobe nearest lists of that assignment (``IndexIVF.search_preassigned``): the same lists and scores
+as searching each shard alone, since the centroids are equal bit for bit.
+
+Groups are IndexIVF shards (no pre-transform) with a flat coarse quantizer and equal centroids,
+found once per opened shard set.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .faiss_search import complete_short
+from .selection import selector
+from .topk import merge_topk
+
+
+def _plain_ivf(index):
+    """The IndexIVF ``index`` is, when its coarse quantizer is a flat index; else None."""
+    import faiss
+
+    ix = faiss.downcast_index(index)
+    if not isinstance(ix, faiss.IndexIVF):
+        return None
+    if not isinstance(faiss.downcast_index(ix.quantizer), faiss.IndexFlat):
+        return None
+    return ix
+
+
+class CoarseGroup:
+    """Shards (``positions`` in their set) whose IVF ``indexes`` share one coarse quantizer."""
+
+    def __init__(self, positions: list[int], indexes: list):
+        self.positions, self.indexes = positions, indexes
+        self.ivfs = [_plain_ivf(ix) for ix in indexes]
+        self._params: dict[int, object] = {}
+        self._joined = None
+        self._lock = threading.Lock()
+
+    def joined(self):
+        """(faiss IndexShardsIVF over the group, its SearchParametersIVF, each shard's first id in it),
+        or None when the shards' nprobe differ (faiss's joined search takes one); made on first use."""
+        import faiss
+
+        with self._lock:
+            if self._joined is None:
+                nprobe = {ivf.nprobe for ivf in self.ivfs}
+                joined = False
+                if len(nprobe) == 1:
+                    joined = faiss.IndexShardsIVF(self.ivfs[0].quantizer, self.ivfs[0].nlist, False, True)
+                    for ix in self.indexes:
+                        joined.add_shard(ix)
+                    joined = (joined, faiss.SearchParametersIVF(nprobe=int(nprobe.pop())),
+                              np.cumsum([0] + [ivf.ntotal for ivf in self.ivfs]))
+                self._joined = joined
+            return self._joined or None
+
+    def search_all(self, q: np.ndarray, k: int, starts: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(scores, global ids) [n, min(k, rows)] of every row of the group (no selection) for queries
+        [n, d], as one IVF: one faiss search; queries short of results are searched shard by shard
+        with ``search``'s exhaustive retry. None when the shards' nprobe differ. ``starts``: each
+        shard's global id of its first row."""
+        found = self.joined()
+        if found is None:
+            return None
+        joined, params, bounds = found
+        kk = min(k, int(bounds[-1]))
+        q = np.ascontiguousarray(q, np.float32)
+        s, ids = joined.search(q, kk, params=params)
+        shard = np.clip(np.searchsorted(bounds, ids, side="right") - 1, 0, len(self.ivfs) - 1)
+        glob = np.where(ids >= 0, ids - bounds[shard] + np.asarray(starts, np.int64)[shard], -1)
+        short = np.flatnonzero(ids[:, kk - 1] < 0) if kk else np.zeros(0, np.int64)
+        if len(short):
+            n = len(self.ivfs)
+            s[short], glob[short] = merge_topk(self.search(q[short], kk, [None] * n, [None] * n, [0] * n), starts, kk)
+        return s, glob
+
+    def _plain_params(self, nprobe: int):
+        """SearchParametersIVF(nprobe) without a selector, made once per nprobe (read-only in faiss)."""
+        import faiss
+
+        if nprobe not in self._params:
+            self._params[nprobe] = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        return self._params[nprobe]
+
+    def search(self, q: np.ndarray, k: int, masks: Sequence[Optional[np.ndarray]],
+               bits: Sequence[Optional[np.ndarray]], allowed: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(scores, local ids) of each index for queries [n, d], as ``faiss_search.search_shard`` gives
+        them: min(k, allowed) per query, a selection's nprobe scaled by 1 / (allowed fraction), short
+        queries searched again exhaustively. ``masks``, ``bits``, ``allowed``: per index."""
+        import faiss
+
+        q = np.ascontiguousarray(q, np.float32)
+        plans = []
+        for ivf, mask, b, a in zip(self.ivfs, masks, bits, allowed):
+            n = ivf.ntotal
+            a = n if mask is None else int(a)
+            kk = min(k, a)
+            if kk == 0:
+                plans.append(None)
+                continue
+            nprobe = min(ivf.nlist, max(1, math.ceil(ivf.nprobe * (n / a))))
+            if mask is None:
+                plans.append((kk, nprobe, None, self._plain_params(nprobe)))
+                continue
+            sel = selector(b if b is not None else np.packbits(mask, bitorder="little"), len(mask))
+            plans.append((kk, nprobe, sel, faiss.SearchParametersIVF(nprobe=int(nprobe), sel=sel)))
+        widest = max((p[1] for p in plans if p is not None), default=0)
+        if widest:
+            dq, iq = self.ivfs[0].quantizer.search(q, widest)
+        out = []
+        for index, ivf, plan in zip(self.indexes, self.ivfs, plans):
+            if plan is None:
+                out.append((np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)))
+                continue
+            kk, nprobe, sel, params = plan
+            a_i = iq if nprobe == widest else np.ascontiguousarray(iq[:, :nprobe])
+            a_d = dq if nprobe == widest else np.ascontiguousarray(dq[:, :nprobe])
+            s = np.empty((len(q), kk), np.float32)
+            ids = np.empty((len(q), kk), np.int64)
+            ivf.search_preassigned_c(len(q), faiss.swig_ptr(q), kk, faiss.swig_ptr(a_i), faiss.swig_ptr(a_d),
+                                     faiss.swig_ptr(s), faiss.swig_ptr(ids), False, params)
+            out.append(complete_short(index, q, kk, (s, ids), kk, sel))
+        return out
+
+
+def quantizer_groups(indexes: Sequence[Optional[object]]) -> list[CoarseGroup]:
+    """The groups of ``indexes`` (None: no faiss index) that share a coarse quantizer, two or more
+    each: plain IVF indexes of one dimension, metric and list count whose centroids are equal."""
+    import faiss
+
+    groups: dict[tuple, list[int]] = {}
+    for i, index in enumerate(indexes):
+        ivf = None if index is None else _plain_ivf(index)
+        if ivf is None:
+            continue
+        q = faiss.downcast_index(ivf.quantizer)
+        centroids = faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d)
+        key = (ivf.d, ivf.metric_type, ivf.nlist, type(q).__name__,
+               hashlib.blake2b(memoryview(centroids).cast("B"), digest_size=16).digest())
+        groups.setdefault(key, []).append(i)
+    return [CoarseGroup(g, [indexes[i] for i in g]) for g in groups.values() if len(g) > 1]

@@ -1,0 +1,101 @@
+"""Shards that share a coarse quantizer are searched with one coarse assignment (``query.coarse``):
+they are found by their centroids, and every answer (plain, BSAP, NNN, a filter, appended shards)
+equals the shard-by-shard search."""
+import faiss
+import numpy as np
+import pytest
+
+from retrieval import build_from_embeddings, open_index
+from retrieval.ops.add import add_embeddings
+from retrieval.query.coarse import quantizer_groups
+from retrieval.query.faiss_search import search_shard
+from retrieval.query.shards import ShardSet
+
+from ..conftest import unit_vectors
+
+MODEL = {"arch": "synthetic", "pretrained": None, "embed_dim": 32, "logit_scale": 100.0}
+N, SHARD = 4000, 1000
+
+
+def _ivf(train: np.ndarray, nlist: int = 16):
+    ix = faiss.index_factory(train.shape[1], f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
+    ix.train(train)
+    return ix
+
+
+def test_groups_are_the_indexes_with_equal_centroids():
+    x = unit_vectors(2000, 32, 0)
+    trained = _ivf(x)
+    a, b = faiss.clone_index(trained), faiss.clone_index(trained)
+    a.add(x[:500])
+    b.add(x[500:900])
+    other = _ivf(unit_vectors(2000, 32, 1))          # trained apart: other centroids
+    flat = faiss.IndexFlatIP(32)
+    groups = quantizer_groups([a, None, other, flat, b])
+    assert [g.positions for g in groups] == [[0, 4]]
+    assert quantizer_groups([a, other]) == []
+
+
+def test_group_search_equals_each_shard_alone():
+    x = unit_vectors(3000, 32, 2)
+    trained = _ivf(x)
+    shards = []
+    for lo, hi in ((0, 1000), (1000, 1700), (1700, 3000)):
+        ix = faiss.clone_index(trained)
+        ix.add(x[lo:hi])
+        ix.nprobe = 3
+        shards.append(ix)
+    shards[1].nprobe = 5                               # a shard's own nprobe is kept
+    group = quantizer_groups(shards)[0]
+    q = unit_vectors(40, 32, 3)
+    rng = np.random.default_rng(0)
+    masks = [None, rng.random(700) < 0.3, np.zeros(1300, bool)]
+    allowed = [1000, int(masks[1].sum()), 0]
+    got = group.search(q, 10, masks, [None] * 3, allowed)
+    for ix, mask, a, (s, ids) in zip(shards, masks, allowed, got):
+        ws, wi = search_shard(ix, q, 10, mask, None, a)
+        assert np.array_equal(ids, wi) and np.allclose(s, ws)
+    assert got[2][1].shape == (40, 0)
+    starts = np.array([0, 1000, 1700])
+    assert group.search_all(q, 10, starts) is None      # faiss's joined search takes one nprobe
+    shards[1].nprobe = 3
+    group = quantizer_groups(shards)[0]
+    s, ids = group.search_all(q, 10, starts + 50)      # global ids: each shard's start added
+    parts = [search_shard(ix, q, 10) for ix in shards]
+    allv = np.concatenate([p[0] for p in parts], 1)
+    alli = np.concatenate([p[1] + st + 50 for p, st in zip(parts, starts)], 1)
+    order = np.argsort(-allv, 1, kind="stable")[:, :10]
+    assert np.array_equal(np.sort(ids, 1), np.sort(np.take_along_axis(alli, order, 1), 1))
+    assert np.allclose(s, np.take_along_axis(allv, order, 1))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("coarse") / "idx"
+    x, t = unit_vectors(N, 32, 4), unit_vectors(N, 32, 5)
+    rows = [{"key": f"k{i}", "part": i % 5} for i in range(N)]
+    build_from_embeddings(out, x, t, MODEL, rows, shard_size=SHARD, index_key="IVF16,Flat")
+    add_embeddings(out, unit_vectors(1500, 32, 6), unit_vectors(1500, 32, 7),
+                   [{"key": f"a{i}", "part": i % 5} for i in range(1500)])     # two appended shards
+    add_embeddings(out, unit_vectors(30, 32, 8), unit_vectors(30, 32, 9),
+                   [{"key": f"b{i}", "part": i % 5} for i in range(30)])       # and a small one
+    return out
+
+
+def test_appended_shards_join_the_group_and_answers_are_unchanged(folder, monkeypatch):
+    idx = open_index(folder, backend="faiss-cpu")
+    shards = idx._snap.shard_set
+    groups = shards.coarse_groups("image")
+    indexed = [i for i in range(len(shards.shards)) if shards.has_index(i, "image")]
+    assert len(shards.shards) == 7 and len(groups) == 1 and groups[0].positions == indexed
+    assert len(indexed) >= 6                            # the 4 built and the appended ones
+    q = unit_vectors(25, 32, 10)
+    asked = [dict(), dict(rerank="bsap"), dict(rerank="nnn"), dict(where="part = 2"), dict(target="text"),
+             dict(rerank="bsap", where="part < 3")]
+    grouped = [idx.search(q, 10, **kw) for kw in asked]
+    monkeypatch.setattr(ShardSet, "coarse_groups", lambda self, modality: [])
+    alone = open_index(folder, backend="faiss-cpu")
+    for kw, (s, ids) in zip(asked, grouped):
+        ws, wi = alone.search(q, 10, **kw)
+        assert np.array_equal(np.sort(ids, 1), np.sort(wi, 1)), kw
+        assert np.allclose(s, ws, atol=1e-5), kw
