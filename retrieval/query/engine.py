@@ -23,6 +23,7 @@ from .backends import TorchBackend
 from .topk import merge_topk
 from .biases import Biases
 from .faiss_search import THREADED_MAX_QUERIES, search_shard
+from .joined import JoinedSearch
 from .selection import Selection
 from .shards import ShardSet
 
@@ -59,6 +60,7 @@ class ModalitySearch:
         self.shards, self.biases, self.modality, self.backend_name = shards, biases, modality, backend
         self._torch: Optional[TorchBackend] = None
         self._gpu: dict[int, object] = {}
+        self.joined = JoinedSearch(shards, biases, modality, backend)
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards.shards), os.cpu_count() or 1)))
 
     def search(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
@@ -81,11 +83,9 @@ class ModalitySearch:
         todo = np.arange(len(self.shards.shards))
         if merged is not None:  # one on-disk index in place of the shards it covers (global ids)
             todo = np.setdiff1d(todo, merged.positions)
-        grouped, parts, starts = self._grouped(todo, q, want, offset, selection)
-        if len(grouped):
-            todo = todo[~np.isin(todo, grouped)]
-        n = len(todo)
-        parts += list(self.pool.map(run, todo)) if n > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in todo]
+        grouped, parts, starts = self.joined.parts(todo, q, want, offset, selection, self._query, self._unshift)
+        todo = todo[~np.isin(todo, grouped)] if len(grouped) else todo
+        parts += list(self.pool.map(run, todo)) if len(todo) > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in todo]
         starts = np.concatenate([starts, self.shards.starts[todo]])
         if merged is not None:
             parts.append(self._merged(merged, q, want, offset, selection))
@@ -96,32 +96,6 @@ class ModalitySearch:
             s, ids = s.copy(), ids.copy()
             s[short], ids[short] = self.exact(q[short], want, offset, selection)
         return s, ids
-
-    def _grouped(self, todo: np.ndarray, q: np.ndarray, k: int, offset: Optional[Offset],
-                 selection: Optional[Selection]) -> tuple[np.ndarray, list, np.ndarray]:
-        """(positions searched, their parts, the parts' starts) for the shards of ``todo`` that share
-        a coarse quantizer (``query.coarse``; CPU faiss only): without a selection one faiss search per
-        group (global ids, start 0), else one coarse search and a scan per shard (local ids)."""
-        done, parts, starts, wanted = [], [], [], set(todo.tolist())
-        if self.backend_name != "faiss-cpu" or len(todo) < 2:
-            return np.zeros(0, np.int64), parts, np.zeros(0, np.int64)
-        for group in self.shards.coarse_groups(self.modality):
-            pos = group.positions
-            if not wanted.issuperset(pos):   # some are covered by a merged index
-                continue
-            qa = self._query(q, group.ivfs[0].d, offset)
-            done += pos
-            found = None if selection is not None else group.search_all(qa, k, self.shards.starts[pos])
-            if found is not None:
-                parts.append((self._unshift(found[0], offset), found[1]))
-                starts.append(0)
-                continue
-            masks = [None] * len(pos) if selection is None else [selection.masks[i] for i in pos]
-            bits = [None if m is None else selection.bits(i) for i, m in zip(pos, masks)]
-            allowed = [int(self.shards.rows[i] if m is None else selection.counts[i]) for i, m in zip(pos, masks)]
-            parts += [(self._unshift(s, offset), local) for s, local in group.search(qa, k, masks, bits, allowed)]
-            starts += self.shards.starts[pos].tolist()
-        return np.asarray(done, np.int64), parts, np.asarray(starts, np.int64)
 
     def _offsets(self, i: int, offset: Optional[Offset]) -> Optional[np.ndarray]:
         return None if offset is None else offset.scale * self.biases.per_shard(offset.method, self.modality)[i]

@@ -22,7 +22,8 @@ from ..store.alignment import UNREADABLE, shard_problems
 from ..store.layout import INDEX_FILE
 from ..store.integrity import quick_check
 from ..store.vectors import ShardVectors
-from .coarse import quantizer_groups
+from .coarse import CoarseGroup, quantizer_groups
+from .flat_group import FlatGroup, small_flat
 from .merged import Merged, open_merged
 from .reading import reading
 
@@ -88,7 +89,8 @@ class ShardSet:
         self._lock = threading.Lock()
         self._indexes: dict[tuple, object] = {}
         self._merged: dict[str, Optional[Merged]] = {}
-        self._groups: dict[str, list[list[int]]] = {}
+        self._groups: dict[str, list[CoarseGroup]] = {}
+        self._flat: dict[str, Optional[FlatGroup]] = {}
         self._vectors: dict[tuple, ShardVectors] = {}
         old = {} if previous is None else {s["id"]: previous for s in previous.shards}
         for s in self.shards:
@@ -143,7 +145,7 @@ class ShardSet:
                 self._merged[modality] = open_merged(self, modality)
             return self._merged[modality]
 
-    def coarse_groups(self, modality: str) -> list[list[int]]:
+    def coarse_groups(self, modality: str) -> list[CoarseGroup]:
         """Shard positions whose ``modality`` indexes share one coarse quantizer (``query.coarse``);
         loads those indexes on first use."""
         if modality not in self._groups:
@@ -152,6 +154,17 @@ class ShardSet:
             with self._lock:
                 self._groups[modality] = found
         return self._groups[modality]
+
+    def flat_group(self, modality: str) -> Optional[FlatGroup]:
+        """The small Flat shards of ``modality`` as one in-memory float32 matrix (``query.flat_group``),
+        or None when there are none; read on first use."""
+        if modality not in self._flat:
+            pos = small_flat(self.rows.tolist(), [modality in s["index"] and not self.has_index(i, modality)
+                                                  for i, s in enumerate(self.shards)])
+            group = FlatGroup(pos, [self.vectors(i, modality).all() for i in pos], self.starts[pos]) if pos else None
+            with self._lock:
+                self._flat[modality] = group
+        return self._flat[modality]
 
     def vectors(self, i: int, modality: str) -> ShardVectors:
         """Shard ``i``'s stored vectors of ``modality`` (from its npy or its index codes)."""

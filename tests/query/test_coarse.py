@@ -1,6 +1,7 @@
-"""Shards that share a coarse quantizer are searched with one coarse assignment (``query.coarse``):
-they are found by their centroids, and every answer (plain, BSAP, NNN, a filter, appended shards)
-equals the shard-by-shard search."""
+"""Shards searched together: those that share a coarse quantizer with one coarse assignment
+(``query.coarse``; found by their centroids), the small Flat ones as one matrix
+(``query.flat_group``); every answer (plain, BSAP, NNN, a filter, appended shards) equals the
+shard-by-shard search."""
 import faiss
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from retrieval import build_from_embeddings, open_index
 from retrieval.ops.add import add_embeddings
 from retrieval.query.coarse import quantizer_groups
 from retrieval.query.faiss_search import search_shard
+from retrieval.query.flat_group import MAX_ROWS, SMALL_ROWS, FlatGroup, small_flat
 from retrieval.query.shards import ShardSet
 
 from ..conftest import unit_vectors
@@ -77,8 +79,9 @@ def folder(tmp_path_factory):
     build_from_embeddings(out, x, t, MODEL, rows, shard_size=SHARD, index_key="IVF16,Flat")
     add_embeddings(out, unit_vectors(1500, 32, 6), unit_vectors(1500, 32, 7),
                    [{"key": f"a{i}", "part": i % 5} for i in range(1500)])     # two appended shards
-    add_embeddings(out, unit_vectors(30, 32, 8), unit_vectors(30, 32, 9),
-                   [{"key": f"b{i}", "part": i % 5} for i in range(30)])       # and a small one
+    for j, m in enumerate((10, 12)):                                         # and two small Flat ones
+        add_embeddings(out, unit_vectors(m, 32, 8 + j), unit_vectors(m, 32, 18 + j),
+                       [{"key": f"b{j}_{i}", "part": i % 5} for i in range(m)])
     return out
 
 
@@ -87,15 +90,38 @@ def test_appended_shards_join_the_group_and_answers_are_unchanged(folder, monkey
     shards = idx._snap.shard_set
     groups = shards.coarse_groups("image")
     indexed = [i for i in range(len(shards.shards)) if shards.has_index(i, "image")]
-    assert len(shards.shards) == 7 and len(groups) == 1 and groups[0].positions == indexed
-    assert len(indexed) >= 6                            # the 4 built and the appended ones
+    assert len(shards.shards) == 8 and len(groups) == 1 and groups[0].positions == indexed == list(range(6))
+    assert shards.flat_group("image").positions == [6, 7]
     q = unit_vectors(25, 32, 10)
     asked = [dict(), dict(rerank="bsap"), dict(rerank="nnn"), dict(where="part = 2"), dict(target="text"),
              dict(rerank="bsap", where="part < 3")]
     grouped = [idx.search(q, 10, **kw) for kw in asked]
     monkeypatch.setattr(ShardSet, "coarse_groups", lambda self, modality: [])
+    monkeypatch.setattr(ShardSet, "flat_group", lambda self, modality: None)
     alone = open_index(folder, backend="faiss-cpu")
     for kw, (s, ids) in zip(asked, grouped):
         ws, wi = alone.search(q, 10, **kw)
         assert np.array_equal(np.sort(ids, 1), np.sort(wi, 1)), kw
         assert np.allclose(s, ws, atol=1e-5), kw
+
+
+def test_small_flat_rule():
+    assert small_flat([100, 50, 20_000, 30], [True, False, True, True]) == [0, 3]
+    assert small_flat([0, 10], [True, True]) == [1]
+    full = MAX_ROWS // SMALL_ROWS                        # shards of SMALL_ROWS that fit under the cap
+    assert small_flat([SMALL_ROWS] * (full + 1) + [5], [True] * (full + 2)) == list(range(full)) + [full + 1]
+
+
+def test_flat_group_equals_each_scan():
+    parts = [unit_vectors(n, 32, 30 + n).astype(np.float16) for n in (40, 7, 25)]
+    group = FlatGroup([1, 2, 4], parts, [100, 140, 500])
+    q = unit_vectors(6, 32, 40)
+    offsets = [np.linspace(0, 0.3, len(p)).astype(np.float32) for p in parts]
+    masks = [None, np.zeros(7, bool), np.arange(25) % 3 == 0]
+    s, ids = group.search(q, 10, group.offsets(offsets), group.allowed(masks))
+    x = np.concatenate([parts[0], parts[2][masks[2]]]).astype(np.float32)
+    want_ids = np.concatenate([np.arange(40) + 100, np.flatnonzero(masks[2]) + 500])
+    sc = q @ x.T - np.concatenate([offsets[0], offsets[2][masks[2]]])
+    top = np.argsort(-sc, 1)[:, :10]
+    assert np.array_equal(ids, want_ids[top]) and np.allclose(s, np.take_along_axis(sc, top, 1), atol=1e-6)
+    assert group.search(q, 100, None, np.zeros(0, np.int64))[1].shape == (6, 0)
