@@ -13,10 +13,11 @@
   on a 32-image index of the Flickr fixture built with ViT-B-32's architecture (random weights: the
   real model's size; no pretrained weights are needed to time it).
 
-- ``appends``: ``add_embeddings`` of 100 rows and of 10,000 rows (image + text) into a built N-row
-  ``IVF{lists},Flat`` folder, each one publish (the first of each size, which reads the stored banks,
-  reported apart; then the median of the rest), and single-query QPS (clip, exact BSAP) and
-  recall@10 against numpy brute force over the stored vectors and offsets, before and after the adds.
+- ``appends``: ``add_embeddings`` of 100 rows (10 times) and of 10,000 rows (4 times), image + text,
+  into a built N-row ``IVF{lists},Flat`` folder, each one publish (the first of each size, which reads
+  the stored banks, reported apart; then the median of the rest), and single-query QPS (clip, exact
+  BSAP) and recall@10 against numpy brute force over the stored vectors and offsets: as built, after
+  each kind of append, and after ``compact``.
 - ``where``: the first ``where`` query on a freshly opened folder of N rows with five metadata
   columns (a new process each time: open, one plain query, then the timed filtered query; duckdb
   imported before the clock starts), and the second one, median of ``--repeats`` processes.
@@ -183,39 +184,60 @@ def first_where(n: int, d: int, lists: int, repeats: int) -> dict:
     return {"first_ms": first, "second_ms": second}
 
 
-def _serving(folder: Path, q: np.ndarray, k: int = 10) -> dict:
-    """Single-query QPS (median of 3 passes) and recall@k vs brute force, for clip and exact BSAP."""
+def _serving(folders: dict[str, Path], q: np.ndarray, rounds: int, k: int = 10) -> dict:
+    """Per folder: single-query QPS of clip and exact BSAP (median over ``rounds`` interleaved rounds,
+    and the median of each round's ratio to the first folder) and recall@k vs numpy brute force."""
     from synthetic import recall
 
     from retrieval import open_index
 
-    idx = open_index(folder)
-    x = idx.embeddings(np.arange(len(idx)), "image")
-    out = {}
-    for method, c in (("clip", np.zeros(len(x), np.float32)), ("bsap", idx.biases.all("bsap", "image"))):
-        for qi in q[:20]:
-            idx.search(qi[None], k, rerank=method)
-        qps = [len(q) / median_run(lambda: [idx.search(qi[None], k, rerank=method) for qi in q], 1)[0]
-               for _ in range(3)]
-        s = q @ x.T - c
-        out[method] = {"qps": float(np.median(qps)), "recall": recall(idx.search(q, k, rerank=method)[1],
-                                                                     np.argpartition(-s, k - 1, axis=1)[:, :k])}
-    out["rows"] = len(idx)
+    opened = {name: open_index(f) for name, f in folders.items()}
+    out = {name: {"rows": len(idx), "shards": len(idx.shards)} for name, idx in opened.items()}
+    for name, idx in opened.items():
+        ids = np.concatenate([s["offset"] + np.arange(s["rows"]) for s in idx.shards])  # shard order (no deletes)
+        x = idx.embeddings(ids, "image")
+        for method, c in (("clip", np.zeros(len(x), np.float32)), ("bsap", idx.biases.all("bsap", "image"))):
+            s = q @ x.T - c
+            out[name][method] = {"recall": recall(idx.search(q, k, rerank=method)[1],
+                                                  ids[np.argpartition(-s, k - 1, axis=1)[:, :k]]), "qps": []}
+            for qi in q:   # warm: page cache, lazy loads
+                idx.search(qi[None], k, rerank=method)
+    first = next(iter(opened))
+    for _ in range(rounds):
+        for method in ("clip", "bsap"):
+            for name, idx in opened.items():
+                t = time.perf_counter()
+                for qi in q:
+                    idx.search(qi[None], k, rerank=method)
+                out[name][method]["qps"].append(len(q) / (time.perf_counter() - t))
+    for name in opened:
+        for method in ("clip", "bsap"):
+            r = out[name][method]
+            r["ratio"] = float(np.median(np.array(r["qps"]) / np.array(out[first][method]["qps"])))
+            r["qps"] = float(np.median(r["qps"]))
     return out
 
 
 def appends(n: int, d: int, lists: int, repeats: int) -> dict:
-    """Appends of 100 and 10,000 rows into an n-row folder, and serving before and after them."""
-    from retrieval import add_embeddings, build_from_embeddings
+    """Appends of 100 and 10,000 rows into an n-row folder; serving as built, after each kind of
+    append and after a compact (a copy of the folder kept at each stage, all served interleaved)."""
+    import shutil
 
-    q = unit_vectors(200, d, 9, clusters=256, spread=0.5)
+    from retrieval import add_embeddings, build_from_embeddings
+    from retrieval.ops.compact import compact
+
     took: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "idx"
+        folder, stages = Path(tmp) / "idx", {}
         build_from_embeddings(folder, unit_vectors(n, d, 4, clusters=256, spread=0.5),
                               unit_vectors(n, d, 5, clusters=256, spread=0.5), {"arch": "synthetic", "logit_scale": 100.0},
                               rows=[{"key": f"k{i}"} for i in range(n)], shard_size=n, index_key=f"IVF{lists},Flat")
-        before = _serving(folder, q)
+
+        def keep(name: str) -> None:
+            stages[name] = Path(tmp) / f"stage{len(stages)}"
+            shutil.copytree(folder, stages[name])
+
+        keep("built")
         for m, times in ((100, max(repeats, 10)), (10_000, max(repeats, 4))):
             t = []
             for j in range(times):
@@ -223,16 +245,20 @@ def appends(n: int, d: int, lists: int, repeats: int) -> dict:
                 rows = [{"key": f"a{m}_{j}_{i}"} for i in range(m)]
                 t.append(median_run(lambda: add_embeddings(folder, a, b, rows), 1)[0])
             took[m] = {"first": t[0], "median": float(np.median(t[1:]))}
-        after = _serving(folder, q)
+            keep(f"+{times} x {m} rows")
+        t_compact = median_run(lambda: compact(folder), 1)[0]
+        keep("compacted")
+        serving = _serving(stages, unit_vectors(1000, d, 9, clusters=256, spread=0.5), max(repeats, 5))
     print(f"appends into a {n}-row IVF{lists},Flat folder (image + text; one publish each):")
     for m, t in took.items():
         print(f"  {m:>6} rows: first {t['first'] * 1e3:7.0f} ms (reads the banks), then median {t['median'] * 1e3:7.0f} ms")
-    print(f"  single-query serving, {before['rows']} rows before, {after['rows']} after (200 queries, median of 3):")
-    for method in ("clip", "bsap"):
-        b, a = before[method], after[method]
-        print(f"    {method:<5} QPS {b['qps']:7.0f} -> {a['qps']:7.0f} ({a['qps'] / b['qps']:.2f}x); "
-              f"recall@10 {b['recall']:.3f} -> {a['recall']:.3f}")
-    return {"appends": took, "before": before, "after": after}
+    print(f"  then `compact` (merges the appended shards): {t_compact:.1f} s")
+    print(f"  single-query serving (1,000 queries a round, {max(repeats, 5)} interleaved rounds; QPS median, "
+          f"ratio: median of the rounds' ratios to the built folder):")
+    for stage, r in serving.items():
+        print(f"    {stage:<18} {r['rows']:>7} rows, {r['shards']:>3} shards: " + "; ".join(
+            f"{m} {r[m]['qps']:6.0f} QPS ({r[m]['ratio']:.2f}x) recall@10 {r[m]['recall']:.3f}" for m in ("clip", "bsap")))
+    return {"appends": took, "serving": serving, "compact": t_compact}
 
 
 def json_manifest(folder: Path) -> dict:

@@ -41,15 +41,16 @@ def _plain_ivf(index):
 class CoarseGroup:
     """Shards (``positions`` in their set) whose IVF ``indexes`` share one coarse quantizer."""
 
-    def __init__(self, positions: list[int], indexes: list):
-        self.positions, self.indexes = positions, indexes
+    def __init__(self, positions: list[int], indexes: list, starts: Sequence[int]):
+        """``starts``: each shard's global id of its first row."""
+        self.positions, self.indexes, self.starts = positions, indexes, np.asarray(starts, np.int64)
         self.ivfs = [_plain_ivf(ix) for ix in indexes]
         self._params: dict[int, object] = {}
         self._joined = None
         self._lock = threading.Lock()
 
     def joined(self):
-        """(faiss IndexShardsIVF over the group, its SearchParametersIVF, each shard's first id in it),
+        """(faiss IndexShardsIVF over the group, its SearchParametersIVF, the global id of each of its ids),
         or None when the shards' nprobe differ (faiss's joined search takes one); made on first use."""
         import faiss
 
@@ -61,29 +62,30 @@ class CoarseGroup:
                     joined = faiss.IndexShardsIVF(self.ivfs[0].quantizer, self.ivfs[0].nlist, False, True)
                     for ix in self.indexes:
                         joined.add_shard(ix)
-                    joined = (joined, faiss.SearchParametersIVF(nprobe=int(nprobe.pop())),
-                              np.cumsum([0] + [ivf.ntotal for ivf in self.ivfs]))
+                    # the global id of each joined id (numbered through the shards), then -1 for faiss's -1
+                    table = np.concatenate([np.arange(ivf.ntotal, dtype=np.int64) + s
+                                            for ivf, s in zip(self.ivfs, self.starts)] + [np.array([-1], np.int64)])
+                    joined = (joined, faiss.SearchParametersIVF(nprobe=int(nprobe.pop())), table)
                 self._joined = joined
             return self._joined or None
 
-    def search_all(self, q: np.ndarray, k: int, starts: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    def search_all(self, q: np.ndarray, k: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """(scores, global ids) [n, min(k, rows)] of every row of the group (no selection) for queries
         [n, d], as one IVF: one faiss search; queries short of results are searched shard by shard
-        with ``search``'s exhaustive retry. None when the shards' nprobe differ. ``starts``: each
-        shard's global id of its first row."""
+        with ``search``'s exhaustive retry. None when the shards' nprobe differ."""
         found = self.joined()
         if found is None:
             return None
-        joined, params, bounds = found
-        kk = min(k, int(bounds[-1]))
+        joined, params, table = found
+        kk = min(k, len(table) - 1)
         q = np.ascontiguousarray(q, np.float32)
         s, ids = joined.search(q, kk, params=params)
-        shard = np.clip(np.searchsorted(bounds, ids, side="right") - 1, 0, len(self.ivfs) - 1)
-        glob = np.where(ids >= 0, ids - bounds[shard] + np.asarray(starts, np.int64)[shard], -1)
+        glob = table[ids]   # faiss's -1 indexes the table's last entry: -1
         short = np.flatnonzero(ids[:, kk - 1] < 0) if kk else np.zeros(0, np.int64)
         if len(short):
             n = len(self.ivfs)
-            s[short], glob[short] = merge_topk(self.search(q[short], kk, [None] * n, [None] * n, [0] * n), starts, kk)
+            s[short], glob[short] = merge_topk(self.search(q[short], kk, [None] * n, [None] * n, [0] * n),
+                                              self.starts, kk)
         return s, glob
 
     def _plain_params(self, nprobe: int):
@@ -135,9 +137,10 @@ class CoarseGroup:
         return out
 
 
-def quantizer_groups(indexes: Sequence[Optional[object]]) -> list[CoarseGroup]:
-    """The groups of ``indexes`` (None: no faiss index) that share a coarse quantizer, two or more
-    each: plain IVF indexes of one dimension, metric and list count whose centroids are equal."""
+def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:
+    """The groups of ``indexes`` (None: no faiss index; ``starts``: their global first ids) that share
+    a coarse quantizer, two or more each: plain IVF indexes of one dimension, metric and list count
+    whose centroids are equal."""
     import faiss
 
     groups: dict[tuple, list[int]] = {}
@@ -150,4 +153,4 @@ def quantizer_groups(indexes: Sequence[Optional[object]]) -> list[CoarseGroup]:
         key = (ivf.d, ivf.metric_type, ivf.nlist, type(q).__name__,
                hashlib.blake2b(memoryview(centroids).cast("B"), digest_size=16).digest())
         groups.setdefault(key, []).append(i)
-    return [CoarseGroup(g, [indexes[i] for i in g]) for g in groups.values() if len(g) > 1]
+    return [CoarseGroup(g, [indexes[i] for i in g], [starts[i] for i in g]) for g in groups.values() if len(g) > 1]

@@ -83,8 +83,7 @@ class ModalitySearch:
         todo = np.arange(len(self.shards.shards))
         if merged is not None:  # one on-disk index in place of the shards it covers (global ids)
             todo = np.setdiff1d(todo, merged.positions)
-        grouped, parts, starts = self.joined.parts(todo, q, want, offset, selection, self._query, self._unshift)
-        todo = todo[~np.isin(todo, grouped)] if len(grouped) else todo
+        todo, parts, starts = self.joined.parts(todo, q, want, offset, selection, self._query, self._unshift)
         parts += list(self.pool.map(run, todo)) if len(todo) > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in todo]
         starts = np.concatenate([starts, self.shards.starts[todo]])
         if merged is not None:

@@ -26,20 +26,20 @@ class JoinedSearch:
 
     def parts(self, todo: np.ndarray, q: np.ndarray, k: int, offset, selection: Optional[Selection],
               query: Callable, unshift: Callable) -> tuple[np.ndarray, list, np.ndarray]:
-        """(positions searched, their (scores, ids) parts, the parts' starts: 0 where ids are global)
-        among the shard positions ``todo``. ``offset``: the engine's Offset (method, scale) or None;
+        """(the positions of ``todo`` left to search shard by shard, the (scores, ids) parts of the others,
+        those parts' starts: 0 where ids are global). ``offset``: the engine's Offset (method, scale) or None;
         ``query(q, dim, offset)`` makes a combined index's query, ``unshift(s, offset)`` takes the
         shift off its scores."""
         done, parts, starts, wanted = [], [], [], set(todo.tolist())
         if self.backend != "faiss-cpu":
-            return np.zeros(0, np.int64), parts, np.zeros(0, np.int64)
+            return todo, parts, np.zeros(0, np.int64)
         for group in self.shards.coarse_groups(self.modality) if len(todo) > 1 else ():
             pos = group.positions
             if not wanted.issuperset(pos):   # some are covered by a merged index
                 continue
             qa = query(q, group.ivfs[0].d, offset)
             done += pos
-            found = None if selection is not None else group.search_all(qa, k, self.shards.starts[pos])
+            found = None if selection is not None else group.search_all(qa, k)
             if found is not None:
                 parts.append((unshift(found[0], offset), found[1]))
                 starts.append(0)
@@ -56,7 +56,9 @@ class JoinedSearch:
             parts.append(flat.search(q, k, self._flat_offset(flat, offset), allowed))
             starts.append(0)
             done += flat.positions
-        return np.asarray(done, np.int64), parts, np.asarray(starts, np.int64)
+        gone = set(done)
+        rest = np.array([i for i in todo.tolist() if i not in gone], np.int64) if gone else todo
+        return rest, parts, np.asarray(starts, np.int64)
 
     def _flat_offset(self, flat, offset) -> Optional[np.ndarray]:
         """scale x the method's offsets of the Flat group's rows (concatenated once per method)."""

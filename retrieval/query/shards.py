@@ -150,7 +150,7 @@ class ShardSet:
         loads those indexes on first use."""
         if modality not in self._groups:
             found = quantizer_groups([self.index(i, modality) if modality in s["index"] else None
-                                      for i, s in enumerate(self.shards)])
+                                      for i, s in enumerate(self.shards)], self.starts)
             with self._lock:
                 self._groups[modality] = found
         return self._groups[modality]

@@ -33,9 +33,9 @@ def test_groups_are_the_indexes_with_equal_centroids():
     b.add(x[500:900])
     other = _ivf(unit_vectors(2000, 32, 1))          # trained apart: other centroids
     flat = faiss.IndexFlatIP(32)
-    groups = quantizer_groups([a, None, other, flat, b])
+    groups = quantizer_groups([a, None, other, flat, b], [0, 10, 20, 30, 40])
     assert [g.positions for g in groups] == [[0, 4]]
-    assert quantizer_groups([a, other]) == []
+    assert quantizer_groups([a, other], [0, 500]) == []
 
 
 def test_group_search_equals_each_shard_alone():
@@ -48,7 +48,8 @@ def test_group_search_equals_each_shard_alone():
         ix.nprobe = 3
         shards.append(ix)
     shards[1].nprobe = 5                               # a shard's own nprobe is kept
-    group = quantizer_groups(shards)[0]
+    starts = np.array([0, 1000, 1700])
+    group = quantizer_groups(shards, starts + 50)[0]   # global ids: each shard's start added
     q = unit_vectors(40, 32, 3)
     rng = np.random.default_rng(0)
     masks = [None, rng.random(700) < 0.3, np.zeros(1300, bool)]
@@ -58,17 +59,19 @@ def test_group_search_equals_each_shard_alone():
         ws, wi = search_shard(ix, q, 10, mask, None, a)
         assert np.array_equal(ids, wi) and np.allclose(s, ws)
     assert got[2][1].shape == (40, 0)
-    starts = np.array([0, 1000, 1700])
-    assert group.search_all(q, 10, starts) is None      # faiss's joined search takes one nprobe
+    assert group.search_all(q, 10) is None      # faiss's joined search takes one nprobe
     shards[1].nprobe = 3
-    group = quantizer_groups(shards)[0]
-    s, ids = group.search_all(q, 10, starts + 50)      # global ids: each shard's start added
+    group = quantizer_groups(shards, starts + 50)[0]
+    s, ids = group.search_all(q, 10)
     parts = [search_shard(ix, q, 10) for ix in shards]
     allv = np.concatenate([p[0] for p in parts], 1)
     alli = np.concatenate([p[1] + st + 50 for p, st in zip(parts, starts)], 1)
     order = np.argsort(-allv, 1, kind="stable")[:, :10]
     assert np.array_equal(np.sort(ids, 1), np.sort(np.take_along_axis(alli, order, 1), 1))
     assert np.allclose(s, np.take_along_axis(allv, order, 1))
+    s, ids = group.search_all(q, 2000)                 # more than 3 of 16 lists hold: searched again, in full
+    assert (ids >= 0).all() and all(len(set(r)) == 2000 for r in ids.tolist())
+    assert ((ids >= 50) & (ids < 3050)).all() and (np.diff(s, axis=1) <= 1e-6).all()
 
 
 @pytest.fixture(scope="module")
