@@ -98,7 +98,7 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
             raise click.BadParameter(f"two indexes named {name!r} (or an empty name); use NAME=FOLDER",
                                      param_hint="INDEXES")
         specs[name] = folder
-    opened = {name: open_index(folder, "auto", backend=backend, verify=verify) for name, folder in specs.items()}
+    opened = {name: open_index(folder, "auto", backend=backend, verify=verify, warm=True) for name, folder in specs.items()}
     pools = []
     if ray_address is not None:
         from ..scale import serve_on_ray

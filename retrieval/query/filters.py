@@ -15,6 +15,7 @@ bytes).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -30,6 +31,7 @@ SHARD, ROW = "__retrieval_shard", "__retrieval_row"
 TIMEOUT_S = 10.0
 MAX_CHARS = 2000
 CACHE_BYTES = 256 << 20
+log = logging.getLogger("retrieval.where")
 
 
 class FilterError(ValueError):
@@ -76,12 +78,31 @@ class Filters:
         cur = getattr(self._local, "cursor", None)
         if cur is None:
             with self._lock:
-                self._con = self._con or self._connect()
+                self._ready()
                 cur = self._local.cursor = self._con.cursor()
-                if self._template is None:
-                    self._template = json.loads(cur.execute("SELECT json_serialize_sql(?)", [
-                        f"SELECT {SHARD}, {ROW} FROM meta WHERE true"]).fetchone()[0])
         return cur
+
+    def _ready(self) -> None:
+        """The connection and our SELECT's parse tree (under the lock)."""
+        if self._con is None:
+            self._con = self._connect()
+        if self._template is None:
+            cur = self._con.cursor()
+            self._template = json.loads(cur.execute("SELECT json_serialize_sql(?)", [
+                f"SELECT {SHARD}, {ROW} FROM meta WHERE true"]).fetchone()[0])
+            cur.close()
+
+    def warm(self) -> None:
+        """Connect in a background thread (DuckDB's database, the view, the locked settings: ~30 ms),
+        so that the first filter does not wait for it; a failure is left for that filter to report."""
+        def run() -> None:
+            try:
+                with self._lock:
+                    self._ready()
+            except Exception as e:  # noqa: BLE001 - the first filter raises it properly
+                log.debug("warming the where filters of %s failed: %s", self.folder, e)
+
+        threading.Thread(target=run, name="where-warm", daemon=True).start()
 
     def columns(self) -> list[str]:
         """The metadata columns a filter may name."""

@@ -124,3 +124,22 @@ def test_the_metadata_is_a_view_and_no_other_file_is_readable(filters, tmp_path)
         with pytest.raises(duckdb.Error):
             cur.execute(sql).fetchall()
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_warm_connects_in_the_background_and_leaves_errors_to_the_first_filter(tmp_path):
+    folder = tmp_path / "w"
+    (folder / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["a", "b", "c"], "year": [1, 2, 3]}), folder / "metadata" / "m.parquet")
+    warm = Filters(folder, [{"files": {"metadata": "metadata/m.parquet"}}], np.array([3]))
+    warm.warm()
+    for _ in range(200):   # connected without any filter asked
+        if warm._con is not None and warm._template is not None:
+            break
+        time.sleep(0.01)
+    assert warm._con is not None and warm._template is not None
+    assert warm.selection("year >= 2").total == 2 and warm.columns() == ["key", "year"]
+    broken = Filters(folder, [{"files": {"metadata": "metadata/missing.parquet"}}], np.array([3]))
+    broken.warm()
+    time.sleep(0.2)
+    with pytest.raises(Exception, match="cannot read the metadata"):
+        broken.selection("year >= 2")
