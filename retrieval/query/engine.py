@@ -22,7 +22,7 @@ from ..methods.rerank import offset_search
 from .backends import TorchBackend
 from .topk import merge_topk
 from .biases import Biases
-from .faiss_search import THREADED_MAX_QUERIES, search_shard
+from .faiss_search import THREADED_MAX_QUERIES, exact_in_lists, search_shard
 from .joined import JoinedSearch
 from .selection import Selection
 from .shards import ShardSet
@@ -53,6 +53,21 @@ def _with_bits(mask: Optional[np.ndarray]) -> tuple:
 
 def _empty(n: int):
     return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+
+
+def _numpy_scan(vec, off: Optional[np.ndarray], q: np.ndarray, k: int, mask: Optional[np.ndarray]):
+    """(scores, local ids) of the exact top-k of s - off over a shard's stored vectors ``vec`` (only
+    the rows ``mask`` allows are read)."""
+    if mask is None:
+        x, rows = vec.all(), None
+    else:
+        rows = np.flatnonzero(mask)
+        x = vec.rows(rows)
+    o = np.zeros(len(x), np.float32) if off is None else (off if rows is None else off[rows])
+    if len(x) == 0:
+        return _empty(len(q))
+    s, local = offset_search(q, x, o, min(k, len(x)))
+    return s, (local if rows is None else rows[local])
 
 
 class ModalitySearch:
@@ -141,19 +156,13 @@ class ModalitySearch:
         return self._unshift(s, offset), ids
 
     def _scan(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], mask: Optional[np.ndarray]):
-        """Exact top-k of shard ``i`` by a numpy scan of its stored vectors (only the allowed rows)."""
-        vec = self.shards.vectors(i, self.modality)
-        off = self._offsets(i, offset)
-        if mask is None:
-            x, rows = vec.all(), None
-        else:
-            rows = np.flatnonzero(mask)
-            x = vec.rows(rows)
-        o = np.zeros(len(x), np.float32) if off is None else (off if rows is None else off[rows])
-        if len(x) == 0:
-            return _empty(len(q))
-        s, local = offset_search(q, x, o, min(k, len(x)))
-        return s, (local if rows is None else rows[local])
+        """Exact top-k of shard ``i`` among the allowed rows: an index whose codes are its vectors scans
+        the lists that hold them (``faiss_search.exact_in_lists``), else numpy over the stored vectors."""
+        index = self.shards.index(i, self.modality)
+        found = None if index is None else exact_in_lists(index, self._query(q, index.d, offset), k, mask)
+        if found is not None:
+            return self._unshift(found[0], offset), found[1]
+        return _numpy_scan(self.shards.vectors(i, self.modality), self._offsets(i, offset), q, k, mask)
 
     def exact_is_cheaper(self, selection: Selection) -> bool:
         """Whether scanning only the allowed rows reads fewer vectors than the index search would:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -23,6 +24,7 @@ from .topk import merge_topk
 THREADED_MAX_QUERIES = 16  # above this, faiss's own OpenMP parallelism over queries wins
 FLAT_SCAN_BELOW = 0.25     # allowed fraction under which a Flat shard scans only the allowed rows
 MAX_EF = 4096
+_MAP_LOCK = threading.Lock()
 
 
 def flat_vectors(index) -> Optional[np.ndarray]:
@@ -98,6 +100,42 @@ def _flat_masked(index, xb: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray,
         todo = todo[~(full | (fetch >= index.ntotal))]
         fetch = min(index.ntotal, fetch * 2)
     return out_s, out_i
+
+
+def exact_in_lists(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = None) -> Optional[tuple]:
+    """(scores, local ids) [n, min(k, allowed)] of the exact top-k among the rows ``mask`` allows (all
+    when None) of an IVF index whose codes are its vectors (SQfp16, not by residual): every list that
+    holds an allowed row is scanned, other rows skipped by the selector. Reading codes in place is
+    ~40x faster than decoding the rows (faiss decodes one per call). None for other indexes."""
+    import faiss
+
+    ivf = faiss.downcast_index(index)
+    if not (isinstance(ivf, faiss.IndexIVFScalarQuantizer) and ivf.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+            and not ivf.by_residual):
+        return None
+    if mask is None:
+        lists, sel, allowed = np.arange(ivf.nlist, dtype=np.int64), None, ivf.ntotal
+    else:
+        with _MAP_LOCK:   # built once per index, never by two threads at a time
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+        if ivf.direct_map.type != faiss.DirectMap.Array:
+            return None
+        rows = np.flatnonzero(mask)
+        where = faiss.rev_swig_ptr(ivf.direct_map.array.data(), ivf.ntotal)   # list << 32 | offset
+        lists, sel, allowed = np.unique(where[rows] >> 32), selector(np.packbits(mask, bitorder="little"), len(mask)), len(rows)
+    kk = min(k, allowed)
+    if kk == 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    q = np.ascontiguousarray(q, np.float32)
+    assign = np.ascontiguousarray(np.broadcast_to(lists, (len(q), len(lists))))
+    coarse = np.zeros(assign.shape, np.float32)   # unused without residuals
+    params = faiss.SearchParametersIVF(nprobe=len(lists), sel=sel) if sel is not None else \
+        faiss.SearchParametersIVF(nprobe=len(lists))
+    s, ids = np.empty((len(q), kk), np.float32), np.empty((len(q), kk), np.int64)
+    ivf.search_preassigned_c(len(q), faiss.swig_ptr(q), kk, faiss.swig_ptr(assign), faiss.swig_ptr(coarse),
+                             faiss.swig_ptr(s), faiss.swig_ptr(ids), False, params)
+    return s, ids
 
 
 def search_shard(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = None, bits: Optional[np.ndarray] = None,

@@ -9,7 +9,7 @@ import pytest
 from retrieval import build_from_embeddings, open_index
 from retrieval.ops.add import add_embeddings
 from retrieval.query.coarse import quantizer_groups
-from retrieval.query.faiss_search import search_shard
+from retrieval.query.faiss_search import exact_in_lists, search_shard
 from retrieval.query.flat_group import MAX_ROWS, SMALL_ROWS, FlatGroup, small_flat
 from retrieval.query.shards import ShardSet
 
@@ -128,3 +128,20 @@ def test_flat_group_equals_each_scan():
     top = np.argsort(-sc, 1)[:, :10]
     assert np.array_equal(ids, want_ids[top]) and np.allclose(s, np.take_along_axis(sc, top, 1), atol=1e-6)
     assert group.search(q, 100, None, np.zeros(0, np.int64))[1].shape == (6, 0)
+
+
+def test_exact_in_lists_is_the_brute_force_over_the_allowed_rows():
+    x = unit_vectors(3000, 32, 50).astype(np.float16).astype(np.float32)
+    ix = _ivf(x, 16)
+    ix.by_residual = False
+    ix.add(x)
+    q = unit_vectors(7, 32, 51)
+    mask = np.random.default_rng(1).random(3000) < 0.05
+    for m in (mask, None):
+        s, ids = exact_in_lists(ix, q, 10, m)
+        allowed = np.arange(3000) if m is None else np.flatnonzero(m)
+        sc = q @ x[allowed].T
+        top = np.argsort(-sc, 1)[:, :10]
+        assert np.array_equal(ids, allowed[top]) and np.allclose(s, np.take_along_axis(sc, top, 1), atol=1e-5)
+    assert exact_in_lists(ix, q, 10, np.zeros(3000, bool))[1].shape == (7, 0)
+    assert exact_in_lists(faiss.IndexFlatIP(32), q, 10) is None          # not an fp16 IVF: the caller decodes
