@@ -24,7 +24,12 @@
   default open and with ``open_index(warm=True)`` (what ``retrieval serve`` does: DuckDB connected
   in a background thread from the open on; no pause is left between the open and the queries).
 
-    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build,appends,cli,where]
+- ``lance``: LanceDB 0.40's ``create_table`` + ``create_index`` (IVF_FLAT, dot, the same partitions) on
+  the same image and text vectors, and its 10k-row ``add``; with ``build`` in the same run, the ratio.
+  LanceDB is not a dependency: ``python3 -m venv /tmp/lancevenv && /tmp/lancevenv/bin/pip install
+  lancedb==0.40.0`` and pass ``--lancedb-python /tmp/lancevenv/bin/python``.
+
+    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build,appends,cli,where,lance]
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -270,6 +276,52 @@ def appends(n: int, d: int, lists: int, repeats: int) -> dict:
     return {"appends": took, "serving": serving, "compact": t_compact}
 
 
+_LANCE = """
+import sys, time, tempfile, json
+import numpy as np, pyarrow as pa, lancedb
+sys.path.insert(0, sys.argv[1])
+from synthetic import unit_vectors
+n, d, lists = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+img, txt = unit_vectors(n, d, 4, clusters=256, spread=0.5), unit_vectors(n, d, 5, clusters=256, spread=0.5)
+
+def table(a, b, keys):
+    return pa.table({"key": keys, "image": pa.FixedSizeListArray.from_arrays(pa.array(a.ravel()), d),
+                     "text": pa.FixedSizeListArray.from_arrays(pa.array(b.ravel()), d)})
+
+data = table(img, txt, [f"k{i}" for i in range(n)])
+db = lancedb.connect(tempfile.mkdtemp())
+t = time.perf_counter()
+tbl = db.create_table("t", data)
+t_table = time.perf_counter() - t
+for col in ("image", "text"):
+    tbl.create_index(metric="dot", num_partitions=lists, vector_column_name=col, index_type="IVF_FLAT")
+t_total = time.perf_counter() - t
+adds = []
+for j in range(4):
+    a, b = (unit_vectors(10_000, d, 77 + 2 * j + o, clusters=256, spread=0.5) for o in (0, 1))
+    batch = table(a, b, [f"a{j}_{i}" for i in range(10_000)])
+    t = time.perf_counter(); tbl.add(batch); adds.append(time.perf_counter() - t)
+print(json.dumps({"table": t_table, "total": t_total, "add_10k": float(np.median(adds[1:]))}))
+"""
+
+
+def lance(n: int, d: int, lists: int, python: str, ours: Optional[float]) -> Optional[dict]:
+    """LanceDB 0.40 (its own venv: ``python``): create_table + IVF_FLAT create_index (dot, ``lists``
+    partitions) on the same image and text vectors, then 10k-row adds (it appends them unindexed)."""
+    import json
+    import subprocess
+
+    if not Path(python).exists():
+        print(f"LanceDB: {python} not found, skipped (see the module doc)")
+        return None
+    got = json.loads(subprocess.run([python, "-c", _LANCE, str(Path(__file__).resolve().parent), str(n), str(d),
+                                     str(lists)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    print(f"LanceDB 0.40, {n} x {d} image + text: create_table {got['table']:.1f} s, + IVF{lists}_FLAT (dot) on both "
+          f"columns {got['total']:.1f} s in total" + (f"; ours / LanceDB {ours / got['total']:.2f}x" if ours else "")
+          + f"; add of 10k rows {got['add_10k'] * 1e3:.0f} ms (median of the last 3; appended unindexed)")
+    return got
+
+
 def json_manifest(folder: Path) -> dict:
     import json
 
@@ -287,12 +339,15 @@ def main(argv=None) -> None:
     ap.add_argument("--parts", default="offsets,build,appends,cli,where")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     ap.add_argument("--cli-arch", default="ViT-B-32")
+    ap.add_argument("--lancedb-python", default="/tmp/lancevenv/bin/python",
+                    help="a Python with lancedb==0.40.0 installed, for --parts lance")
     a = ap.parse_args(argv)
     parts = set(a.parts.split(","))
     if "offsets" in parts:
         offsets(a.n, a.dim, a.bank, a.k, a.repeats)
-    if "build" in parts:
-        build(a.n, a.dim, a.lists)
+    built = build(a.n, a.dim, a.lists) if "build" in parts else None
+    if "lance" in parts:
+        lance(a.n, a.dim, a.lists, a.lancedb_python, built["ours"] if built else None)
     if "appends" in parts:
         appends(a.n, a.dim, a.lists, a.repeats)
     if "where" in parts:
