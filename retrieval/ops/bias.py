@@ -283,9 +283,14 @@ class BiasExtension:
             # recomputed after the run
             section["stale"] = True
             return None
-        out = {mod: offsets_of(vectors[mod], stored_bank(bank_path(self.folder, mod, where)),
-                               stored_bank(reference_path(self.folder, mod, where)), section["tau"], section["nnn_k"])
-               for mod in have}
+        out = {}
+        for mod in have:
+            bank, refs = bank_path(self.folder, mod, where), reference_path(self.folder, mod, where)
+            records = section.get("files") or {}
+            same = [records.get(p.relative_to(self.folder).as_posix(), {}).get("sha256") for p in (bank, refs)]
+            bank_rows = stored_bank(bank)   # one sample as both (equal hashes): one array, one matmul
+            out[mod] = offsets_of(vectors[mod], bank_rows, bank_rows if same[0] and same[0] == same[1] else
+                                  stored_bank(refs), section["tau"], section["nnn_k"])
         quantize(out, section.get("shift") or {})
         return out
 

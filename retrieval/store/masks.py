@@ -9,6 +9,8 @@ the one it replaces is retired (DESIGN §10).
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -127,6 +129,30 @@ def clear_tombstones(folder: str | os.PathLike, manifest: dict, ids: Iterable[in
     return revived
 
 
+KEY_CACHE_BYTES = 256 << 20   # key columns kept per process (an append reads every shard's otherwise)
+_key_cache: "OrderedDict[tuple, object]" = OrderedDict()
+_key_lock = threading.Lock()
+
+
+def key_column(path: Path):
+    """A shard's Parquet ``key`` column (pyarrow), cached per process by path, size and mtime (a
+    published shard file never changes), least recently used first out past KEY_CACHE_BYTES."""
+    import pyarrow.parquet as pq
+
+    st = path.stat()
+    tag = (str(path), st.st_size, st.st_mtime_ns)
+    with _key_lock:
+        if tag in _key_cache:
+            _key_cache.move_to_end(tag)
+            return _key_cache[tag]
+    col = pq.read_table(path, columns=["key"]).column("key")
+    with _key_lock:
+        _key_cache[tag] = col
+        while len(_key_cache) > 1 and sum(c.nbytes for c in _key_cache.values()) > KEY_CACHE_BYTES:
+            _key_cache.popitem(last=False)
+    return col
+
+
 @dataclass
 class KeyLookup:
     """Global ids of keys: ``ids`` of the live ones found, and the keys ``missing`` or ``deleted`` already
@@ -143,7 +169,6 @@ def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) ->
     """Where ``keys`` live (one pass over the shards' key columns, in C++ by pyarrow)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     folder = Path(folder)
     wanted = pa.array(sorted({str(k) for k in keys}), pa.string())
@@ -151,7 +176,7 @@ def find_keys(folder: str | os.PathLike, manifest: dict, keys: Iterable[str]) ->
     for s in manifest["shards"]:
         if s["rows"] == 0:
             continue
-        col = pq.read_table(folder / s["files"]["metadata"], columns=["key"]).column("key")
+        col = key_column(folder / s["files"]["metadata"])
         if not pa.types.is_string(col.type):
             raise IndexFolderError(f"{folder / s['files']['metadata']}: the key column is {col.type}, not strings; "
                                    f"{REPAIR_KEYS}")
