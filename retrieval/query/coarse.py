@@ -139,8 +139,8 @@ class CoarseGroup:
 
 def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:
     """The groups of ``indexes`` (None: no faiss index; ``starts``: their global first ids) that share
-    a coarse quantizer, two or more each: plain IVF indexes of one dimension, metric and list count
-    whose centroids are equal."""
+    a coarse quantizer (one alone is a group of one): plain IVF indexes of one dimension, metric and
+    list count whose centroids are equal."""
     import faiss
 
     groups: dict[tuple, list[int]] = {}
@@ -153,4 +153,4 @@ def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int])
         key = (ivf.d, ivf.metric_type, ivf.nlist, type(q).__name__,
                hashlib.blake2b(memoryview(centroids).cast("B"), digest_size=16).digest())
         groups.setdefault(key, []).append(i)
-    return [CoarseGroup(g, [indexes[i] for i in g], [starts[i] for i in g]) for g in groups.values() if len(g) > 1]
+    return [CoarseGroup(g, [indexes[i] for i in g], [starts[i] for i in g]) for g in groups.values()]

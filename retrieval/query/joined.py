@@ -3,26 +3,32 @@
 - IVF shards sharing a coarse quantizer (a first build's and every appended shard; ``query.coarse``):
   without a selection one faiss search over the group (global ids); with one, one coarse search and
   a scan of each shard's lists (local ids);
-- the small Flat shards (appends of a few rows) as one float32 matrix (``query.flat_group``).
+- the small Flat shards (appends of a few rows) as one float32 matrix (``query.flat_group``), or,
+  without a selection, as one more in-memory IVF index in a group's one search (``query.delta``).
 
 What they return equals the shard-by-shard search (tests/query/test_coarse.py); shards not covered
 (a merged index's, other keys) are left to it.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, Optional
 
 import numpy as np
 
 from .biases import Biases
+from .delta import delta_joined, flat_offsets, search_delta
 from .selection import Selection
 from .shards import ShardSet
+from .topk import merge_topk
 
 
 class JoinedSearch:
     def __init__(self, shards: ShardSet, biases: Biases, modality: str, backend: str):
         self.shards, self.biases, self.modality, self.backend = shards, biases, modality, backend
         self._flat_offsets: dict[str, np.ndarray] = {}
+        self._deltas: dict[int, object] = {}
+        self._lock = threading.Lock()
 
     def parts(self, todo: np.ndarray, q: np.ndarray, k: int, offset, selection: Optional[Selection],
               query: Callable, unshift: Callable) -> tuple[np.ndarray, list, np.ndarray]:
@@ -33,9 +39,18 @@ class JoinedSearch:
         done, parts, starts, wanted = [], [], [], set(todo.tolist())
         if self.backend != "faiss-cpu":
             return todo, parts, np.zeros(0, np.int64)
+        flat = self.shards.flat_group(self.modality)
+        if selection is None and flat is not None and wanted.issuperset(flat.positions):
+            for group in self.shards.coarse_groups(self.modality):   # one search: the Flat rows join a group
+                found = self._delta(group, flat) if wanted.issuperset(group.positions) else None
+                if found is not None:
+                    parts.append(self._search_delta(found, group, flat, q, k, offset, query, unshift))
+                    starts.append(0)
+                    done += group.positions + flat.positions
+                    break
         for group in self.shards.coarse_groups(self.modality) if len(todo) > 1 else ():
             pos = group.positions
-            if not wanted.issuperset(pos):   # some are covered by a merged index
+            if len(pos) < 2 or not wanted.issuperset(pos) or pos[0] in done:   # merged elsewhere
                 continue
             qa = query(q, group.ivfs[0].d, offset)
             done += pos
@@ -49,8 +64,7 @@ class JoinedSearch:
             allowed = [int(self.shards.rows[i] if m is None else selection.counts[i]) for i, m in zip(pos, masks)]
             parts += [(unshift(s, offset), local) for s, local in group.search(qa, k, masks, bits, allowed)]
             starts += self.shards.starts[pos].tolist()
-        flat = self.shards.flat_group(self.modality)
-        if flat is not None and wanted.issuperset(flat.positions):
+        if flat is not None and wanted.issuperset(flat.positions) and flat.positions[0] not in done:
             allowed = None if selection is None else selection.memo(
                 ("flat", self.modality), lambda: flat.allowed([selection.masks[i] for i in flat.positions]))
             parts.append(flat.search(q, k, self._flat_offset(flat, offset), allowed))
@@ -59,6 +73,25 @@ class JoinedSearch:
         gone = set(done)
         rest = np.array([i for i in todo.tolist() if i not in gone], np.int64) if gone else todo
         return rest, parts, np.asarray(starts, np.int64)
+
+    def _delta(self, group, flat):
+        """``query.delta.delta_joined`` of ``group`` and the Flat rows (made once; None: not possible)."""
+        with self._lock:
+            if id(group) not in self._deltas:
+                offsets, shifts = flat_offsets(self.biases, flat, self.modality)
+                self._deltas[id(group)] = delta_joined(group, flat, offsets, shifts)
+            return self._deltas[id(group)]
+
+    def _search_delta(self, found, group, flat, q, k, offset, query, unshift):
+        """(scores, global ids) of the one search over ``group`` and the Flat rows; queries short of
+        results are answered again by the group's search and the Flat rows' exact scan, merged."""
+        s, glob, short = search_delta(found, query(q, group.ivfs[0].d, offset), k)
+        s = unshift(s, offset)
+        if len(short):
+            again = group.search_all(query(q[short], group.ivfs[0].d, offset), k)
+            scan = flat.search(q[short], k, self._flat_offset(flat, offset))
+            s[short], glob[short] = merge_topk([(unshift(again[0], offset), again[1]), scan], [0, 0], s.shape[1])
+        return s, glob
 
     def _flat_offset(self, flat, offset) -> Optional[np.ndarray]:
         """scale x the method's offsets of the Flat group's rows (concatenated once per method)."""

@@ -34,8 +34,8 @@ def test_groups_are_the_indexes_with_equal_centroids():
     other = _ivf(unit_vectors(2000, 32, 1))          # trained apart: other centroids
     flat = faiss.IndexFlatIP(32)
     groups = quantizer_groups([a, None, other, flat, b], [0, 10, 20, 30, 40])
-    assert [g.positions for g in groups] == [[0, 4]]
-    assert quantizer_groups([a, other], [0, 500]) == []
+    assert [g.positions for g in groups] == [[0, 4], [2]]
+    assert [g.positions for g in quantizer_groups([a, other], [0, 500])] == [[0], [1]]
 
 
 def test_group_search_equals_each_shard_alone():
@@ -89,23 +89,36 @@ def folder(tmp_path_factory):
 
 
 def test_appended_shards_join_the_group_and_answers_are_unchanged(folder, monkeypatch):
-    idx = open_index(folder, backend="faiss-cpu")
+    # every list probed (nprobe = nlist): the joined searches must give exactly the shard-by-shard answers,
+    # the small Flat shards' rows (in one search with the IVF shards when there is no filter) included
+    idx = open_index(folder, backend="faiss-cpu", search_params="nprobe=16")
     shards = idx._snap.shard_set
     groups = shards.coarse_groups("image")
     indexed = [i for i in range(len(shards.shards)) if shards.has_index(i, "image")]
     assert len(shards.shards) == 8 and len(groups) == 1 and groups[0].positions == indexed == list(range(6))
     assert shards.flat_group("image").positions == [6, 7]
-    q = unit_vectors(25, 32, 10)
+    q = np.concatenate([unit_vectors(25, 32, 10), unit_vectors(4, 32, 8)[:2]])   # two queries on Flat rows
     asked = [dict(), dict(rerank="bsap"), dict(rerank="nnn"), dict(where="part = 2"), dict(target="text"),
-             dict(rerank="bsap", where="part < 3")]
-    grouped = [idx.search(q, 10, **kw) for kw in asked]
+             dict(rerank="bsap", where="part < 3"), dict(k=2000)]
+    grouped = [idx.search(q, kw.pop("k", 10), **kw) for kw in [dict(a) for a in asked]]
+    assert {int(i) for i in grouped[0][1][-2:, 0]} <= set(range(4000 + 1500, 4000 + 1500 + 22))   # found
     monkeypatch.setattr(ShardSet, "coarse_groups", lambda self, modality: [])
     monkeypatch.setattr(ShardSet, "flat_group", lambda self, modality: None)
-    alone = open_index(folder, backend="faiss-cpu")
+    alone = open_index(folder, backend="faiss-cpu", search_params="nprobe=16")
     for kw, (s, ids) in zip(asked, grouped):
-        ws, wi = alone.search(q, 10, **kw)
+        kw = dict(kw)
+        ws, wi = alone.search(q, kw.pop("k", 10), **kw)
         assert np.array_equal(np.sort(ids, 1), np.sort(wi, 1)), kw
         assert np.allclose(s, ws, atol=1e-5), kw
+
+
+def test_the_tuned_search_finds_the_appended_rows(folder):
+    idx = open_index(folder, backend="faiss-cpu")            # the build's tuned nprobe
+    q = unit_vectors(10, 32, 8)                               # the first small append's own rows
+    ids = idx.search(q, 1)[1][:, 0]
+    assert (ids == 4000 + 1500 + np.arange(10)).mean() >= 0.9
+    s, ids = idx.search(q, 5000)                              # more than the probed lists hold: searched again
+    assert (ids >= 0).all() and all(len(set(r)) == 5000 for r in ids.tolist()) and (np.diff(s, axis=1) <= 1e-6).all()
 
 
 def test_small_flat_rule():
