@@ -40,13 +40,14 @@ class JoinedSearch:
         if self.backend != "faiss-cpu":
             return todo, parts, np.zeros(0, np.int64)
         flat = self.shards.flat_group(self.modality)
-        if selection is None and flat is not None and wanted.issuperset(flat.positions):
-            for group in self.shards.coarse_groups(self.modality):   # one search: the Flat rows join a group
+        flat = flat if flat is not None and wanted.issuperset(flat.positions) else None
+        if selection is None:
+            for group in self.shards.coarse_groups(self.modality):   # one search: small shards join a group
                 found = self._delta(group, flat) if wanted.issuperset(group.positions) else None
                 if found is not None:
                     parts.append(self._search_delta(found, group, flat, q, k, offset, query, unshift))
                     starts.append(0)
-                    done += group.positions + flat.positions
+                    done += group.positions + (flat.positions if flat is not None else [])
                     break
         for group in self.shards.coarse_groups(self.modality) if len(todo) > 1 else ():
             pos = group.positions
@@ -64,7 +65,7 @@ class JoinedSearch:
             allowed = [int(self.shards.rows[i] if m is None else selection.counts[i]) for i, m in zip(pos, masks)]
             parts += [(unshift(s, offset), local) for s, local in group.search(qa, k, masks, bits, allowed)]
             starts += self.shards.starts[pos].tolist()
-        if flat is not None and wanted.issuperset(flat.positions) and flat.positions[0] not in done:
+        if flat is not None and flat.positions[0] not in done:
             allowed = None if selection is None else selection.memo(
                 ("flat", self.modality), lambda: flat.allowed([selection.masks[i] for i in flat.positions]))
             parts.append(flat.search(q, k, self._flat_offset(flat, offset), allowed))
@@ -78,7 +79,7 @@ class JoinedSearch:
         """``query.delta.delta_joined`` of ``group`` and the Flat rows (made once; None: not possible)."""
         with self._lock:
             if id(group) not in self._deltas:
-                offsets, shifts = flat_offsets(self.biases, flat, self.modality)
+                offsets, shifts = flat_offsets(self.biases, flat, self.modality) if flat is not None else (None, {})
                 self._deltas[id(group)] = delta_joined(group, flat, offsets, shifts)
             return self._deltas[id(group)]
 
@@ -89,8 +90,9 @@ class JoinedSearch:
         s = unshift(s, offset)
         if len(short):
             again = group.search_all(query(q[short], group.ivfs[0].d, offset), k)
-            scan = flat.search(q[short], k, self._flat_offset(flat, offset))
-            s[short], glob[short] = merge_topk([(unshift(again[0], offset), again[1]), scan], [0, 0], s.shape[1])
+            again = [(unshift(again[0], offset), again[1])]
+            again += [] if flat is None else [flat.search(q[short], k, self._flat_offset(flat, offset))]
+            s[short], glob[short] = merge_topk(again, [0] * len(again), s.shape[1])
         return s, glob
 
     def _flat_offset(self, flat, offset) -> Optional[np.ndarray]:

@@ -9,6 +9,7 @@ import pytest
 from retrieval import build_from_embeddings, open_index
 from retrieval.ops.add import add_embeddings
 from retrieval.query.coarse import quantizer_groups
+from retrieval.query.delta import delta_joined, folded, search_delta
 from retrieval.query.faiss_search import exact_in_lists, search_shard
 from retrieval.query.flat_group import MAX_ROWS, SMALL_ROWS, FlatGroup, small_flat
 from retrieval.query.shards import ShardSet
@@ -158,3 +159,29 @@ def test_exact_in_lists_is_the_brute_force_over_the_allowed_rows():
         assert np.array_equal(ids, allowed[top]) and np.allclose(s, np.take_along_axis(sc, top, 1), atol=1e-5)
     assert exact_in_lists(ix, q, 10, np.zeros(3000, bool))[1].shape == (7, 0)
     assert exact_in_lists(faiss.IndexFlatIP(32), q, 10) is None          # not an fp16 IVF: the caller decodes
+
+
+def test_folded_rule():
+    assert folded([200_000, 100, 10_000, 20_000, 5], 0) == [1, 2, 4]
+    assert folded([10_000] * 8, 0) == list(range(MAX_ROWS // SMALL_ROWS))   # the cap
+    assert folded([10_000, 10], MAX_ROWS - 5) == []
+
+
+def test_small_shards_folded_in_memory_answer_as_the_group():
+    x = unit_vectors(3000, 32, 60)
+    trained = _ivf(x)
+    trained.by_residual = False
+    shards = []
+    for lo, hi in ((0, 1000), (1000, 1700), (1700, 3000)):
+        ix = faiss.clone_index(trained)
+        ix.add(x[lo:hi])
+        ix.nprobe = 16                                     # every list: both sides exact, comparable
+        shards.append(ix)
+    group = quantizer_groups(shards, [0, 1000, 1700])[0]
+    found = delta_joined(group, None, None, {})
+    assert found is not None and found[3].ntotal == 3000   # all three are small: one in-memory index
+    q = unit_vectors(20, 32, 61)
+    s, ids, short = search_delta(found, q, 10)
+    ws, wi = group.search_all(q, 10)
+    assert len(short) == 0 and np.array_equal(ids, wi) and np.allclose(s, ws)
+    assert delta_joined(quantizer_groups(shards[:1], [0])[0], None, None, {}) is None   # nothing to save
