@@ -6,8 +6,10 @@
 - the small Flat shards (appends of a few rows) as one float32 matrix (``query.flat_group``), or,
   without a selection, as one more in-memory IVF index in a group's one search (``query.delta``).
 
-What they return equals the shard-by-shard search (tests/query/test_coarse.py); shards not covered
-(a merged index's, other keys) are left to it.
+What they return equals the shard-by-shard search at nprobe = nlist (tests/query/test_coarse.py); at
+the tuned nprobe the one difference is that the small Flat shards' rows are found through the lists
+(``query.delta``) instead of by an exact scan. Shards not covered (a merged index's, other keys)
+are left to the shard-by-shard search.
 """
 from __future__ import annotations
 
