@@ -11,6 +11,7 @@ from retrieval.ops.add import add_embeddings
 from retrieval.query.coarse import quantizer_groups
 from retrieval.query.delta import delta_joined, folded, search_delta
 from retrieval.query.faiss_search import exact_in_lists, search_shard
+from retrieval.query.joined import JOINED_MAX_QUERIES, joined_pays
 from retrieval.query.flat_group import MAX_ROWS, SMALL_ROWS, FlatGroup, small_flat
 from retrieval.query.shards import ShardSet
 
@@ -101,14 +102,19 @@ def test_appended_shards_join_the_group_and_answers_are_unchanged(folder, monkey
     q = np.concatenate([unit_vectors(25, 32, 10), unit_vectors(4, 32, 8)[:2]])   # two queries on Flat rows
     asked = [dict(), dict(rerank="bsap"), dict(rerank="nnn"), dict(where="part = 2"), dict(target="text"),
              dict(rerank="bsap", where="part < 3"), dict(k=2000)]
-    grouped = [idx.search(q, kw.pop("k", 10), **kw) for kw in [dict(a) for a in asked]]
+    def by_eight(index, kw):   # a few queries a call: what the joined searches take (``joined_pays``)
+        kw = dict(kw)
+        k = kw.pop("k", 10)
+        got = [index.search(q[i:i + 8], k, **kw) for i in range(0, len(q), 8)]
+        return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+
+    grouped = [by_eight(idx, kw) for kw in asked]
     assert {int(i) for i in grouped[0][1][-2:, 0]} <= set(range(4000 + 1500, 4000 + 1500 + 22))   # found
     monkeypatch.setattr(ShardSet, "coarse_groups", lambda self, modality: [])
     monkeypatch.setattr(ShardSet, "flat_group", lambda self, modality: None)
     alone = open_index(folder, backend="faiss-cpu", search_params="nprobe=16")
     for kw, (s, ids) in zip(asked, grouped):
-        kw = dict(kw)
-        ws, wi = alone.search(q, kw.pop("k", 10), **kw)
+        ws, wi = by_eight(alone, kw)
         assert np.array_equal(np.sort(ids, 1), np.sort(wi, 1)), kw
         assert np.allclose(s, ws, atol=1e-5), kw
 
@@ -159,6 +165,27 @@ def test_exact_in_lists_is_the_brute_force_over_the_allowed_rows():
         assert np.array_equal(ids, allowed[top]) and np.allclose(s, np.take_along_axis(sc, top, 1), atol=1e-5)
     assert exact_in_lists(ix, q, 10, np.zeros(3000, bool))[1].shape == (7, 0)
     assert exact_in_lists(faiss.IndexFlatIP(32), q, 10) is None          # not an fp16 IVF: the caller decodes
+
+
+def test_joined_search_is_for_a_few_queries_probing_little(monkeypatch):
+    from retrieval.query import joined
+
+    x = unit_vectors(3000, 32, 70)
+    trained = _ivf(x)
+    shards = []
+    for lo, hi in ((0, 1500), (1500, 3000)):
+        ix = faiss.clone_index(trained)
+        ix.add(x[lo:hi])
+        ix.nprobe = 4
+        shards.append(ix)
+    group = quantizer_groups(shards, [0, 1500])[0]
+    assert joined_pays(group, 1) and joined_pays(group, JOINED_MAX_QUERIES)
+    assert not joined_pays(group, JOINED_MAX_QUERIES + 1)            # a batch: each shard's own search
+    monkeypatch.setattr(joined, "JOINED_MAX_CODES", 1000)
+    assert joined_pays(group, 1)                                      # 4 of 16 lists of 3,000 rows: 750 codes
+    for ix in shards:
+        ix.nprobe = 8                                                 # 1,500 codes: the shards apart, in parallel
+    assert not joined_pays(group, 1)
 
 
 def test_folded_rule():
