@@ -68,8 +68,11 @@ def test_twelve_concurrent_88_megapixel_uploads_stay_under_a_gigabyte(flickr_ind
             codes = list(pool.map(lambda _: post(srv.url + "/search", {"image_base64": big, "k": 3}), range(12)))
         done.set()
         watcher.join()
-        time.sleep(0.5)
-        after = rss_mb()
+        for _ in range(50):   # the worker threads hand their memory back as they wind down: up to 5 s
+            after = rss_mb()
+            if after - base < 256:
+                break
+            time.sleep(0.1)
         assert all(c == 200 for c in codes), codes                 # all answered, none 5xx
         assert peak[0] - base < 1024, (base, peak[0])              # under 1 GB above steady state
         assert after - base < 256, (base, after)                   # and back near it
