@@ -154,6 +154,11 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, column ids) of the k best per row, best first (ties: lower id first)."""
     scores = np.asarray(scores)
     k = min(k, scores.shape[1])
+    if len(scores) == 1:   # one query (the serving path): the same selection in 1-D, without the 2-D gathers
+        row = scores[0]
+        part = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
+        ids = part[np.lexsort((part, -row[part]))]
+        return row[ids][None], ids[None]
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
     sub = np.take_along_axis(scores, part, 1)
     order = np.lexsort((part, -sub), axis=1)

@@ -15,13 +15,12 @@ found once per opened shard set.
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .faiss_search import complete_short
+from .faiss_search import complete_short, params_for, preassigned
 from .selection import selector
 from .topk import merge_topk
 
@@ -45,7 +44,6 @@ class CoarseGroup:
         """``starts``: each shard's global id of its first row."""
         self.positions, self.indexes, self.starts = positions, indexes, np.asarray(starts, np.int64)
         self.ivfs = [_plain_ivf(ix) for ix in indexes]
-        self._params: dict[int, object] = {}
         self._joined = None
         self._lock = threading.Lock()
 
@@ -88,36 +86,24 @@ class CoarseGroup:
                                               self.starts, kk)
         return s, glob
 
-    def _plain_params(self, nprobe: int):
-        """SearchParametersIVF(nprobe) without a selector, made once per nprobe (read-only in faiss)."""
-        import faiss
-
-        if nprobe not in self._params:
-            self._params[nprobe] = faiss.SearchParametersIVF(nprobe=int(nprobe))
-        return self._params[nprobe]
-
     def search(self, q: np.ndarray, k: int, masks: Sequence[Optional[np.ndarray]],
                bits: Sequence[Optional[np.ndarray]], allowed: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(scores, local ids) of each index for queries [n, d], as ``faiss_search.search_shard`` gives
         them: min(k, allowed) per query, a selection's nprobe scaled by 1 / (allowed fraction), short
         queries searched again exhaustively. ``masks``, ``bits``, ``allowed``: per index."""
-        import faiss
-
         q = np.ascontiguousarray(q, np.float32)
         plans = []
-        for ivf, mask, b, a in zip(self.ivfs, masks, bits, allowed):
+        for index, ivf, mask, b, a in zip(self.indexes, self.ivfs, masks, bits, allowed):
             n = ivf.ntotal
             a = n if mask is None else int(a)
             kk = min(k, a)
             if kk == 0:
                 plans.append(None)
                 continue
-            nprobe = min(ivf.nlist, max(1, math.ceil(ivf.nprobe * (n / a))))
-            if mask is None:
-                plans.append((kk, nprobe, None, self._plain_params(nprobe)))
-                continue
-            sel = selector(b if b is not None else np.packbits(mask, bitorder="little"), len(mask))
-            plans.append((kk, nprobe, sel, faiss.SearchParametersIVF(nprobe=int(nprobe), sel=sel)))
+            sel = None if mask is None else selector(b if b is not None else np.packbits(mask, bitorder="little"),
+                                                     len(mask))
+            params = params_for(index, kk, sel, scale=n / a)   # search_shard's nprobe rule (None: the index's)
+            plans.append((kk, ivf.nprobe if params is None else params.nprobe, sel, params))
         widest = max((p[1] for p in plans if p is not None), default=0)
         if widest:
             dq, iq = self.ivfs[0].quantizer.search(q, widest)
@@ -127,13 +113,8 @@ class CoarseGroup:
                 out.append((np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)))
                 continue
             kk, nprobe, sel, params = plan
-            a_i = iq if nprobe == widest else np.ascontiguousarray(iq[:, :nprobe])
-            a_d = dq if nprobe == widest else np.ascontiguousarray(dq[:, :nprobe])
-            s = np.empty((len(q), kk), np.float32)
-            ids = np.empty((len(q), kk), np.int64)
-            ivf.search_preassigned_c(len(q), faiss.swig_ptr(q), kk, faiss.swig_ptr(a_i), faiss.swig_ptr(a_d),
-                                     faiss.swig_ptr(s), faiss.swig_ptr(ids), False, params)
-            out.append(complete_short(index, q, kk, (s, ids), kk, sel))
+            part = preassigned(ivf, q, kk, iq[:, :nprobe], dq[:, :nprobe], params)
+            out.append(complete_short(index, q, kk, part, kk, sel))
         return out
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ..store.combined import EXTRA, combine_vectors
+from ..store.vectors import fp16_vector_codes
 from .coarse import CoarseGroup
 from .flat_group import MAX_ROWS, SMALL_ROWS, FlatGroup
 
@@ -44,8 +45,7 @@ def delta_joined(group: CoarseGroup, flat: Optional[FlatGroup], offsets: Optiona
 
     base = group.joined()
     ivf = group.ivfs[0]
-    if base is None or not (isinstance(ivf, faiss.IndexIVFScalarQuantizer) and not ivf.by_residual
-                            and ivf.sq.qtype == faiss.ScalarQuantizer.QT_fp16):
+    if base is None or not fp16_vector_codes(ivf):
         return None
     small = folded([x.ntotal for x in group.ivfs], 0 if flat is None else len(flat.global_ids))
     if flat is None and len(small) < 2:

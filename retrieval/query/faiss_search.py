@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..store.vectors import fp16_vector_codes
 from .selection import Selection, selector
 from .topk import merge_topk
 
@@ -110,8 +111,7 @@ def exact_in_lists(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = No
     import faiss
 
     ivf = faiss.downcast_index(index)
-    if not (isinstance(ivf, faiss.IndexIVFScalarQuantizer) and ivf.sq.qtype == faiss.ScalarQuantizer.QT_fp16
-            and not ivf.by_residual):
+    if not fp16_vector_codes(ivf):
         return None
     if mask is None:
         lists, sel, allowed = np.arange(ivf.nlist, dtype=np.int64), None, ivf.ntotal
@@ -127,13 +127,22 @@ def exact_in_lists(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = No
     kk = min(k, allowed)
     if kk == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    q = np.ascontiguousarray(q, np.float32)
-    assign = np.ascontiguousarray(np.broadcast_to(lists, (len(q), len(lists))))
-    coarse = np.zeros(assign.shape, np.float32)   # unused without residuals
+    assign = np.broadcast_to(lists, (len(q), len(lists)))
     params = faiss.SearchParametersIVF(nprobe=len(lists), sel=sel) if sel is not None else \
         faiss.SearchParametersIVF(nprobe=len(lists))
-    s, ids = np.empty((len(q), kk), np.float32), np.empty((len(q), kk), np.int64)
-    ivf.search_preassigned_c(len(q), faiss.swig_ptr(q), kk, faiss.swig_ptr(assign), faiss.swig_ptr(coarse),
+    return preassigned(ivf, q, kk, assign, np.zeros(assign.shape, np.float32), params)   # no residual: unused
+
+
+def preassigned(ivf, q: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarray, params=None):
+    """(scores, ids) [n, k] of IVF ``ivf``'s lists ``assign`` [n, nprobe] (with their coarse scores)
+    scanned for queries [n, d]; ``params``: faiss SearchParametersIVF whose nprobe is ``assign``'s width
+    (None: the index's own). faiss's Python wrapper takes no params, so the C++ call is made here."""
+    import faiss
+
+    q, assign = np.ascontiguousarray(q, np.float32), np.ascontiguousarray(assign, np.int64)
+    coarse = np.ascontiguousarray(coarse, np.float32)
+    s, ids = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+    ivf.search_preassigned_c(len(q), faiss.swig_ptr(q), k, faiss.swig_ptr(assign), faiss.swig_ptr(coarse),
                              faiss.swig_ptr(s), faiss.swig_ptr(ids), False, params)
     return s, ids
 

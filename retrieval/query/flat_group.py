@@ -4,7 +4,7 @@ A Flat shard (no faiss file: fewer rows than an index pays for, e.g. an append o
 searched by BLAS over its fp16 npy. Shard by shard, each query converted every such shard to float32
 again and paid a thread hand-off: ten 100-row appends cut an index's single-query QPS 15x (measured).
 Here the small Flat shards of a modality are converted once, into one matrix held in memory (at most
-``MAX_ROWS`` rows: 128 MB at d = 512), and every query scans it with one product (a partial sort for its top k), the offsets of a
+``MAX_ROWS`` rows: 128 MB at d = 512), and every query scans it with one product (``rerank.top_k`` for its top k), the offsets of a
 method subtracted and a selection's allowed rows taken, exactly as the shard-by-shard scan does.
 """
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..methods.rerank import top_k
 
 SMALL_ROWS = 10_000   # a Flat shard up to this size joins (larger ones keep their own memory-mapped scan)
 MAX_ROWS = 65_536     # float32 rows held at most; shards past it keep their own scan
@@ -58,13 +60,5 @@ class FlatGroup:
         s = np.asarray(q, np.float32) @ x.T
         if offsets is not None:
             s -= offsets if allowed is None else offsets[allowed]
-        if len(s) == 1:   # one query: 1-D selection
-            rows = np.argpartition(-s[0], kk - 1)[:kk] if kk < s.shape[1] else np.arange(s.shape[1])
-            rows = rows[np.argsort(-s[0, rows], kind="stable")]
-            return s[:, rows], self.global_ids[rows if allowed is None else allowed[rows]][None]
-        rows = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.broadcast_to(
-            np.arange(s.shape[1]), s.shape)
-        top = np.take_along_axis(s, rows, 1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        rows = np.take_along_axis(rows, order, 1)
-        return np.take_along_axis(top, order, 1), self.global_ids[rows if allowed is None else allowed[rows]]
+        top, rows = top_k(s, kk)
+        return top, self.global_ids[rows if allowed is None else allowed[rows]]

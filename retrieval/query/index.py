@@ -79,10 +79,8 @@ class Index(RowQueries):
 
     def _open(self, manifest: dict, previous: Optional[Snapshot] = None) -> Snapshot:
         """A snapshot of ``manifest`` (its shards this index keeps) opened as this index opens them."""
-        snap = Snapshot(self.folder, only_shards(manifest, self._keep), self.backend_name, self._mmap, self._params,
-                        previous=previous, engines=self._engines)
-        snap.filters.warm() if self._warm else None  # see open_index
-        return snap
+        return Snapshot(self.folder, only_shards(manifest, self._keep), self.backend_name, self._mmap, self._params,
+                        previous=previous, engines=self._engines, warm=self._warm)
 
     def delete(self, keys) -> "KeyLookup":
         """Delete the items of ``keys`` (tombstones, one manifest write) and refresh; returns which

@@ -42,7 +42,7 @@ def joined_pays(group, n_queries: int) -> bool:
 class JoinedSearch:
     def __init__(self, shards: ShardSet, biases: Biases, modality: str, backend: str):
         self.shards, self.biases, self.modality, self.backend = shards, biases, modality, backend
-        self._flat_offsets: dict[str, np.ndarray] = {}
+        self._flat_offsets: Optional[tuple] = None   # ``delta.flat_offsets``, made once
         self._deltas: dict[int, object] = {}
         self._lock = threading.Lock()
 
@@ -96,7 +96,7 @@ class JoinedSearch:
         """``query.delta.delta_joined`` of ``group`` and the Flat rows (made once; None: not possible)."""
         with self._lock:
             if id(group) not in self._deltas:
-                offsets, shifts = flat_offsets(self.biases, flat, self.modality) if flat is not None else (None, {})
+                offsets, shifts = self._flat_stored(flat) if flat is not None else (None, {})
                 self._deltas[id(group)] = delta_joined(group, flat, offsets, shifts)
             return self._deltas[id(group)]
 
@@ -112,11 +112,14 @@ class JoinedSearch:
             s[short], glob[short] = merge_topk(again, [0] * len(again), s.shape[1])
         return s, glob
 
+    def _flat_stored(self, flat) -> tuple:
+        """({method: the Flat rows' stored offsets} or None, {method: shift}), concatenated once."""
+        if self._flat_offsets is None:
+            self._flat_offsets = flat_offsets(self.biases, flat, self.modality)
+        return self._flat_offsets
+
     def _flat_offset(self, flat, offset) -> Optional[np.ndarray]:
-        """scale x the method's offsets of the Flat group's rows (concatenated once per method)."""
+        """scale x the method's offsets of the Flat group's rows (None without an offset)."""
         if offset is None:
             return None
-        if offset.method not in self._flat_offsets:
-            per = self.biases.per_shard(offset.method, self.modality)
-            self._flat_offsets[offset.method] = flat.offsets([per[i] for i in flat.positions])
-        return np.float32(offset.scale) * self._flat_offsets[offset.method]
+        return np.float32(offset.scale) * self._flat_stored(flat)[0][offset.method]

@@ -41,8 +41,10 @@ def only_shards(manifest: dict, keep: Optional[Callable[[dict], bool]]) -> dict:
 
 class Snapshot:
     def __init__(self, folder: Path, manifest: dict, backend: str, mmap: Optional[bool] = None,
-                 search_params: Optional[str] = None, previous: Optional["Snapshot"] = None, engines=None):
-        """``engines``: the searcher's engine factory (``query.searcher.Searcher``)."""
+                 search_params: Optional[str] = None, previous: Optional["Snapshot"] = None, engines=None,
+                 warm: bool = False):
+        """``engines``: the searcher's engine factory (``query.searcher.Searcher``); ``warm``: connect
+        the ``where`` filters in the background now (``Filters.warm``)."""
         self.folder, self.manifest = Path(folder), manifest
         same_shards = previous is not None and _shard_ids(previous.manifest) == _shard_ids(manifest)
         same_bias = same_shards and _bias_files(previous.manifest) == _bias_files(manifest)
@@ -59,6 +61,8 @@ class Snapshot:
             self.biases = Biases(self.shard_set, manifest)
             self.searcher = Searcher(self.shard_set, self.biases, backend, engines)
         self.rows = RowMasks(self.folder, manifest, self.shard_set.shards)
+        if warm:
+            self.filters.warm()
 
     @property
     def generation(self) -> int:

@@ -123,6 +123,15 @@ def read_all(folder: str | os.PathLike, shard: dict, modality: str) -> np.ndarra
     return np.asarray(ShardVectors(Path(folder), shard, modality).all())
 
 
+def fp16_vector_codes(ivf) -> bool:
+    """Whether IVF index ``ivf`` (downcast) stores its vectors as its codes: SQfp16, not by residual
+    (decodable, patchable in place, scannable without a coarse distance)."""
+    import faiss
+
+    return (isinstance(ivf, faiss.IndexIVFScalarQuantizer) and ivf.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+            and not ivf.by_residual)
+
+
 def set_offsets(index, columns: np.ndarray, d: int) -> bool:
     """Overwrite the extra coordinates (``columns`` [ntotal, 2], already -(c - shift)) of an SQfp16
     index in RAM, in place: each IVF list's codes by their ids, or HNSW's storage in id order. False
@@ -138,7 +147,7 @@ def set_offsets(index, columns: np.ndarray, d: int) -> bool:
         codes = faiss.rev_swig_ptr(st.codes.data(), st.ntotal * st.code_size).view(np.float16)
         codes.reshape(st.ntotal, -1)[:, d:d + 2] = cols
         return True
-    if not isinstance(ix, faiss.IndexIVFScalarQuantizer) or ix.sq.qtype != faiss.ScalarQuantizer.QT_fp16 or ix.by_residual:
+    if not fp16_vector_codes(ix):
         return False
     inv = ix.invlists
     for lst in range(inv.nlist):
