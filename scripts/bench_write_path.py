@@ -24,6 +24,11 @@
   default open and with ``open_index(warm=True)`` (what ``retrieval serve`` does: DuckDB connected
   in a background thread from the open on; no pause is left between the open and the queries).
 
+- ``metadata``: what a build writes for N metadata rows besides the vectors (the stored schema and key
+  checks, the Parquet file, the full-text texts; then the tantivy index of those texts), given as a
+  pyarrow Table and as dicts, vs the bare Parquet write of the Table and the bare Arrow conversion of
+  the dicts (``pa.Table.from_pylist``).
+
 - ``lance``: LanceDB 0.40's ``create_table`` + ``create_index`` (IVF_FLAT, dot, the same partitions) on
   the same image and text vectors, and its 10k-row ``add``; with ``build`` in the same run, the ratio.
   LanceDB is not a dependency: ``python3 -m venv /tmp/lancevenv && /tmp/lancevenv/bin/pip install
@@ -322,6 +327,41 @@ def lance(n: int, d: int, lists: int, python: str, ours: Optional[float]) -> Opt
     return got
 
 
+def metadata(n: int, repeats: int) -> dict:
+    """The metadata a build writes for n rows (stored schema and key checks, Parquet, full-text
+    texts and tantivy index), given as a pyarrow Table and as dicts, against the bare Arrow
+    conversion of the dicts and the bare Parquet write."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retrieval.store.files import save_parquet
+    from retrieval.store.fts import row_texts, write_fts
+    from retrieval.store.rows import rows_table
+
+    dicts = [{"key": f"k{i}", "image_path": f"/photos/{i}.jpg", "caption": f"a photo number {i} of a thing",
+              "year": 2000 + i % 25} for i in range(n)]
+    table = pa.Table.from_pylist(dicts)
+    got = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def ours(rows):
+            t = rows_table(rows, n)
+            save_parquet(Path(tmp) / "m.parquet", t, t.schema, (0, 0))
+            return row_texts(t)
+
+        got["bare_arrow"] = median_run(lambda: pa.Table.from_pylist(dicts), repeats)[0]
+        got["bare_parquet"] = median_run(lambda: pq.write_table(table, Path(tmp) / "b.parquet"), repeats)[0]
+        got["table"] = median_run(lambda: ours(table), repeats)[0]
+        got["dicts"] = median_run(lambda: ours(dicts), repeats)[0]
+        texts = row_texts(table)
+        got["fts"] = median_run(lambda: write_fts(Path(tmp) / f"fts{time.perf_counter_ns()}", texts), repeats)[0]
+    print(f"metadata of {n} rows (median of {repeats}): schema + key checks + Parquet + full-text texts "
+          f"{got['table'] * 1e3:.0f} ms from a Table ({got['table'] / got['bare_parquet']:.2f}x the bare Parquet "
+          f"write, {got['bare_parquet'] * 1e3:.0f} ms), {got['dicts'] * 1e3:.0f} ms from dicts "
+          f"({got['dicts'] / got['bare_arrow']:.2f}x the bare Arrow conversion, {got['bare_arrow'] * 1e3:.0f} ms); "
+          f"tantivy index of the texts {got['fts'] * 1e3:.0f} ms")
+    return got
+
+
 def json_manifest(folder: Path) -> dict:
     import json
 
@@ -350,6 +390,8 @@ def main(argv=None) -> None:
         lance(a.n, a.dim, a.lists, a.lancedb_python, built["ours"] if built else None)
     if "appends" in parts:
         appends(a.n, a.dim, a.lists, a.repeats)
+    if "metadata" in parts:
+        metadata(a.n, a.repeats)
     if "where" in parts:
         first_where(a.n, a.dim, a.lists, max(a.repeats, 5))
     if "cli" in parts:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -20,8 +19,9 @@ from ..store.held import held_keys, set_held
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.masks import find_keys
-from ..store.checks import check_keys, check_unit_rows
-from ..store.writer import ShardWriter, metadata_schema, read_errors, update_counts
+from ..store.checks import check_unit_rows
+from ..store.rows import column_keys, rows_table
+from ..store.writer import ShardWriter, read_errors, update_counts
 from .bias import BiasExtension
 
 
@@ -33,16 +33,18 @@ class AddReport:
 
 
 def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: np.ndarray,
-                   rows: Optional[list[dict]] = None) -> AddReport:
-    """Append rows (``rows``: metadata dicts with a unique ``key``; a text row of zeros marks an item
-    without a caption). Returns how many were added and how many replaced an existing key."""
+                   rows=None) -> AddReport:
+    """Append rows (``rows``: a pyarrow Table or metadata dicts, each row with a unique ``key``; a
+    text row of zeros marks an item without a caption). Returns how many were added and how many
+    replaced an existing key."""
     folder = Path(folder)
     img, txt = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
     if img.ndim != 2 or img.shape != txt.shape:
         raise ValueError(f"image and text embeddings must be 2-D and row-aligned, got {img.shape} and {txt.shape}")
-    if rows is None or len(rows) != len(img):
+    if rows is None:
         raise ValueError(f"give one metadata row (with a 'key') per embedding: {len(img)} embeddings")
-    keys = check_keys(rows)
+    table = rows_table(rows, len(img))
+    keys = column_keys(table)
     check_unit_rows(img, "image embeddings")
     check_unit_rows(txt, "text embeddings", zero_ok=True)
     with write_lock(folder):
@@ -60,16 +62,16 @@ def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: n
         if held & set(keys):  # adding a key the user deleted is an explicit re-add: it is released
             set_held(folder, m, held - set(keys), next_generation(m))
         replaced = dict(zip(old.found, old.ids.tolist()))
-        schema = metadata_schema(rows, folder_schema(folder, m))
-        writer = ShardWriter(folder, m, schema, dict(m["build"]), read_errors(folder), dict(replaced),
+        table = rows_table(table, len(img), folder_schema(folder, m))
+        writer = ShardWriter(folder, m, table.schema, dict(m["build"]), read_errors(folder), dict(replaced),
                              extend=BiasExtension(folder))
         has = np.abs(txt).max(axis=1) > 0
         before = len(m["shards"])
-        writer.add(img, txt[has], [{**r, "_pos": i} for i, r in enumerate(rows)], has.tolist(), [], len(rows))
+        writer.add(img, txt[has], table, has.tolist(), [], len(img), positions=np.arange(len(img)))
         writer.finish()
         update_counts(m, writer.errors)
         publish(folder, m)
-    return AddReport(len(rows) - len(replaced), len(replaced), len(m["shards"]) - before)
+    return AddReport(len(img) - len(replaced), len(replaced), len(m["shards"]) - before)
 
 
 def folder_schema(folder: Path, manifest: dict):

@@ -113,14 +113,15 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
 
 
 def build_from_embeddings(out: str | os.PathLike, image_emb: np.ndarray, text_emb: np.ndarray, model: dict,
-                          rows: Optional[list[dict]] = None, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                          rows=None, *, shard_size: int = DEFAULT_SHARD_SIZE,
                           index_key: Optional[str] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                           recall_target: float = 0.95, bias_bank: Optional[str] = "corpus", clip=None,
                           bias_later: bool = False) -> dict:
     """Write an index folder from precomputed, row-aligned embeddings (e.g. another tool's output).
 
     ``model`` is the identity the embeddings come from (at least arch, embed_dim, logit_scale);
-    ``rows`` are metadata dicts (default: ``{"key": str(i)}``). Returns the manifest. The folder is
+    ``rows``: the metadata, a pyarrow Table (written as it is: no per-row Python objects) or a
+    list of dicts, each row with a unique non-empty string ``key`` (default: keys "0".."n-1"). Returns the manifest. The folder is
     published searchable first, then with its bias offsets (``bias_later``: return at searchable;
     ``compute_biases`` adds them).
     """

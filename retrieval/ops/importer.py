@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from ..store.lock import write_lock
 from ..store.manifest import load_manifest, new_manifest
 from ..store.outfolder import check_index_key, prepare_out
 from .bias import BiasExtension
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("retrieval.import")
 NORM_TOLERANCE = 0.01   # fp16 rounding moves a unit norm by ~1e-3
@@ -144,7 +147,7 @@ def _unit(x: np.ndarray, path: Path, zero_ok: bool) -> np.ndarray:
 
 
 def _chunks(parts: list[Part], start: int, size: int, normalize: bool, dim: int,
-            has_key: bool) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict]]]:
+            has_key: bool, schema) -> Iterator[tuple[np.ndarray, np.ndarray, "pa.Table"]]:
     """Row-aligned (image, text, metadata rows) slices of at most ``size`` rows, from global row
     ``start``: the npy files read slice by slice, the Parquet streamed in batches."""
     import pyarrow.parquet as pq
@@ -161,8 +164,8 @@ def _chunks(parts: list[Part], start: int, size: int, normalize: bool, dim: int,
             hi = lo + batch.num_rows
             skip = max(start - first - lo, 0)
             if skip < batch.num_rows:
-                rows = batch.slice(skip).to_pylist()
-                yield _rows_chunk(part, img, txt, lo + skip, hi, rows, first, normalize, dim, has_key)
+                rows = _metadata(batch.slice(skip), first + lo + skip, has_key, schema)
+                yield _rows_chunk(part, img, txt, lo + skip, hi, rows, normalize, dim)
             lo = hi
         first += part.rows
 
@@ -208,13 +211,21 @@ class NpyRows:
         return np.concatenate([self.rows(int(i), int(i) + 1) for i in rows])
 
 
-def _rows_chunk(part: Part, img, txt, lo: int, hi: int, rows: list[dict], first: int, normalize: bool, dim: int,
-                has_key: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    for i, r in enumerate(rows):
-        r.pop("__index_level_0__", None)
-        # their key column when they have one (checked unique up front), else clip-retrieval's row
-        # number: its ids stay valid
-        r["key"] = str(r["key"]) if has_key else str(first + lo + i)
+def _metadata(batch, first: int, has_key: bool, schema):
+    """A Parquet batch as our metadata rows (a Table in ``schema``): their key column as strings
+    when they have one (checked unique up front), else clip-retrieval's row number, so its ids stay
+    valid; pandas' index column dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    key = (pc.cast(batch.column("key"), pa.string()) if has_key
+           else pc.cast(pa.array(np.arange(first, first + n)), pa.string()))
+    return pa.table({"key": key, **{f.name: batch.column(f.name) for f in schema if f.name != "key"}}).cast(schema)
+
+
+def _rows_chunk(part: Part, img, txt, lo: int, hi: int, rows, normalize: bool,
+                dim: int) -> tuple[np.ndarray, np.ndarray, "pa.Table"]:
     x = img.rows(lo, hi)
     t = txt.rows(lo, hi) if txt is not None else np.zeros((hi - lo, dim), x.dtype)
     if normalize:
@@ -309,7 +320,7 @@ def import_folder(src: str | os.PathLike, out: str | os.PathLike, model: str, pr
         start = committed_rows(manifest)
         if start:
             log.info("resuming the import of %s at row %d", src, start)
-        chunks = _chunks(parts, start, shard_size, normalize, dim, has_key)
+        chunks = _chunks(parts, start, shard_size, normalize, dim, has_key, schema)
         manifest = write_chunks(out, manifest, chunks, schema, settings, BiasExtension(out, clip, bias_bank))
     log.info("imported %d rows from %s in %.1f s", manifest["counts"]["rows"], src, time.perf_counter() - t0)
     return manifest

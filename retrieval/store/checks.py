@@ -1,9 +1,7 @@
 """What every path that writes rows checks first (build, ``build_from_embeddings``, ``add_embeddings``,
-``import``): vectors finite and L2-normalised, keys non-empty strings and unique. Pure; ValueError
-naming the first bad row."""
+``import``): vectors finite and L2-normalised (keys: ``store.rows``). Pure; ValueError naming the
+first bad row."""
 from __future__ import annotations
-
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -25,22 +23,3 @@ def check_unit_rows(x: np.ndarray, name: str, zero_ok: bool = False, block: int 
             raise ValueError(f"{name}: row {first + i + j} has {what}; pass finite, L2-normalised rows "
                              f"(x / np.linalg.norm(x, axis=1, keepdims=True))"
                              f"{' or zeros for no caption' if zero_ok else ''}")
-
-
-def check_keys(rows: Sequence[dict], taken: Iterable[str] = ()) -> list[str]:
-    """The rows' keys, each a non-empty string, all different (and none in ``taken``)."""
-    keys: list[str] = []
-    seen = set(taken)
-    for i, r in enumerate(rows):
-        key = r.get("key") if isinstance(r, dict) else None
-        if not isinstance(r, dict):
-            raise ValueError(f"metadata row {i} is a {type(r).__name__}, not a dict with a 'key'")
-        if "key" not in r:
-            raise ValueError(f"metadata row {i} has no 'key'")
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"metadata row {i}: key must be a non-empty string, got {key!r}"[:200])
-        if key in seen:
-            raise ValueError(f"metadata row {i}: key {key!r} is not unique"[:200])
-        seen.add(key)
-        keys.append(key)
-    return keys

@@ -56,25 +56,48 @@ def _text(v) -> str:
     return str(v)
 
 
-def row_texts(rows, columns: Sequence[str] = DEFAULT_COLUMNS) -> list[str]:
-    """The text each row is found by: its ``captions`` (all of them) or else ``caption``, then the
-    other ``columns`` it has, joined by newlines. ``rows``: metadata dicts or a pyarrow Table."""
+def _as_text(col):
+    """A column as one string per row, a missing or empty one null: strings as they are, lists of
+    strings joined by newlines (in Arrow); other types through ``str`` (rare: numbers, structs)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    if isinstance(rows, pa.Table):
-        names = set(rows.column_names)
-        cols = {c: rows.column(c).to_pylist() for c in {"caption", "captions", *columns} if c in names}
-        rows = [{c: v[i] for c, v in cols.items()} for i in range(rows.num_rows)]
-    out = []
-    for r in rows:
-        parts = []
-        for c in columns:
-            if c == "caption" and r.get("captions"):
-                parts.append(_text(r["captions"]))
-            elif r.get(c) is not None:
-                parts.append(_text(r.get(c)))
-        out.append("\n".join(p for p in parts if p)[:MAX_TEXT])
-    return out
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = col
+    elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+            pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
+        items = type(col).from_arrays(col.offsets, pc.fill_null(col.values, ""), mask=col.is_null())
+        text = pc.binary_join(items, "\n")
+    else:
+        text = pa.array([None if v is None else _text(v) for v in col.to_pylist()], pa.string())
+    text = text.cast(pa.string())
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def row_texts(table, columns: Sequence[str] = DEFAULT_COLUMNS) -> list[str]:
+    """The text each row of ``table`` (a pyarrow Table) is found by: its ``captions`` (all of them,
+    when it has any) or else ``caption``, then the other ``columns`` it has, joined by newlines;
+    at most ``MAX_TEXT`` characters."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = set(table.column_names)
+    parts = []
+    for c in columns:
+        if c == "caption" and "captions" in names:
+            joined = _as_text(table.column("captions"))
+            parts.append(joined if "caption" not in names else pc.coalesce(joined, _as_text(table.column("caption"))))
+        elif c in names:
+            parts.append(_as_text(table.column(c)))
+    if not parts:
+        return [""] * table.num_rows
+    text = parts[0]
+    for p in parts[1:]:  # joined pairwise: pyarrow 26's null_handling="skip" drops rows where all are null
+        both = pc.binary_join_element_wise(text, p, "\n")
+        text = pc.if_else(pc.is_null(text), p, pc.if_else(pc.is_null(p), text, both))
+    return pc.utf8_slice_codeunits(pc.fill_null(text, ""), 0, MAX_TEXT).to_pylist()
 
 
 def write_fts(folder: Path, texts: Iterable[str]) -> dict:

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -30,8 +30,12 @@ from .masks import apply_tombstones
 from .offsets import build_pending
 from .outfolder import check_existing, check_index_key, committed, prepare_out
 from .plan import plan_run
-from .checks import check_keys, check_unit_rows
-from .writer import Extend, ShardWriter, metadata_schema, read_errors, update_counts
+from .checks import check_unit_rows
+from .rows import rows_table
+from .writer import Extend, ShardWriter, read_errors, update_counts
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("retrieval.build")
 DEFAULT_SHARD_SIZE = 100_000
@@ -167,7 +171,7 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
 
 
 def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarray, model: dict,
-                     rows: Optional[list[dict]] = None, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                     rows=None, *, shard_size: int = DEFAULT_SHARD_SIZE,
                      index_key: Optional[str] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                      recall_target: float = 0.95, extend: Optional[Extend] = None) -> dict:
     """Shards from precomputed, row-aligned embeddings; returns the (complete) manifest. A text row of
@@ -175,10 +179,7 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
     img, txt = np.asarray(image_emb), np.asarray(text_emb)
     if img.ndim != 2 or img.shape != txt.shape:
         raise ValueError(f"image and text embeddings must be 2-D and row-aligned, got {img.shape} and {txt.shape}")
-    rows = rows if rows is not None else [{"key": str(i), "image_path": "", "caption": ""} for i in range(len(img))]
-    if len(rows) != len(img):
-        raise ValueError(f"{len(rows)} metadata rows for {len(img)} embeddings")
-    check_keys(rows)
+    table = rows_table(rows, len(img))
     check_unit_rows(img, "image embeddings")
     check_unit_rows(txt, "text embeddings", zero_ok=True)
     out = Path(out)
@@ -188,17 +189,17 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
                 "recall_target": recall_target, "dim": img.shape[1], "max_pixels": None}
     manifest = new_manifest(model, {"type": "embeddings", "path": None}, dict(settings))
-    chunks = ((img[i:i + shard_size], txt[i:i + shard_size], rows[i:i + shard_size])
+    chunks = ((img[i:i + shard_size], txt[i:i + shard_size], table.slice(i, shard_size))
               for i in range(0, len(img), shard_size))
     prepare_out(out)
     with write_lock(out):
-        return write_chunks(out, manifest, chunks, metadata_schema(rows), settings, extend, checked=True)
+        return write_chunks(out, manifest, chunks, table.schema, settings, extend, checked=True)
 
 
-def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, np.ndarray, list[dict]]], schema,
+def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, np.ndarray, "pa.Table"]], schema,
                  settings: dict, extend: Optional[Extend] = None, checked: bool = False) -> dict:
     """Commit row-aligned chunks (image [n, d], text [n, d] with zero rows for items without a caption,
-    n metadata rows) after the rows ``manifest`` already holds, under the caller's write lock; then
+    a pyarrow Table of n metadata rows in ``schema``) after the rows ``manifest`` already holds, under the caller's write lock; then
     build what was deferred and publish the folder complete. A kill leaves the last commit, from which
     a rerun with the same ``manifest`` resumes (the chunks it gives start after ``committed_rows``).
     ``checked``: the caller already checked every row (``store.checks``)."""
@@ -207,11 +208,12 @@ def write_chunks(out: Path, manifest: dict, chunks: Iterable[tuple[np.ndarray, n
     pos = start
     for img, txt, rows in chunks:  # kept in their dtype: the writer stores fp16 anyway
         has = np.abs(txt).max(axis=1) > 0 if len(txt) else np.zeros(0, bool)
-        batch = [{**r, "_pos": pos + i} for i, r in enumerate(rows)]
-        pos += len(rows)
+        positions = np.arange(pos, pos + rows.num_rows)
+        pos += rows.num_rows
         txt = np.asarray(txt)
-        writer.add(np.asarray(img), txt if has.all() else txt[has], batch, has.tolist(), [], pos, checked=checked)
-        del img, txt, rows, batch, has  # before the next chunk is read: about one chunk in memory
+        writer.add(np.asarray(img), txt if has.all() else txt[has], rows, has.tolist(), [], pos, checked=checked,
+                   positions=positions)
+        del img, txt, rows, has  # before the next chunk is read: about one chunk in memory
     writer.finish()
     update_counts(manifest, [], pos)
     publish_complete(out, manifest, extend)

@@ -22,6 +22,7 @@ from .checks import check_unit_rows
 from .generations import next_generation, publish
 from .layout import ERRORS, MODALITIES
 from .masks import apply_tombstones, live_count
+from .rows import column_keys
 from .shard import shard_modalities, write_shard, zero_text_rows
 
 log = logging.getLogger("retrieval.build")
@@ -81,37 +82,6 @@ def write_errors(out: Path, errors: list[dict]) -> None:
     write_bytes(out / ERRORS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode())
 
 
-def metadata_schema(rows: list[dict], base=None):
-    """The Parquet schema of metadata ``rows`` given as dicts: each column's type inferred from all
-    the rows (not the first), ``key``/``image_path``/``caption`` strings, a column of nulls a string
-    column, and the columns ``base`` (the folder's schema) already has keep its type. ValueError
-    naming a column whose values mix types."""
-    import pyarrow as pa
-
-    try:
-        inferred = pa.Table.from_pylist(rows).schema
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise ValueError(f"metadata rows mix value types in one column: {str(e).splitlines()[0][:200]}") from None
-    known = {f.name: f.type for f in (base or [])}
-    fields = []
-    for f in inferred:
-        if f.name in ("key", "image_path", "caption"):
-            t = pa.string()
-        elif f.name in known and not pa.types.is_null(known[f.name]):
-            t = known[f.name]
-        elif pa.types.is_null(f.type):
-            t = pa.string()
-        else:
-            t = f.type
-        fields.append(pa.field(f.name, t))
-    schema = pa.schema(fields)
-    try:
-        pa.Table.from_pylist(rows, schema=schema)  # every row, as the writer converts them, before anything is written
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise ValueError(f"metadata rows do not fit the folder's columns: {str(e).splitlines()[0][:200]}") from None
-    return schema
-
-
 def next_ids(manifest: dict) -> tuple[int, int]:
     """(next shard id, next global id) of a folder (counted from its shards when the counters are absent)."""
     shards = manifest["shards"]
@@ -148,40 +118,55 @@ class ShardWriter:
         self.img: list[np.ndarray] = []
         self.txt: list[np.ndarray] = []
         self.has_caption: list[bool] = []
-        self.rows: list[dict] = []
+        self.tables: list = []  # pyarrow Tables of the buffered rows, in the writer's schema
+        self.positions: list[np.ndarray] = []  # each buffered row's input position
         self.last_end = 0
         self.committed = 0  # shards committed by this writer
 
     @property
     def n(self) -> int:
-        return len(self.rows)
+        return sum(len(p) for p in self.positions)
 
-    def add(self, img: np.ndarray, txt: np.ndarray, rows: list[dict], has_caption: list[bool], errors: list[dict],
-            end_pos: int, checked: bool = False) -> None:
-        """Rows (image embeddings [n, d], text embeddings of the captioned rows only) of one batch;
-        ``checked``: the caller already checked them (``store.checks``)."""
+    def add(self, img: np.ndarray, txt: np.ndarray, rows, has_caption: list[bool], errors: list[dict],
+            end_pos: int, checked: bool = False, positions: Optional[np.ndarray] = None) -> None:
+        """Rows (image embeddings [n, d], text embeddings of the captioned rows only) of one batch.
+        ``rows``: a pyarrow Table in the writer's schema with ``positions`` (each row's input
+        position), or metadata dicts carrying theirs as ``_pos``; ``checked``: the caller already
+        checked the vectors (``store.checks``)."""
+        import pyarrow as pa
+
         if not checked:
             check_unit_rows(img, "image embeddings", first=self.n)
             if txt is not None:
                 check_unit_rows(txt, "text embeddings")
+        if not isinstance(rows, pa.Table):
+            positions = np.fromiter((r["_pos"] for r in rows), np.int64, len(rows))
+            rows = pa.Table.from_pylist(rows, schema=self.schema)
+        elif not rows.schema.equals(self.schema):
+            rows = rows.cast(self.schema)
+        positions = np.asarray(positions, np.int64)
+        n = rows.num_rows
         self.pending_errors.extend(errors)
-        txt_all = zero_text_rows(txt, np.asarray(has_caption, bool), len(rows), img.shape[1])
+        txt_all = zero_text_rows(txt, np.asarray(has_caption, bool), n, img.shape[1])
         start = 0
-        while start < len(rows):
-            take = min(self.s["shard_size"] - self.n, len(rows) - start)
+        while start < n:
+            take = min(self.s["shard_size"] - self.n, n - start)
             self.img.append(img[start:start + take].astype(np.float16))  # buffer what is written
             self.txt.append(txt_all[start:start + take])
             self.has_caption.extend(has_caption[start:start + take])
-            self.rows.extend(rows[start:start + take])
+            self.tables.append(rows.slice(start, take))
+            self.positions.append(positions[start:start + take])
             start += take
             if self.n == self.s["shard_size"]:
-                self.commit(self.rows[-1]["_pos"] + 1)
+                self.commit(int(self.positions[-1][-1]) + 1)
         self.last_end = end_pos
 
     def commit(self, end_pos: int) -> None:
+        import pyarrow as pa
+
         m = self.manifest
         k, offset = next_ids(m)
-        rows = [{c: v for c, v in r.items() if c != "_pos"} for r in self.rows]
+        rows = self.tables[0] if len(self.tables) == 1 else pa.concat_tables(self.tables)
         img, txt = (parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in (self.img, self.txt))
         has_caption = np.asarray(self.has_caption, bool)
         vectors = {mod: v for mod, v in zip(MODALITIES, (img, txt)) if mod in shard_modalities(self.s, has_caption)}
@@ -190,7 +175,8 @@ class ShardWriter:
         entry = write_shard(self.out, m, k, offset, img, txt, rows, has_caption, self.schema, self.s, offsets, defer)
         entry["end_pos"] = end_pos
         gen = next_generation(m)
-        apply_tombstones(self.out, m, [self.replaced.pop(r["key"]) for r in rows if r["key"] in self.replaced], gen)
+        gone = [self.replaced.pop(key) for key in column_keys(rows) if key in self.replaced] if self.replaced else []
+        apply_tombstones(self.out, m, gone, gen)
         m["shards"].append(entry)
         m["next_shard"], m["next_id"] = k + 1, offset + entry["rows"]
         if offsets is not None:
@@ -198,7 +184,7 @@ class ShardWriter:
         self._log(end_pos)
         publish(self.out, m)
         self.committed += 1
-        self.img, self.txt, self.has_caption, self.rows = [], [], [], []
+        self.img, self.txt, self.has_caption, self.tables, self.positions = [], [], [], [], []
 
     def _log(self, end_pos: Optional[int] = None) -> None:
         """Move the pending log lines up to ``end_pos`` (all when None) into the published log."""
