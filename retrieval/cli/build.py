@@ -19,7 +19,7 @@ from .common import DEFAULT_MODEL, DEFAULT_PRETRAINED, NON_NEGATIVE, POSITIVE, F
 @click.option("--batch-size", type=POSITIVE, default=64, show_default=True, help="Images per model forward.")
 @click.option("--shard-size", type=POSITIVE, default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
 @click.option("--index-key", default=None, help="faiss factory string for every shard (default: chosen per shard).")
-@click.option("--memory-budget", type=Size(), default="4GB", show_default=True, help="Memory budget of one shard's index, e.g. 4GB.")
+@click.option("--memory-budget", type=Size(), default="4GB", show_default=True, help="Memory budget of the whole index (every shard; fp16 vectors a compressed index re-scores from are memory-mapped, not counted), e.g. 4GB.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--workers", type=NON_NEGATIVE, default=min(4, os.cpu_count() or 1), show_default=True,
               help="DataLoader workers that read and decode images (0 = in the main process).")

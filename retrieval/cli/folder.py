@@ -109,7 +109,7 @@ def export(index, out, modalities):
                    "folder, else 100 (the released CLIPs'), assumed and not checked. Checked against a model opened later.")
 @click.option("--shard-size", type=POSITIVE, default=100_000, show_default=True, help="Rows per shard (one faiss index each).")
 @click.option("--index-key", default=None, help="faiss factory string for every shard (default: chosen per shard).")
-@click.option("--memory-budget", type=Size(), default="4GB", show_default=True, help="Memory budget of one shard's index.")
+@click.option("--memory-budget", type=Size(), default="4GB", show_default=True, help="Memory budget of the whole index (every shard), e.g. 4GB.")
 @click.option("--bias-bank", type=click.Choice(["corpus", "generic", "none"]), default="corpus", show_default=True,
               help="Bias offsets for exact BSAP/NNN: from sampled captions (corpus), generic prompts (loads the model), or none.")
 @click.option("--normalize", is_flag=True, help="L2-normalise the vectors (default: refuse vectors that are not unit-norm).")

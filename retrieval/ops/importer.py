@@ -307,7 +307,8 @@ def import_folder(src: str | os.PathLike, out: str | os.PathLike, model: str, pr
               "dtype": dtype, "parts": len(parts), "rows": sum(p.rows for p in parts)}
     modalities = ["image", "text"] if parts[0].text else ["image"]
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
-                "recall_target": recall_target, "dim": dim, "max_pixels": None, "modalities": modalities}
+                "recall_target": recall_target, "dim": dim, "max_pixels": None, "modalities": modalities,
+                "total_rows": corpus["rows"]}
     check_index_key(index_key, dim)
     clip = None
     if bias_bank == "generic":

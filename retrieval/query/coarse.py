@@ -67,10 +67,11 @@ class CoarseGroup:
                 self._joined = joined
             return self._joined or None
 
-    def search_all(self, q: np.ndarray, k: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    def search_all(self, q: np.ndarray, k: int, need: Optional[int] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """(scores, global ids) [n, min(k, rows)] of every row of the group (no selection) for queries
         [n, d], as one IVF: one faiss search; queries short of results are searched shard by shard
-        with ``search``'s exhaustive retry. None when the shards' nprobe differ."""
+        with ``search``'s exhaustive retry (those with fewer than ``need`` ids, when given). None when
+        the shards' nprobe differ."""
         found = self.joined()
         if found is None:
             return None
@@ -79,18 +80,21 @@ class CoarseGroup:
         q = np.ascontiguousarray(q, np.float32)
         s, ids = joined.search(q, kk, params=params)
         glob = table[ids]   # faiss's -1 indexes the table's last entry: -1
-        short = np.flatnonzero(ids[:, kk - 1] < 0) if kk else np.zeros(0, np.int64)
+        want = kk if need is None else min(need, kk)
+        short = np.flatnonzero(ids[:, want - 1] < 0) if want else np.zeros(0, np.int64)
         if len(short):
             n = len(self.ivfs)
-            s[short], glob[short] = merge_topk(self.search(q[short], kk, [None] * n, [None] * n, [0] * n),
+            s[short], glob[short] = merge_topk(self.search(q[short], kk, [None] * n, [None] * n, [0] * n, need),
                                               self.starts, kk)
         return s, glob
 
     def search(self, q: np.ndarray, k: int, masks: Sequence[Optional[np.ndarray]],
-               bits: Sequence[Optional[np.ndarray]], allowed: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+               bits: Sequence[Optional[np.ndarray]], allowed: Sequence[int],
+               need: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(scores, local ids) of each index for queries [n, d], as ``faiss_search.search_shard`` gives
         them: min(k, allowed) per query, a selection's nprobe scaled by 1 / (allowed fraction), short
-        queries searched again exhaustively. ``masks``, ``bits``, ``allowed``: per index."""
+        queries (fewer than ``need`` ids, when given) searched again exhaustively. ``masks``, ``bits``,
+        ``allowed``: per index."""
         q = np.ascontiguousarray(q, np.float32)
         plans = []
         for index, ivf, mask, b, a in zip(self.indexes, self.ivfs, masks, bits, allowed):
@@ -114,7 +118,7 @@ class CoarseGroup:
                 continue
             kk, nprobe, sel, params = plan
             part = preassigned(ivf, q, kk, iq[:, :nprobe], dq[:, :nprobe], params)
-            out.append(complete_short(index, q, kk, part, kk, sel))
+            out.append(complete_short(index, q, kk, part, kk if need is None else min(need, kk), sel))
         return out
 
 

@@ -24,6 +24,7 @@ from .topk import merge_topk
 from .biases import Biases
 from .faiss_search import THREADED_MAX_QUERIES, exact_in_lists, search_shard
 from .joined import JoinedSearch
+from .rescore import pool_size, rescore
 from .selection import Selection
 from .shards import ShardSet
 
@@ -93,18 +94,24 @@ class ModalitySearch:
             return self._torch_search(q, want, offset, selection)
         if selection is not None and self.exact_is_cheaper(selection):
             return self.exact(q, want, offset, selection)
-        run = (lambda i: self._shard(i, q, want, offset, selection))
+        pool = pool_size(want) if self.shards.compressed(self.modality) else want
+        need = want if pool > want else None   # a pool is best effort: short of ``want`` only is searched again
+        run = (lambda i: self._shard(i, q, pool, offset, selection, need))
         merged = self.shards.merged(self.modality) if self.backend_name.startswith("faiss") else None
         todo = np.arange(len(self.shards.shards))
         if merged is not None:  # one on-disk index in place of the shards it covers (global ids)
             todo = np.setdiff1d(todo, merged.positions)
-        todo, parts, starts = self.joined.parts(todo, q, want, offset, selection, self._query, self._unshift)
+        todo, parts, starts = self.joined.parts(todo, q, pool, offset, selection, self._query, self._unshift, need)
         parts += list(self.pool.map(run, todo)) if len(todo) > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in todo]
         starts = np.concatenate([starts, self.shards.starts[todo]])
         if merged is not None:
-            parts.append(self._merged(merged, q, want, offset, selection))
+            parts.append(self._merged(merged, q, pool, offset, selection, need))
             starts = np.append(starts, 0)
-        s, ids = merge_topk(parts, starts, want)
+        s, ids = merge_topk(parts, starts, pool)
+        if pool > want:  # lossy codes gave the pool: scored exactly from the stored vectors
+            s, ids = rescore(q, ids, want, self.shards.starts,
+                             lambda i, rows: self.shards.vectors(i, self.modality).rows(rows),
+                             lambda i: self._offsets(i, offset))
         short = (ids >= 0).sum(1) < want
         if short.any():
             s, ids = s.copy(), ids.copy()
@@ -114,8 +121,9 @@ class ModalitySearch:
     def _offsets(self, i: int, offset: Optional[Offset]) -> Optional[np.ndarray]:
         return None if offset is None else offset.scale * self.biases.per_shard(offset.method, self.modality)[i]
 
-    def _shard(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection]):
-        """(scores, local ids) of shard ``i``."""
+    def _shard(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection],
+               need: Optional[int] = None):
+        """(scores, local ids) of shard ``i`` (``need``: see ``faiss_search.search_shard``)."""
         mask = None if selection is None else selection.masks[i]
         allowed = int(self.shards.rows[i] if mask is None else selection.counts[i])
         if allowed == 0 or self.modality not in self.shards.shards[i]["index"]:
@@ -126,7 +134,7 @@ class ModalitySearch:
         qa = self._query(q, index.d, offset)
         if mask is None and self.backend_name == "faiss-gpu" and k <= 2048:
             index = self._gpu_copy(i, index)
-        s, local = search_shard(index, qa, k, mask, None if mask is None else selection.bits(i), allowed)
+        s, local = search_shard(index, qa, k, mask, None if mask is None else selection.bits(i), allowed, need)
         return self._unshift(s, offset), local
 
     def _query(self, q: np.ndarray, dim: int, offset: Optional[Offset]) -> np.ndarray:
@@ -142,7 +150,8 @@ class ModalitySearch:
             return s
         return s - np.float32(offset.scale * self.biases.shift(offset.method, self.modality))
 
-    def _merged(self, merged, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection]):
+    def _merged(self, merged, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection],
+                need: Optional[int] = None):
         """(scores, global ids) of the merged on-disk index over the shards it covers."""
         rows = self.shards.rows[merged.positions]
         allowed = int(rows.sum() if selection is None else selection.counts[merged.positions].sum())
@@ -152,7 +161,7 @@ class ModalitySearch:
         if selection is not None:
             mask, bits = selection.memo(("merged", self.modality), lambda: _with_bits(
                 merged.mask(self.shards.starts, self.shards.rows, selection.masks)))
-        s, ids = search_shard(merged.index, self._query(q, merged.index.d, offset), k, mask, bits, allowed)
+        s, ids = search_shard(merged.index, self._query(q, merged.index.d, offset), k, mask, bits, allowed, need)
         return self._unshift(s, offset), ids
 
     def _scan(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], mask: Optional[np.ndarray]):

@@ -148,22 +148,24 @@ def preassigned(ivf, q: np.ndarray, k: int, assign: np.ndarray, coarse: np.ndarr
 
 
 def search_shard(index, q: np.ndarray, k: int, mask: Optional[np.ndarray] = None, bits: Optional[np.ndarray] = None,
-                 allowed: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+                 allowed: Optional[int] = None, need: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) [n, min(k, allowed)] of one index, full whenever it can be; ``mask`` is indexed
-    by the index's ids (a shard's local rows, or global ids for a merged index)."""
+    by the index's ids (a shard's local rows, or global ids for a merged index). ``need``: queries
+    are searched again only when they got fewer ids than that (a re-scored pool: best effort)."""
     n = index.ntotal
     allowed = n if mask is None else int(allowed if allowed is not None else mask.sum())
     kk = min(k, allowed)
     if kk == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    want = kk if need is None else min(need, kk)
     if mask is None:
-        return complete_short(index, q, kk, index.search(q, kk, params=params_for(index, kk)), kk, None)
+        return complete_short(index, q, kk, index.search(q, kk, params=params_for(index, kk)), want, None)
     xb = flat_vectors(index)
     if xb is not None:
         return _flat_masked(index, xb, q, kk, mask, allowed / n)
     sel = selector(bits if bits is not None else np.packbits(mask, bitorder="little"), len(mask))
     part = index.search(q, kk, params=params_for(index, kk, sel, scale=n / allowed))
-    return complete_short(index, q, kk, part, kk, sel)
+    return complete_short(index, q, kk, part, want, sel)
 
 
 def search_shards(indexes: list, q: np.ndarray, k: int, starts: np.ndarray, pool: Optional[ThreadPoolExecutor] = None,

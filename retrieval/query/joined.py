@@ -47,11 +47,11 @@ class JoinedSearch:
         self._lock = threading.Lock()
 
     def parts(self, todo: np.ndarray, q: np.ndarray, k: int, offset, selection: Optional[Selection],
-              query: Callable, unshift: Callable) -> tuple[np.ndarray, list, np.ndarray]:
+              query: Callable, unshift: Callable, need: Optional[int] = None) -> tuple[np.ndarray, list, np.ndarray]:
         """(the positions of ``todo`` left to search shard by shard, the (scores, ids) parts of the others,
         those parts' starts: 0 where ids are global). ``offset``: the engine's Offset (method, scale) or None;
         ``query(q, dim, offset)`` makes a combined index's query, ``unshift(s, offset)`` takes the
-        shift off its scores."""
+        shift off its scores; ``need``: see ``faiss_search.search_shard``."""
         done, parts, starts, wanted = [], [], [], set(todo.tolist())
         if self.backend != "faiss-cpu":
             return todo, parts, np.zeros(0, np.int64)
@@ -72,7 +72,7 @@ class JoinedSearch:
                 continue
             qa = query(q, group.ivfs[0].d, offset)
             done += pos
-            found = None if selection is not None else group.search_all(qa, k)
+            found = None if selection is not None else group.search_all(qa, k, need)
             if found is not None:
                 parts.append((unshift(found[0], offset), found[1]))
                 starts.append(0)
@@ -80,7 +80,7 @@ class JoinedSearch:
             masks = [None] * len(pos) if selection is None else [selection.masks[i] for i in pos]
             bits = [None if m is None else selection.bits(i) for i, m in zip(pos, masks)]
             allowed = [int(self.shards.rows[i] if m is None else selection.counts[i]) for i, m in zip(pos, masks)]
-            parts += [(unshift(s, offset), local) for s, local in group.search(qa, k, masks, bits, allowed)]
+            parts += [(unshift(s, offset), local) for s, local in group.search(qa, k, masks, bits, allowed, need)]
             starts += self.shards.starts[pos].tolist()
         if flat is not None and flat.positions[0] not in done:
             allowed = None if selection is None else selection.memo(

@@ -21,6 +21,7 @@ from ..errors import IndexFolderError
 from ..store.alignment import UNREADABLE, shard_problems
 from ..store.layout import INDEX_FILE
 from ..store.integrity import quick_check
+from ..store.keys import compressed
 from ..store.vectors import ShardVectors
 from .coarse import CoarseGroup, quantizer_groups
 from .flat_group import FlatGroup, small_flat
@@ -120,6 +121,12 @@ class ShardSet:
 
     def has_index(self, i: int, modality: str) -> bool:
         return INDEX_FILE[modality] in self.shards[i]["files"]
+
+    def compressed(self, modality: str) -> bool:
+        """Whether some shard's ``modality`` index holds lossy codes (its results are re-scored
+        exactly from the fp16 vectors it keeps: ``query.rescore``)."""
+        return any(compressed(s["index"][modality]["key"]) for i, s in enumerate(self.shards)
+                   if modality in s["index"] and self.has_index(i, modality))
 
     def index(self, i: int, modality: str):
         """Shard ``i``'s faiss index of ``modality`` (loaded on first use), or None (a Flat shard)."""

@@ -62,6 +62,15 @@ def combine_vectors(items: np.ndarray, offsets: Optional[dict] = None, shifts: O
 ADD_CHUNK = 65536  # rows combined and added at a time: ~35 MB of float32 at d = 512, not a full copy
 
 
+def offsets_columns(offsets: Optional[dict], shifts: Optional[dict], n: int) -> np.ndarray:
+    """The extra coordinates [n, 2] (-(c_bsap - s_b), -(c_nnn - s_n); zeros where there are none)."""
+    out = np.zeros((n, len(EXTRA)), np.float32)
+    for j, method in enumerate(EXTRA):
+        if offsets is not None and offsets.get(method) is not None:
+            out[:, j] = -(np.asarray(offsets[method], np.float32) - np.float32((shifts or {}).get(method, 0.0)))
+    return out
+
+
 def offsets_at(offsets: Optional[dict], rows) -> Optional[dict]:
     """{method: offsets[method][rows]} (rows: a slice or ids) of {method: [n] or None}; None stays None."""
     if offsets is None:

@@ -126,6 +126,9 @@ def _run(reader: CorpusReader, out: Path, clip: ClipModel, settings: dict, exist
     if len(plan.deleted):
         apply_tombstones(out, manifest, plan.deleted, next_generation(manifest))
         publish(out, manifest)
+    if plan.todo is not None and not manifest.get("complete"):   # the key rule's budget is for the whole index
+        manifest["build"].setdefault("total_rows", plan.inputs)
+    settings = {**settings, "total_rows": manifest["build"].get("total_rows")}
     writer = ShardWriter(out, manifest, reader.metadata_schema, settings, plan.kept, dict(plan.replaced), extend)
     t_model = 0.0
     n_new = 0
@@ -187,7 +190,7 @@ def write_embeddings(out: str | Path, image_emb: np.ndarray, text_emb: np.ndarra
         raise IndexFolderError(f"{out} already holds an index; use another folder", usage=True)
     model = {"embed_dim": img.shape[1], "logit_scale": 100.0, "context_length": 77, **model}
     settings = {"shard_size": shard_size, "index_key": index_key, "memory_budget": memory_budget,
-                "recall_target": recall_target, "dim": img.shape[1], "max_pixels": None}
+                "recall_target": recall_target, "dim": img.shape[1], "max_pixels": None, "total_rows": len(img)}
     manifest = new_manifest(model, {"type": "embeddings", "path": None}, dict(settings))
     chunks = ((img[i:i + shard_size], txt[i:i + shard_size], table.slice(i, shard_size))
               for i in range(0, len(img), shard_size))

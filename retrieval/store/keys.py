@@ -1,11 +1,25 @@
 """The index-key rule (autofaiss's, DESIGN §3) as pure functions of (N, d, memory budget).
 
-``choose_index_key`` picks the faiss factory string of one shard; ``train_size`` and ``sample_ids``
-say what to train on. Nothing here imports faiss; :mod:`retrieval.store.faiss_index` does the work.
+``choose_index_key`` picks the faiss factory string for an index of N vectors; the budget is for the
+whole index (every shard together: the key is chosen once from the folder's rows, ``shard_key``).
+``train_size`` and ``sample_ids`` say what to train on. Nothing here imports faiss;
+:mod:`retrieval.store.faiss_index` does the work.
+
+What the budget covers (``index_memory``): what faiss holds in RAM (codes, ids, coarse centroids,
+codebooks, HNSW links) and, for compressed keys, the 8 bytes per row of BSAP/NNN offsets the exact
+re-score reads. Not covered: the fp16 vectors a compressed index re-scores from, which are memory-
+mapped (page cache, read per candidate, reclaimable), and the metadata.
+
+Compressed keys are ``IVF{nlist},PQ{M}`` with 8-bit codes over the combined vectors
+(``store.combined``): the item's d dimensions in M - 1 sub-vectors of d / (M - 1), and the two
+offsets coordinates (zero-padded) in a sub-vector of their own, so BSAP/NNN candidates come from
+codes of the method's own score and a bias recomputation rewrites that one sub-code in place.
+Candidates are re-scored exactly from the fp16 vectors at query time (``query.rescore``).
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 import numpy as np
@@ -14,6 +28,10 @@ FLAT_MAX = 10_000
 IVF_FLAT_MAX = 1_000_000
 HNSW_MIN_M, HNSW_MAX_M = 8, 32
 TRAIN_PER_CENTROID, MIN_PER_CENTROID = 100, 39
+MIN_SUB_DIM = 2      # dimensions per PQ sub-vector, at least
+OFFSET_BYTES = 8     # BSAP + NNN offsets (float32) per row, held for the exact re-score
+POOL_FACTOR = 40     # candidates per result a compressed index gives for the exact re-score
+POOL_MIN = 400       # at least this many (BSAP's top k sits among many near-ties: measured)
 
 
 def ivf_centroids(n: int) -> int:
@@ -49,6 +67,11 @@ def index_memory(key: str, n: int, d: int) -> int:
     if key.startswith("IVF") and key.endswith(",Flat"):
         k = int(key[3:].split(",")[0])
         return n * (4 * d + 8) + 4 * k * d
+    pq = re.fullmatch(r"IVF(\d+),PQ(\d+)(?:x8)?", key)
+    if pq and d % (int(pq.group(2)) - 1 or 1) == 0 and int(pq.group(2)) > 1:
+        k, m = int(pq.group(1)), int(pq.group(2))
+        dim = d // (m - 1) * m
+        return n * (m + 8 + OFFSET_BYTES) + 4 * k * dim + 4 * 256 * dim
     if key.startswith("OPQ"):
         m = int(key.split("_")[0][3:])
         k = int(key.split(",IVF")[1].split("_")[0])
@@ -69,12 +92,22 @@ def choose_index_key(n: int, d: int, memory_budget: int) -> str:
         key = f"IVF{ivf_centroids(n)},Flat"
         if index_memory(key, n, d) <= memory_budget:
             return key
-    k = pq_centroids(n)
-    for m in sorted((m for m in range(1, d) if d % m == 0), reverse=True):
-        key = f"OPQ{m}_{d},IVF{k}_HNSW32,PQ{m}x8"
+    k = ivf_centroids(n)
+    for m in sorted((m for m in range(1, d // MIN_SUB_DIM + 1) if d % m == 0), reverse=True):
+        key = f"IVF{k},PQ{m + 1}"
         if index_memory(key, n, d) <= memory_budget:
             return key
     raise ValueError(f"memory budget {memory_budget} bytes is too small for {n} vectors of dim {d}")
+
+
+def compressed(key: str) -> bool:
+    """Whether ``key`` stores lossy codes, whose search results are re-scored from the fp16 vectors."""
+    return "PQ" in key or "SQ8" in key or "SQ4" in key or "SQ6" in key
+
+
+def pool_size(k: int, factor: int = POOL_FACTOR) -> int:
+    """Candidates a compressed index gives for a top-``k`` that is re-scored exactly."""
+    return max(int(k) * factor, POOL_MIN) if k > 0 else 0
 
 
 def ivf_lists(key: str) -> int:
@@ -84,10 +117,13 @@ def ivf_lists(key: str) -> int:
     return int(key.split("IVF")[1].split("_")[0].split(",")[0])
 
 
-def shard_key(n: int, d: int, memory_budget: int, forced: Optional[str] = None) -> str:
-    """The key for one shard: ``forced`` unless the shard is too small to train it, else the rule's."""
-    if forced and n >= max(ivf_lists(forced), 256 if "PQ" in forced else 0):
-        return forced
+def shard_key(n: int, d: int, memory_budget: int, forced: Optional[str] = None, total: Optional[int] = None) -> str:
+    """The key for one shard of ``n`` rows: ``forced``, else the rule's for the ``total`` rows of the
+    whole index (default ``n``), unless the shard is too small to train it: then the rule's for the
+    shard alone (a small Flat shard, merged by ``compact``)."""
+    key = forced or choose_index_key(max(n, total or 0), d, memory_budget)
+    if n >= max(ivf_lists(key), 256 if "PQ" in key else 0):
+        return key
     return choose_index_key(n, d, memory_budget)
 
 

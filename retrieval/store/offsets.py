@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .combined import combine_vectors
+from .combined import offsets_columns
 from .files import save_faiss
 from .integrity import file_record
 from .layout import EMB_FILE, INDEX_FILE, index_file, trained_file
@@ -59,8 +59,7 @@ def index_with_offsets(folder: Path, manifest: dict, shard: dict, modality: str,
     pending = info.pop("pending", False)
     index = None if pending else faiss.read_index(str(folder / shard["files"][INDEX_FILE[modality]]))
     if index is not None and "HNSW" not in info["key"]:
-        cols = combine_vectors(np.zeros((shard["rows"], d), np.float32), offsets, sh, index.d)[:, d:d + 2]
-        if not set_offsets(index, cols, d):
+        if not set_offsets(index, offsets_columns(offsets, sh, shard["rows"]), d):
             index = None  # lossy codes: retrained below
     if index is None or "HNSW" in info["key"]:
         index, info["params"], reused = build_combined(folder, manifest, modality, info["key"],

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from .combined import EXTRA, add_combined, combine_vectors, combined_layout, offsets_at
+from .combined import EXTRA, add_combined, combine_vectors, combined_layout, offsets_at, offsets_columns
 from .faiss_index import build_faiss_index, gpu_for, new_index, trained_empty, tune_params, tune_queries
 from .files import save_faiss, save_npy, save_parquet
 from .integrity import file_record
@@ -27,7 +27,7 @@ from .keys import shard_key, training_rows
 from .fts import DEFAULT_COLUMNS, fts_files, row_texts, write_fts
 from .layout import EMB_FILE, INDEX_FILE, MODALITIES, caption_file, fts_file, index_file, shard_files, trained_file
 from .masks import pack
-from .vectors import built_key, keeps_npy
+from .vectors import built_key, keeps_npy, set_pq_offsets
 
 log = logging.getLogger("retrieval.build")
 
@@ -96,6 +96,10 @@ def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.
         faiss.ParameterSpace().set_index_parameters(index, params)
     if trained is None and keep_trained:
         _keep_trained(out, manifest, modality, fkey, index, params)
+    if offsets and "PQ" in fkey:   # the offsets sub-quantizer fit to this shard's offsets (store.keys)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            set_pq_offsets(ivf, offsets_columns(offsets, sh, len(vecs)), d)
     return index, params, trained is not None
 
 
@@ -131,7 +135,8 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
         usable = np.arange(n) if modality == "image" else captioned
         if modality not in wanted:
             continue
-        requested = shard_key(len(usable), d, settings["memory_budget"], settings["index_key"])
+        requested = shard_key(len(usable), d, settings["memory_budget"], settings["index_key"],
+                              settings.get("total_rows"))
         if settings["index_key"] and requested != settings["index_key"]:  # an append's small shard is by design
             (log.info if manifest.get("shards") else log.warning)(
                 "shard %d has %d %s rows, too few for %s; using %s (`retrieval compact` merges small shards)", k,

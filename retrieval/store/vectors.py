@@ -135,7 +135,9 @@ def fp16_vector_codes(ivf) -> bool:
 def set_offsets(index, columns: np.ndarray, d: int) -> bool:
     """Overwrite the extra coordinates (``columns`` [ntotal, 2], already -(c - shift)) of an SQfp16
     index in RAM, in place: each IVF list's codes by their ids, or HNSW's storage in id order. False
-    when the index's codes cannot be rewritten (lossy keys: rebuild it instead)."""
+    when the index's codes cannot be rewritten (other lossy keys: rebuild it instead). An IVF-PQ index
+whose offsets coordinates fill its last sub-vector (``store.keys``) gets that sub-quantizer refit to
+them and that one sub-code of each vector rewritten (``set_pq_offsets``)."""
     import faiss
 
     cols = np.asarray(columns, np.float16)
@@ -147,6 +149,8 @@ def set_offsets(index, columns: np.ndarray, d: int) -> bool:
         codes = faiss.rev_swig_ptr(st.codes.data(), st.ntotal * st.code_size).view(np.float16)
         codes.reshape(st.ntotal, -1)[:, d:d + 2] = cols
         return True
+    if isinstance(ix, faiss.IndexIVFPQ):
+        return set_pq_offsets(ix, cols.astype(np.float32), d)
     if not fp16_vector_codes(ix):
         return False
     inv = ix.invlists
@@ -155,4 +159,64 @@ def set_offsets(index, columns: np.ndarray, d: int) -> bool:
         if n:
             codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size).view(np.float16).reshape(n, -1)
             codes[:, d:d + 2] = cols[faiss.rev_swig_ptr(inv.get_ids(lst), n)]
+    return True
+
+
+def offsets_grid(cols: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform grid of at most ``levels`` points over the 2-D offsets ``cols`` [n, 2] and each row's
+    point (its index). The grid splits the levels between the axes so that the larger step is the
+    smallest: every value, the tails included (BSAP's best results are its lowest offsets), is off by
+    at most half a step per axis, unlike k-means centroids, which follow the density."""
+    lo, hi = cols.min(0) if len(cols) else np.zeros(2), cols.max(0) if len(cols) else np.zeros(2)
+    span = np.maximum(hi - lo, 1e-12)
+    splits = [(a, levels // a) for a in (2 ** i for i in range(int(np.log2(levels)) + 1))]
+    na, nb = min(splits, key=lambda s: max(span[0] / s[0], span[1] / s[1]))
+    steps = span / np.array([na, nb])
+    ia = np.clip(((cols[:, 0] - lo[0]) / steps[0]).astype(np.int64), 0, na - 1)
+    ib = np.clip(((cols[:, 1] - lo[1]) / steps[1]).astype(np.int64), 0, nb - 1)
+    ga, gb = np.meshgrid(lo[0] + (np.arange(na) + 0.5) * steps[0], lo[1] + (np.arange(nb) + 0.5) * steps[1],
+                         indexing="ij")
+    grid = np.zeros((levels, 2), np.float32)
+    grid[:na * nb] = np.stack([ga.ravel(), gb.ravel()], 1)
+    grid[na * nb:] = grid[0]
+    return grid, (ia * nb + ib).astype(np.uint8 if levels <= 256 else np.int64)
+
+
+def pq_extras_layout(ivfpq, d: int) -> bool:
+    """Whether an IVF-PQ index (downcast) over combined vectors of item dim ``d`` holds the offsets
+    coordinates alone in its last sub-vector, coded in bytes (the layout ``store.keys`` chooses)."""
+    pq = ivfpq.pq
+    return pq.nbits == 8 and pq.dsub * (pq.M - 1) == d and ivfpq.d == pq.dsub * pq.M and pq.dsub >= 2
+
+
+def set_pq_offsets(ivfpq, columns: np.ndarray, d: int) -> bool:
+    """Refit the last sub-quantizer of an IVF-PQ index to ``columns`` ([ntotal, 2]: the offsets
+    coordinates by id; a grid, ``offsets_grid``) and rewrite each vector's last sub-code in place (the
+    other M - 1 sub-codes, the lists and the coarse quantizer do not change). False when the layout
+    is not ``pq_extras_layout``'s."""
+    import faiss
+
+    if not pq_extras_layout(ivfpq, d):
+        return False
+    pq, inv = ivfpq.pq, ivfpq.invlists
+    dsub, ksub, m = pq.dsub, pq.ksub, pq.M
+    coarse = faiss.rev_swig_ptr(faiss.downcast_index(ivfpq.quantizer).get_xb(), ivfpq.nlist * ivfpq.d)
+    coarse = coarse.reshape(ivfpq.nlist, ivfpq.d)[:, d:d + dsub]        # zeros when trained without offsets
+    lists = [(lst, inv.list_size(lst)) for lst in range(inv.nlist)]
+    lists = [(lst, n, faiss.rev_swig_ptr(inv.get_ids(lst), n).copy()) for lst, n in lists if n]
+    residual = np.zeros((len(columns), dsub), np.float32)
+    residual[:, :2] = columns
+    for lst, _, ids in lists:
+        residual[ids] -= coarse[lst] if ivfpq.by_residual else 0
+    centroids = faiss.rev_swig_ptr(pq.centroids.data(), m * ksub * dsub).reshape(m, ksub, dsub)
+    fit, code = offsets_grid(residual[:, :2], ksub)
+    fit = np.pad(fit, ((0, 0), (0, dsub - 2)))
+    centroids[m - 1] = fit
+    if pq.transposed_centroids.size():
+        pq.sync_transposed_centroids()
+    for lst, n, ids in lists:
+        codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size).reshape(n, inv.code_size)
+        codes[:, m - 1] = code[ids]
+    if ivfpq.use_precomputed_table and ivfpq.metric_type == faiss.METRIC_L2:
+        ivfpq.precompute_table()
     return True

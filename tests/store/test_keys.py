@@ -14,9 +14,10 @@ GB = 2**30
     (2_000_000, 512, 4 * GB, "HNSW12,Flat"),             # M = floor((B/4N - d)/2) = 12
     (2_000_000, 512, 2_000_000 * (4 * 512 + 8 * 8), "HNSW8,Flat"),  # exactly the M=8 cost
     (200_000, 512, 200_000 * (4 * 512 + 8) + 10**7, "IVF2048,Flat"),  # HNSW8 does not fit, IVF-Flat does
-    (3_000_000, 512, 600 * 2**20, "OPQ128_512,IVF16384_HNSW32,PQ128x8"),  # largest m that fits
-    (5_000_000, 512, 1 * GB, "OPQ128_512,IVF65536_HNSW32,PQ128x8"),
-    (50_000_000, 768, 16 * GB, "OPQ256_768,IVF131072_HNSW32,PQ256x8"),
+    (1_000_000, 512, 160 * 2**20, "IVF4096,PQ129"),      # 128 sub-vectors of 4 dims + the offsets' own
+    (3_000_000, 512, 600 * 2**20, "IVF8192,PQ129"),      # PQ257 (2 dims each) does not fit
+    (5_000_000, 512, 1 * GB, "IVF8192,PQ129"),
+    (50_000_000, 768, 16 * GB, "IVF32768,PQ257"),        # 256 sub-vectors of 3 dims
 ])
 def test_choose_index_key_table(n, d, budget, expected):
     key = choose_index_key(n, d, budget)
@@ -30,6 +31,29 @@ def test_choose_index_key_rejects_impossible_budget_and_bad_sizes():
         choose_index_key(10_000_000, 512, 10**6)
     with pytest.raises(ValueError):
         choose_index_key(0, 512, GB)
+
+
+def test_compressed_keys_put_the_offsets_in_a_sub_vector_of_their_own():
+    from retrieval.store.combined import combined_layout
+    from retrieval.store.keys import compressed, pool_size
+
+    for key, d, dim in (("IVF4096,PQ129", 512, 516), ("IVF8192,PQ65", 512, 520), ("IVF32768,PQ257", 768, 771)):
+        m = int(key.split("PQ")[1])
+        assert combined_layout(key, d) == (key, dim) and dim // m * (m - 1) == d and compressed(key)
+    assert not compressed("IVF1024,Flat") and not compressed("HNSW32,Flat")
+    # the budget covers codes, ids, offsets, centroids and codebooks: 1M x (129 + 8 + 8) + 4 x 4096 x 516 + ...
+    assert 150e6 < index_memory("IVF4096,PQ129", 1_000_000, 512) <= 160 * 2**20
+    assert pool_size(10) == 400 and pool_size(100) == 4000
+
+
+def test_the_key_is_chosen_for_the_whole_index_not_per_shard():
+    from retrieval.store.keys import shard_key
+
+    budget = 160 * 2**20
+    assert shard_key(100_000, 512, budget, None, total=1_000_000) == "IVF4096,PQ129"   # ten such shards
+    alone = shard_key(100_000, 512, budget)                  # judged alone, each shard would take the whole budget:
+    assert alone == "IVF1024,PQ257" and 10 * index_memory(alone, 100_000, 512) > budget    # 10 x 27 MB codes
+    assert shard_key(2_000, 512, budget, None, total=1_000_000) == "Flat"          # too small for 4096 lists
 
 
 def test_centroid_rules():

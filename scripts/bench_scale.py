@@ -1,0 +1,206 @@
+"""Scale: the compressed-and-exact path under a whole-index memory budget, and the fp16 path's p50
+as N grows (the scale issue), each step in its own process.
+
+Data: N clustered unit vectors (512-d, --clusters seeded centres, noise --spread) as image
+embeddings; --captioned of the rows also get a caption vector (the ``corpus`` bias bank samples
+caption embeddings), the rest none: an image-only folder in practice. 1,000 held-out queries.
+
+Per N and per path, a folder built by ``build_from_embeddings`` in shards of --shard-size:
+- ``compressed``: no index key, ``memory_budget`` = --budget-per-vector x N bytes: the rule's key
+  for the whole index (``store.keys``: IVF-PQ with the offsets in a sub-vector of their own), its
+  candidates re-scored exactly from the memory-mapped fp16 vectors (``query.rescore``);
+- ``fp16``: ``IVF{nlist},Flat`` with nlist from N (``store.keys.ivf_centroids``), stored as SQfp16.
+Reported: build seconds, the key, disk (the fp16 vectors, the index files, the rest), open seconds,
+RSS (anonymous and file-backed) after 1,000 queries per method, single-query p50 and p90 per method
+(clip, exact BSAP, exact NNN at alpha 0.75), batch QPS, and recall@10 of each method against numpy
+brute force over the folder's own stored vectors and stored offsets (computed in its own process).
+
+    .venv/bin/python scripts/bench_scale.py --sizes 1000000 --paths compressed --work /tmp/bscale
+    .venv/bin/python scripts/bench_scale.py --sizes 1000000,3000000 --paths fp16 --work /tmp/bscale
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from synthetic import folder_bytes, status_mb, unit_vectors  # noqa: E402
+
+METHODS = (("clip", {}), ("bsap", {"rerank": "bsap"}), ("nnn", {"rerank": "nnn", "alpha": 0.75}))
+
+
+def data_dir(a, n: int) -> Path:
+    return Path(a.work) / f"data_{n}"
+
+
+def make_data(a, n: int) -> None:
+    d = data_dir(a, n)
+    if (d / "q.npy").exists():
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "x.npy", unit_vectors(n, a.dim, 0, a.clusters, a.spread, dtype=np.float16))
+    t = np.zeros((n, a.dim), np.float16)
+    rows = np.sort(np.random.default_rng(3).choice(n, min(n, a.captioned), replace=False))
+    t[rows] = unit_vectors(len(rows), a.dim, 2, a.clusters, a.spread, dtype=np.float16)
+    np.save(d / "t.npy", t)
+    np.save(d / "q.npy", unit_vectors(a.queries, a.dim, 1, a.clusters, a.spread))
+
+
+# ---- workers (own processes) ---------------------------------------------------------------------
+
+def work_build(a) -> dict:
+    from retrieval import build_from_embeddings
+    from retrieval.store.keys import ivf_centroids
+
+    x, t = np.load(Path(a.data) / "x.npy", mmap_mode="r"), np.load(Path(a.data) / "t.npy", mmap_mode="r")
+    n = len(x)
+    kw = ({"memory_budget": int(a.budget_per_vector * n)} if a.path == "compressed"
+          else {"index_key": f"IVF{ivf_centroids(n)},Flat"})
+    t0 = time.perf_counter()
+    m = build_from_embeddings(a.folder, x, t, {"arch": "synthetic", "logit_scale": 100.0},
+                              shard_size=a.shard_size, bias_bank="corpus", **kw)
+    took = time.perf_counter() - t0
+    folder = Path(a.folder)
+    sizes = {"npy": 0, "index": 0}   # the image modality's current files (the text one is a small sample)
+    for s in m["shards"]:
+        for role, rel in s["files"].items():
+            kind = {"img_emb": "npy", "image_index": "index"}.get(role)
+            if kind:
+                sizes[kind] += (folder / rel).stat().st_size
+    keys = sorted({s["index"]["image"]["key"] for s in m["shards"] if "image" in s["index"]})
+    params = sorted({s["index"]["image"]["params"] for s in m["shards"] if "image" in s["index"]})
+    return {"build_s": took, "keys": keys, "params": params, "disk_bytes": folder_bytes(folder),
+            "npy_bytes": sizes["npy"], "index_bytes": sizes["index"], "shards": len(m["shards"])}
+
+
+def work_exact(a) -> dict:
+    """Brute-force top-10 of each method over the folder's stored vectors and offsets."""
+    from retrieval import open_index
+
+    q = np.load(Path(a.data) / "q.npy")
+    idx = open_index(a.folder, backend="faiss-cpu")
+    n = len(idx)
+    best = {m: (np.full((len(q), 10), -np.inf, np.float32), np.zeros((len(q), 10), np.int64)) for m, _ in METHODS}
+    offsets = {m: (0.75 if m == "nnn" else 1.0) * idx.biases.all(m, "image") for m in ("bsap", "nnn")}
+    for lo in range(0, n, 200_000):
+        ids = np.arange(lo, min(n, lo + 200_000))
+        s0 = q @ idx.embeddings(ids, "image").astype(np.float32).T
+        for m, _ in METHODS:
+            s = s0 - offsets[m][ids] if m in offsets else s0
+            bs, bi = best[m]
+            ss, ii = np.concatenate([bs, s], 1), np.concatenate([bi, np.broadcast_to(ids, s.shape)], 1)
+            p = np.argpartition(-ss, 9, axis=1)[:, :10]
+            best[m] = (np.take_along_axis(ss, p, 1), np.take_along_axis(ii, p, 1))
+    np.savez(Path(a.folder).with_suffix(".exact.npz"), **{m: v[1] for m, v in best.items()})
+    return {}
+
+
+def _recall(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())]))
+
+
+def work_measure(a) -> dict:
+    import faiss  # noqa: F401 - imported before the RSS baseline
+
+    from retrieval import open_index
+
+    q = np.load(Path(a.data) / "q.npy")
+    exact = dict(np.load(Path(a.folder).with_suffix(".exact.npz")))
+    out: dict = {"rss_before_mb": status_mb()}
+    t0 = time.perf_counter()
+    idx = open_index(a.folder, backend="faiss-cpu")
+    out["open_s"] = time.perf_counter() - t0
+    for m, kw in METHODS:
+        idx.search(q[:1], 10, **kw)
+        lat, ids = [], []
+        for i in range(len(q)):
+            t = time.perf_counter()
+            ids.append(idx.search(q[i:i + 1], 10, **kw)[1][0])
+            lat.append(time.perf_counter() - t)
+        out[m] = {"p50_ms": 1e3 * statistics.median(lat), "p90_ms": 1e3 * float(np.quantile(lat, 0.9)),
+                  "recall": _recall(np.stack(ids), exact[m])}
+        t = time.perf_counter()
+        got = idx.search(q, 10, **kw)[1]
+        out[m]["batch_qps"] = len(q) / (time.perf_counter() - t)
+        out[m]["batch_recall"] = _recall(got, exact[m])
+    out["rss_after_mb"] = status_mb()
+    return out
+
+
+WORKERS = {"build": work_build, "exact": work_exact, "measure": work_measure}
+
+
+def run(kind: str, a, n: int, path: str) -> dict:
+    folder = Path(a.work) / f"{path}_{n}"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--folder", str(folder),
+           "--data", str(data_dir(a, n)), "--path", path, "--shard-size", str(a.shard_size),
+           "--budget-per-vector", str(a.budget_per_vector)]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def report(n: int, path: str, b: dict, m: dict) -> None:
+    mb = 1 / 2**20
+    print(f"\n{path}, N = {n:,}: key {', '.join(b['keys'])} ({', '.join(p or '-' for p in b['params'])}), "
+          f"{b['shards']} shards; build {b['build_s']:.0f} s; disk {b['disk_bytes'] * mb:,.0f} MB "
+          f"(image: fp16 npy {b['npy_bytes'] * mb:,.0f}, index files {b['index_bytes'] * mb:,.0f}); open {m['open_s']:.2f} s; "
+          f"RSS after the queries {m['rss_after_mb'].get('VmRSS', 0):,.0f} MB "
+          f"(anonymous {m['rss_after_mb'].get('RssAnon', 0):,.0f}, file {m['rss_after_mb'].get('RssFile', 0):,.0f})")
+    for meth, _ in METHODS:
+        r = m[meth]
+        print(f"  {meth:<5} p50 {r['p50_ms']:6.2f} ms, p90 {r['p90_ms']:6.2f} ms, recall@10 {r['recall']:.3f} "
+              f"(batch {r['batch_qps']:,.0f} QPS, recall {r['batch_recall']:.3f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000000")
+    ap.add_argument("--paths", default="compressed,fp16")
+    ap.add_argument("--work", default="/tmp/bench_scale")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--clusters", type=int, default=4096)
+    ap.add_argument("--spread", type=float, default=1.0)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--captioned", type=int, default=20_000)
+    ap.add_argument("--shard-size", type=int, default=100_000)
+    ap.add_argument("--budget-per-vector", type=float, default=160.0,
+                    help="the compressed path's memory budget, bytes per vector (160: 160 MB at 1M)")
+    ap.add_argument("--worker", choices=sorted(WORKERS))
+    ap.add_argument("--folder")
+    ap.add_argument("--data")
+    ap.add_argument("--path")
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(WORKERS[a.worker](a)))
+        return
+    results = {}
+    for n in (int(s) for s in a.sizes.split(",")):
+        make_data(a, n)
+        for path in a.paths.split(","):
+            b = run("build", a, n, path)
+            run("exact", a, n, path)
+            m = run("measure", a, n, path)
+            report(n, path, b, m)
+            results[(n, path)] = m
+    fp16 = sorted((n, m) for (n, p), m in results.items() if p == "fp16")
+    if len(fp16) >= 2:
+        (n0, m0), (n1, m1) = fp16[0], fp16[-1]
+        print(f"\nfp16 path, p50 at {n1:,} / p50 at {n0:,}: " + ", ".join(
+            f"{meth} {m1[meth]['p50_ms'] / m0[meth]['p50_ms']:.2f}x" for meth, _ in METHODS))
+
+
+if __name__ == "__main__":
+    main()
