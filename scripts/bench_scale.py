@@ -17,6 +17,9 @@ brute force over the folder's own stored vectors and stored offsets (computed in
 
     .venv/bin/python scripts/bench_scale.py --sizes 1000000 --paths compressed --work /tmp/bscale
     .venv/bin/python scripts/bench_scale.py --sizes 1000000,3000000 --paths fp16 --work /tmp/bscale
+
+A folder built by an earlier run with the same --work is reused (its build figures are printed again);
+the measurements always run anew, so sizes compared in one run are measured in one run.
 """
 from __future__ import annotations
 
@@ -190,8 +193,13 @@ def main() -> None:
     for n in (int(s) for s in a.sizes.split(",")):
         make_data(a, n)
         for path in a.paths.split(","):
-            b = run("build", a, n, path)
-            run("exact", a, n, path)
+            saved = Path(a.work) / f"{path}_{n}.build.json"   # a folder built by an earlier run is reused
+            if saved.exists():
+                b = json.loads(saved.read_text())
+            else:
+                b = run("build", a, n, path)
+                run("exact", a, n, path)
+                saved.write_text(json.dumps(b))
             m = run("measure", a, n, path)
             report(n, path, b, m)
             results[(n, path)] = m

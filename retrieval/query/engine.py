@@ -109,8 +109,7 @@ class ModalitySearch:
             starts = np.append(starts, 0)
         s, ids = merge_topk(parts, starts, pool)
         if pool > want:  # lossy codes gave the pool: scored exactly from the stored vectors
-            s, ids = rescore(q, ids, want, self.shards.starts,
-                             lambda i, rows: self.shards.vectors(i, self.modality).rows(rows),
+            s, ids = rescore(q, ids, want, self.shards.starts, lambda i, r: self.shards.vectors(i, self.modality).rows(r),
                              lambda i: self._offsets(i, offset))
         short = (ids >= 0).sum(1) < want
         if short.any():

@@ -93,6 +93,7 @@ class ShardSet:
         self._groups: dict[str, list[CoarseGroup]] = {}
         self._flat: dict[str, Optional[FlatGroup]] = {}
         self._vectors: dict[tuple, ShardVectors] = {}
+        self._compressed: dict[str, bool] = {}
         old = {} if previous is None else {s["id"]: previous for s in previous.shards}
         for s in self.shards:
             if s["id"] in old:
@@ -125,8 +126,10 @@ class ShardSet:
     def compressed(self, modality: str) -> bool:
         """Whether some shard's ``modality`` index holds lossy codes (its results are re-scored
         exactly from the fp16 vectors it keeps: ``query.rescore``)."""
-        return any(compressed(s["index"][modality]["key"]) for i, s in enumerate(self.shards)
-                   if modality in s["index"] and self.has_index(i, modality))
+        if modality not in self._compressed:
+            self._compressed[modality] = any(compressed(s["index"][modality]["key"]) for i, s in enumerate(self.shards)
+                                             if modality in s["index"] and self.has_index(i, modality))
+        return self._compressed[modality]
 
     def index(self, i: int, modality: str):
         """Shard ``i``'s faiss index of ``modality`` (loaded on first use), or None (a Flat shard)."""

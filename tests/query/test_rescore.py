@@ -147,6 +147,12 @@ def test_bias_recomputation_and_compaction_keep_compressed_results_exact(tmp_pat
     for name in ("pq", "flat"):
         compute_biases(tmp_path / name, bank="corpus", seed=5)   # new offsets: the PQ sub-codes rewritten
     same()
+    gone = [f"k{i}" for i in range(0, 6_000, 3)]            # a third of the rows deleted: filtered pools
+    for name in ("pq", "flat"):
+        assert len(open_index(tmp_path / name).delete(gone).found) == len(gone)
+    same()
+    ids = open_index(tmp_path / "pq", backend="faiss-cpu").search(q, 10, rerank="bsap")[1]
+    assert not set(ids.ravel().tolist()) & set(range(0, 6_000, 3))   # global ids of the deleted keys
     for name in ("pq", "flat"):
         compact(tmp_path / name, threshold=0.0, min_rows=1000)
     same()
