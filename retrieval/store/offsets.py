@@ -7,7 +7,9 @@
   centroids and tuned nprobe do not change).
 - An HNSW graph is rebuilt from its decoded vectors with the offsets: a graph built without them
   finds the BSAP top-k less well (recall@10 0.67 vs 0.72 at the tuned efSearch, measured).
-- A lossy index (PQ, SQ8) is retrained from its npy with the offsets.
+- An IVF-PQ index whose offsets fill a sub-vector of their own (the layout ``store.keys`` chooses)
+  gets that sub-quantizer refit and that sub-code rewritten in place (``vectors.set_pq_offsets``).
+- Other lossy indexes (OPQ, SQ8, other PQ layouts) are retrained from their npy with the offsets.
 
 Each rewritten index is a new generation-named file; the caller publishes the manifest.
 """
