@@ -90,11 +90,12 @@ class CoarseGroup:
 
     def search(self, q: np.ndarray, k: int, masks: Sequence[Optional[np.ndarray]],
                bits: Sequence[Optional[np.ndarray]], allowed: Sequence[int],
-               need: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+               need: Optional[int] = None, executor=None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(scores, local ids) of each index for queries [n, d], as ``faiss_search.search_shard`` gives
         them: min(k, allowed) per query, a selection's nprobe scaled by 1 / (allowed fraction), short
         queries (fewer than ``need`` ids, when given) searched again exhaustively. ``masks``, ``bits``,
-        ``allowed``: per index."""
+        ``allowed``: per index. ``executor``: scans the indexes' lists in its threads (a batch: one
+        coarse search for all the shards, then the shards in parallel)."""
         q = np.ascontiguousarray(q, np.float32)
         plans = []
         for index, ivf, mask, b, a in zip(self.indexes, self.ivfs, masks, bits, allowed):
@@ -111,15 +112,33 @@ class CoarseGroup:
         widest = max((p[1] for p in plans if p is not None), default=0)
         if widest:
             dq, iq = self.ivfs[0].quantizer.search(q, widest)
-        out = []
-        for index, ivf, plan in zip(self.indexes, self.ivfs, plans):
-            if plan is None:
-                out.append((np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)))
-                continue
-            kk, nprobe, sel, params = plan
-            part = preassigned(ivf, q, kk, iq[:, :nprobe], dq[:, :nprobe], params)
-            out.append(complete_short(index, q, kk, part, kk if need is None else min(need, kk), sel))
-        return out
+        def one(j: int):   # need == 0: no query is searched again
+            if plans[j] is None:
+                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+            kk, nprobe, sel, params = plans[j]
+            part = preassigned(self.ivfs[j], q, kk, iq[:, :nprobe], dq[:, :nprobe], params)
+            return part if need == 0 else complete_short(self.indexes[j], q, kk, part,
+                                                         kk if need is None else min(need, kk), sel)
+
+        todo = range(len(self.indexes))
+        return list(executor.map(one, todo)) if executor is not None else [one(j) for j in todo]
+
+    def search_batch(self, q: np.ndarray, k: int, masks: Sequence[Optional[np.ndarray]],
+                     bits: Sequence[Optional[np.ndarray]], allowed: Sequence[int], need: Optional[int],
+                     executor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``search`` for a batch, its shards scanned in ``executor``'s threads; a query is searched
+        again (exhaustively, shard by shard) only when the group as a whole found fewer than
+        min(``need`` or k, its allowed rows) ids, not whenever one shard did (a shard's probed lists
+        often hold fewer than k of its rows: completing each shard cost a batch more than its search)."""
+        parts = self.search(q, k, masks, bits, allowed, 0, executor)
+        rows = sum(ivf.ntotal if m is None else int(a) for ivf, m, a in zip(self.ivfs, masks, allowed))
+        got = sum((ids >= 0).sum(1) for _, ids in parts)
+        short = np.flatnonzero(got < min(k if need is None else need, rows))
+        if len(short):
+            again = self.search(q[short], k, masks, bits, allowed, need, executor)
+            for (s, ids), (s2, i2) in zip(parts, again):
+                s[short], ids[short] = s2, i2
+        return parts
 
 
 def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:

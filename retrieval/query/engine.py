@@ -76,8 +76,8 @@ class ModalitySearch:
         self.shards, self.biases, self.modality, self.backend_name = shards, biases, modality, backend
         self._torch: Optional[TorchBackend] = None
         self._gpu: dict[int, object] = {}
-        self.joined = JoinedSearch(shards, biases, modality, backend)
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards.shards), os.cpu_count() or 1)))
+        self.joined = JoinedSearch(shards, biases, modality, backend, self.pool)
 
     def search(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
                selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:

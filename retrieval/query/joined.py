@@ -1,8 +1,10 @@
 """The shards of one modality searched together instead of one by one (CPU faiss):
 
 - IVF shards sharing a coarse quantizer (a first build's and every appended shard; ``query.coarse``):
-  without a selection one faiss search over the group (global ids); with one, one coarse search and
-  a scan of each shard's lists (local ids);
+  for a few queries probing few codes (``joined_pays``), without a selection one faiss search over
+  the group (global ids), with one, one coarse search and a scan of each shard's lists (local ids);
+  for a batch or a wide probe, one coarse search and the shards' lists scanned in parallel threads
+  (``CoarseGroup.search_batch``);
 - the small Flat shards (appends of a few rows) as one float32 matrix (``query.flat_group``), or,
   without a selection, as one more in-memory IVF index in a group's one search (``query.delta``).
 
@@ -40,8 +42,10 @@ def joined_pays(group, n_queries: int) -> bool:
 
 
 class JoinedSearch:
-    def __init__(self, shards: ShardSet, biases: Biases, modality: str, backend: str):
+    def __init__(self, shards: ShardSet, biases: Biases, modality: str, backend: str, executor=None):
+        """``executor``: the thread pool a batch's shards are scanned in (after one coarse search)."""
         self.shards, self.biases, self.modality, self.backend = shards, biases, modality, backend
+        self.executor = executor
         self._flat_offsets: Optional[tuple] = None   # ``delta.flat_offsets``, made once
         self._deltas: dict[int, object] = {}
         self._lock = threading.Lock()
@@ -57,7 +61,8 @@ class JoinedSearch:
             return todo, parts, np.zeros(0, np.int64)
         flat = self.shards.flat_group(self.modality)
         flat = flat if flat is not None and wanted.issuperset(flat.positions) else None
-        groups = [g for g in self.shards.coarse_groups(self.modality) if joined_pays(g, len(q))]
+        every = self.shards.coarse_groups(self.modality)
+        groups = [g for g in every if joined_pays(g, len(q))]
         if selection is None:
             for group in groups:   # one search: small shards join a group
                 found = self._delta(group, flat) if wanted.issuperset(group.positions) else None
@@ -66,13 +71,14 @@ class JoinedSearch:
                     starts.append(0)
                     done += group.positions + (flat.positions if flat is not None else [])
                     break
-        for group in groups if len(todo) > 1 else ():
+        for group in every if len(todo) > 1 else ():
             pos = group.positions
             if len(pos) < 2 or not wanted.issuperset(pos) or pos[0] in done:   # merged elsewhere
                 continue
             qa = query(q, group.ivfs[0].d, offset)
             done += pos
-            found = None if selection is not None else group.search_all(qa, k, need)
+            pays = group in groups   # else a batch or a wide probe: one coarse search, shards in parallel
+            found = None if selection is not None or not pays else group.search_all(qa, k, need)
             if found is not None:
                 parts.append((unshift(found[0], offset), found[1]))
                 starts.append(0)
@@ -80,7 +86,9 @@ class JoinedSearch:
             masks = [None] * len(pos) if selection is None else [selection.masks[i] for i in pos]
             bits = [None if m is None else selection.bits(i) for i, m in zip(pos, masks)]
             allowed = [int(self.shards.rows[i] if m is None else selection.counts[i]) for i, m in zip(pos, masks)]
-            parts += [(unshift(s, offset), local) for s, local in group.search(qa, k, masks, bits, allowed, need)]
+            found = (group.search(qa, k, masks, bits, allowed, need) if pays else
+                     group.search_batch(qa, k, masks, bits, allowed, need, self.executor))
+            parts += [(unshift(s, offset), local) for s, local in found]
             starts += self.shards.starts[pos].tolist()
         if flat is not None and flat.positions[0] not in done:
             allowed = None if selection is None else selection.memo(
