@@ -20,7 +20,7 @@ from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 from ..store.masks import find_keys
 from ..store.checks import check_unit_rows
-from ..store.rows import column_keys, rows_table
+from ..store.rows import column_keys, fit_schema, rows_table
 from ..store.writer import ShardWriter, read_errors, update_counts
 from .bias import BiasExtension
 
@@ -62,7 +62,7 @@ def add_embeddings(folder: str | os.PathLike, image_emb: np.ndarray, text_emb: n
         if held & set(keys):  # adding a key the user deleted is an explicit re-add: it is released
             set_held(folder, m, held - set(keys), next_generation(m))
         replaced = dict(zip(old.found, old.ids.tolist()))
-        table = rows_table(table, len(img), folder_schema(folder, m))
+        table = fit_schema(table, folder_schema(folder, m))
         writer = ShardWriter(folder, m, table.schema, dict(m["build"]), read_errors(folder), dict(replaced),
                              extend=BiasExtension(folder))
         has = np.abs(txt).max(axis=1) > 0

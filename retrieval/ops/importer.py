@@ -41,6 +41,7 @@ from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, committed
 from ..store.lock import write_lock
 from ..store.manifest import load_manifest, new_manifest
 from ..store.outfolder import check_index_key, prepare_out
+from ..store.rows import number_keys
 from .bias import BiasExtension
 
 if TYPE_CHECKING:
@@ -218,9 +219,7 @@ def _metadata(batch, first: int, has_key: bool, schema):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    n = batch.num_rows
-    key = (pc.cast(batch.column("key"), pa.string()) if has_key
-           else pc.cast(pa.array(np.arange(first, first + n)), pa.string()))
+    key = pc.cast(batch.column("key"), pa.string()) if has_key else number_keys(first, batch.num_rows)
     return pa.table({"key": key, **{f.name: batch.column(f.name) for f in schema if f.name != "key"}}).cast(schema)
 
 

@@ -18,13 +18,14 @@ from typing import Optional
 import numpy as np
 
 from ..store.combined import combine_query
+from ..store.keys import pool_size
 from ..methods.rerank import offset_search
 from .backends import TorchBackend
 from .topk import merge_topk
 from .biases import Biases
 from .faiss_search import THREADED_MAX_QUERIES, exact_in_lists, search_shard
 from .joined import JoinedSearch
-from .rescore import pool_size, rescore
+from .rescore import rescore
 from .selection import Selection
 from .shards import ShardSet
 

@@ -14,9 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..methods.rerank import top_k
-from ..store.keys import POOL_MIN, pool_size
 
-__all__ = ["POOL_MIN", "pool_size", "rescore"]
 QUERY_BLOCK = 64   # queries re-scored at a time (bounds the gathered [block x pool, d] rows)
 
 

@@ -68,8 +68,8 @@ def index_memory(key: str, n: int, d: int) -> int:
         k = int(key[3:].split(",")[0])
         return n * (4 * d + 8) + 4 * k * d
     pq = re.fullmatch(r"IVF(\d+),PQ(\d+)(?:x8)?", key)
-    if pq and d % (int(pq.group(2)) - 1 or 1) == 0 and int(pq.group(2)) > 1:
-        k, m = int(pq.group(1)), int(pq.group(2))
+    k, m = (int(pq.group(1)), int(pq.group(2))) if pq else (0, 0)
+    if m > 1 and d % (m - 1) == 0:   # the compressed layout: the offsets in a sub-vector of their own
         dim = d // (m - 1) * m
         return n * (m + 8 + OFFSET_BYTES) + 4 * k * dim + 4 * 256 * dim
     if key.startswith("OPQ"):

@@ -31,21 +31,34 @@ def rows_table(rows: Rows, n: int, base=None):
     if table.num_rows != n:
         raise ValueError(f"{table.num_rows} metadata rows for {n} embeddings")
     check_key_column(table)
-    schema = table_schema(table.schema, base)
+    return fit_schema(table, base)
+
+
+def fit_schema(table, base=None):
+    """A checked rows Table cast to the stored schema (``table_schema``) given the folder's ``base``."""
+    import pyarrow as pa
+
     try:
-        return table.cast(schema)
+        return table.cast(table_schema(table.schema, base))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         raise ValueError(f"metadata rows do not fit the folder's columns: {str(e).splitlines()[0][:200]}") from None
 
 
 def default_rows(n: int):
     """Rows keyed by their number ("0".."n-1"), with empty paths and captions."""
+    import pyarrow as pa
+
+    blank = pa.repeat("", n)
+    return pa.table({"key": number_keys(0, n), "image_path": blank, "caption": blank})
+
+
+def number_keys(first: int, n: int):
+    """The keys "first".."first + n - 1" as a string array (rows keyed by their number)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    blank = pa.repeat("", n)
-    return pa.table({"key": pc.cast(pa.array(np.arange(n)), pa.string()), "image_path": blank, "caption": blank})
+    return pc.cast(pa.array(np.arange(first, first + n)), pa.string())
 
 
 def _from_dicts(rows: Sequence[dict]):

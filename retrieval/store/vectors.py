@@ -136,12 +136,14 @@ def set_offsets(index, columns: np.ndarray, d: int) -> bool:
     """Overwrite the extra coordinates (``columns`` [ntotal, 2], already -(c - shift)) of an SQfp16
     index in RAM, in place: each IVF list's codes by their ids, or HNSW's storage in id order. False
     when the index's codes cannot be rewritten (other lossy keys: rebuild it instead). An IVF-PQ index
-whose offsets coordinates fill its last sub-vector (``store.keys``) gets that sub-quantizer refit to
-them and that one sub-code of each vector rewritten (``set_pq_offsets``)."""
+    whose offsets coordinates fill its last sub-vector (``store.keys``) gets that sub-quantizer refit
+    to them and that one sub-code of each vector rewritten (``set_pq_offsets``)."""
     import faiss
 
-    cols = np.asarray(columns, np.float16)
     ix = faiss.downcast_index(index)
+    if isinstance(ix, faiss.IndexIVFPQ):   # coded on a grid of the float32 values, not stored as fp16
+        return set_pq_offsets(ix, np.asarray(columns, np.float32), d)
+    cols = np.asarray(columns, np.float16)
     if isinstance(ix, faiss.IndexHNSW):
         st = faiss.downcast_index(ix.storage)
         if not isinstance(st, faiss.IndexScalarQuantizer) or st.sq.qtype != faiss.ScalarQuantizer.QT_fp16:
@@ -149,8 +151,6 @@ them and that one sub-code of each vector rewritten (``set_pq_offsets``)."""
         codes = faiss.rev_swig_ptr(st.codes.data(), st.ntotal * st.code_size).view(np.float16)
         codes.reshape(st.ntotal, -1)[:, d:d + 2] = cols
         return True
-    if isinstance(ix, faiss.IndexIVFPQ):
-        return set_pq_offsets(ix, cols.astype(np.float32), d)
     if not fp16_vector_codes(ix):
         return False
     inv = ix.invlists

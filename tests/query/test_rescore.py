@@ -6,7 +6,8 @@ import pytest
 
 from retrieval import build_from_embeddings, open_index
 from retrieval.ops.add import add_embeddings
-from retrieval.query.rescore import POOL_MIN, pool_size, rescore
+from retrieval.query.rescore import rescore
+from retrieval.store.keys import POOL_MIN, pool_size
 from retrieval.store.vectors import pq_extras_layout, set_pq_offsets
 
 from ..conftest import unit_vectors
