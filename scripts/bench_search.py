@@ -118,14 +118,17 @@ def main() -> None:
 
 def _raw_index(folder: Path, shard: dict, params):
     """What a faiss user would search for one shard: its index file read into RAM (IVF/HNSW: the
-    combined index, queried with zeros in the offsets coordinates), or an IndexFlatIP over its npy."""
+    combined index with the coarse centroids the shards share, queried with zeros in the offsets
+    coordinates), or an IndexFlatIP over its npy."""
     import faiss
+
+    from retrieval.store.coarse import read_index
 
     if "image_index" not in shard["files"]:
         ix = faiss.IndexFlatIP(shard["dim"])
         ix.add(np.load(folder / shard["files"]["img_emb"]).astype(np.float32))
         return ix
-    ix = faiss.read_index(str(folder / shard["files"]["image_index"]))
+    ix = read_index(folder, shard["files"]["image_index"], shard["index"]["image"])  # + the shared centroids
     if params or shard["index"]["image"]["params"]:
         faiss.ParameterSpace().set_index_parameters(ix, params or shard["index"]["image"]["params"])
     return ix

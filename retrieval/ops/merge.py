@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import IndexFolderError
+from ..store.coarse import CoarseCache, read_index
 from ..store.files import quiet_stdout
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
@@ -80,10 +81,10 @@ def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[di
     from faiss.contrib.ondisk import merge_ondisk
 
     rel_index, rel_data = merged_files(modality, generation)
-    temps, ref = [], None
+    temps, ref, coarse = [], None, CoarseCache(folder)
     try:
         for s in shards:
-            index = faiss.read_index(str(folder / s["files"][INDEX_FILE[modality]]))
+            index = read_index(folder, s["files"][INDEX_FILE[modality]], s["index"][modality], cache=coarse)
             layout = _empty_bytes(index)
             if ref is None:
                 ref, trained = layout, faiss.clone_index(index)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import IndexFolderError
 from ..store.alignment import UNREADABLE, shard_problems
+from ..store.coarse import CoarseCache
 from ..store.layout import INDEX_FILE
 from ..store.integrity import quick_check
 from ..store.keys import compressed
@@ -38,13 +39,17 @@ def check_listed_files(folder: Path, manifest: dict) -> None:
         raise IndexFolderError(f"{folder / rel}: {why}{more}; run `retrieval verify {folder}`")
 
 
-def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], params: Optional[str] = None):
+def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], params: Optional[str],
+                     coarse: CoarseCache):
     """One shard's faiss index (memory-mapped in the in-memory layout unless ``mmap`` is False), with
-    ``info``'s (the manifest's) tuned search parameters, or ``params`` (e.g. 'nprobe=16') instead."""
+    ``info``'s (the manifest's) tuned search parameters, or ``params`` (e.g. 'nprobe=16') instead, and
+    the coarse quantizer its shards share attached (``store.coarse``: ``coarse`` lends it)."""
     import faiss
 
+    path = Path(path)
     with reading(path):
         ix = faiss.read_index(str(path), 0 if mmap is False else faiss.IO_FLAG_MMAP_IFC)
+    ix = coarse.attach(ix, info, str(path))
     use = params if params else info["params"]
     if use:
         try:
@@ -94,6 +99,8 @@ class ShardSet:
         self._flat: dict[str, Optional[FlatGroup]] = {}
         self._vectors: dict[tuple, ShardVectors] = {}
         self._compressed: dict[str, bool] = {}
+        # the trained indexes lent to the shards, by file and content: a previous set's stay valid
+        self._coarse = previous._coarse if previous is not None and previous.folder == self.folder else CoarseCache(folder)
         old = {} if previous is None else {s["id"]: previous for s in previous.shards}
         for s in self.shards:
             if s["id"] in old:
@@ -140,7 +147,7 @@ class ShardSet:
         with self._lock:
             if key not in self._indexes:
                 ix = read_shard_index(self.path(s, INDEX_FILE[modality]), s["index"][modality], self.mmap,
-                                      self.search_params)
+                                      self.search_params, self._coarse)
                 if ix.ntotal != s["rows"]:
                     raise IndexFolderError(f"shard {s['id']}: {modality} index holds {ix.ntotal} vectors, "
                                            f"manifest says {s['rows']}")

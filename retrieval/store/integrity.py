@@ -43,8 +43,16 @@ def file_record(path: str | os.PathLike) -> dict:
 
 
 def listed_files(manifest: dict) -> Iterator[tuple[str, dict]]:
-    """(relative path, record) of every file the manifest lists; records of folders written before
-    records existed hold only what was known (``sha256`` of shard files, nothing for biases)."""
+    """(relative path, record) of every file the manifest lists, each once; records of folders written
+    before records existed hold only what was known (``sha256`` of shard files, nothing for biases)."""
+    seen: set[str] = set()
+    for rel, rec in _listed(manifest):
+        if rel not in seen:
+            seen.add(rel)
+            yield rel, rec
+
+
+def _listed(manifest: dict) -> Iterator[tuple[str, dict]]:
     for s in manifest.get("shards", []):
         for role, rel in s["files"].items():
             rec = {k: s[k][role] for k in ("bytes", "sha256", "sample") if role in s.get(k, {})}
@@ -52,6 +60,9 @@ def listed_files(manifest: dict) -> Iterator[tuple[str, dict]]:
                 yield rel, rec
         yield from ((s.get("fts") or {}).get("files") or {}).items()
         yield from ((s.get("regions") or {}).get("files") or {}).items()
+        for info in s.get("index", {}).values():   # the coarse quantizer its index file leaves out (store.coarse)
+            if info.get("coarse"):
+                yield info["coarse"]["file"], {k: v for k, v in info["coarse"].items() if k != "file"}
     for rel, rec in ((manifest.get("bias") or {}).get("files") or {}).items():
         yield rel, rec
     for entry in (manifest.get("tombstones") or {}).values():

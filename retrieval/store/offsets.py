@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from .coarse import read_index, save_index, set_coarse
 from .combined import offsets_columns
 from .files import save_faiss
 from .integrity import file_record
@@ -47,8 +48,6 @@ def index_with_offsets(folder: Path, manifest: dict, shard: dict, modality: str,
                        shifts: dict, generation: int) -> None:
     """Write shard's combined index of ``modality`` with ``offsets`` ({method: [rows]}, None: zeros)
     as its extra coordinates (see the module doc)."""
-    import faiss
-
     from .shard import build_combined
 
     info = shard["index"].get(modality)
@@ -59,7 +58,7 @@ def index_with_offsets(folder: Path, manifest: dict, shard: dict, modality: str,
     settings = {"recall_target": manifest["build"].get("recall_target", 0.95)}
     usable = np.arange(shard["rows"]) if modality == "image" else usable_rows(folder, manifest, shard, modality)
     pending = info.pop("pending", False)
-    index = None if pending else faiss.read_index(str(folder / shard["files"][INDEX_FILE[modality]]))
+    index = None if pending else read_index(folder, shard["files"][INDEX_FILE[modality]], info)
     if index is not None and "HNSW" not in info["key"]:
         if not set_offsets(index, offsets_columns(offsets, sh, shard["rows"]), d):
             index = None  # lossy codes: retrained below
@@ -73,7 +72,7 @@ def index_with_offsets(folder: Path, manifest: dict, shard: dict, modality: str,
             _retrain_kept(folder, manifest, modality, index, info["params"], generation)
         info["dim"] = int(index.d)
     rel = index_file(shard["id"], modality, generation)
-    save_faiss(folder / rel, index)
+    set_coarse(info, save_index(folder, manifest, modality, rel, index))
     _set_file(folder, shard, INDEX_FILE[modality], rel)
     if not keeps_npy(info["key"]):
         _set_file(folder, shard, EMB_FILE[modality], None)

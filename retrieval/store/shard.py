@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from .coarse import save_index, set_coarse
 from .combined import EXTRA, add_combined, combine_vectors, combined_layout, offsets_at, offsets_columns
 from .faiss_index import build_faiss_index, gpu_for, new_index, trained_empty, tune_params, tune_queries
 from .files import save_faiss, save_npy, save_parquet
@@ -154,7 +155,7 @@ def write_shard(out: Path, manifest: dict, k: int, offset: int, img: np.ndarray,
             index, info["params"], info["trained_reused"] = build_combined(
                 out, manifest, modality, key, vecs, usable, (offsets or {}).get(modality), settings, seed=k)
             files[INDEX_FILE[modality]] = index_file(k, modality)
-            save_faiss(out / files[INDEX_FILE[modality]], index)
+            set_coarse(info, save_index(out, manifest, modality, files[INDEX_FILE[modality]], index))
             info["dim"] = int(index.d)
         info["build_s"] = round(time.perf_counter() - t0, 3)
         entry["index"][modality] = info

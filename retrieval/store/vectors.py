@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import IndexFolderError
+from .coarse import read_index
 from .layout import EMB_FILE, INDEX_FILE
 
 
@@ -111,7 +112,7 @@ class ShardVectors:
                 rel = self.shard["files"].get(INDEX_FILE[self.modality])
                 if rel is None:
                     raise IndexFolderError(f"shard {self.shard['id']} keeps no {self.modality} vectors")
-                self._loaded = faiss.read_index(str(self.folder / rel), faiss.IO_FLAG_MMAP_IFC)
+                self._loaded = read_index(self.folder, rel, self.shard["index"][self.modality], faiss.IO_FLAG_MMAP_IFC)
         return self._loaded
 
     def _d(self) -> int:

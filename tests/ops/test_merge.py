@@ -14,6 +14,7 @@ from retrieval import build_from_embeddings, open_index
 from retrieval.cli import main
 from retrieval.ops.add import add_embeddings
 from retrieval.ops.compact import compact
+from retrieval.store.coarse import read_index
 from retrieval.store.manifest import load_manifest
 from retrieval.store.quantizer import shard_sample
 
@@ -59,7 +60,8 @@ def test_one_quantizer_trained_across_shards(built):
     cent = faiss.extract_index_ivf(trained).quantizer.reconstruct_n(0, NLIST)[:, :32]
     for s in m["shards"]:
         assert s["index"]["image"]["trained_reused"] and s["index"]["image"]["params"] == m["trained"]["image"]["params"]
-        ix = faiss.read_index(str(built / s["files"]["image_index"]))
+        assert faiss.extract_index_ivf(faiss.read_index(str(built / s["files"]["image_index"]))).quantizer.ntotal == 0
+        ix = read_index(built, s["files"]["image_index"], s["index"]["image"])   # the kept centroids attached
         np.testing.assert_array_equal(faiss.extract_index_ivf(ix).quantizer.reconstruct_n(0, NLIST)[:, :32], cent)
     _, _, centres = _data()
     nearest = np.argmax(cent @ centres.T, axis=1)

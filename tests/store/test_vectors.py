@@ -62,12 +62,13 @@ def test_lossy_codes_are_not_patched():
 def test_a_first_build_writes_each_index_once_searchable_then_once_with_its_offsets(tmp_path, monkeypatch):
     """The shards wait as npy until the vectors are all in; each index is written once searchable (zero
     offsets, generation 4), then once with its offsets (generation 5)."""
+    import retrieval.store.coarse as coarse_mod
     import retrieval.store.offsets as offsets_mod
     import retrieval.store.shard as shard_mod
     from retrieval import build_from_embeddings, open_index
 
     written = []
-    for mod in (offsets_mod, shard_mod):
+    for mod in (offsets_mod, shard_mod, coarse_mod):
         real = mod.save_faiss
         monkeypatch.setattr(mod, "save_faiss", lambda path, index, real=real: (written.append(path.name), real(path, index)))
     x = unit_vectors(3000, 16, 4)
