@@ -17,6 +17,12 @@ brute force over the folder's own stored vectors and stored offsets (computed in
 
     .venv/bin/python scripts/bench_scale.py --sizes 1000000 --paths compressed --work /tmp/bscale
     .venv/bin/python scripts/bench_scale.py --sizes 1000000,3000000 --paths fp16 --work /tmp/bscale
+    .venv/bin/python scripts/bench_scale.py --sizes 1000000 --paths compressed --work /tmp/bscale \
+        --autofaiss-python /tmp/afvenv/bin/python
+
+--autofaiss-python: also autofaiss (clip-retrieval's index builder) on the same vectors at the same
+budget, in its own environment (scripts/peer_autofaiss.py says how to make it): its key, build,
+single-query p50 and recall@10 (clip) beside ours, and its recall/p50 at wider nprobe.
 
 A folder built by an earlier run with the same --work is reused (its build figures are printed again);
 the measurements always run anew, so sizes compared in one run are measured in one run.
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -51,11 +58,15 @@ def make_data(a, n: int) -> None:
     if (d / "q.npy").exists():
         return
     d.mkdir(parents=True, exist_ok=True)
-    np.save(d / "x.npy", unit_vectors(n, a.dim, 0, a.clusters, a.spread, dtype=np.float16))
-    t = np.zeros((n, a.dim), np.float16)
+    # written straight to disk: 10M x 512 fp16 is 10 GB per array
+    x = np.lib.format.open_memmap(d / "x.npy", "w+", np.float16, (n, a.dim))
+    unit_vectors(n, a.dim, 0, a.clusters, a.spread, out=x)
+    x.flush()
+    t = np.lib.format.open_memmap(d / "t.npy", "w+", np.float16, (n, a.dim))   # zeros: no caption
     rows = np.sort(np.random.default_rng(3).choice(n, min(n, a.captioned), replace=False))
     t[rows] = unit_vectors(len(rows), a.dim, 2, a.clusters, a.spread, dtype=np.float16)
-    np.save(d / "t.npy", t)
+    t.flush()
+    del x, t
     np.save(d / "q.npy", unit_vectors(a.queries, a.dim, 1, a.clusters, a.spread))
 
 
@@ -155,6 +166,39 @@ def run(kind: str, a, n: int, path: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def peer(a, n: int) -> tuple[dict, dict]:
+    """autofaiss's build (reused when an earlier run made it) and measurement, in its interpreter."""
+    out = Path(a.work) / f"autofaiss_{n}"
+    saved = out.with_suffix(".build.json")
+
+    def step(name: str) -> dict:
+        cmd = [a.autofaiss_python, str(HERE / "peer_autofaiss.py"), name, "--data", str(data_dir(a, n)),
+               "--out", str(out), "--budget", str(a.budget_per_vector * n)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"autofaiss {name} failed:\n{r.stderr[-3000:]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    if not saved.exists():
+        saved.write_text(json.dumps(step("build")))
+    return json.loads(saved.read_text()), step("measure")
+
+
+def report_peer(n: int, b: dict, m: dict, ours: Optional[dict]) -> None:
+    mb = 1 / 2**20
+    print(f"\nautofaiss, N = {n:,}: key {b['key']} ({m['params']}); build {b['build_s']:.0f} s; index file "
+          f"{b['index_bytes'] * mb:,.0f} MB; RSS after the queries {m['rss_after_mb'].get('VmRSS', 0):,.0f} MB "
+          f"(anonymous {m['rss_after_mb'].get('RssAnon', 0):,.0f})")
+    print(f"  clip  p50 {m['p50_ms']:6.2f} ms, p90 {m['p90_ms']:6.2f} ms, recall@10 {m['recall']:.3f} "
+          f"(batch {m['batch_qps']:,.0f} QPS, recall {m['batch_recall']:.3f})")
+    for c in m["curve"]:
+        print(f"  at {c['params']}: p50 {c['p50_ms']:6.2f} ms, recall@10 {c['recall']:.3f}")
+    if ours is not None:
+        r = ours["clip"]
+        print(f"  ours (compressed) / autofaiss: recall@10 {r['recall']:.3f} / {m['recall']:.3f}, "
+              f"p50 {r['p50_ms'] / m['p50_ms']:.2f}x")
+
+
 def report(n: int, path: str, b: dict, m: dict) -> None:
     mb = 1 / 2**20
     print(f"\n{path}, N = {n:,}: key {', '.join(b['keys'])} ({', '.join(p or '-' for p in b['params'])}), "
@@ -181,6 +225,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=100_000)
     ap.add_argument("--budget-per-vector", type=float, default=160.0,
                     help="the compressed path's memory budget, bytes per vector (160: 160 MB at 1M)")
+    ap.add_argument("--autofaiss-python", help="the interpreter of an environment with autofaiss (the peer)")
     ap.add_argument("--worker", choices=sorted(WORKERS))
     ap.add_argument("--folder")
     ap.add_argument("--data")
@@ -203,6 +248,8 @@ def main() -> None:
             m = run("measure", a, n, path)
             report(n, path, b, m)
             results[(n, path)] = m
+        if a.autofaiss_python:
+            report_peer(n, *peer(a, n), results.get((n, "compressed")))
     fp16 = sorted((n, m) for (n, p), m in results.items() if p == "fp16")
     if len(fp16) >= 2:
         (n0, m0), (n1, m1) = fp16[0], fp16[-1]

@@ -8,11 +8,12 @@ import numpy as np
 
 
 def unit_vectors(n: int, d: int, seed: int, clusters: int = 0, spread: float = 1.0,
-                 dtype=np.float32) -> np.ndarray:
+                 dtype=np.float32, out=None) -> np.ndarray:
     """n unit vectors: isotropic (clusters=0) or around ``clusters`` seeded centres (noise ``spread``),
-    generated in blocks of 100k (1M x 512 fp16 never holds 2 GB of fp32)."""
+    generated in blocks of 100k (1M x 512 fp16 never holds 2 GB of fp32); written into ``out`` (e.g.
+    a memory-mapped npy of n rows) when given."""
     rng = np.random.default_rng(seed)
-    out = np.empty((n, d), dtype)
+    out = np.empty((n, d), dtype) if out is None else out
     centres = np.random.default_rng(12345).standard_normal((clusters, d)).astype(np.float32) if clusters else None
     for i in range(0, n, 100_000):
         m = min(100_000, n - i)

@@ -32,26 +32,20 @@ MIN_SUB_DIM = 2      # dimensions per PQ sub-vector, at least
 OFFSET_BYTES = 8     # BSAP + NNN offsets (float32) per row, held for the exact re-score
 POOL_FACTOR = 40     # candidates per result a compressed index gives for the exact re-score
 POOL_MIN = 400       # at least this many (BSAP's top k sits among many near-ties: measured)
+ASSIGN_MAX = 2 ** 36  # N x nlist at most: a build assigns every vector to its nearest list with a
+                      # flat coarse search, N x nlist x d multiply-adds (k-means on 100 x nlist
+                      # vectors costs as much again per 10 iterations): 2^36 x 528 is ~8 min of 2 CPU
+                      # cores at ~150 GFLOP/s, what a 10M build can afford (4,096 lists instead of 16,384);
+                      # never fewer lists than ~sqrt(N) (50M: 8,192), where queries would scan too much
 
 
-def ivf_centroids(n: int) -> int:
-    """Power of two nearest 4*sqrt(N), at most N / MIN_PER_CENTROID (and >= 1)."""
+def ivf_centroids(n: int, max_assign: Optional[int] = ASSIGN_MAX) -> int:
+    """Power of two nearest 4*sqrt(N), halved while N x it exceeds ``max_assign`` (None: never) but not
+    below the power of two nearest sqrt(N); at most N / MIN_PER_CENTROID, and >= 1."""
     k = 2 ** round(math.log2(max(4 * math.sqrt(n), 1)))
-    while k > 1 and k * MIN_PER_CENTROID > n:
+    floor = 2 ** round(math.log2(max(math.sqrt(n), 1)))
+    while max_assign is not None and k > floor and k * n > max_assign:
         k //= 2
-    return k
-
-
-def pq_centroids(n: int) -> int:
-    """IVF lists for the compressed index: 2^14 / 2^16 for 1M-10M, 2^16-2^18 for 10M-300M."""
-    if n < 4_000_000:
-        k = 2 ** 14
-    elif n < 30_000_000:
-        k = 2 ** 16
-    elif n < 100_000_000:
-        k = 2 ** 17
-    else:
-        k = 2 ** 18
     while k > 1 and k * MIN_PER_CENTROID > n:
         k //= 2
     return k

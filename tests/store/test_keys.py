@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from retrieval.store.faiss_index import build_faiss_index as build_index, tune_params
-from retrieval.store.keys import choose_index_key, index_memory, ivf_centroids, pq_centroids, sample_ids, train_size
+from retrieval.store.keys import choose_index_key, index_memory, ivf_centroids, sample_ids, train_size
 
 GB = 2**30
 
@@ -17,7 +17,7 @@ GB = 2**30
     (1_000_000, 512, 160 * 2**20, "IVF4096,PQ129"),      # 128 sub-vectors of 4 dims + the offsets' own
     (3_000_000, 512, 600 * 2**20, "IVF8192,PQ129"),      # PQ257 (2 dims each) does not fit
     (5_000_000, 512, 1 * GB, "IVF8192,PQ129"),
-    (50_000_000, 768, 16 * GB, "IVF32768,PQ257"),        # 256 sub-vectors of 3 dims
+    (50_000_000, 768, 16 * GB, "IVF8192,PQ257"),         # 256 sub-vectors of 3 dims; sqrt(N) lists
 ])
 def test_choose_index_key_table(n, d, budget, expected):
     key = choose_index_key(n, d, budget)
@@ -59,8 +59,10 @@ def test_the_key_is_chosen_for_the_whole_index_not_per_shard():
 def test_centroid_rules():
     assert ivf_centroids(250_000) == 2048          # 4*sqrt(N) = 2000 -> 2^11
     assert ivf_centroids(100) == 2                 # never fewer than 39 points per list
-    assert pq_centroids(2_000_000) == 2**14 and pq_centroids(20_000_000) == 2**16
-    assert pq_centroids(200_000_000) == 2**18
+    assert ivf_centroids(3_000_000) == 8192        # 6,928 -> 2^13
+    assert ivf_centroids(10_000_000) == 4096       # 12,649 -> 2^14, but N x nlist <= 2^36: 2^12
+    assert ivf_centroids(10_000_000, max_assign=None) == 16384
+    assert ivf_centroids(100_000_000) == 8192      # never below sqrt(N) (10,000 -> 2^13)
     assert train_size("IVF1024,Flat", 10**6) == 102_400 and train_size("Flat", 10**6) == 0
 
 
