@@ -148,13 +148,16 @@ def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int])
     import faiss
 
     groups: dict[tuple, list[int]] = {}
+    digests: dict[int, bytes] = {}   # shards sharing one quantizer object (store.coarse) hash it once
     for i, index in enumerate(indexes):
         ivf = None if index is None else _plain_ivf(index)
         if ivf is None:
             continue
         q = faiss.downcast_index(ivf.quantizer)
-        centroids = faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d)
-        key = (ivf.d, ivf.metric_type, ivf.nlist, type(q).__name__,
-               hashlib.blake2b(memoryview(centroids).cast("B"), digest_size=16).digest())
+        address = int(q.this)
+        if address not in digests:
+            centroids = faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d)
+            digests[address] = hashlib.blake2b(memoryview(centroids).cast("B"), digest_size=16).digest()
+        key = (ivf.d, ivf.metric_type, ivf.nlist, type(q).__name__, digests[address])
         groups.setdefault(key, []).append(i)
     return [CoarseGroup(g, [indexes[i] for i in g], [starts[i] for i in g]) for g in groups.values()]
