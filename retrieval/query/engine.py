@@ -111,7 +111,8 @@ class ModalitySearch:
         s, ids = merge_topk(parts, starts, pool)
         if pool > want:  # lossy codes gave the pool: scored exactly from the stored vectors
             s, ids = rescore(q, ids, want, self.shards.starts, lambda i, r: self.shards.vectors(i, self.modality).rows(r),
-                             lambda i: self._offsets(i, offset))
+                             lambda i, r: None if offset is None else
+                             offset.scale * self.biases.per_shard(offset.method, self.modality)[i][r])
         short = (ids >= 0).sum(1) < want
         if short.any():
             s, ids = s.copy(), ids.copy()

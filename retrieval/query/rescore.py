@@ -20,11 +20,11 @@ QUERY_BLOCK = 64   # queries re-scored at a time (bounds the gathered [block x p
 
 def rescore(q: np.ndarray, ids: np.ndarray, k: int, starts: np.ndarray,
             rows_of: Callable[[int, np.ndarray], np.ndarray],
-            offsets_of: Callable[[int], Optional[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+            offsets_of: Callable[[int, np.ndarray], Optional[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """The exact top-``k`` (scores, global ids) among candidate global ``ids`` [n, pool] (-1: none) of
     queries ``q`` [n, d]. ``starts``: each shard's first global id; ``rows_of(shard,
-    local rows)``: their stored vectors as float32 [m, d]; ``offsets_of(shard)``: scale x the
-    method's offsets of its rows, or None (plain CLIP)."""
+    local rows)``: their stored vectors as float32 [m, d]; ``offsets_of(shard, local rows)``: scale x
+    the method's offsets of those rows, or None (plain CLIP)."""
     n = len(q)
     order = np.argsort(starts, kind="stable")
     sorted_starts = np.asarray(starts)[order]
@@ -32,21 +32,26 @@ def rescore(q: np.ndarray, ids: np.ndarray, k: int, starts: np.ndarray,
     out_i = np.full((n, k), -1, np.int64)
     for lo in range(0, n, QUERY_BLOCK):
         hi = min(n, lo + QUERY_BLOCK)
-        cand = ids[lo:hi]
-        scores = np.full(cand.shape, -np.inf, np.float32)
-        valid = cand >= 0
-        shard = order[np.maximum(np.searchsorted(sorted_starts, cand, side="right") - 1, 0)]
-        for p in np.unique(shard[valid]).tolist():
-            sel = valid & (shard == p)
-            local = cand[sel] - starts[p]
-            uniq, inv = np.unique(local, return_inverse=True)    # sorted reads of the memory map
+        cand = np.ascontiguousarray(ids[lo:hi])
+        flat = cand.ravel()
+        scores = np.full(flat.shape, -np.inf, np.float32)
+        where = np.flatnonzero(flat >= 0)
+        cells = where[np.argsort(flat[where], kind="stable")]   # one sort of the block: reads in id order
+        glob = flat[cells]
+        shard = order[np.maximum(np.searchsorted(sorted_starts, glob, side="right") - 1, 0)]
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(glob)]]) if len(glob) else [0]
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):   # one shard's candidates
+            p, part = int(shard[a]), cells[a:b]
+            local = glob[a:b] - starts[p]
+            first = np.concatenate([[True], local[1:] != local[:-1]])
+            uniq, inv = local[first], np.cumsum(first) - 1     # each row read once
             vecs = rows_of(p, uniq)
-            qi = np.nonzero(sel)[0]
-            s = np.einsum("ij,ij->i", vecs[inv], q[lo + qi], dtype=np.float32)
-            off = offsets_of(p)
+            s = np.einsum("ij,ij->i", vecs[inv], q[lo + part // cand.shape[1]], dtype=np.float32)
+            off = offsets_of(p, uniq)
             if off is not None:
-                s -= off[uniq][inv]
-            scores[sel] = s
+                s -= off[inv]
+            scores[part] = s
+        scores = scores.reshape(cand.shape)
         best, pos = top_k(scores, k)
         got = np.take_along_axis(cand, pos, 1)
         out_s[lo:hi, :best.shape[1]] = best

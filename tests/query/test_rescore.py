@@ -35,7 +35,7 @@ def test_rescore_equals_brute_force_over_the_pool():
     ids[:, -5:] = -1                                   # padding: never returned
     for with_offsets in (False, True):
         s, got = rescore(q, ids, 10, starts, lambda i, rows: shards[i][rows].astype(np.float32),
-                         lambda i: offsets[i] if with_offsets else None)
+                         lambda i, rows: offsets[i][rows] if with_offsets else None)
         for j in range(len(q)):
             cand = pool[j, :-5]
             exact = vec[cand] @ q[j] - (off[cand] if with_offsets else 0)
