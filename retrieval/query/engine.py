@@ -111,16 +111,15 @@ class ModalitySearch:
         s, ids = merge_topk(parts, starts, pool)
         if pool > want:  # lossy codes gave the pool: scored exactly from the stored vectors
             s, ids = rescore(q, ids, want, self.shards.starts, lambda i, r: self.shards.vectors(i, self.modality).rows(r),
-                             lambda i, r: None if offset is None else
-                             offset.scale * self.biases.per_shard(offset.method, self.modality)[i][r])
+                             lambda i, r: self._offsets(i, offset, r))
         short = (ids >= 0).sum(1) < want
         if short.any():
             s, ids = s.copy(), ids.copy()
             s[short], ids[short] = self.exact(q[short], want, offset, selection)
         return s, ids
 
-    def _offsets(self, i: int, offset: Optional[Offset]) -> Optional[np.ndarray]:
-        return None if offset is None else offset.scale * self.biases.per_shard(offset.method, self.modality)[i]
+    def _offsets(self, i: int, offset: Optional[Offset], rows=slice(None)) -> Optional[np.ndarray]:
+        return None if offset is None else offset.scale * self.biases.per_shard(offset.method, self.modality)[i][rows]
 
     def _shard(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection],
                need: Optional[int] = None):

@@ -45,7 +45,9 @@ def centroids(ivf) -> np.ndarray:
     import faiss
 
     q = faiss.downcast_index(ivf.quantizer)
-    return faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d).reshape(q.ntotal, q.d) if q.ntotal else np.zeros((0, q.d), np.float32)
+    if not q.ntotal:
+        return np.zeros((0, q.d), np.float32)
+    return faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d).reshape(q.ntotal, q.d)
 
 
 def _read_centroids(path: str) -> np.ndarray:
