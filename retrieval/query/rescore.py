@@ -39,7 +39,8 @@ def rescore(q: np.ndarray, ids: np.ndarray, k: int, starts: np.ndarray,
         cells = where[np.argsort(flat[where], kind="stable")]   # one sort of the block: reads in id order
         glob = flat[cells]
         shard = order[np.maximum(np.searchsorted(sorted_starts, glob, side="right") - 1, 0)]
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(glob)]]) if len(glob) else [0]
+        cuts = (np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(glob)]]) if len(glob)
+                else np.zeros(1, np.int64))                      # a block without candidates: no shard
         for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):   # one shard's candidates
             p, part = int(shard[a]), cells[a:b]
             local = glob[a:b] - starts[p]

@@ -44,6 +44,14 @@ def test_rescore_equals_brute_force_over_the_pool():
             assert np.allclose(s[j], exact[best], atol=1e-5)
 
 
+def test_a_block_without_candidates_returns_none():
+    """A query block whose pools are all padding (-1) gives -1 ids and -inf scores, not an error."""
+    q = unit_vectors(3, D, 4)
+    s, got = rescore(q, np.full((3, 40), -1), 10, np.array([0]), lambda i, rows: np.zeros((len(rows), D), np.float32),
+                     lambda i, rows: None)
+    assert (got == -1).all() and np.isneginf(s).all()
+
+
 def _ivfpq(x: np.ndarray, nlist: int = 8, m: int = 17):
     dim = D // (m - 1) * m
     quant = faiss.IndexFlatIP(dim)
