@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..store.coarse import centroids, flat_ivf
 from .faiss_search import complete_short, params_for, preassigned
 from .selection import selector
 from .topk import merge_topk
@@ -29,12 +30,7 @@ def _plain_ivf(index):
     """The IndexIVF ``index`` is, when its coarse quantizer is a flat index; else None."""
     import faiss
 
-    ix = faiss.downcast_index(index)
-    if not isinstance(ix, faiss.IndexIVF):
-        return None
-    if not isinstance(faiss.downcast_index(ix.quantizer), faiss.IndexFlat):
-        return None
-    return ix
+    return flat_ivf(index) if isinstance(faiss.downcast_index(index), faiss.IndexIVF) else None   # no pre-transform
 
 
 class CoarseGroup:
@@ -156,8 +152,7 @@ def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int])
         q = faiss.downcast_index(ivf.quantizer)
         address = int(q.this)
         if address not in digests:
-            centroids = faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d)
-            digests[address] = hashlib.blake2b(memoryview(centroids).cast("B"), digest_size=16).digest()
+            digests[address] = hashlib.blake2b(memoryview(centroids(ivf)).cast("B"), digest_size=16).digest()
         key = (ivf.d, ivf.metric_type, ivf.nlist, type(q).__name__, digests[address])
         groups.setdefault(key, []).append(i)
     return [CoarseGroup(g, [indexes[i] for i in g], [starts[i] for i in g]) for g in groups.values()]
