@@ -101,6 +101,20 @@ def test_fan_out_equals_in_process(cluster, folder):
         pool.close()
 
 
+def _wait_dead(actor, within_s: float = 30.0) -> None:
+    """Return once ``actor`` refuses calls (killed for good), or fail the test after ``within_s``."""
+    t_end = time.monotonic() + within_s
+    while time.monotonic() < t_end:
+        try:
+            ray.get(actor.pid.remote(), timeout=1.0)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"actor {actor} still answers {within_s} s after ray.kill")
+
+
 def test_killed_replica_then_partial(cluster, folder, caplog):
     from retrieval.serve import create_app
     from fastapi.testclient import TestClient
@@ -131,6 +145,8 @@ def test_killed_replica_then_partial(cluster, folder, caplog):
         # no replica of group 0 left: the answer is group 1's shards, flagged with group 0's shards
         for a in pool.actors[0]:
             ray.kill(a, no_restart=True)
+        for a in pool.actors[0]:  # ray.kill is asynchronous: a call sent at once may still be answered
+            _wait_dead(a)
         with collect_missing() as missing:
             s, ids = idx.search(q, 10)
         shards = [s_["id"] for s_ in idx.shards]
