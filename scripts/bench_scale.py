@@ -24,6 +24,9 @@ brute force over the folder's own stored vectors and stored offsets (computed in
 budget, in its own environment (scripts/peer_autofaiss.py says how to make it): its key, build,
 single-query p50 and recall@10 (clip) beside ours, and its recall/p50 at wider nprobe.
 
+--drop-caches starts every measurement on cold pages (Linux, as root); --warm-open opens the folder as
+`retrieval serve` does (``open_index(warm=True)``: the search files asked for in the background).
+
 A folder built by an earlier run with the same --work is reused (its build figures are printed again);
 the measurements always run anew, so sizes compared in one run are measured in one run.
 """
@@ -102,7 +105,7 @@ def work_exact(a) -> dict:
     from retrieval import open_index
 
     q = np.load(Path(a.data) / "q.npy")
-    idx = open_index(a.folder, backend="faiss-cpu")
+    idx = open_index(a.folder, backend="faiss-cpu", warm=a.warm_open)
     n = len(idx)
     best = {m: (np.full((len(q), 10), -np.inf, np.float32), np.zeros((len(q), 10), np.int64)) for m, _ in METHODS}
     offsets = {m: (0.75 if m == "nnn" else 1.0) * idx.biases.all(m, "image") for m in ("bsap", "nnn")}
@@ -132,7 +135,7 @@ def work_measure(a) -> dict:
     exact = dict(np.load(Path(a.folder).with_suffix(".exact.npz")))
     out: dict = {"rss_before_mb": status_mb()}
     t0 = time.perf_counter()
-    idx = open_index(a.folder, backend="faiss-cpu")
+    idx = open_index(a.folder, backend="faiss-cpu", warm=a.warm_open)
     out["open_s"] = time.perf_counter() - t0
     for m, kw in METHODS:
         idx.search(q[:1], 10, **kw)
@@ -158,7 +161,10 @@ def run(kind: str, a, n: int, path: str) -> dict:
     folder = Path(a.work) / f"{path}_{n}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--folder", str(folder),
            "--data", str(data_dir(a, n)), "--path", path, "--shard-size", str(a.shard_size),
-           "--budget-per-vector", str(a.budget_per_vector)]
+           "--budget-per-vector", str(a.budget_per_vector)] + (["--warm-open"] if a.warm_open else [])
+    if kind == "measure" and a.drop_caches:   # every measure starts on cold pages (Linux, root)
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
@@ -226,6 +232,11 @@ def main() -> None:
     ap.add_argument("--budget-per-vector", type=float, default=160.0,
                     help="the compressed path's memory budget, bytes per vector (160: 160 MB at 1M)")
     ap.add_argument("--autofaiss-python", help="the interpreter of an environment with autofaiss (the peer)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="drop the page cache before each measurement (Linux, as root): a cold start")
+    ap.add_argument("--warm-open", action="store_true",
+                    help="open with warm=True, as `retrieval serve` does (the search files read into the "
+                         "page cache in the background while the queries run)")
     ap.add_argument("--worker", choices=sorted(WORKERS))
     ap.add_argument("--folder")
     ap.add_argument("--data")
@@ -235,6 +246,7 @@ def main() -> None:
         print(json.dumps(WORKERS[a.worker](a)))
         return
     results = {}
+    print(f"open_index(warm={a.warm_open}); page cache {'dropped before each measurement' if a.drop_caches else 'as found'}")
     for n in (int(s) for s in a.sizes.split(",")):
         make_data(a, n)
         for path in a.paths.split(","):

@@ -215,7 +215,10 @@ def open_index(folder: str | os.PathLike, clip: Union[ClipModel, str, None] = No
     build's tuned parameters of every non-Flat shard. Opening always checks every file's size and a
     sampled fingerprint against the manifest; ``verify=True`` first checks every byte (sha256).
     ``warm=True`` (what ``retrieval serve`` uses) prepares in a background thread, at open and at each
-    reload, what the first ``where`` filter needs (DuckDB's view over the metadata, ~30 ms).
+    reload, what the first ``where`` filter needs (DuckDB's view over the metadata, ~30 ms), and asks
+    the kernel for the pages of the search files (``store.warm``: index files first, then offsets,
+    then the npy files, within half the memory available), so that the first queries after a start
+    do not wait on one page fault at a time.
     """
     auto = isinstance(clip, str)
     if auto and clip != "auto":

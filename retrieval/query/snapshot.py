@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..store.warm import warm_in_background
 from .biases import Biases
 from .engine import ModalitySearch
 from .filters import Filters
@@ -44,7 +45,8 @@ class Snapshot:
                  search_params: Optional[str] = None, previous: Optional["Snapshot"] = None, engines=None,
                  warm: bool = False):
         """``engines``: the searcher's engine factory (``query.searcher.Searcher``); ``warm``: connect
-        the ``where`` filters in the background now (``Filters.warm``)."""
+        the ``where`` filters in the background now (``Filters.warm``) and read the search files into
+        the page cache (``store.warm``)."""
         self.folder, self.manifest = Path(folder), manifest
         same_shards = previous is not None and _shard_ids(previous.manifest) == _shard_ids(manifest)
         same_bias = same_shards and _bias_files(previous.manifest) == _bias_files(manifest)
@@ -63,6 +65,7 @@ class Snapshot:
         self.rows = RowMasks(self.folder, manifest, self.shard_set.shards)
         if warm:
             self.filters.warm()
+            warm_in_background(self.folder, manifest)
 
     @property
     def generation(self) -> int:
