@@ -54,8 +54,8 @@ class _ShardGroup:
                  search_params: Optional[str]):
         from ..query.index import Index
 
-        self.index = Index(folder, backend=backend, mmap=mmap, search_params=search_params,
-                           shard_filter=lambda s: shard_group(s["id"], groups) == group)
+        self.index = Index(folder, backend=backend, mmap=mmap, search_params=search_params, warm=True,
+                           shard_filter=lambda s: shard_group(s["id"], groups) == group)   # its files only
 
     def ready(self) -> int:
         return self.index.snapshot.generation
