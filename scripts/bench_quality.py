@@ -104,6 +104,38 @@ def retrieval_table(root: Path, work: Path) -> list[str]:
     return lines
 
 
+def bank_size_table(root: Path, work: Path, sizes=(1024, 2048, 4096), pairs=(250, 500, 1000),
+                    seeds=(0, 1, 2)) -> list[str]:
+    """R@1 on ImageNet (the one set with more than 2,048 items) per corpus-bank size (one sample as
+    BSAP's bank and NNN's references, as builds store it) and calibration pairs (BSAP-H's λ), mean
+    over ``seeds`` draws: what smaller banks and fewer pairs (the write path's flops) cost."""
+    from retrieval.ops.bias import compute_biases
+
+    name, img, txt, y = next(retrieval_sets(root))
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    rows = [{"key": str(j), "image_path": "", "caption": "", "label": str(int(y[j]))} for j in range(len(img))]
+    folder = work / "banks"
+    build_from_embeddings(folder, img, txt, {"arch": "real-embeddings"}, rows, index_key="Flat", bias_bank="corpus",
+                          bias_later=True)
+    methods = ("bsap", "hybrid", "nnn")
+    lines = [f"| bank rows | calibration pairs | " + " | ".join(f"t→i {m}" for m in methods) + " | "
+             + " | ".join(f"i→t {m}" for m in methods) + " |", "|---:|---:|" + "---:|" * 6]
+    clip = None
+    for size in sizes:
+        for n_pairs in pairs:
+            got: dict = {}
+            for seed in seeds:
+                compute_biases(folder, bank="corpus", bank_size=size, ref_size=size, seed=seed, calibrate=n_pairs)
+                for r in eval_retrieval(open_index(folder), (1,), label_column="label"):
+                    got.setdefault((r["direction"], r["method"]), []).append(r["R@1"])
+            clip = {d: np.mean(got[d, "clip"]) for d in ("text→image", "image→text")}
+            lines.append(f"| {size:,} | {n_pairs:,} | " + " | ".join(
+                f"{np.mean(got[d, m]):.3f}" for d in ("text→image", "image→text") for m in methods) + " |")
+    lines.append(f"| clip | | {clip['text→image']:.3f} | | | {clip['image→text']:.3f} | | |")
+    return [f"{name}, mean over {len(seeds)} seeds:", ""] + lines
+
+
 def calibration_check(root: Path) -> list[str]:
     """BSAP-H with λ chosen from the pairs, honestly: λ chosen on one half of the pairs, R@1 measured
     on the other half (and the reverse), over the whole corpus with corpus-bank offsets."""
@@ -218,9 +250,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     ap.add_argument("--seeds", type=int, default=10, help="CIFAR-10 support draws")
+    ap.add_argument("--tables", default="all", help="'all', or 'banks' for the bank-size table alone")
     a = ap.parse_args()
     root = Path(a.shared) / "data" / "embeddings"
     import tempfile
+
+    if a.tables == "banks":
+        with tempfile.TemporaryDirectory() as tmp:
+            print("\n".join(bank_size_table(root, Path(tmp))))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         print("\n".join(retrieval_table(root, Path(tmp))) + "\n")
