@@ -23,6 +23,7 @@ import numpy as np
 from ..store.coarse import centroids, flat_ivf
 from .faiss_search import complete_short, params_for, preassigned
 from .selection import selector
+from .stacked import stack
 from .topk import merge_topk
 
 
@@ -44,23 +45,12 @@ class CoarseGroup:
         self._lock = threading.Lock()
 
     def joined(self):
-        """(faiss IndexShardsIVF over the group, its SearchParametersIVF, the global id of each of its ids),
-        or None when the shards' nprobe differ (faiss's joined search takes one); made on first use."""
-        import faiss
-
+        """The group as one index (``query.stacked``: one scan of the stacked lists; faiss's
+        IndexShardsIVF for a type without a shell there) with ``search(q, k) -> (scores, global
+        ids)``, or None when the shards' nprobe differ; made on first use."""
         with self._lock:
             if self._joined is None:
-                nprobe = {ivf.nprobe for ivf in self.ivfs}
-                joined = False
-                if len(nprobe) == 1:
-                    joined = faiss.IndexShardsIVF(self.ivfs[0].quantizer, self.ivfs[0].nlist, False, True)
-                    for ix in self.indexes:
-                        joined.add_shard(ix)
-                    # the global id of each joined id (numbered through the shards), then -1 for faiss's -1
-                    table = np.concatenate([np.arange(ivf.ntotal, dtype=np.int64) + s
-                                            for ivf, s in zip(self.ivfs, self.starts)] + [np.array([-1], np.int64)])
-                    joined = (joined, faiss.SearchParametersIVF(nprobe=int(nprobe.pop())), table)
-                self._joined = joined
+                self._joined = one_index(self.ivfs, [int(s) for s in self.starts]) or False
             return self._joined or None
 
     def search_all(self, q: np.ndarray, k: int, need: Optional[int] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -68,16 +58,14 @@ class CoarseGroup:
         [n, d], as one IVF: one faiss search; queries short of results are searched shard by shard
         with ``search``'s exhaustive retry (those with fewer than ``need`` ids, when given). None when
         the shards' nprobe differ."""
-        found = self.joined()
-        if found is None:
+        joined = self.joined()
+        if joined is None:
             return None
-        joined, params, table = found
-        kk = min(k, len(table) - 1)
+        kk = min(k, joined.rows)
         q = np.ascontiguousarray(q, np.float32)
-        s, ids = joined.search(q, kk, params=params)
-        glob = table[ids]   # faiss's -1 indexes the table's last entry: -1
+        s, glob = joined.search(q, kk)
         want = kk if need is None else min(need, kk)
-        short = np.flatnonzero(ids[:, want - 1] < 0) if want else np.zeros(0, np.int64)
+        short = np.flatnonzero(glob[:, want - 1] < 0) if want else np.zeros(0, np.int64)
         if len(short):
             n = len(self.ivfs)
             s[short], glob[short] = merge_topk(self.search(q[short], kk, [None] * n, [None] * n, [0] * n, need),
@@ -135,6 +123,52 @@ class CoarseGroup:
             for (s, ids), (s2, i2) in zip(parts, again):
                 s[short], ids[short] = s2, i2
         return parts
+
+
+class ShardsIVF:
+    """faiss's IndexShardsIVF over IVF indexes whose type ``query.stacked`` has no shell for: one
+    coarse search, then a search per index, merged (``ids[j]``: as ``stacked.stack``'s)."""
+
+    def __init__(self, ivfs: Sequence, ids: Sequence, nprobe: int):
+        import faiss
+
+        self.index = faiss.IndexShardsIVF(ivfs[0].quantizer, ivfs[0].nlist, False, True)
+        for ix in ivfs:
+            self.index.add_shard(ix)
+        self.params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        self.rows = sum(x.ntotal for x in ivfs)
+        # the global id of each joined id (numbered through the indexes), then -1 for faiss's -1
+        self.table = np.concatenate([np.arange(x.ntotal, dtype=np.int64) + i if isinstance(i, int) else np.asarray(i)
+                                     for x, i in zip(ivfs, ids)] + [np.array([-1], np.int64)])
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s, ids = self.index.search(np.ascontiguousarray(q, np.float32), k, params=self.params)
+        return s, self.table[ids]
+
+
+class OneIndex:
+    """``stacked.StackedIVF`` probing a fixed ``nprobe``: ``search(q, k)``, ``rows``."""
+
+    def __init__(self, stacked, nprobe: int):
+        self.stacked, self.nprobe, self.rows = stacked, int(nprobe), stacked.rows
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.stacked.search(q, k, self.nprobe)
+
+
+def one_index(ivfs: Sequence, ids: Sequence, nprobe: Optional[int] = None):
+    """IVF indexes ``ivfs`` (one quantizer) searched as one at ``nprobe`` (default: their common
+    nprobe; None when they differ): stacked lists, or IndexShardsIVF for other index types (None
+    unless every index's own nprobe is ``nprobe``: faiss's joined search takes theirs)."""
+    if nprobe is None:
+        probes = {x.nprobe for x in ivfs}
+        if len(probes) != 1:
+            return None
+        nprobe = probes.pop()
+    found = stack(ivfs, ids)
+    if found is not None:
+        return OneIndex(found, nprobe)
+    return ShardsIVF(ivfs, ids, nprobe) if {x.nprobe for x in ivfs} == {nprobe} else None   # faiss's rule
 
 
 def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:

@@ -1,7 +1,7 @@
 """The small shards (appends) joined, in memory, to the IVF shards' one search.
 
-Without a filter, the IVF shards sharing the folder's quantizer are one faiss ``IndexShardsIVF``
-search (``query.coarse``); the small Flat shards were a second scan and a merge (``query.flat_group``:
+Without a filter, the IVF shards sharing the folder's quantizer are one search of their stacked
+lists (``query.coarse``, ``query.stacked``); the small Flat shards were a second scan and a merge (``query.flat_group``:
 ~50 µs a query on top of ~170 µs). Here their rows are added, in memory, to one more IVF index on the
 same quantizer (fp16 codes of the combined vectors, the stored offsets in the extra coordinates, as
 the shards hold them) that joins the group: one search, and those rows are found through the lists
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..store.combined import EXTRA, combine_vectors
 from ..store.vectors import fp16_vector_codes
-from .coarse import CoarseGroup
+from .coarse import CoarseGroup, one_index
 from .flat_group import MAX_ROWS, SMALL_ROWS, FlatGroup
 
 
@@ -36,11 +36,11 @@ def folded(rows: list[int], flat_rows: int) -> list[int]:
 
 
 def delta_joined(group: CoarseGroup, flat: Optional[FlatGroup], offsets: Optional[dict], shifts: dict):
-    """(IndexShardsIVF over ``group``'s large shards and one in-memory IVF index of the Flat rows and
-    the group's small shards, its SearchParametersIVF, the global id of each of its ids then -1, the
-    in-memory index), or None when that would not save a sub-search (no Flat rows and fewer than two
-    small shards) or the shards do not qualify (their nprobe differ, their codes are not fp16
-    vectors). ``offsets``: {method: [Flat rows]} (None: zeros); ``shifts``: {method: s}."""
+    """(``group``'s large shards and one in-memory IVF index of the Flat rows and the group's small
+    shards, searched as one (``coarse.one_index``: ``search(q, k)`` -> global ids), the in-memory
+    index), or None when that would not save a sub-search (no Flat rows and fewer than two small
+    shards) or the shards do not qualify (their nprobe differ, their codes are not fp16 vectors).
+    ``offsets``: {method: [Flat rows]} (None: zeros); ``shifts``: {method: s}."""
     import faiss
 
     base = group.joined()
@@ -61,14 +61,10 @@ def delta_joined(group: CoarseGroup, flat: Optional[FlatGroup], offsets: Optiona
         _copy_lists(group.ivfs[j], delta)
         ids.append(np.arange(group.ivfs[j].ntotal, dtype=np.int64) + group.starts[j])
     delta.nprobe = ivf.nprobe
-    joined = faiss.IndexShardsIVF(ivf.quantizer, ivf.nlist, False, True)
     large = [j for j in range(len(group.indexes)) if j not in small]
-    for j in large:
-        joined.add_shard(group.indexes[j])
-    joined.add_shard(delta)
-    table = np.concatenate([np.arange(group.ivfs[j].ntotal, dtype=np.int64) + group.starts[j] for j in large]
-                           + ids + [np.array([-1], np.int64)])
-    return joined, base[1], table, delta
+    joined = one_index([group.ivfs[j] for j in large] + [delta],
+                       [int(group.starts[j]) for j in large] + [np.concatenate(ids)], ivf.nprobe)
+    return joined, delta
 
 
 def _copy_lists(src, dst) -> None:
@@ -89,10 +85,10 @@ def _copy_lists(src, dst) -> None:
 def search_delta(found, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, global ids, the rows of ``q`` short of min(k, rows) results) of ``delta_joined``'s
     search for combined queries [n, dim]; the short rows are the caller's to search again."""
-    joined, params, table, _ = found
-    kk = min(k, len(table) - 1)
-    s, ids = joined.search(np.ascontiguousarray(q, np.float32), kk, params=params)
-    return s, table[ids], (np.flatnonzero(ids[:, kk - 1] < 0) if kk else np.zeros(0, np.int64))
+    joined, _ = found
+    kk = min(k, joined.rows)
+    s, ids = joined.search(np.ascontiguousarray(q, np.float32), kk)
+    return s, ids, (np.flatnonzero(ids[:, kk - 1] < 0) if kk else np.zeros(0, np.int64))
 
 
 def flat_offsets(biases, flat: FlatGroup, modality: str) -> tuple[Optional[dict], dict]:

@@ -206,7 +206,7 @@ def test_small_shards_folded_in_memory_answer_as_the_group():
         shards.append(ix)
     group = quantizer_groups(shards, [0, 1000, 1700])[0]
     found = delta_joined(group, None, None, {})
-    assert found is not None and found[3].ntotal == 3000   # all three are small: one in-memory index
+    assert found is not None and found[-1].ntotal == 3000   # all three are small: one in-memory index
     q = unit_vectors(20, 32, 61)
     s, ids, short = search_delta(found, q, 10)
     ws, wi = group.search_all(q, 10)
