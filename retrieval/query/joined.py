@@ -27,18 +27,22 @@ from .shards import ShardSet
 from .topk import merge_topk
 
 
-JOINED_MAX_QUERIES = 16      # faiss's joined search and search_preassigned run on one thread, and
-JOINED_MAX_CODES = 32_768    # for a batch they ran 1.3-1.9x slower than IndexIVF.search per shard; one
-                             # query probing 50k codes of 8 shards ran 0.87x the shards' parallel search
-                             # (measured, 200k x 512, nprobe 16 / 256 of 1,024)
+JOINED_MAX_QUERIES = 16      # a single query's joined search runs on one thread: one query probing 50k
+JOINED_MAX_CODES = 32_768    # codes of 8 shards ran 0.87x the shards' parallel search, and fp16 batches
+                             # 1.3-1.9x slower (IndexShardsIVF, 200k x 512, nprobe 16 / 256 of 1,024);
+                             # stacked fp16 lists, 0.73x at 3M. Batches over compact codes (IVF-PQ)
+                             # go joined: 10M in 100 shards, 2.4-3.4x the shards' parallel search
 
 
 def joined_pays(group, n_queries: int) -> bool:
     """Whether ``group``'s shards are searched together for ``n_queries`` queries (pure in its
-    sizes): a few queries that probe few codes; otherwise shard by shard, in parallel."""
+    sizes): a few queries that probe few codes, or a batch over compact codes (smaller than fp16
+    vectors: IVF-PQ, SQ8); otherwise shard by shard, in parallel."""
     ivf = group.ivfs[0]
     probed = ivf.nprobe / max(1, ivf.nlist) * sum(x.ntotal for x in group.ivfs)
-    return n_queries <= JOINED_MAX_QUERIES and probed <= JOINED_MAX_CODES
+    if n_queries > JOINED_MAX_QUERIES:   # one scan of the stacked lists, faiss's threads over the queries
+        return ivf.code_size < 2 * ivf.d   # fp16 codes: copying the stacked lists cost more than it saved
+    return probed <= JOINED_MAX_CODES
 
 
 class JoinedSearch:

@@ -186,6 +186,15 @@ def test_joined_search_is_for_a_few_queries_probing_little(monkeypatch):
     for ix in shards:
         ix.nprobe = 8                                                 # 1,500 codes: the shards apart, in parallel
     assert not joined_pays(group, 1)
+    pq = faiss.index_factory(32, "IVF16,PQ8", faiss.METRIC_INNER_PRODUCT)   # compact codes: 8 bytes a row
+    pq.train(x)
+    parts = []
+    for lo, hi in ((0, 1500), (1500, 3000)):
+        ix = faiss.clone_index(pq)
+        ix.add(x[lo:hi])
+        parts.append(ix)
+    compact = quantizer_groups(parts, [0, 1500])[0]
+    assert joined_pays(compact, JOINED_MAX_QUERIES + 1) and joined_pays(compact, 10_000)   # a batch: one scan
 
 
 def test_folded_rule():
