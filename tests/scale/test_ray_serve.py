@@ -101,6 +101,27 @@ def test_fan_out_equals_in_process(cluster, folder):
         pool.close()
 
 
+def test_compressed_shards_fan_out_as_in_process(cluster, tmp_path):
+    """IVF-PQ shards (candidates from codes, re-scored exactly from the npy in each group's actor)
+    served on two shard groups answer as the same folder in process."""
+    out = tmp_path / "pq"
+    img, txt = unit_vectors(4000, 32, 21), unit_vectors(4000, 32, 22)
+    build_from_embeddings(out, img, txt, MODEL, shard_size=1000, index_key="IVF8,PQ17")
+    local, remote = open_index(out), open_index(out)
+    assert local._snap.shard_set.compressed("image")
+    pool = serve_on_ray(remote, groups=2)
+    try:
+        q = unit_vectors(8, 32, 23)
+        for kw in (dict(rerank="clip"), dict(rerank="bsap"), dict(rerank="nnn")):
+            with collect_missing() as missing:
+                s1, i1 = remote.search(q, 10, **kw)
+            s0, i0 = local.search(q, 10, **kw)
+            assert not missing
+            _same_ranking(s1, i1, s0, i0, str(kw))
+    finally:
+        pool.close()
+
+
 def _wait_dead(actor, within_s: float = 30.0) -> None:
     """Return once ``actor`` refuses calls (killed for good), or fail the test after ``within_s``."""
     t_end = time.monotonic() + within_s
