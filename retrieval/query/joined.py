@@ -31,18 +31,21 @@ JOINED_MAX_QUERIES = 16      # a single query's joined search runs on one thread
 JOINED_MAX_CODES = 32_768    # codes of 8 shards ran 0.87x the shards' parallel search, and fp16 batches
                              # 1.3-1.9x slower (IndexShardsIVF, 200k x 512, nprobe 16 / 256 of 1,024);
                              # stacked fp16 lists, 0.73x at 3M. Batches over compact codes (IVF-PQ)
-                             # go joined: 10M in 100 shards, 2.4-3.4x the shards' parallel search
+                             # go joined: 10M in 100 shards, 2.4-3.4x the shards' parallel search;
+                             # but not past the codes cap (nprobe 2,048 of 4,096 at 1M: 0.78-0.94x)
 
 
 def joined_pays(group, n_queries: int) -> bool:
     """Whether ``group``'s shards are searched together for ``n_queries`` queries (pure in its
-    sizes): a few queries that probe few codes, or a batch over compact codes (smaller than fp16
-    vectors: IVF-PQ, SQ8); otherwise shard by shard, in parallel."""
+    sizes): queries that probe few codes, a few of them or a batch over compact codes (smaller
+    than fp16 vectors: IVF-PQ, SQ8); otherwise shard by shard, in parallel."""
     ivf = group.ivfs[0]
     probed = ivf.nprobe / max(1, ivf.nlist) * sum(x.ntotal for x in group.ivfs)
-    if n_queries > JOINED_MAX_QUERIES:   # one scan of the stacked lists, faiss's threads over the queries
-        return ivf.code_size < 2 * ivf.d   # fp16 codes: copying the stacked lists cost more than it saved
-    return probed <= JOINED_MAX_CODES
+    if probed > JOINED_MAX_CODES:        # a wide probe: the shards' parallel scans win, batch or not
+        return False
+    # a batch: one scan of the stacked lists, faiss's threads over the queries, pays for compact codes;
+    # copying fp16 lists into the stack cost more than it saved
+    return n_queries <= JOINED_MAX_QUERIES or ivf.code_size < 2 * ivf.d
 
 
 class JoinedSearch:

@@ -195,6 +195,9 @@ def test_joined_search_is_for_a_few_queries_probing_little(monkeypatch):
         parts.append(ix)
     compact = quantizer_groups(parts, [0, 1500])[0]
     assert joined_pays(compact, JOINED_MAX_QUERIES + 1) and joined_pays(compact, 10_000)   # a batch: one scan
+    for ix in parts:
+        ix.nprobe = 8                                                 # 1,500 codes > the cap: apart, batch or not
+    assert not joined_pays(compact, 1) and not joined_pays(compact, 10_000)
 
 
 def test_folded_rule():
