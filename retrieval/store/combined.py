@@ -41,15 +41,16 @@ def combined_layout(key: str, d: int) -> tuple[str, int]:
 def combine_vectors(items: np.ndarray, offsets: Optional[dict] = None, shifts: Optional[dict] = None,
                     dim: Optional[int] = None) -> np.ndarray:
     """[e, -(c_bsap - s_b), -(c_nnn - s_n), 0...] as float32 [n, dim]; zeros where there are no offsets yet."""
-    items = np.asarray(items, np.float32)
+    items = np.asarray(items)   # fp16 rows are converted as they are copied in: one pass, no float32 copy
     if items.ndim != 2:
         raise ValueError(f"items must be 2-D, got {items.shape}")
     n, d = items.shape
     dim = dim or d + 2
     if dim < d + 2:
         raise ValueError(f"a combined vector needs dim >= {d + 2}, got {dim}")
-    out = np.zeros((n, dim), np.float32)
+    out = np.empty((n, dim), np.float32)
     out[:, :d] = items
+    out[:, d:] = 0
     for j, method in enumerate(EXTRA):
         if offsets is not None and offsets.get(method) is not None:
             c = np.asarray(offsets[method], np.float32)
@@ -85,13 +86,16 @@ def add_combined(index, items: np.ndarray, offsets: Optional[dict], shifts: Opti
     top-``k`` ids among the items (inner product; -1 past n), from the same float32 chunks."""
     from .faiss_index import ExactTopK
 
-    d = items.shape[1]
-    top = None if queries is None else ExactTopK(queries, k)
+    top = None
+    if queries is not None:   # zeros on the extra coordinates: the items' own inner products, and
+        padded = np.zeros((len(queries), dim), np.float32)   # each chunk is searched as it is (no copy)
+        padded[:, :queries.shape[1]] = queries
+        top = ExactTopK(padded, k)
     for i in range(0, len(items), chunk):
         x = combine_vectors(items[i:i + chunk], offsets_at(offsets, slice(i, i + chunk)), shifts, dim)
         index.add(x)
         if top is not None:
-            top.add(x[:, :d], i)
+            top.add(x, i)
     return None if top is None else top.ids()
 
 
