@@ -55,13 +55,15 @@ def test_stacked_search_equals_faiss_joined_search(key, by_residual, nprobe):
 
 
 def test_one_index_uses_the_stack_and_falls_back_for_other_types():
-    ivfs = _members("IVF16,SQfp16", False, sizes=(500, 500))
+    ivfs = _members("IVF16,PQ8", None, sizes=(500, 500))            # compact codes: stacked
     for x in ivfs:
         x.nprobe = 2
     assert isinstance(one_index(ivfs, [0, 500]), OneIndex)
     ivfs[1].nprobe = 3
     assert one_index(ivfs, [0, 500]) is None                       # nprobe differ: no one search
     assert isinstance(one_index(ivfs, [0, 500], nprobe=3), OneIndex)
+    fp16 = _members("IVF16,SQfp16", False, sizes=(500, 500))       # fp16 vectors scan in place, shard by shard
+    assert stack(fp16, [0, 500]) is not None and isinstance(one_index(fp16, [0, 500]), ShardsIVF)
     fast = _members("IVF16,PQ8x4fs", None, sizes=(500, 500))
     assert empty_like(fast[0]) is None and stack(fast, [0, 500]) is None
     assert one_index(fast, [0, 500], nprobe=4) is None             # IndexShardsIVF takes the indexes' nprobe
