@@ -23,7 +23,7 @@ import numpy as np
 from ..store.coarse import centroids, flat_ivf
 from .faiss_search import complete_short, params_for, preassigned
 from .selection import selector
-from .stacked import stack
+from .stacked import compact_codes, stack
 from .topk import merge_topk
 
 
@@ -146,33 +146,22 @@ class ShardsIVF:
         return s, self.table[ids]
 
 
-class OneIndex:
-    """``stacked.StackedIVF`` probing a fixed ``nprobe``: ``search(q, k)``, ``rows``."""
-
-    def __init__(self, stacked, nprobe: int):
-        self.stacked, self.nprobe, self.rows = stacked, int(nprobe), stacked.rows
-
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.stacked.search(q, k, self.nprobe)
-
-
 def one_index(ivfs: Sequence, ids: Sequence, nprobe: Optional[int] = None):
     """IVF indexes ``ivfs`` (one quantizer) searched as one at ``nprobe`` (default: their common
     nprobe; None when they differ): stacked lists for compact codes (IVF-PQ, SQ8), else faiss's
     IndexShardsIVF (fp16 vectors, and index types without a shell in ``query.stacked``; None
     unless every index's own nprobe is ``nprobe``: faiss's joined search takes theirs)."""
+    probes = {x.nprobe for x in ivfs}
     if nprobe is None:
-        probes = {x.nprobe for x in ivfs}
         if len(probes) != 1:
             return None
-        nprobe = probes.pop()
-    # stacked lists are copied per probe (HStackInvertedLists::get_codes): cheap for compact codes, but
-    # fp16 vectors (~1 KiB a row) scan faster in place, shard by shard (200k in 2-15 shards, nprobe
-    # of 1,024: 0.66-0.72x the QPS of IndexShardsIVF's search)
-    found = stack(ivfs, ids) if ivfs[0].code_size < 2 * ivfs[0].d else None
+        nprobe = next(iter(probes))
+    # fp16 vectors scan faster in place, shard by shard (stacked, 200k in 2-15 shards, nprobe of
+    # 1,024: 0.66-0.72x the QPS of IndexShardsIVF's search)
+    found = stack(ivfs, ids, nprobe) if compact_codes(ivfs[0]) else None
     if found is not None:
-        return OneIndex(found, nprobe)
-    return ShardsIVF(ivfs, ids, nprobe) if {x.nprobe for x in ivfs} == {nprobe} else None   # faiss's rule
+        return found
+    return ShardsIVF(ivfs, ids, nprobe) if probes == {nprobe} else None   # faiss's rule
 
 
 def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:

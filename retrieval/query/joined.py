@@ -24,6 +24,7 @@ from .biases import Biases
 from .delta import delta_joined, flat_offsets, search_delta
 from .selection import Selection
 from .shards import ShardSet
+from .stacked import compact_codes
 from .topk import merge_topk
 
 
@@ -45,7 +46,7 @@ def joined_pays(group, n_queries: int) -> bool:
         return False
     # a batch: one scan of the stacked lists, faiss's threads over the queries, pays for compact codes;
     # copying fp16 lists into the stack cost more than it saved
-    return n_queries <= JOINED_MAX_QUERIES or ivf.code_size < 2 * ivf.d
+    return n_queries <= JOINED_MAX_QUERIES or compact_codes(ivf)
 
 
 class JoinedSearch:

@@ -50,15 +50,25 @@ def empty_like(ivf):
     return shell
 
 
-class StackedIVF:
-    """``ivfs`` (downcast IndexIVF, one quantizer, one type) as one index; ``ids[j]``: member j's
-    global ids (its start, or a table of its local ids). Make it with ``stack``."""
+def compact_codes(ivf) -> bool:
+    """Whether IVF ``ivf``'s codes are smaller than fp16 vectors (IVF-PQ, SQ8): the stack copies each
+    probed list per query, which pays for them; fp16 rows (~1 KiB) scan faster in place."""
+    return ivf.code_size < 2 * ivf.d
 
-    def __init__(self, shell, stack, ptrs, ivfs: Sequence, ids: Sequence[Ids]):
+
+class StackedIVF:
+    """``ivfs`` (downcast IndexIVF, one quantizer, one type) as one index probing ``nprobe`` lists;
+    ``ids[j]``: member j's global ids (its start, or a table of its local ids). Make it with ``stack``."""
+
+    def __init__(self, shell, stack, ptrs, ivfs: Sequence, ids: Sequence[Ids], nprobe: int):
+        import faiss
+
         self.shell, self._stack, self._ptrs, self.ivfs, self._ids = shell, stack, ptrs, list(ivfs), list(ids)
         self.rows = sum(x.ntotal for x in self.ivfs)
+        self.nprobe = int(nprobe)
+        # faiss reads the assignment's width from the params (else from the shell's own nprobe)
+        self._params = faiss.SearchParametersIVF(nprobe=self.nprobe)
         self._lists: dict[int, np.ndarray] = {}
-        self._params: dict[int, object] = {}
         self._lock = threading.Lock()
 
     def list_ids(self, lst: int) -> np.ndarray:
@@ -78,19 +88,16 @@ class StackedIVF:
                 self._lists[lst] = found
         return found
 
-    def search(self, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, global ids) [n, k] of combined queries ``q`` [n, d] over every member, probing
-        ``nprobe`` lists (-1 / -inf past the rows found)."""
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, global ids) [n, k] of combined queries ``q`` [n, d] over every member (-1 / -inf
+        past the rows found)."""
         import faiss
 
         q = np.ascontiguousarray(q, np.float32)
-        dq, iq = self.shell.quantizer.search(q, nprobe)
+        dq, iq = self.shell.quantizer.search(q, self.nprobe)
         s, pairs = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
-        params = self._params.get(nprobe)
-        if params is None:   # faiss reads the assignment's width from the params (else the shell's nprobe)
-            params = self._params.setdefault(nprobe, faiss.SearchParametersIVF(nprobe=int(nprobe)))
         self.shell.search_preassigned_c(len(q), faiss.swig_ptr(q), k, faiss.swig_ptr(iq), faiss.swig_ptr(dq),
-                                        faiss.swig_ptr(s), faiss.swig_ptr(pairs), True, params)
+                                        faiss.swig_ptr(s), faiss.swig_ptr(pairs), True, self._params)
         out = np.full(pairs.shape, -1, np.int64)
         hit = pairs >= 0
         lists, offs = pairs[hit] >> 32, pairs[hit] & 0xFFFFFFFF
@@ -102,14 +109,14 @@ class StackedIVF:
         return s, out
 
 
-def stack(ivfs: Sequence, ids: Sequence[Ids]) -> Optional[StackedIVF]:
+def stack(ivfs: Sequence, ids: Sequence[Ids], nprobe: int) -> Optional[StackedIVF]:
     """``StackedIVF`` of ``ivfs`` (equal quantizer, type and code size: a ``query.coarse`` group,
-    plus an in-memory delta), or None when their type has no shell here."""
+    plus an in-memory delta) probing ``nprobe`` lists, or None when their type has no shell here."""
     import faiss
 
     shell = empty_like(ivfs[0])
-    if shell is None or any(faiss.downcast_index(x).__class__ is not faiss.downcast_index(ivfs[0]).__class__
-                            for x in ivfs):
+    kind = type(faiss.downcast_index(ivfs[0]))
+    if shell is None or any(type(faiss.downcast_index(x)) is not kind for x in ivfs):
         return None
     ptrs = faiss.InvertedListsPtrVector()
     for x in ivfs:
@@ -117,4 +124,4 @@ def stack(ivfs: Sequence, ids: Sequence[Ids]) -> Optional[StackedIVF]:
     lists = faiss.HStackInvertedLists(ptrs.size(), ptrs.data())
     shell.replace_invlists(lists, False)
     shell.ntotal = sum(x.ntotal for x in ivfs)
-    return StackedIVF(shell, lists, ptrs, ivfs, ids)
+    return StackedIVF(shell, lists, ptrs, ivfs, ids, nprobe)

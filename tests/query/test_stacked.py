@@ -5,8 +5,8 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval.query.coarse import OneIndex, ShardsIVF, one_index
-from retrieval.query.stacked import empty_like, stack
+from retrieval.query.coarse import ShardsIVF, one_index
+from retrieval.query.stacked import StackedIVF, empty_like, stack
 
 from ..conftest import unit_vectors
 
@@ -39,12 +39,12 @@ def test_stacked_search_equals_faiss_joined_search(key, by_residual, nprobe):
     starts = [0, 700, 701, 701]
     table = np.arange(1300, dtype=np.int64)[::-1] + 5000           # a member numbered by a table
     ids = starts[:3] + [table]
-    st = stack(ivfs, ids)
+    st = stack(ivfs, ids, nprobe)
     assert st is not None and st.rows == 2001
     want = ShardsIVF(ivfs, ids, nprobe)
     q = unit_vectors(30, D, 8)
     for k in (1, 10, 2500):                                         # 2,500 > rows: -1 past the rows found
-        s, got = st.search(q, k, nprobe)
+        s, got = st.search(q, k)
         ws, wi = want.search(q, k)
         assert got.shape == (30, k) and np.array_equal(np.sort(got, 1), np.sort(wi, 1))
         assert np.allclose(s, ws, atol=1e-5)
@@ -58,14 +58,14 @@ def test_one_index_uses_the_stack_and_falls_back_for_other_types():
     ivfs = _members("IVF16,PQ8", None, sizes=(500, 500))            # compact codes: stacked
     for x in ivfs:
         x.nprobe = 2
-    assert isinstance(one_index(ivfs, [0, 500]), OneIndex)
+    assert isinstance(one_index(ivfs, [0, 500]), StackedIVF)
     ivfs[1].nprobe = 3
     assert one_index(ivfs, [0, 500]) is None                       # nprobe differ: no one search
-    assert isinstance(one_index(ivfs, [0, 500], nprobe=3), OneIndex)
+    assert isinstance(one_index(ivfs, [0, 500], nprobe=3), StackedIVF)
     fp16 = _members("IVF16,SQfp16", False, sizes=(500, 500))       # fp16 vectors scan in place, shard by shard
-    assert stack(fp16, [0, 500]) is not None and isinstance(one_index(fp16, [0, 500]), ShardsIVF)
+    assert stack(fp16, [0, 500], 1) is not None and isinstance(one_index(fp16, [0, 500]), ShardsIVF)
     fast = _members("IVF16,PQ8x4fs", None, sizes=(500, 500))
-    assert empty_like(fast[0]) is None and stack(fast, [0, 500]) is None
+    assert empty_like(fast[0]) is None and stack(fast, [0, 500], 4) is None
     assert one_index(fast, [0, 500], nprobe=4) is None             # IndexShardsIVF takes the indexes' nprobe
     for x in fast:
         x.nprobe = 4
@@ -78,7 +78,7 @@ def test_one_index_uses_the_stack_and_falls_back_for_other_types():
 
 def test_list_ids_are_gathered_once_and_global():
     ivfs = _members("IVF16,SQfp16", False, sizes=(300, 200))
-    st = stack(ivfs, [10, 1000])
+    st = stack(ivfs, [10, 1000], 1)
     lst = int(np.argmax([ivfs[0].invlists.list_size(i) + ivfs[1].invlists.list_size(i) for i in range(16)]))
     ids = st.list_ids(lst)
     assert st.list_ids(lst) is ids
