@@ -58,6 +58,17 @@ def unit_vectors(n: int, d: int, seed: int):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def paired_vectors(n: int, d: int, seed: int = 0):
+    """(images, captions): n seeded unit vectors of dim d, and a caption for each near it (noise 0.3)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t = x + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    return x, t / np.linalg.norm(t, axis=1, keepdims=True)
+
+
 def first_captions() -> dict[str, str]:
     """The Flickr fixture's first caption of each image, in file order ({image name: caption})."""
     import csv

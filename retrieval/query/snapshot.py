@@ -65,7 +65,7 @@ class Snapshot:
         self.rows = RowMasks(self.folder, manifest, self.shard_set.shards)
         if warm:
             self.filters.warm()
-            warm_in_background(self.folder, manifest)
+            warm_in_background(self.folder, manifest, previous.manifest if previous is not None else None)
 
     @property
     def generation(self) -> int:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .integrity import listed_files
+
 log = logging.getLogger("retrieval.warm")
 
 WARM_FRACTION = 0.5      # of the memory available at open: what the warmed files may take
@@ -26,29 +28,21 @@ EMBEDDINGS = ("img_emb", "text_emb")
 
 
 def warm_order(manifest: dict) -> list[tuple[str, int]]:
-    """(relative path, bytes or -1 when unrecorded) of the files a search reads, each once, most used
-    first: index files and their coarse quantizers, then the offsets files, then the embedding npy."""
-    first, offsets, npy = [], [], []
+    """(relative path, bytes or -1 when unrecorded) of the files a search reads, each once
+    (``integrity.listed_files``), most used first: index files and their coarse quantizers, then the
+    offsets files, then the embedding npy."""
+    tier: dict[str, int] = {}
     for s in manifest.get("shards", []):
-        sizes = s.get("bytes") or {}
         for role, rel in s.get("files", {}).items():
-            if role.endswith("_index"):
-                first.append((rel, int(sizes.get(role, -1))))
-            elif role in EMBEDDINGS:
-                npy.append((rel, int(sizes.get(role, -1))))
+            if role.endswith("_index") or role in EMBEDDINGS:
+                tier[rel] = 0 if role.endswith("_index") else 2
         for info in (s.get("index") or {}).values():
-            coarse = info.get("coarse") if isinstance(info, dict) else None
-            if coarse:
-                first.append((coarse["file"], int(coarse.get("bytes", -1))))
-    for rel, rec in ((manifest.get("bias") or {}).get("files") or {}).items():
-        offsets.append((rel, int(rec.get("bytes", -1))))
-    seen: set[str] = set()
-    out = []
-    for rel, n in first + offsets + npy:
-        if rel not in seen:
-            seen.add(rel)
-            out.append((rel, n))
-    return out
+            if isinstance(info, dict) and info.get("coarse"):
+                tier[info["coarse"]["file"]] = 0
+    for rel in (manifest.get("bias") or {}).get("files") or {}:
+        tier[rel] = 1
+    listed = [(rel, int(rec.get("bytes", -1))) for rel, rec in listed_files(manifest) if rel in tier]
+    return sorted(listed, key=lambda f: tier[f[0]])   # stable: the manifest's order within a tier
 
 
 def warm_plan(files: Iterable[tuple[str, int]], budget: int) -> list[str]:
@@ -78,11 +72,12 @@ def available_bytes() -> Optional[int]:
         return None
 
 
-def warm_files(folder: Path, manifest: dict, budget: Optional[int] = None) -> list[str]:
+def warm_files(folder: Path, manifest: dict, budget: Optional[int] = None, skip=frozenset()) -> list[str]:
     """Ask for the pages of the planned files (``warm_plan`` of ``warm_order``; ``budget`` defaults to
     WARM_FRACTION of ``available_bytes``). Linux: posix_fadvise
     WILLNEED (the kernel reads, no copy here); elsewhere the files are read through once. Returns the
-    files asked for (one that cannot be opened is skipped and logged at debug)."""
+    files asked for (one that cannot be opened is skipped and logged at debug). ``skip``: paths not
+    to ask for (an earlier snapshot's, asked for when it opened)."""
     if budget is None:
         avail = available_bytes()
         if avail is None:
@@ -90,6 +85,8 @@ def warm_files(folder: Path, manifest: dict, budget: Optional[int] = None) -> li
         budget = int(WARM_FRACTION * avail)
     files = []
     for rel, n in warm_order(manifest):
+        if rel in skip:
+            continue
         if n < 0:
             try:
                 n = (folder / rel).stat().st_size
@@ -107,25 +104,28 @@ def warm_files(folder: Path, manifest: dict, budget: Optional[int] = None) -> li
 
 
 def _warm_one(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if hasattr(os, "posix_fadvise"):
+    if hasattr(os, "posix_fadvise"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            return
-        buf = bytearray(CHUNK)
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            while f.readinto(buf):
-                pass
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)
+        return
+    buf = bytearray(CHUNK)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
 
 
-def warm_in_background(folder: Path, manifest: dict) -> threading.Thread:
-    """``warm_files`` in a daemon thread (logged at debug: files, bytes planned, seconds)."""
+def warm_in_background(folder: Path, manifest: dict, previous: Optional[dict] = None) -> threading.Thread:
+    """``warm_files`` in a daemon thread (logged at debug: files, bytes planned, seconds); a reload
+    passes the ``previous`` manifest, whose files were asked for when it opened, and only the new
+    files are (a delete or a new bias generation does not read every shard again)."""
     def run() -> None:
         t = time.perf_counter()
         try:
-            plan = warm_files(Path(folder), manifest)
+            skip = frozenset(rel for rel, _ in warm_order(previous)) if previous is not None else frozenset()
+            plan = warm_files(Path(folder), manifest, skip=skip)
             log.debug("warmed %d files of %s in %.1f s", len(plan), folder, time.perf_counter() - t)
         except Exception as e:  # noqa: BLE001 - a hint only: searches read the files anyway
             log.debug("warming %s failed: %s", folder, e)

@@ -19,17 +19,15 @@ from retrieval.store.generations import publish
 from retrieval.store.integrity import listed_files, verify
 from retrieval.store.manifest import load_manifest
 
+from tests.conftest import paired_vectors
+
 MODEL = {"arch": "synthetic", "pretrained": None, "embed_dim": 32, "logit_scale": 100.0}
 N, SHARD, NLIST = 3000, 1000, 16
 METHODS = ({}, {"rerank": "bsap"}, {"rerank": "nnn", "alpha": 0.75})
 
 
 def _data(n=N, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 32)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    t = x + 0.3 * rng.standard_normal((n, 32)).astype(np.float32)
-    return x, t / np.linalg.norm(t, axis=1, keepdims=True)
+    return paired_vectors(n, 32, seed)
 
 
 @pytest.fixture(scope="module")

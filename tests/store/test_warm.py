@@ -11,21 +11,15 @@ from retrieval.store import warm as W
 from retrieval.store.integrity import listed_files
 from retrieval.store.manifest import load_manifest
 
+from tests.conftest import paired_vectors
+
 MODEL = {"arch": "synthetic", "pretrained": None, "embed_dim": 32, "logit_scale": 100.0}
-
-
-def _data(n, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 32)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    t = x + 0.3 * rng.standard_normal((n, 32)).astype(np.float32)
-    return x, t / np.linalg.norm(t, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("warm")
-    x, t = _data(2000)
+    x, t = paired_vectors(2000, 32)
     build_from_embeddings(root / "ivf", x, t, MODEL, shard_size=1000, index_key="IVF16,Flat")
     build_from_embeddings(root / "flat", x, t, MODEL, shard_size=1000, index_key="Flat")
     return root
@@ -76,21 +70,20 @@ def test_warm_files_asks_for_each_planned_file(folders, monkeypatch):
 def test_warm_files_reads_through_where_there_is_no_fadvise(folders, monkeypatch):
     monkeypatch.delattr(W.os, "posix_fadvise", raising=False)
     read = []
-    real = W.os.fdopen
 
-    def spy(fd, *a, **kw):
-        f = real(fd, *a, **kw)
+    def spy(path, *a, **kw):
+        f = open(path, *a, **kw)
         read.append(f)
         return f
 
-    monkeypatch.setattr(W.os, "fdopen", spy)
+    monkeypatch.setattr(W, "open", spy, raising=False)
     m = load_manifest(folders / "ivf")
     plan = W.warm_files(folders / "ivf", m, budget=10**9)
     assert plan and len(read) == len(plan) and all(f.closed for f in read)
 
 
 def test_a_missing_file_is_skipped_not_raised(folders, tmp_path):
-    fake = {"shards": [{"files": {"image_index": "faiss/gone.index", "img_emb": "img_emb/gone.npy"},
+    fake = {"shards": [{"rows": 1, "files": {"image_index": "faiss/gone.index", "img_emb": "img_emb/gone.npy"},
                         "bytes": {"image_index": 10}}]}
     assert W.warm_order(fake) == [("faiss/gone.index", 10), ("img_emb/gone.npy", -1)]
     assert W.warm_files(folders / "ivf", fake, budget=100) == []
@@ -103,18 +96,29 @@ def test_open_warm_starts_it_and_searches_the_same(folders, monkeypatch):
     seen, done = [], threading.Event()
     real = snap.warm_in_background
 
-    def spy(folder, manifest):
+    def spy(folder, manifest, previous=None):
         seen.append(folder)
-        th = real(folder, manifest)
+        th = real(folder, manifest, previous)
         th.join(30)
         done.set()
         return th
 
     monkeypatch.setattr(snap, "warm_in_background", spy)
-    q = _data(5, seed=3)[0]
+    q = paired_vectors(5, 32, seed=3)[0]
     cold = open_index(folders / "ivf").search(q, 5)
     assert not seen                                   # a plain open warms nothing
     idx = open_index(folders / "ivf", warm=True)
     assert done.wait(30) and seen == [folders / "ivf"]
     got = idx.search(q, 5)
     assert (got[1] == cold[1]).all() and np.allclose(got[0], cold[0])
+
+
+def test_a_reload_asks_only_for_files_the_previous_snapshot_did_not(folders, monkeypatch):
+    m = load_manifest(folders / "ivf")
+    every = [rel for rel, _ in W.warm_order(m)]
+    assert W.warm_files(folders / "ivf", m, budget=10**9, skip=frozenset(every[1:])) == every[:1]
+    asked = []
+    monkeypatch.setattr(W, "warm_files", lambda folder, manifest, skip=frozenset(): asked.append(skip) or [])
+    W.warm_in_background(folders / "ivf", m, previous=m).join(30)
+    W.warm_in_background(folders / "ivf", m).join(30)
+    assert asked == [frozenset(every), frozenset()]
