@@ -104,6 +104,39 @@ def retrieval_table(root: Path, work: Path) -> list[str]:
     return lines
 
 
+def precision_table(root: Path, work: Path) -> list[str]:
+    """Offsets in fp32 vs bf16 math (``compute_biases(precision=...)``, corpus banks) on every real set:
+    the largest and rms offset difference, R@1 per method and direction in each math, and how many of
+    the whole-corpus top-10 ids (text→image, every caption as a query) the two agree on."""
+    from retrieval.ops.bias import compute_biases
+
+    lines = ["| set | offsets max / rms difference | direction | R@1 bsap fp32 / bf16 | R@1 hybrid fp32 / bf16 "
+             "| R@1 nnn fp32 / bf16 | top-10 ids shared (bsap, nnn) |", "|---|---|---|---|---|---|---|"]
+    for i, (name, img, txt, y) in enumerate(retrieval_sets(root)):
+        img = img / np.linalg.norm(img, axis=1, keepdims=True)
+        txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+        rows = [{"key": str(j), "image_path": "", "caption": "", **({"label": str(int(y[j]))} if y is not None else {})}
+                for j in range(len(img))]
+        folder = work / f"prec{i}"
+        build_from_embeddings(folder, img, txt, {"arch": "real-embeddings"}, rows, index_key="Flat", bias_bank="corpus",
+                              bias_later=True)
+        got, offs, tops = {}, {}, {}
+        for precision in ("fp32", "bf16"):
+            sec = compute_biases(folder, bank="corpus", precision=precision)
+            offs[precision] = np.concatenate([np.load(f) for f in sorted((folder / sec["dir"]).glob("[bn][sn]*_*_*.npy"))])
+            idx = open_index(folder)
+            for r in eval_retrieval(idx, (1,), label_column="label" if y is not None else None):
+                got[precision, r["direction"], r["method"]] = r["R@1"]
+            tops[precision] = [idx.search(txt, 10, rerank=m)[1] for m in ("bsap", "nnn")]
+        d = offs["bf16"] - offs["fp32"]
+        shared = [np.mean([len(set(a) & set(b)) / 10 for a, b in zip(tops["fp32"][j], tops["bf16"][j])]) for j in (0, 1)]
+        for direction in ("text→image", "image→text"):
+            lines.append(f"| {name} | {np.abs(d).max():.1e} / {np.sqrt(np.mean(d ** 2)):.1e} | {direction} | " + " | ".join(
+                f"{got['fp32', direction, m]:.3f} / {got['bf16', direction, m]:.3f}" for m in ("bsap", "hybrid", "nnn"))
+                + f" | {shared[0]:.4f}, {shared[1]:.4f} |")
+    return lines
+
+
 def bank_size_table(root: Path, work: Path, sizes=(1024, 2048, 4096), pairs=(250, 500, 1000),
                     seeds=(0, 1, 2)) -> list[str]:
     """R@1 on ImageNet (the one set with more than 2,048 items) per corpus-bank size (one sample as
@@ -250,14 +283,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     ap.add_argument("--seeds", type=int, default=10, help="CIFAR-10 support draws")
-    ap.add_argument("--tables", default="all", help="'all', or 'banks' for the bank-size table alone")
+    ap.add_argument("--tables", default="all", help="'all', or 'banks' / 'precision' for that table alone")
     a = ap.parse_args()
     root = Path(a.shared) / "data" / "embeddings"
     import tempfile
 
-    if a.tables == "banks":
+    if a.tables in ("banks", "precision"):
         with tempfile.TemporaryDirectory() as tmp:
-            print("\n".join(bank_size_table(root, Path(tmp))))
+            print("\n".join((bank_size_table if a.tables == "banks" else precision_table)(root, Path(tmp))))
         return
 
     with tempfile.TemporaryDirectory() as tmp:

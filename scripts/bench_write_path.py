@@ -1,9 +1,10 @@
 """The write path, measured against the bare operations it is made of (one run, ratios).
 
 - ``offsets``: the BSAP log-sum-exp and the NNN top-k of N items [N, d] against a 4,096-row bank and
-  4,096 references: the engine's one-pass ``methods.offsets.item_offsets`` vs the previous numpy path
-  (``bsap_offsets`` + ``nnn_bias``: numpy GEMM, ``np.partition``) vs the bare torch matmuls of the
-  same shapes in the same blocks (the machine's GEMM speed), as GFLOP/s.
+  4,096 references: the engine's one-pass ``methods.offsets.item_offsets`` in fp32 and in bf16 math
+  vs the previous numpy path (``bsap_offsets`` + ``nnn_bias``: numpy GEMM, ``np.partition``) vs the
+  bare torch matmuls of the same shapes in the same blocks in each math (the machine's GEMM speed),
+  as GFLOP/s.
 - ``build``: ``build_from_embeddings`` of N image + N text vectors into one ``IVF{lists},Flat`` shard
   per modality (biases included) vs bare faiss training (on the engine's sample size) and filling
   the same two indexes; and the time until the folder is searchable (``bias_later``).
@@ -62,32 +63,42 @@ def median_run(fn, repeats: int) -> tuple[float, object]:
 def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
     import torch
 
-    from retrieval.methods.offsets import BLOCK, item_offsets
+    from retrieval.methods.offsets import BLOCK, _matmul_math, item_offsets
     from retrieval.methods.rerank import bsap_offsets, nnn_bias
 
     x = unit_vectors(n, d, 1, clusters=64, spread=0.5)
     bank, refs = unit_vectors(bank_rows, d, 2), unit_vectors(bank_rows, d, 3)
     X, B, R = torch.from_numpy(x), torch.from_numpy(bank).T.contiguous(), torch.from_numpy(refs).T.contiguous()
+    outs = torch.empty(BLOCK, bank_rows), torch.empty(BLOCK, bank_rows)
 
-    def bare():
-        with torch.inference_mode():
+    def bare(math: str):
+        with torch.inference_mode(), _matmul_math(torch, math):
             for i in range(0, n, BLOCK):
-                X[i:i + BLOCK] @ B
-                X[i:i + BLOCK] @ R
+                torch.matmul(X[i:i + BLOCK], B, out=outs[0][:len(X[i:i + BLOCK])])
+                torch.matmul(X[i:i + BLOCK], R, out=outs[1][:len(X[i:i + BLOCK])])
 
     flop = 2 * 2 * n * bank_rows * d
-    t_bare, _ = median_run(bare, repeats)
-    t_new, new = median_run(lambda: item_offsets(x, bank, refs, 50.0, k), repeats)
+    t = {}
+    for math in ("fp32", "bf16"):
+        t["bare " + math], _ = median_run(lambda: bare(math), repeats)
+    t_fp32, new = median_run(lambda: item_offsets(x, bank, refs, 50.0, k, precision="fp32"), repeats)
+    t_bf16, low = median_run(lambda: item_offsets(x, bank, refs, 50.0, k, precision="bf16"), repeats)
     t_old, old = median_run(lambda: (bsap_offsets(x, bank, 50.0), nnn_bias(x, refs, k)), repeats)
     t_one, _ = median_run(lambda: item_offsets(x, bank, bank, 50.0, k), repeats)
     err = max(float(np.abs(new["bsap"] - old[0]).max()), float(np.abs(new["nnn"] - old[1]).max()))
+    err16 = max(float(np.abs(low["bsap"] - old[0]).max()), float(np.abs(low["nnn"] - old[1]).max()))
     print(f"offsets of {n} x {d} items, bank {bank_rows}, references {bank_rows}, k {k} (median of {repeats}):")
-    for name, t in (("bare torch matmuls", t_bare), ("item_offsets (engine)", t_new), ("numpy (previous)", t_old)):
-        print(f"  {name:<24} {t:7.2f} s  {flop / t / 1e9:6.1f} GFLOP/s  {t_bare / t:5.2f}x of the bare matmul speed")
-    print(f"  largest difference engine vs numpy: {err:.1e}")
-    print(f"  one sample as bank and references (what a build stores where it can): {t_one:.2f} s, "
-          f"{t_new / t_one:.2f}x faster than two")
-    return {"bare": t_bare, "engine": t_new, "numpy": t_old, "one_sample": t_one}
+    for name, took, base in (("bare matmuls, fp32", t["bare fp32"], t["bare fp32"]),
+                             ("bare matmuls, bf16 math", t["bare bf16"], t["bare bf16"]),
+                             ("item_offsets fp32", t_fp32, t["bare fp32"]), ("item_offsets bf16", t_bf16, t["bare bf16"]),
+                             ("numpy (previous)", t_old, t["bare fp32"])):
+        print(f"  {name:<24} {took:7.2f} s  {flop / took / 1e9:6.1f} GFLOP/s  {base / took:5.2f}x of the bare "
+              f"matmul speed in its math")
+    print(f"  largest difference vs numpy float32: fp32 {err:.1e}, bf16 {err16:.1e}; bf16 {t_fp32 / t_bf16:.2f}x "
+          f"faster than fp32, {t_old / t_bf16:.2f}x than numpy")
+    print(f"  one sample as bank and references (what a build stores where it can), auto math: {t_one:.2f} s")
+    return {"bare": t["bare fp32"], "bare_bf16": t["bare bf16"], "engine": t_fp32, "engine_bf16": t_bf16,
+            "numpy": t_old, "one_sample": t_one}
 
 
 def build(n: int, d: int, lists: int) -> dict:

@@ -14,6 +14,8 @@ Numpy in, numpy out: ``TopByLam`` folds blocks of targets into running top-1 row
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -35,25 +37,35 @@ class TopByLam:
         self.rows = np.full((len(grid), len(q)), -1, np.int64)
 
     def add(self, targets: np.ndarray, offsets: np.ndarray, rows: np.ndarray, block: int = 2048) -> None:
-        """Fold targets [n, d] with offsets [n] and global rows [n] into the running top-1 (one score
-        buffer reused across λ and blocks: no [nq, block] allocation per λ)."""
+        """Fold targets [n, d] with offsets [n] and global rows [n] into the running top-1: one matmul
+        per block of targets, then the λ grid folded by up to ``os.cpu_count()`` threads, each on its
+        own rows of queries with its own score buffer (numpy releases the GIL in these loops)."""
         targets = np.asarray(targets, np.float32)
         if len(targets) != len(offsets) or len(targets) != len(rows):
             raise ValueError(f"{len(targets)} targets, {len(offsets)} offsets, {len(rows)} rows")
         offsets, rows = np.asarray(offsets, np.float32), np.asarray(rows, np.int64)
         width = min(block, len(targets))
-        buf, w, every = np.empty((len(self.q), width), np.float32), np.empty(width, np.float32), np.arange(len(self.q))
-        for i in range(0, len(targets), block):
-            s = self.q @ targets[i:i + block].T                      # [nq, b]
-            b = s.shape[1]
-            for g, lam in enumerate(self.grid):
-                np.multiply(offsets[i:i + b], np.float32(1.0 - lam), out=w[:b])
-                h = np.subtract(s, w[None, :b], out=buf[:, :b])
-                j = h.argmax(1)
-                v = h[every, j]
-                better = v > self.best[g]
-                self.best[g, better] = v[better]
-                self.rows[g, better] = rows[i:i + b][j[better]]
+        cuts = np.linspace(0, len(self.q), min(os.cpu_count() or 1, 4, max(1, len(self.q) // 64)) + 1).astype(int)
+        parts = [(lo, hi, np.empty((hi - lo, width), np.float32), np.empty(width, np.float32))
+                 for lo, hi in zip(cuts[:-1], cuts[1:])]
+        with ThreadPoolExecutor(len(parts)) as pool:
+            for i in range(0, len(targets), block):
+                s = self.q @ targets[i:i + block].T                      # [nq, b]
+                list(pool.map(lambda p: self._fold(s, offsets[i:i + block], rows[i:i + block], *p), parts))
+
+    def _fold(self, s: np.ndarray, offsets: np.ndarray, rows: np.ndarray, lo: int, hi: int, buf: np.ndarray,
+              w: np.ndarray) -> None:
+        """Fold one block's scores s [nq, b] into the running top-1 of query rows lo:hi, every λ."""
+        b, every = s.shape[1], np.arange(hi - lo)
+        for g, lam in enumerate(self.grid):
+            np.multiply(offsets, np.float32(1.0 - lam), out=w[:b])
+            h = np.subtract(s[lo:hi], w[None, :b], out=buf[:, :b])
+            j = h.argmax(1)
+            v = h[every, j]
+            best, top = self.best[g, lo:hi], self.rows[g, lo:hi]      # views: written in place
+            better = v > best
+            best[better] = v[better]
+            top[better] = rows[j[better]]
 
 
 def pair_hits(query_rows: np.ndarray, top_rows: np.ndarray, pair_of) -> np.ndarray:

@@ -3,23 +3,87 @@
 For each block of ``block`` items: one matmul against the BSAP bank, the log-sum-exp taken in place
 (shifted by the row's maximum), one matmul against the NNN references and their top k averaged
 (torch's ``topk``: no full partition). When the bank and the references are the same rows (a build
-samples one set for both where it can), one matmul serves both. Equal to ``rerank.bsap_offsets`` and ``rerank.nnn_bias`` up to
-float32 rounding; what a build, ``retrieval bias``, appends and import compute. Arrays in, arrays out;
-torch is imported when called (the build already runs it). Both this and the numpy pair are
-matmul-bound: at 200k items both ran at 0.80x of the bare matmul speed (docs/benchmarks.md "Write
-path"); torch's ``topk`` is what saves time on smaller blocks of work.
+samples one set for both where it can), one matmul serves both. Arrays in, arrays out; torch is
+imported when called (the build already runs it).
+
+Precision (``precision``): ``"fp32"`` equals ``rerank.bsap_offsets`` and ``rerank.nnn_bias`` up to
+float32 rounding. ``"bf16"`` multiplies in bfloat16 with float32 inputs, accumulation and output
+(oneDNN's bf16 math mode: 3-5x the float32 matmul speed on CPUs with AMX or AVX512-BF16), on *centred*
+rows: s(x, b) = (x - ν)·(b - μ) + x·μ + ν·b - ν·μ with ν, μ the items' and the bank's means, the
+rank-one terms in float32. CLIP embeddings share a large mean direction (norm ~0.7-0.8 of each row),
+so rounding the raw rows gives offsets errors of ~2e-4 rms; centred, ~2-3e-5 rms and 1.3e-4 at most
+on real CLIP embeddings, the size of the fp16 rounding the stored offsets already get
+(``store.combined.quantize_offsets``, docs/benchmarks.md "Write path"). ``"auto"`` (the default) is
+bf16 where the CPU multiplies bf16 natively, else fp32.
+
+The bf16 mode is torch's process-wide ``torch.backends.mkldnn.matmul.fp32_precision``: set under a
+lock for the duration of the call and restored after; another thread's float32 CPU matmuls in the
+same process run in bf16 math meanwhile (the engine runs none beside a build, bias or append).
 """
 from __future__ import annotations
 
-import warnings
+import contextlib
+import functools
+import os
+import threading
+from typing import Optional
 
 import numpy as np
 
+TOP_CHUNK = 16  # columns per chunk in ``top_mean``
 BLOCK = 1024  # items per matmul: 1024 x 4096 float32 scores (16 MB) stay in cache-friendly range
+PRECISIONS = ("auto", "fp32", "bf16")
+_FLAG = threading.Lock()
+
+
+def native_bf16(cpu_flags: str) -> bool:
+    """Whether a CPU with these /proc/cpuinfo flags multiplies bf16 natively (AMX or AVX512-BF16)."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags.split()))
+
+
+def auto_precision() -> str:
+    """"bf16" where the CPU multiplies bf16 natively (Linux's /proc/cpuinfo says so), else "fp32";
+    the environment variable RETRIEVAL_OFFSETS_PRECISION (fp32 or bf16) overrides."""
+    forced = os.environ.get("RETRIEVAL_OFFSETS_PRECISION", "").strip().lower()
+    if forced in ("fp32", "bf16"):
+        return forced
+    return "bf16" if native_bf16(_cpu_flags()) else "fp32"
+
+
+def resolve_precision(precision: str) -> str:
+    """"fp32" or "bf16" for one of PRECISIONS ("auto": ``auto_precision``); ValueError otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return auto_precision() if precision == "auto" else precision
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1] for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def _matmul_math(torch, precision: str):
+    """float32 CPU matmuls in ``precision`` ("bf16" or "fp32") inside the block, restored after."""
+    mm = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    if precision != "bf16" or mm is None or not hasattr(mm, "fp32_precision"):
+        yield
+        return
+    with _FLAG:
+        before = mm.fp32_precision
+        mm.fp32_precision = "bf16"
+        try:
+            yield
+        finally:
+            mm.fp32_precision = before
 
 
 def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, k: int,
-                 block: int = BLOCK) -> dict[str, np.ndarray]:
+                 block: int = BLOCK, precision: str = "auto") -> dict[str, np.ndarray]:
     """{"bsap": c_j = LSE_m(τ s(j, a_m)) / τ, "nnn": mean of the k largest s(r, j)} for items [n, d]."""
     import torch
 
@@ -30,18 +94,68 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
         raise ValueError("offsets need a non-empty bank, non-empty references and k > 0")
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
+    precision = resolve_precision(precision)
     k = min(k, len(r))
-    out_b, out_n = np.empty(len(x), np.float32), np.empty(len(x), np.float32)
-    with warnings.catch_warnings():  # read-only banks: torch warns that it could write to them; nothing here does
-        warnings.simplefilter("ignore", UserWarning)
-        X, B, R = torch.from_numpy(x), torch.from_numpy(b).T, torch.from_numpy(r).T  # views: BLAS transposes
-    ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
     shared = b.shape == r.shape and (np.shares_memory(b, r) or np.array_equal(b, r))  # one sample for both
-    with torch.inference_mode():
+    out_b, out_n = np.empty(len(x), np.float32), np.empty(len(x), np.float32)
+    if not len(x):
+        return {"bsap": out_b, "nnn": out_n}
+    centred = precision == "bf16"
+    nu = x.mean(0, dtype=np.float64) if centred else None
+    bank_side = _Side(b, x, nu, float(tau), torch)       # scores τ·s(x, a): the log-sum-exp's scale
+    ref_side = bank_side if shared else _Side(r, x, nu, 1.0, torch)
+    X = torch.from_numpy(x)
+    nu32 = torch.from_numpy(nu.astype(np.float32)) if centred else None
+    ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
+    width = min(block, len(x))
+    bufs = [torch.empty(width, len(b))] + ([] if shared else [torch.empty(width, len(r))])  # reused: no fresh pages
+    with torch.inference_mode(), _matmul_math(torch, precision):
         for i in range(0, len(x), block):
-            xc = X[i:i + block]
-            s = xc @ B
-            on[i:i + block] = torch.topk(s if shared else xc @ R, k, 1, sorted=False).values.mean(1)
+            xc = X[i:i + block] - nu32 if centred else X[i:i + block]
+            s = bank_side.scores(xc, bufs[0][:len(xc)])
+            sr = s if shared else ref_side.scores(xc, bufs[1][:len(xc)])
+            on[i:i + block] = top_mean(sr, k) / ref_side.scale + ref_side.row(i, len(xc))
             m = s.amax(1, keepdim=True)  # the log-sum-exp last: it overwrites s
-            ob[i:i + block] = m.squeeze(1) + s.sub_(m).mul_(tau).exp_().sum(1).log_() / tau
+            ob[i:i + block] = (m.squeeze(1) + s.sub_(m).exp_().sum(1).log_()) / tau + bank_side.row(i, len(xc))
     return {"bsap": out_b, "nnn": out_n}
+
+
+def top_mean(s, k: int, chunk: int = TOP_CHUNK):
+    """Mean of the k largest of each row of s [n, m] (torch). The columns are cut into groups of
+    ``chunk`` (column j, j + g, j + 2g, ...: the max is then a contiguous reduction); the k groups with
+    the largest maxima hold the k largest values (a value outside them has k group maxima above it),
+    so one max pass and two small top-k's replace a top-k over every column (~1.5x less here)."""
+    import torch
+
+    n, m = s.shape
+    whole = m - m % chunk
+    groups = whole // chunk
+    if groups < 4 * k:
+        return s.topk(k, 1, sorted=False).values.mean(1)
+    parts = s[:, :whole].reshape(n, chunk, groups)          # a view when s is contiguous
+    best = parts.amax(1).topk(k, 1, sorted=False).indices     # [n, k] groups
+    cand = parts.gather(2, best[:, None, :].expand(n, chunk, k)).reshape(n, chunk * k)
+    if whole < m:
+        cand = torch.cat((cand, s[:, whole:]), 1)
+    return cand.topk(k, 1, sorted=False).values.mean(1)
+
+
+class _Side:
+    """One matmul's right side (the bank or the references), times ``scale``, and, centred, its
+    rank-one terms: ``scores`` gives scale·(s(x, ·) - x·μ); ``row`` gives back the x·μ."""
+
+    def __init__(self, rows: np.ndarray, items: np.ndarray, nu: Optional[np.ndarray], scale: float, torch):
+        """``nu``: the items' mean (float64) when centred, else None."""
+        self.scale, self.col, self.rows, self.torch = scale, None, None, torch
+        mu = rows.mean(0, dtype=np.float64) if nu is not None else np.zeros(rows.shape[1])
+        self.T = torch.from_numpy(np.ascontiguousarray(((rows - mu.astype(np.float32)) * np.float32(scale)).T))
+        if nu is not None:
+            self.col = torch.from_numpy((scale * (rows.astype(np.float64) @ nu - nu @ mu)).astype(np.float32))[None, :]
+            self.rows = torch.from_numpy(items @ mu.astype(np.float32))   # x·μ (numpy: float32 math)
+
+    def scores(self, xc, out):
+        s = self.torch.matmul(xc, self.T, out=out)
+        return s if self.col is None else s.add_(self.col)
+
+    def row(self, i: int, n: int):
+        return 0.0 if self.rows is None else self.rows[i:i + n]

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..methods.offsets import item_offsets
+from ..methods.offsets import item_offsets, resolve_precision
 from ..methods.rerank import DEFAULT_NNN_K, LAM_BY_TARGET
 from ..store.files import save_npy
 from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam, nonmatching_floors
@@ -91,9 +91,10 @@ def _read_bank(path: str, size: int, mtime_ns: int) -> np.ndarray:
     return a
 
 
-def offsets_of(vectors: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, nnn_k: int) -> dict:
-    """{"bsap": [n], "nnn": [n]} of vectors [n, d]."""
-    return item_offsets(vectors, bank, refs, tau, nnn_k)
+def offsets_of(vectors: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, nnn_k: int,
+               precision: str = "auto") -> dict:
+    """{"bsap": [n], "nnn": [n]} of vectors [n, d] (``precision``: ``methods.offsets.item_offsets``)."""
+    return item_offsets(vectors, bank, refs, tau, nnn_k, precision=precision)
 
 
 def quantize(offsets: dict, shifts: dict) -> None:
@@ -123,20 +124,22 @@ def save_offsets(folder: Path, shard: dict, offsets: dict, where: str, out: Bias
 
 def compute_biases(folder: str | os.PathLike, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
                    bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = DEFAULT_NNN_K, ref_size: int = 4096, tau: Optional[float] = None,
-                   seed: int = 0, calibrate: int = DEFAULT_CALIBRATION_PAIRS) -> dict:
+                   seed: int = 0, calibrate: int = DEFAULT_CALIBRATION_PAIRS, precision: str = "auto") -> dict:
     """(Re)compute the bias offsets of a complete index folder; returns the manifest's ``bias`` section.
 
     ``bank``: 'generic' (GENERIC_PROMPTS, needs ``clip``), 'texts' (``bank_texts``, needs ``clip``) or
     'corpus' (``bank_size`` sampled caption embeddings; no model needed). The shards' combined indexes
-    get the new offsets as their extra coordinates.
+    get the new offsets as their extra coordinates. ``precision``: the offsets' matmul math
+    (``methods.offsets.item_offsets``: 'auto', 'fp32' or 'bf16'), recorded in the section.
     """
     folder = Path(folder)
     _check_sizes(bank_size=bank_size, nnn_k=nnn_k, ref_size=ref_size)
+    resolve_precision(precision)
     with write_lock(folder):
         m = load_manifest(folder)
         if m is None or not m.get("complete"):
             raise IndexFolderError(f"{folder} is not a complete index folder")
-        apply_biases(folder, m, clip, bank, bank_texts, bank_size, nnn_k, ref_size, tau, seed, calibrate)
+        apply_biases(folder, m, clip, bank, bank_texts, bank_size, nnn_k, ref_size, tau, seed, calibrate, precision)
         publish(folder, m)
     return m["bias"]
 
@@ -152,11 +155,12 @@ def _check_sizes(**sizes: int) -> None:
 
 def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
                  bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = DEFAULT_NNN_K, ref_size: int = 4096, tau: Optional[float] = None,
-                 seed: int = 0, calibrate: int = DEFAULT_CALIBRATION_PAIRS) -> None:
+                 seed: int = 0, calibrate: int = DEFAULT_CALIBRATION_PAIRS, precision: str = "auto") -> None:
     """Write a new generation of bias files and rewritten indexes for manifest ``m`` (whose shards'
     files are written) and set its ``bias`` section; the caller publishes ``m``. ``calibrate``: pairs
     sampled to choose BSAP-H's λ per target (``ops.calibrate``; 0: the defaults)."""
     shards = [s for s in m["shards"] if s["rows"] > 0]
+    precision = resolve_precision(precision)
     tau = float(tau if tau is not None else BANK_TAU_SCALE * m["model"]["logit_scale"])
     t0 = time.perf_counter()
     texts, banks, refs = _banks(folder, m, shards, clip, bank, bank_texts, bank_size, ref_size, seed)
@@ -173,7 +177,7 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
         out.save(reference_path(folder, modality, where), lambda p: save_npy(p, refs[modality].astype(np.float32)))
     per_shard, shifts = {}, {"bsap": {}, "nnn": {}}
     for s in shards:
-        per_shard[s["id"]] = {mod: offsets_of(read_all(folder, s, mod), banks[mod], refs[mod], tau, nnn_k)
+        per_shard[s["id"]] = {mod: offsets_of(read_all(folder, s, mod), banks[mod], refs[mod], tau, nnn_k, precision)
                               for mod in banks if mod in s["index"]}
     for modality in banks:  # the mean offset of the live, usable rows centres the extra coordinates
         for method in METHODS:
@@ -196,7 +200,7 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}), **({"floor": floor} if floor else {}),
                  "tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
-                 "seed": seed, "shift": shifts, "dir": where, "files": out.files,
+                 "seed": seed, "shift": shifts, "precision": precision, "dir": where, "files": out.files,
                  "seconds": round(time.perf_counter() - t0, 3), "index_seconds": round(t_index, 3)}
 
 
@@ -290,7 +294,8 @@ class BiasExtension:
             same = [records.get(p.relative_to(self.folder).as_posix(), {}).get("sha256") for p in (bank, refs)]
             bank_rows = stored_bank(bank)   # one sample as both (equal hashes): one array, one matmul
             out[mod] = offsets_of(vectors[mod], bank_rows, bank_rows if same[0] and same[0] == same[1] else
-                                  stored_bank(refs), section["tau"], section["nnn_k"])
+                                  stored_bank(refs), section["tau"], section["nnn_k"],
+                                  section.get("precision", "fp32"))   # the generation's own math
         quantize(out, section.get("shift") or {})
         return out
 

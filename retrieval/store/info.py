@@ -54,7 +54,7 @@ def _bias_info(folder: Path, m: dict) -> dict:
         return {"pending": m["bias_pending"]} if m.get("bias_pending") else {}
     b = m["bias"]
     return {"bank": b.get("bank"), "bank_rows": b.get("bank_rows"), "nnn_k": b.get("nnn_k"), "tau": b.get("tau"),
-            "stale": bool(b.get("stale"))}
+            "precision": b.get("precision", "fp32"), "stale": bool(b.get("stale"))}
 
 
 def _human(n: float) -> str:
@@ -93,7 +93,8 @@ def format_info(info: dict) -> str:
     elif b:
         what = "sampled captions" if b["bank"] == "corpus" else "prompts"
         lines.append(f"bias      bank={b['bank']} ({(b.get('bank_rows') or {}).get('image')} {what}), "
-                     f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}; in each index's extra coordinates"
+                     f"nnn_k={b['nnn_k']}, tau={b['tau']:.2f}, {b.get('precision', 'fp32')} math; "
+                     f"in each index's extra coordinates"
                      + (" (STALE: run `retrieval bias`)" if b["stale"] else ""))
     else:
         lines.append("bias      none: run `retrieval bias INDEX` for exact BSAP/NNN search")

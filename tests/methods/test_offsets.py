@@ -1,9 +1,10 @@
 """The one-pass offsets (torch matmul, in-place log-sum-exp, top-k) equal the reference numpy
-functions on every block boundary, k beyond the references, one item, and refuse bad shapes."""
+functions on every block boundary, k beyond the references, one item, and refuse bad shapes; in bf16
+math on centred rows they stay within the fp16 rounding the stored offsets get anyway."""
 import numpy as np
 import pytest
 
-from retrieval.methods.offsets import item_offsets
+from retrieval.methods.offsets import _matmul_math, item_offsets, native_bf16, top_mean
 from retrieval.methods.rerank import bsap_offsets, nnn_bias
 from tests.conftest import unit_vectors
 
@@ -12,7 +13,7 @@ from tests.conftest import unit_vectors
                                             (300, 1024, 40, 15.0)])
 def test_equal_to_the_reference_functions(n, block, k, tau):
     x, bank, refs = unit_vectors(n, 32, 1), unit_vectors(100, 32, 2), unit_vectors(30, 32, 3)
-    got = item_offsets(x, bank, refs, tau, k, block)
+    got = item_offsets(x, bank, refs, tau, k, block, precision="fp32")
     assert got["bsap"] == pytest.approx(bsap_offsets(x, bank, tau), abs=2e-6)
     assert got["nnn"] == pytest.approx(nnn_bias(x, refs, k), abs=2e-6)
     assert got["bsap"].dtype == got["nnn"].dtype == np.float32
@@ -26,6 +27,70 @@ def test_empty_items_and_bad_input():
                  (unit_vectors(3, 4, 1), bank, bank, 50.0, 4), (unit_vectors(3, 8, 1), bank, bank, 0.0, 4)):
         with pytest.raises(ValueError):
             item_offsets(*args)
+    with pytest.raises(ValueError, match="precision"):
+        item_offsets(unit_vectors(3, 8, 1), bank, bank, 50.0, 4, precision="fp8")
+
+
+def clip_like(n: int, d: int, seed: int, mean: np.ndarray) -> np.ndarray:
+    """Unit rows sharing one large mean direction, as CLIP embeddings do (norm of the mean ~0.75)."""
+    x = mean[None, :] + 0.6 * unit_vectors(n, d, seed)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_bf16_math_on_centred_rows_stays_within_the_fp16_rounding(shared):
+    """bf16 products of centred rows: within 1.5e-4 of float64 at most and 3e-5 rms (the stored
+    offsets are rounded to fp16 anyway: ~3e-5); the same products of the raw rows err several times
+    more (what the centring is for). On a CPU without bf16 the mode falls back to float32 math."""
+    d = 256
+    mean = unit_vectors(1, d, 9)[0] * 1.2
+    x, bank = clip_like(3000, d, 1, mean), clip_like(1024, d, 2, mean)
+    refs = bank if shared else clip_like(1024, d, 3, mean)
+    want_b = bsap_offsets(x.astype(np.float64), bank.astype(np.float64), 50.0)
+    want_n = nnn_bias(x.astype(np.float64), refs.astype(np.float64), 16)
+    got = item_offsets(x, bank, refs, 50.0, 16, 512, precision="bf16")
+    for g, w in ((got["bsap"], want_b), (got["nnn"], want_n)):
+        assert np.abs(g - w).max() < 1.5e-4 and np.sqrt(np.mean((g - w) ** 2)) < 3e-5
+    import torch
+
+    with torch.inference_mode(), _matmul_math(torch, "bf16"):   # the raw rows in the same math
+        raw = (torch.from_numpy(x) @ torch.from_numpy(refs).T).topk(16, 1).values.mean(1).numpy()
+    raw_err, centred_err = np.sqrt(np.mean((raw - want_n) ** 2)), np.sqrt(np.mean((got["nnn"] - want_n) ** 2))
+    if raw_err > 1e-6:                                          # bf16 math ran (else: no bf16 here)
+        assert centred_err < raw_err / 3
+
+
+def test_the_bf16_switch_is_restored_even_after_an_error():
+    import torch
+
+    mm = torch.backends.mkldnn.matmul
+    before = mm.fp32_precision
+    with pytest.raises(RuntimeError):
+        with _matmul_math(torch, "bf16"):
+            assert mm.fp32_precision == "bf16"
+            raise RuntimeError("boom")
+    assert mm.fp32_precision == before
+    bank = unit_vectors(50, 8, 0)
+    item_offsets(unit_vectors(20, 8, 1), bank, bank, 50.0, 4, precision="bf16")
+    assert mm.fp32_precision == before
+
+
+@pytest.mark.parametrize("m,k", [(4096, 16), (4000, 16), (4103, 5), (100, 16), (1, 1), (64, 16)])
+def test_top_mean_is_the_mean_of_the_k_largest(m, k):
+    """Exact, group pruning or not, ties included (small integers), widths not a multiple of the group."""
+    import torch
+
+    rng = np.random.default_rng(m)
+    for s in (rng.standard_normal((300, m)).astype(np.float32), rng.integers(0, 6, (300, m)).astype(np.float32)):
+        want = np.sort(s, 1)[:, ::-1][:, :min(k, m)].mean(1)
+        assert top_mean(torch.from_numpy(s), min(k, m)).numpy() == pytest.approx(want, abs=1e-6)
+
+
+def test_native_bf16_reads_the_cpu_flags():
+    assert native_bf16("fpu sse avx512f amx_bf16 amx_tile")
+    assert native_bf16("fpu avx512_bf16 avx512f")
+    assert not native_bf16("fpu sse avx2 avx512f")
+    assert not native_bf16("")
 
 
 @pytest.mark.parametrize("same", [lambda b: b, lambda b: b.copy()])
@@ -33,7 +98,7 @@ def test_one_sample_for_bank_and_references(same):
     """When the bank and the references are the same rows (one array, or equal copies), the one
     matmul that serves both gives what the two reference functions give."""
     x, bank = unit_vectors(700, 32, 1), unit_vectors(120, 32, 2)
-    got = item_offsets(x, bank, same(bank), 50.0, 16, 256)
+    got = item_offsets(x, bank, same(bank), 50.0, 16, 256, precision="fp32")
     assert got["bsap"] == pytest.approx(bsap_offsets(x, bank, 50.0), abs=2e-6)
     assert got["nnn"] == pytest.approx(nnn_bias(x, bank, 16), abs=2e-6)
 

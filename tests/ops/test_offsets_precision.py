@@ -1,0 +1,87 @@
+"""The offsets' matmul math is a choice the folder records: ``compute_biases(precision=...)`` and
+``retrieval bias --offsets-precision`` write it in the bias section (``info`` shows it), fp32 offsets
+equal the float32 reference functions to the fp16 grid of the codes, bf16 ones stay within their
+bound, and appends to a generation compute their rows' offsets in that generation's math."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import bias_folder, unit_vectors
+
+D, N = 256, 600   # bf16 products err ~1/sqrt(d): the bound is for CLIP widths (256 and up)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    from retrieval import build_from_embeddings
+
+    out = tmp_path / "idx"
+    build_from_embeddings(out, unit_vectors(N, D, 1), unit_vectors(N, D, 2), {"arch": "t", "logit_scale": 100.0},
+                          rows=[{"key": f"k{i}"} for i in range(N)], bias_bank="corpus")
+    return out
+
+
+def _stored(folder, method: str, modality: str = "image") -> np.ndarray:
+    return np.concatenate([np.load(p) for p in sorted(bias_folder(folder).glob(f"{method}_{modality}_*.npy"))])
+
+
+@pytest.mark.parametrize("precision,tol", [("fp32", 8e-5), ("bf16", 4e-4)])
+def test_recorded_and_within_its_bound(folder, precision, tol):
+    """fp32: the fp16 grid of the codes (offsets ~0.13 from their shift: steps of 6e-5); bf16: its bound
+    (isotropic rows, no shared mean to centre away: ~1e-4 rms per product at d = 256)."""
+    from retrieval.methods.rerank import bsap_offsets, nnn_bias
+    from retrieval.ops.bias import compute_biases
+
+    sec = compute_biases(folder, bank="corpus", bank_size=256, ref_size=256, calibrate=0, precision=precision)
+    assert sec["precision"] == precision
+    from retrieval import open_index
+
+    img = open_index(folder).embeddings(np.arange(N), "image")
+    bank = np.load(bias_folder(folder) / "bank_bsap_image.npy")
+    refs = np.load(bias_folder(folder) / "ref_nnn_image.npy")
+    assert np.abs(_stored(folder, "bsap") - bsap_offsets(img, bank, sec["tau"])).max() < tol
+    assert np.abs(_stored(folder, "nnn") - nnn_bias(img, refs, sec["nnn_k"])).max() < tol
+
+
+def test_appends_use_the_generations_math(folder, monkeypatch):
+    from retrieval.ops import add_embeddings, bias
+    from retrieval.ops.bias import compute_biases
+
+    seen = []
+    real = bias.item_offsets
+    monkeypatch.setattr(bias, "item_offsets", lambda *a, **kw: seen.append(kw["precision"]) or real(*a, **kw))
+    for precision in ("fp32", "bf16"):
+        compute_biases(folder, bank="corpus", bank_size=256, ref_size=256, calibrate=0, precision=precision)
+        seen.clear()
+        add_embeddings(folder, unit_vectors(3, D, 5), unit_vectors(3, D, 6), [{"key": f"new-{precision}{i}"}
+                                                                              for i in range(3)])
+        assert seen and set(seen) == {precision}
+
+
+def test_environment_overrides_auto_and_bad_values_are_refused(folder, monkeypatch):
+    from retrieval.methods.offsets import auto_precision, resolve_precision
+    from retrieval.ops.bias import compute_biases
+
+    for forced in ("fp32", "bf16"):
+        monkeypatch.setenv("RETRIEVAL_OFFSETS_PRECISION", forced)
+        assert auto_precision() == forced == resolve_precision("auto")
+    monkeypatch.setenv("RETRIEVAL_OFFSETS_PRECISION", "fp32")
+    assert compute_biases(folder, bank="corpus", bank_size=256, ref_size=256, calibrate=0)["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        compute_biases(folder, bank="corpus", precision="int8")
+
+
+def test_cli_option_and_info(folder):
+    from retrieval.cli import main
+
+    r = CliRunner().invoke(main, ["bias", str(folder), "--bank", "corpus", "--bank-size", "256", "--ref-size", "256",
+                                  "--calibrate-pairs", "0", "--offsets-precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    assert "fp32 math" in r.output
+    assert json.loads((folder / "manifest.json").read_text())["bias"]["precision"] == "fp32"
+    r = CliRunner().invoke(main, ["info", str(folder)])
+    assert r.exit_code == 0 and "fp32 math" in r.output
+    r = CliRunner().invoke(main, ["bias", str(folder), "--offsets-precision", "fp8"])
+    assert r.exit_code == 2 and "fp8" in r.output
