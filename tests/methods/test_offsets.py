@@ -44,7 +44,9 @@ def test_bf16_math_on_centred_rows_stays_within_the_fp16_rounding(shared):
     more (what the centring is for). On a CPU without bf16 the mode falls back to float32 math."""
     d = 256
     mean = unit_vectors(1, d, 9)[0] * 1.2
-    x, bank = clip_like(3000, d, 1, mean), clip_like(1024, d, 2, mean)
+    from retrieval.methods.offsets import BF16_MIN_ITEMS
+
+    x, bank = clip_like(BF16_MIN_ITEMS, d, 1, mean), clip_like(1024, d, 2, mean)   # enough items for bf16
     refs = bank if shared else clip_like(1024, d, 3, mean)
     want_b = bsap_offsets(x.astype(np.float64), bank.astype(np.float64), 50.0)
     want_n = nnn_bias(x.astype(np.float64), refs.astype(np.float64), 16)
@@ -58,6 +60,17 @@ def test_bf16_math_on_centred_rows_stays_within_the_fp16_rounding(shared):
     raw_err, centred_err = np.sqrt(np.mean((raw - want_n) ** 2)), np.sqrt(np.mean((got["nnn"] - want_n) ** 2))
     if raw_err > 1e-6:                                          # bf16 math ran (else: no bf16 here)
         assert centred_err < raw_err / 3
+
+
+def test_small_calls_run_in_fp32_math_whatever_is_asked():
+    """Below BF16_MIN_ITEMS items (small appends) bf16's set-up costs more than it saves: fp32 math."""
+    from retrieval.methods.offsets import BF16_MIN_ITEMS
+
+    mean = unit_vectors(1, 256, 9)[0] * 1.2
+    x, bank = clip_like(BF16_MIN_ITEMS - 1, 256, 1, mean), clip_like(512, 256, 2, mean)
+    got = item_offsets(x, bank, bank, 50.0, 16, precision="bf16")
+    assert got["bsap"] == pytest.approx(bsap_offsets(x, bank, 50.0), abs=2e-6)
+    assert got["nnn"] == pytest.approx(nnn_bias(x, bank, 16), abs=2e-6)
 
 
 def test_the_bf16_switch_is_restored_even_after_an_error():
