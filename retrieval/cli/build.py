@@ -153,8 +153,8 @@ def info(index, as_json):
               help="BSAP-H: image-caption pairs sampled to choose its lambda per direction (0: fixed defaults).")
 @click.option("--offsets-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Matmul math of the offsets: bf16 (centred rows: within 1.3e-4 of fp32 on real ViT-B/32 "
-                   "embeddings; ~2x faster at 200k items on CPUs with AMX or AVX512-BF16), fp32, or auto (bf16 where the CPU "
-                   "has it; env RETRIEVAL_OFFSETS_PRECISION overrides auto).")
+                   "embeddings; ~2x faster at 200k items on CPUs with AMX or AVX512-BF16), fp32, or auto "
+                   "(bf16 where the CPU has it; env RETRIEVAL_OFFSETS_PRECISION overrides auto).")
 def bias(index, bank, texts, bank_size, nnn_k, ref_size, calibrate_pairs, offsets_precision):
     """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding)."""
     from ..ops import compute_biases
