@@ -117,3 +117,24 @@ def test_calibrated_hybrid_keeps_the_better_of_clip_and_bsap_on_every_real_set(t
             assert by["hybrid"] >= max(by["clip"], by["bsap"]) - 0.005, (name, direction, by)
             if by["bsap"] > by["clip"]:
                 assert by["hybrid"] > by["clip"], (name, direction, by)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0), (1.0, 0.0), (0.5,),
+                                     (1.0, 0.75, 0.5)])
+def test_block_top1_bisection_equals_scanning_every_weight(weights):
+    """Bisecting the λ grid (a target that wins at two weights wins between them) gives what a scan
+    of every weight gives: the same winners on continuous scores; on small integers (many ties) a
+    winner of the same value."""
+    from retrieval.methods.calibrate import block_top1
+
+    rng = np.random.default_rng(len(weights))
+    for s, c, ties in ((rng.standard_normal((300, 500)).astype(np.float32),
+                        rng.standard_normal(500).astype(np.float32), False),
+                       (rng.integers(0, 4, (300, 500)).astype(np.float32), rng.integers(0, 3, 500).astype(np.float32),
+                        True)):
+        win, val = block_top1(s, c, np.asarray(weights, np.float32))
+        for g, w in enumerate(weights):
+            h = s - np.float32(w) * c
+            assert np.allclose(val[g], h.max(1)) and np.allclose(h[np.arange(300), win[g]], h.max(1))
+            if not ties:
+                assert np.array_equal(win[g], h.argmax(1))
