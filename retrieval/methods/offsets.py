@@ -112,7 +112,9 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     nu = x.mean(0, dtype=np.float64) if centred else None
     bank_side = _Side(b, x, nu, float(tau), torch)       # scores τ·s(x, a): the log-sum-exp's scale
     ref_side = bank_side if shared else _Side(r, x, nu, 1.0, torch)
-    X = torch.from_numpy(x)
+    with warnings.catch_warnings():   # read-only items (a memory-mapped npy): nothing here writes to them
+        warnings.simplefilter("ignore", UserWarning)
+        X = torch.from_numpy(x)
     nu32 = torch.from_numpy(nu.astype(np.float32)) if centred else None
     ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
     width = min(block, len(x))
