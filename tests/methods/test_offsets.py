@@ -134,14 +134,3 @@ def test_a_build_samples_one_set_for_bank_and_references_when_it_can(tmp_path):
             assert len(bank) == 100 and len(refs) == size
             assert np.array_equal(bank, refs) is same
 
-
-def test_read_only_inputs_without_warnings():
-    """Items and banks straight from a memory-mapped or frozen npy are read-only: no torch warning."""
-    import warnings
-
-    x, bank = unit_vectors(50, 16, 1), unit_vectors(40, 16, 2)
-    x.flags.writeable = bank.flags.writeable = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        got = item_offsets(x, bank, bank, 50.0, 4, precision="fp32")
-    assert got["nnn"] == pytest.approx(nnn_bias(x, bank, 4), abs=2e-6)
