@@ -77,28 +77,27 @@ def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
                 torch.matmul(X[i:i + BLOCK], B, out=outs[0][:len(X[i:i + BLOCK])])
                 torch.matmul(X[i:i + BLOCK], R, out=outs[1][:len(X[i:i + BLOCK])])
 
-    flop = 2 * 2 * n * bank_rows * d
-    t = {}
-    for math in ("fp32", "bf16"):
-        t["bare " + math], _ = median_run(lambda: bare(math), repeats)
-    t_fp32, new = median_run(lambda: item_offsets(x, bank, refs, 50.0, k, precision="fp32"), repeats)
-    t_bf16, low = median_run(lambda: item_offsets(x, bank, refs, 50.0, k, precision="bf16"), repeats)
-    t_old, old = median_run(lambda: (bsap_offsets(x, bank, 50.0), nnn_bias(x, refs, k)), repeats)
-    t_one, _ = median_run(lambda: item_offsets(x, bank, bank, 50.0, k), repeats)
-    err = max(float(np.abs(new["bsap"] - old[0]).max()), float(np.abs(new["nnn"] - old[1]).max()))
-    err16 = max(float(np.abs(low["bsap"] - old[0]).max()), float(np.abs(low["nnn"] - old[1]).max()))
+    flop, t, got = 2 * 2 * n * bank_rows * d, {}, {}
+    runs = {"bare fp32": lambda: bare("fp32"), "bare bf16": lambda: bare("bf16"),
+            "fp32": lambda: item_offsets(x, bank, refs, 50.0, k, precision="fp32"),
+            "bf16": lambda: item_offsets(x, bank, refs, 50.0, k, precision="bf16"),
+            "numpy": lambda: (bsap_offsets(x, bank, 50.0), nnn_bias(x, refs, k)),
+            "one": lambda: item_offsets(x, bank, bank, 50.0, k)}
+    for name, fn in runs.items():
+        t[name], got[name] = median_run(fn, repeats)
+    old = got["numpy"]
+    err = {p: max(float(np.abs(got[p]["bsap"] - old[0]).max()), float(np.abs(got[p]["nnn"] - old[1]).max()))
+           for p in ("fp32", "bf16")}
     print(f"offsets of {n} x {d} items, bank {bank_rows}, references {bank_rows}, k {k} (median of {repeats}):")
-    for name, took, base in (("bare matmuls, fp32", t["bare fp32"], t["bare fp32"]),
-                             ("bare matmuls, bf16 math", t["bare bf16"], t["bare bf16"]),
-                             ("item_offsets fp32", t_fp32, t["bare fp32"]), ("item_offsets bf16", t_bf16, t["bare bf16"]),
-                             ("numpy (previous)", t_old, t["bare fp32"])):
-        print(f"  {name:<24} {took:7.2f} s  {flop / took / 1e9:6.1f} GFLOP/s  {base / took:5.2f}x of the bare "
-              f"matmul speed in its math")
-    print(f"  largest difference vs numpy float32: fp32 {err:.1e}, bf16 {err16:.1e}; bf16 {t_fp32 / t_bf16:.2f}x "
-          f"faster than fp32, {t_old / t_bf16:.2f}x than numpy")
-    print(f"  one sample as bank and references (what a build stores where it can), auto math: {t_one:.2f} s")
-    return {"bare": t["bare fp32"], "bare_bf16": t["bare bf16"], "engine": t_fp32, "engine_bf16": t_bf16,
-            "numpy": t_old, "one_sample": t_one}
+    for name, label, base in (("bare fp32", "bare matmuls, fp32", "bare fp32"), ("bare bf16", "bare matmuls, bf16 math",
+                              "bare bf16"), ("fp32", "item_offsets fp32", "bare fp32"),
+                              ("bf16", "item_offsets bf16", "bare bf16"), ("numpy", "numpy (previous)", "bare fp32")):
+        print(f"  {label:<24} {t[name]:7.2f} s  {flop / t[name] / 1e9:6.1f} GFLOP/s  {t[base] / t[name]:5.2f}x of the "
+              f"bare matmul speed in its math")
+    print(f"  largest difference vs numpy float32: fp32 {err['fp32']:.1e}, bf16 {err['bf16']:.1e}; bf16 "
+          f"{t['fp32'] / t['bf16']:.2f}x faster than fp32, {t['numpy'] / t['bf16']:.2f}x than numpy")
+    print(f"  one sample as bank and references (what a build stores where it can), auto math: {t['one']:.2f} s")
+    return t
 
 
 def build(n: int, d: int, lists: int) -> dict:
