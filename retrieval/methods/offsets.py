@@ -64,6 +64,12 @@ def resolve_precision(precision: str) -> str:
     return auto_precision() if precision == "auto" else precision
 
 
+def math_for(n: int, precision: str) -> str:
+    """The math ``item_offsets`` of ``n`` items runs in for ``precision``: fp32 below BF16_MIN_ITEMS."""
+    precision = resolve_precision(precision)
+    return "fp32" if n < BF16_MIN_ITEMS else precision
+
+
 @functools.lru_cache(maxsize=1)
 def _cpu_flags() -> str:
     try:
@@ -101,8 +107,7 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
         raise ValueError("offsets need a non-empty bank, non-empty references and k > 0")
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    precision = resolve_precision(precision)
-    precision = "fp32" if len(x) < BF16_MIN_ITEMS else precision
+    precision = math_for(len(x), precision)
     k = min(k, len(r))
     shared = b.shape == r.shape and (np.shares_memory(b, r) or np.array_equal(b, r))  # one sample for both
     out_b, out_n = np.empty(len(x), np.float32), np.empty(len(x), np.float32)

@@ -18,6 +18,7 @@ tantivy prunes to the top k (0.1 ms).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -130,12 +131,31 @@ def fts_files(out: Path, rel_folder: str) -> list[str]:
 
 
 def open_fts(folder: Path):
-    """A tantivy index opened for search (the analyzer registered)."""
+    """A tantivy index opened for search (the analyzer registered). tantivy takes a lock file in the
+    index folder even to read; on a read-only folder (a read-only mount) it is opened through a
+    private folder of links to its files instead (``_linked``)."""
     import tantivy
 
-    index = tantivy.Index.open(str(folder))
+    folder = Path(folder)
+    where = folder if os.access(folder, os.W_OK) else _linked(folder)
+    index = tantivy.Index.open(str(where))
     index.register_tokenizer(ANALYZER, analyzer())
     return index
+
+
+def _linked(folder: Path) -> Path:
+    """A temporary folder (removed at exit) of symbolic links to ``folder``'s files but its lock files:
+    tantivy reads the files through them (memory-mapped, nothing copied) and writes its lock there."""
+    import atexit
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="retrieval-fts-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    for p in folder.iterdir():
+        if not p.name.endswith(".lock"):
+            (tmp / p.name).symlink_to(p.resolve())
+    return tmp
 
 
 def fts_rows(folder: Path):
