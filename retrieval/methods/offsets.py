@@ -123,7 +123,7 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     nu32 = torch.from_numpy(nu.astype(np.float32)) if centred else None
     ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
     width = min(block, len(x))
-    bufs = [torch.empty(width, len(b))] + ([] if shared else [torch.empty(width, len(r))])  # reused: no fresh pages
+    bufs = [torch.empty(width, len(b))] + ([] if shared else [torch.empty(width, len(r))])  # reused across blocks
     xbuf = torch.empty(width, x.shape[1]) if centred else None
     with torch.inference_mode(), _matmul_math(torch, precision):
         for i in range(0, len(x), block):
