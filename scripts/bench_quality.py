@@ -88,15 +88,23 @@ def retrieval_sets(root: Path):
     yield "CIFAR-10 ViT-B-32 (848, bare names)", z["vision_emb"], z["text_emb"], z["label_ids"]
 
 
+def set_folder(folder: Path, img: np.ndarray, txt: np.ndarray, y, bias_later: bool = False):
+    """A real set as an index folder through our own build (unit rows, a ``label`` column where the
+    set has labels, Flat, corpus banks); returns the unit rows (image, caption)."""
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    rows = [{"key": str(j), "image_path": "", "caption": "", **({"label": str(int(y[j]))} if y is not None else {})}
+            for j in range(len(img))]
+    build_from_embeddings(folder, img, txt, {"arch": "real-embeddings"}, rows, index_key="Flat", bias_bank="corpus",
+                          bias_later=bias_later)
+    return img, txt
+
+
 def retrieval_table(root: Path, work: Path) -> list[str]:
     lines = ["| set | direction | clip | bsap | hybrid | nnn |", "|---|---|---:|---:|---:|---:|"]
     for i, (name, img, txt, y) in enumerate(retrieval_sets(root)):
-        img = img / np.linalg.norm(img, axis=1, keepdims=True)
-        txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
-        rows = [{"key": str(j), "image_path": "", "caption": "", **({"label": str(int(y[j]))} if y is not None else {})}
-                for j in range(len(img))]
         folder = work / f"set{i}"
-        build_from_embeddings(folder, img, txt, {"arch": "real-embeddings"}, rows, index_key="Flat", bias_bank="corpus")
+        set_folder(folder, img, txt, y)
         res = eval_retrieval(open_index(folder), (1,), label_column="label" if y is not None else None)
         for direction in ("text→image", "image→text"):
             by = {r["method"]: r["R@1"] for r in res if r["direction"] == direction}
@@ -107,19 +115,26 @@ def retrieval_table(root: Path, work: Path) -> list[str]:
 def precision_table(root: Path, work: Path) -> list[str]:
     """Offsets in fp32 vs bf16 math (``compute_biases(precision=...)``, corpus banks) on every real set:
     the largest and rms offset difference, R@1 per method and direction in each math, and how many of
-    the whole-corpus top-10 ids (text→image, every caption as a query) the two agree on."""
+    the whole-corpus top-10 ids (text→image, every caption as a query) the two agree on. These sets are
+    smaller than ``BF16_MIN_ITEMS`` (below it a call runs fp32 whatever is asked): the table sets it
+    to 0 while it runs, so bf16 is the math measured."""
+    from retrieval.methods import offsets
     from retrieval.ops.bias import compute_biases
+
+    floor, offsets.BF16_MIN_ITEMS = offsets.BF16_MIN_ITEMS, 0
+    try:
+        return _precision_rows(root, work, compute_biases)
+    finally:
+        offsets.BF16_MIN_ITEMS = floor
+
+
+def _precision_rows(root: Path, work: Path, compute_biases) -> list[str]:
 
     lines = ["| set | offsets max / rms difference | direction | R@1 bsap fp32 / bf16 | R@1 hybrid fp32 / bf16 "
              "| R@1 nnn fp32 / bf16 | top-10 ids shared (bsap, nnn) |", "|---|---|---|---|---|---|---|"]
     for i, (name, img, txt, y) in enumerate(retrieval_sets(root)):
-        img = img / np.linalg.norm(img, axis=1, keepdims=True)
-        txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
-        rows = [{"key": str(j), "image_path": "", "caption": "", **({"label": str(int(y[j]))} if y is not None else {})}
-                for j in range(len(img))]
         folder = work / f"prec{i}"
-        build_from_embeddings(folder, img, txt, {"arch": "real-embeddings"}, rows, index_key="Flat", bias_bank="corpus",
-                              bias_later=True)
+        img, txt = set_folder(folder, img, txt, y, bias_later=True)
         got, offs, tops = {}, {}, {}
         for precision in ("fp32", "bf16"):
             sec = compute_biases(folder, bank="corpus", precision=precision)
@@ -145,12 +160,8 @@ def bank_size_table(root: Path, work: Path, sizes=(1024, 2048, 4096), pairs=(250
     from retrieval.ops.bias import compute_biases
 
     name, img, txt, y = next(retrieval_sets(root))
-    img = img / np.linalg.norm(img, axis=1, keepdims=True)
-    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
-    rows = [{"key": str(j), "image_path": "", "caption": "", "label": str(int(y[j]))} for j in range(len(img))]
     folder = work / "banks"
-    build_from_embeddings(folder, img, txt, {"arch": "real-embeddings"}, rows, index_key="Flat", bias_bank="corpus",
-                          bias_later=True)
+    set_folder(folder, img, txt, y, bias_later=True)
     methods = ("bsap", "hybrid", "nnn")
     lines = [f"| bank rows | calibration pairs | " + " | ".join(f"t→i {m}" for m in methods) + " | "
              + " | ".join(f"i→t {m}" for m in methods) + " |", "|---:|---:|" + "---:|" * 6]
