@@ -175,12 +175,13 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     for modality in banks:
         out.save(bank_path(folder, modality, where), lambda p: save_npy(p, banks[modality].astype(np.float32)))
         out.save(reference_path(folder, modality, where), lambda p: save_npy(p, refs[modality].astype(np.float32)))
-    per_shard, shifts, ran = {}, {"bsap": {}, "nnn": {}}, set()
+    per_shard, shifts = {}, {"bsap": {}, "nnn": {}}
     for s in shards:
         per_shard[s["id"]] = {mod: offsets_of(read_all(folder, s, mod), banks[mod], refs[mod], tau, nnn_k, precision)
                               for mod in banks if mod in s["index"]}
-        ran |= {math_for(s["rows"], precision) for mod in per_shard[s["id"]]}
-    precision = "bf16" if "bf16" in ran else "fp32"   # what the bulk ran in (small shards: fp32), recorded
+    # recorded: what the bulk ran in (shards under BF16_MIN_ITEMS run fp32)
+    ran = {math_for(s["rows"], precision) for s in shards if per_shard[s["id"]]}
+    precision = "bf16" if "bf16" in ran else "fp32"
     for modality in banks:  # the mean offset of the live, usable rows centres the extra coordinates
         for method in METHODS:
             live = [per_shard[s["id"]][modality][method][usable_rows(folder, m, s, modality)]
