@@ -23,76 +23,39 @@ same process run in bf16 math meanwhile (the engine runs none beside a build, bi
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-import threading
 import warnings
 from typing import Optional
 
 import numpy as np
 
+from ..store import bf16
+from ..store.bf16 import PRECISIONS, matmul_math as _matmul_math, native_bf16  # noqa: F401 (this module's API)
+
 TOP_CHUNK = 16  # columns per chunk in ``top_mean``
 BLOCK = 1024  # items per matmul: 1024 x 4096 float32 scores (16 MB) stay in cache-friendly range
-PRECISIONS = ("auto", "fp32", "bf16")
+ENV = "RETRIEVAL_OFFSETS_PRECISION"
 # Fewer items than this run in fp32 math whatever the precision asked (at least as exact): the bf16
 # path's set-up (the centred bank) and its slower element-wise passes cost more than its matmul saves.
 # Measured per call, shared 4,096-row bank, d = 512: 5k items 143 vs 81 ms, 10k 152 vs 158 ms, 20k
 # 248 vs 326 ms, 200k 1.66 vs 3.21 s (bf16 vs fp32)
 BF16_MIN_ITEMS = 16384
-_FLAG = threading.Lock()
-
-
-def native_bf16(cpu_flags: str) -> bool:
-    """Whether a CPU with these /proc/cpuinfo flags multiplies bf16 natively (AMX or AVX512-BF16)."""
-    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags.split()))
 
 
 def auto_precision() -> str:
     """"bf16" where the CPU multiplies bf16 natively (Linux's /proc/cpuinfo says so), else "fp32";
     the environment variable RETRIEVAL_OFFSETS_PRECISION (fp32 or bf16) overrides."""
-    forced = os.environ.get("RETRIEVAL_OFFSETS_PRECISION", "").strip().lower()
-    if forced in ("fp32", "bf16"):
-        return forced
-    return "bf16" if native_bf16(_cpu_flags()) else "fp32"
+    return bf16.auto_precision(ENV)
 
 
 def resolve_precision(precision: str) -> str:
     """"fp32" or "bf16" for one of PRECISIONS ("auto": ``auto_precision``); ValueError otherwise."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return auto_precision() if precision == "auto" else precision
+    return bf16.resolve_precision(precision, ENV)
 
 
 def math_for(n: int, precision: str) -> str:
     """The math ``item_offsets`` of ``n`` items runs in for ``precision``: fp32 below BF16_MIN_ITEMS."""
     precision = resolve_precision(precision)
     return "fp32" if n < BF16_MIN_ITEMS else precision
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1] for line in f if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
-@contextlib.contextmanager
-def _matmul_math(torch, precision: str):
-    """float32 CPU matmuls in ``precision`` ("bf16" or "fp32") inside the block, restored after."""
-    mm = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-    if precision != "bf16" or mm is None or not hasattr(mm, "fp32_precision"):
-        yield
-        return
-    with _FLAG:
-        before = mm.fp32_precision
-        mm.fp32_precision = "bf16"
-        try:
-            yield
-        finally:
-            mm.fp32_precision = before
 
 
 def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, k: int,

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .keys import compressed, pool_size, training_rows
+from .kmeans import coarse_centroids
 
 log = logging.getLogger("retrieval.build")
 PQ_TRAIN_ITER = 10            # k-means iterations per PQ sub-quantizer (faiss: 25)
@@ -109,10 +110,8 @@ def _train_coarse(index, key: str, sample: np.ndarray, extra: int) -> None:
     if not isinstance(ix, faiss.IndexIVF) or ix.quantizer.ntotal:
         return
     d = sample.shape[1] - extra  # trained without the zeroed coordinates (same centroids, fewer flops)
-    coarse = faiss.index_factory(d, f"IVF{ix.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    coarse.train(np.ascontiguousarray(sample[:, :d]))
     centroids = np.zeros((ix.nlist, sample.shape[1]), np.float32)
-    centroids[:, :d] = faiss.downcast_index(coarse).quantizer.reconstruct_n(0, ix.nlist)
+    centroids[:, :d] = coarse_centroids(sample[:, :d], ix.nlist)
     ix.quantizer.add(centroids)
 
 

@@ -1,0 +1,65 @@
+"""Whether and how this CPU multiplies in bfloat16: the one rule the build's GEMM-bound steps share
+(the coarse k-means, ``store.kmeans``; the BSAP/NNN offsets, ``methods.offsets``).
+
+bf16 pays where the CPU multiplies it natively (Intel AMX-BF16, AVX512-BF16 on Intel and AMD):
+Linux's /proc/cpuinfo says so. Elsewhere torch emulates bf16 and float32 is faster. Each step has
+its own environment variable that forces ``fp32`` or ``bf16`` (for measuring, or to opt out).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+
+PRECISIONS = ("auto", "fp32", "bf16")
+_FLAG = threading.Lock()
+
+
+def native_bf16(cpu_flags: str) -> bool:
+    """Whether a CPU with these /proc/cpuinfo flags multiplies bf16 natively (AMX or AVX512-BF16)."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags.split()))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> str:
+    """This CPU's /proc/cpuinfo flags ('' where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1] for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def auto_precision(env: str) -> str:
+    """"bf16" where the CPU multiplies bf16 natively, else "fp32"; the environment variable ``env``
+    (fp32 or bf16) overrides."""
+    forced = os.environ.get(env, "").strip().lower()
+    if forced in ("fp32", "bf16"):
+        return forced
+    return "bf16" if native_bf16(cpu_flags()) else "fp32"
+
+
+def resolve_precision(precision: str, env: str) -> str:
+    """"fp32" or "bf16" for one of PRECISIONS ("auto": ``auto_precision(env)``); ValueError otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return auto_precision(env) if precision == "auto" else precision
+
+
+@contextlib.contextmanager
+def matmul_math(torch, precision: str):
+    """float32 CPU matmuls in ``precision`` ("bf16" or "fp32") inside the block, restored after
+    (oneDNN's bf16 math mode: float32 in and out, bf16 products; torch's process-wide flag, set
+    under a lock)."""
+    mm = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    if precision != "bf16" or mm is None or not hasattr(mm, "fp32_precision"):
+        yield
+        return
+    with _FLAG:
+        before = mm.fp32_precision
+        mm.fp32_precision = "bf16"
+        try:
+            yield
+        finally:
+            mm.fp32_precision = before
