@@ -58,6 +58,13 @@ def math_for(n: int, precision: str) -> str:
     return "fp32" if n < BF16_MIN_ITEMS else precision
 
 
+def recorded_math(n: int, precision: str) -> str:
+    """The arithmetic ``item_offsets`` of ``n`` items with ``precision`` really runs: "bf16" where it
+    runs the bf16 path and the CPU's bf16 math mode rounds (``store.bf16.mode_rounds``), else "fp32"
+    (what a folder records)."""
+    return "bf16" if math_for(n, precision) == "bf16" and bf16.mode_rounds() else "fp32"
+
+
 def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: float, k: int,
                  block: int = BLOCK, precision: str = "auto") -> dict[str, np.ndarray]:
     """{"bsap": c_j = LSE_m(τ s(j, a_m)) / τ, "nnn": mean of the k largest s(r, j)} for items [n, d]."""

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..methods.offsets import item_offsets, math_for, resolve_precision
+from ..methods.offsets import item_offsets, recorded_math, resolve_precision
 from ..methods.rerank import DEFAULT_NNN_K, LAM_BY_TARGET
 from ..store.files import save_npy
 from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam, nonmatching_floors
@@ -180,7 +180,7 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
         per_shard[s["id"]] = {mod: offsets_of(read_all(folder, s, mod), banks[mod], refs[mod], tau, nnn_k, precision)
                               for mod in banks if mod in s["index"]}
     # recorded: what the bulk ran in (shards under BF16_MIN_ITEMS run fp32)
-    ran = {math_for(s["rows"], precision) for s in shards if per_shard[s["id"]]}
+    ran = {recorded_math(s["rows"], precision) for s in shards if per_shard[s["id"]]}
     precision = "bf16" if "bf16" in ran else "fp32"
     for modality in banks:  # the mean offset of the live, usable rows centres the extra coordinates
         for method in METHODS:

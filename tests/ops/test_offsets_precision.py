@@ -29,10 +29,13 @@ def _stored(folder, method: str, modality: str = "image") -> np.ndarray:
 
 @pytest.fixture()
 def bf16_everywhere(monkeypatch):
-    """bf16 math for calls of any size (BF16_MIN_ITEMS 0), so a 600-row folder runs it."""
+    """bf16 math for calls of any size (BF16_MIN_ITEMS 0), so a 600-row folder runs it, on a CPU
+    whose bf16 math mode rounds (AMX; recorded as bf16)."""
     from retrieval.methods import offsets
+    from retrieval.store import bf16
 
     monkeypatch.setattr(offsets, "BF16_MIN_ITEMS", 0)
+    monkeypatch.setattr(bf16, "mode_rounds", lambda: True)
 
 
 @pytest.mark.parametrize("precision,tol", [("fp32", 8e-5), ("bf16", 4e-4)])
@@ -60,6 +63,36 @@ def test_a_small_folder_records_the_fp32_it_ran(folder):
 
     assert compute_biases(folder, bank="corpus", bank_size=256, ref_size=256, calibrate=0,
                           precision="bf16")["precision"] == "fp32"
+
+
+def test_a_cpu_whose_bf16_mode_computes_fp32_records_fp32(folder, monkeypatch, bf16_everywhere):
+    """Where oneDNN's bf16 math mode computes float32 exactly (seen: AMD EPYC, AVX512-BF16, no AMX),
+    the offsets asked in bf16 ran in float32: the folder says fp32."""
+    from retrieval.methods.offsets import recorded_math
+    from retrieval.ops.bias import compute_biases
+    from retrieval.store import bf16
+
+    monkeypatch.setattr(bf16, "mode_rounds", lambda: False)
+    assert recorded_math(10 ** 6, "bf16") == "fp32"
+    assert compute_biases(folder, bank="corpus", bank_size=256, ref_size=256, calibrate=0,
+                          precision="bf16")["precision"] == "fp32"
+    monkeypatch.setattr(bf16, "mode_rounds", lambda: True)
+    assert recorded_math(10 ** 6, "bf16") == "bf16" and recorded_math(10 ** 6, "fp32") == "fp32"
+
+
+def test_the_mode_probe_agrees_with_a_product():
+    """``mode_rounds`` says whether a bf16-mode product differs from float32 beyond float32's own
+    rounding: checked on a second shape (the probe is cached per process)."""
+    import torch
+
+    from retrieval.store.bf16 import matmul_math, mode_rounds
+
+    a, b = torch.from_numpy(unit_vectors(300, 512, 7)), torch.from_numpy(unit_vectors(700, 512, 8)).T
+    with torch.inference_mode():
+        exact = a @ b
+        with matmul_math(torch, "bf16"):
+            err = float((a @ b - exact).abs().max())
+    assert (err > 1e-4) == mode_rounds()
 
 
 def test_appends_use_the_generations_math(folder, monkeypatch, bf16_everywhere):
