@@ -22,9 +22,10 @@ shifted along one shared direction until the rows' mean has norm ~0.8, as CLIP e
 trained on all of them; the 1,000 class prompts' text embeddings as queries: text-to-image).
 
 ``--parts builds``: the whole ``build_from_embeddings`` of N image + N text vectors (``IVF1024,Flat``,
-biases included) with each k-means math (``RETRIEVAL_KMEANS_PRECISION``), its seconds, and the two
-folders served side by side (``bench_write_path._serving``: single-query QPS of clip and exact BSAP,
-5 interleaved rounds, recall@10 against brute force) at the nprobe each build's tuning chose.
+biases included) with each k-means math (``RETRIEVAL_KMEANS_PRECISION``; torch imported before
+either starts), its seconds (two builds each, in the order fp32, bf16, bf16, fp32), and the last
+two folders served side by side (``bench_write_path._serving``: single-query QPS of clip and exact
+BSAP, 5 interleaved rounds, recall@10 against brute force) at the nprobe each build's tuning chose.
 
     python scripts/bench_kmeans.py [--n 200000] [--shared ../shared] [--parts kmeans,builds]
 """
@@ -98,25 +99,28 @@ def builds(n: int) -> None:
     import os
     import tempfile
 
+    import torch  # noqa: F401  (imported before either clock starts: both builds find it loaded)
     from bench_write_path import _serving
 
     from retrieval import build_from_embeddings, open_index
 
     img, txt = unit_vectors(n, 512, 4, clusters=256, spread=0.5), unit_vectors(n, 512, 5, clusters=256, spread=0.5)
     with tempfile.TemporaryDirectory() as tmp:
-        folders, took = {}, {}
-        for math in ("fp32", "bf16"):
+        folders, took = {}, {"fp32": [], "bf16": []}
+        for math in ("fp32", "bf16", "bf16", "fp32"):   # ABBA: drift on a noisy machine cancels
             os.environ["RETRIEVAL_KMEANS_PRECISION"] = math
-            folders[math] = Path(tmp) / math
+            folders[math] = Path(tmp) / f"{math}{len(took[math])}"
             t = time.perf_counter()
             build_from_embeddings(folders[math], img, txt, {"arch": "synthetic", "logit_scale": 100.0},
                                   shard_size=n, index_key="IVF1024,Flat")
-            took[math] = time.perf_counter() - t
+            took[math].append(time.perf_counter() - t)
         os.environ.pop("RETRIEVAL_KMEANS_PRECISION")
         params = {m: open_index(f).shards[0]["index"]["image"]["params"] for m, f in folders.items()}
         served = _serving(folders, unit_vectors(1000, 512, 9, clusters=256, spread=0.5), 5)
-    print(f"build_from_embeddings of {n} x 512 image + text, IVF1024,Flat: k-means fp32 {took['fp32']:.1f} s, "
-          f"bf16 {took['bf16']:.1f} s ({took['fp32'] / took['bf16']:.2f}x)")
+    fp, bf = (sum(took[m]) / 2 for m in ("fp32", "bf16"))
+    print(f"build_from_embeddings of {n} x 512 image + text, IVF1024,Flat (two builds each, ABBA): k-means fp32 "
+          f"{fp:.1f} s ({took['fp32'][0]:.1f}, {took['fp32'][1]:.1f}), bf16 {bf:.1f} s ({took['bf16'][0]:.1f}, "
+          f"{took['bf16'][1]:.1f}): {fp / bf:.2f}x")
     for math, r in served.items():
         print(f"  {math} (image index {params[math]}): " + "; ".join(
             f"{m} {r[m]['qps']:6.0f} QPS ({r[m]['ratio']:.2f}x) recall@10 {r[m]['recall']:.3f}" for m in ("clip", "bsap")))

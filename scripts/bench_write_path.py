@@ -65,6 +65,7 @@ def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
 
     from retrieval.methods.offsets import BLOCK, _matmul_math, item_offsets
     from retrieval.methods.rerank import bsap_offsets, nnn_bias
+    from retrieval.store.bf16 import mode_rounds
 
     x = unit_vectors(n, d, 1, clusters=64, spread=0.5)
     bank, refs = unit_vectors(bank_rows, d, 2), unit_vectors(bank_rows, d, 3)
@@ -97,6 +98,7 @@ def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
     print(f"  largest difference vs numpy float32: fp32 {err['fp32']:.1e}, bf16 {err['bf16']:.1e}; bf16 "
           f"{t['fp32'] / t['bf16']:.2f}x faster than fp32, {t['numpy'] / t['bf16']:.2f}x than numpy")
     print(f"  one sample as bank and references (what a build stores where it can), auto math: {t['one']:.2f} s")
+    print(f"  this CPU's bf16 math mode rounds to bf16: {mode_rounds()}")
     return t
 
 
