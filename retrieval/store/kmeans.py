@@ -70,8 +70,11 @@ def coarse_centroids(sample: np.ndarray, nlist: int, precision: str = "auto", se
         return faiss.downcast_index(coarse).quantizer.reconstruct_n(0, nlist)
     if len(x) > MAX_PER_LIST * nlist:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), MAX_PER_LIST * nlist, replace=False))]
-    with contextlib.redirect_stdout(io.StringIO()):   # the module prints at import and the loop always
-        from faiss.contrib.clustering import kmeans   # prints a line: neither belongs on our stdout
+    # the module prints at import and the loop always prints a line: neither belongs on our stdout
+    # (sys.stdout is swapped for the call: another thread's print() meanwhile is dropped too; logging
+    # handlers keep their own stream)
+    with contextlib.redirect_stdout(io.StringIO()):
+        from faiss.contrib.clustering import kmeans
         cent = kmeans(nlist, _BF16Assign(x, seed), niter=NITER, seed=seed, verbose=False)
     log.info("coarse k-means of %d rows into %d lists in bf16 math", len(x), nlist)
     return _unit(cent)
