@@ -81,7 +81,6 @@ def row_texts(table, columns: Sequence[str] = DEFAULT_COLUMNS) -> list[str]:
     """The text each row of ``table`` (a pyarrow Table) is found by: its ``captions`` (all of them,
     when it has any) or else ``caption``, then the other ``columns`` it has, joined by newlines;
     at most ``MAX_TEXT`` characters."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     names = set(table.column_names)
