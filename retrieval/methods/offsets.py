@@ -9,7 +9,8 @@ imported when called (the build already runs it).
 Precision (``precision``): ``"fp32"`` equals ``rerank.bsap_offsets`` and ``rerank.nnn_bias`` up to
 float32 rounding. ``"bf16"`` multiplies in bfloat16 with float32 inputs, accumulation and output
 (oneDNN's bf16 math mode: 3-5x the float32 matmul speed with AMX; on an AMD EPYC with AVX512-BF16
-and no AMX it computes float32 exactly, ~1.2x faster, and ``recorded_math`` says fp32), on *centred* rows: s(x, b) = (x - ν)·(b - μ) + x·μ + ν·b - ν·μ with ν, μ the items' and the bank's means, the
+and no AMX it computes float32 exactly, ~1.2x faster, and ``recorded_math`` says fp32), on *centred*
+rows: s(x, b) = (x - ν)·(b - μ) + x·μ + ν·b - ν·μ with ν, μ the items' and the bank's means, the
 rank-one terms in float32. CLIP embeddings share a large mean direction (norm ~0.7-0.8 of each row),
 so rounding the raw rows gives offsets errors of ~2e-4 rms; centred, ~2-3e-5 rms and 1.3e-4 at most
 on real CLIP embeddings, the size of the fp16 rounding the stored offsets already get
