@@ -63,9 +63,9 @@ def median_run(fn, repeats: int) -> tuple[float, object]:
 def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
     import torch
 
-    from retrieval.methods.offsets import BLOCK, _matmul_math, item_offsets
+    from retrieval.methods.offsets import BLOCK, item_offsets
     from retrieval.methods.rerank import bsap_offsets, nnn_bias
-    from retrieval.store.bf16 import mode_rounds
+    from retrieval.store.bf16 import matmul_math, mode_rounds
 
     x = unit_vectors(n, d, 1, clusters=64, spread=0.5)
     bank, refs = unit_vectors(bank_rows, d, 2), unit_vectors(bank_rows, d, 3)
@@ -73,7 +73,7 @@ def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
     outs = torch.empty(BLOCK, bank_rows), torch.empty(BLOCK, bank_rows)
 
     def bare(math: str):
-        with torch.inference_mode(), _matmul_math(torch, math):
+        with torch.inference_mode(), matmul_math(torch, math):
             for i in range(0, n, BLOCK):
                 torch.matmul(X[i:i + BLOCK], B, out=outs[0][:len(X[i:i + BLOCK])])
                 torch.matmul(X[i:i + BLOCK], R, out=outs[1][:len(X[i:i + BLOCK])])

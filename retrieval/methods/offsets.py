@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from ..store import bf16
-from ..store.bf16 import PRECISIONS, matmul_math as _matmul_math, native_bf16  # noqa: F401 (this module's API)
+from ..store.bf16 import matmul_math
 
 TOP_CHUNK = 16  # columns per chunk in ``top_mean``
 BLOCK = 1024  # items per matmul: 1024 x 4096 float32 scores (16 MB) stay in cache-friendly range
@@ -49,7 +49,7 @@ def auto_precision() -> str:
 
 
 def resolve_precision(precision: str) -> str:
-    """"fp32" or "bf16" for one of PRECISIONS ("auto": ``auto_precision``); ValueError otherwise."""
+    """"fp32" or "bf16" for one of ``store.bf16.PRECISIONS`` ("auto": ``auto_precision``); ValueError otherwise."""
     return bf16.resolve_precision(precision, ENV)
 
 
@@ -96,7 +96,7 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     width = min(block, len(x))
     bufs = [torch.empty(width, len(b))] + ([] if shared else [torch.empty(width, len(r))])  # reused across blocks
     xbuf = torch.empty(width, x.shape[1]) if centred else None
-    with torch.inference_mode(), _matmul_math(torch, precision):
+    with torch.inference_mode(), matmul_math(torch, precision):
         for i in range(0, len(x), block):
             xc = torch.sub(X[i:i + block], nu32, out=xbuf[:len(X[i:i + block])]) if centred else X[i:i + block]
             s = bank_side.scores(xc, bufs[0][:len(xc)])

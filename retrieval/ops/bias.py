@@ -179,7 +179,8 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     for s in shards:
         per_shard[s["id"]] = {mod: offsets_of(read_all(folder, s, mod), banks[mod], refs[mod], tau, nnn_k, precision)
                               for mod in banks if mod in s["index"]}
-    # recorded: what the bulk ran in (shards under BF16_MIN_ITEMS run fp32)
+    # recorded: what the bulk ran in (shards under BF16_MIN_ITEMS run fp32; so does bf16 where the
+    # CPU's bf16 math mode does not round: offsets.recorded_math)
     ran = {recorded_math(s["rows"], precision) for s in shards if per_shard[s["id"]]}
     precision = "bf16" if "bf16" in ran else "fp32"
     for modality in banks:  # the mean offset of the live, usable rows centres the extra coordinates

@@ -11,10 +11,12 @@ that multiplies bf16 rows: the items as they are, the centroids minus the items'
 best centroid of x is the same (x·c = x·(c - m) + x·m, and x·m is the row's constant), and the
 products stay small, so bf16's rounding of the output (8 bits of mantissa) is finer where it decides
 (CLIP rows share a mean direction of norm ~0.7-0.8: raw products all sit near 0.8, where bf16's
-steps are 0.004). Rounded scores tie often; an argmax gives a tie to the lowest column, and over
-the iterations that bias grows the low-numbered lists (list-size imbalance 2.5 against faiss's 1.9
-on clustered data), so the centroids' columns are shuffled afresh (seeded) for every iteration: ties
-then fall at random and the lists come out as balanced as faiss's. Sums and centroids stay float32.
+steps are 0.004); each row's previous best score r, a row constant, is subtracted inside the
+product ([x, -r]·[c - m, 1]), which brings the deciding products near zero, where the steps are
+finest. Rounded scores still tie; an argmax gives a tie to the lowest column, and over the
+iterations that bias grows the low-numbered lists (list-size imbalance 2.5 against faiss's 1.9 on
+clustered data with neither remedy), so the centroids' columns are also shuffled afresh (seeded)
+for every iteration: ties then fall at random. Sums and centroids stay float32.
 Only the training's assignment changes: rows are added to the lists by faiss in float32, so every
 row still lands in its nearest list.
 
@@ -23,8 +25,8 @@ no AMX): 102,400 rows into 1,024 lists, 1.8x faster than faiss's k-means, the sa
 digits on clustered and CLIP-like data, recall@10 at every nprobe within the seeds' spread, ~5 %
 longer lists scanned at equal nprobe (faiss's own C++ loop splits clusters slightly better than its
 contrib loop: the float32 contrib loop shows the same); on the real ImageNet CLIP embeddings
-(4,000 rows, 64 lists, forced) the objective within the seeds' spread. A whole 200k build: 1.17x
-faster, serving QPS and recall unchanged within noise.
+(4,000 rows, 64 lists, forced) the objective within the seeds' spread. Whole 200k builds (two each,
+ABBA): 1.12x faster, serving QPS and recall unchanged within noise.
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ BF16_MIN_WORK = 50_000_000
 
 
 def kmeans_math(n: int, nlist: int, precision: str = "auto") -> str:
-    """The math the coarse k-means of ``n`` rows into ``nlist`` lists runs in: "bf16" or "fp32" (pure)."""
+    """The math the coarse k-means of ``n`` rows into ``nlist`` lists runs in: "bf16" or "fp32" ("auto"
+    reads the CPU's flags and RETRIEVAL_KMEANS_PRECISION)."""
     precision = bf16.resolve_precision(precision, ENV)
     return "fp32" if n < nlist or n * nlist < BF16_MIN_WORK else precision
 

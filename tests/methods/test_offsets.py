@@ -4,7 +4,8 @@ math on centred rows they stay within the fp16 rounding the stored offsets get a
 import numpy as np
 import pytest
 
-from retrieval.methods.offsets import _matmul_math, item_offsets, native_bf16, top_mean
+from retrieval.methods.offsets import item_offsets, top_mean
+from retrieval.store.bf16 import matmul_math, native_bf16
 from retrieval.methods.rerank import bsap_offsets, nnn_bias
 from tests.conftest import unit_vectors
 
@@ -55,7 +56,7 @@ def test_bf16_math_on_centred_rows_stays_within_the_fp16_rounding(shared):
         assert np.abs(g - w).max() < 1.5e-4 and np.sqrt(np.mean((g - w) ** 2)) < 3e-5
     import torch
 
-    with torch.inference_mode(), _matmul_math(torch, "bf16"):   # the raw rows in the same math
+    with torch.inference_mode(), matmul_math(torch, "bf16"):   # the raw rows in the same math
         raw = (torch.from_numpy(x) @ torch.from_numpy(refs).T).topk(16, 1).values.mean(1).numpy()
     raw_err, centred_err = np.sqrt(np.mean((raw - want_n) ** 2)), np.sqrt(np.mean((got["nnn"] - want_n) ** 2))
     if raw_err > 1e-6:                                          # bf16 math ran (else: no bf16 here)
@@ -79,7 +80,7 @@ def test_the_bf16_switch_is_restored_even_after_an_error():
     mm = torch.backends.mkldnn.matmul
     before = mm.fp32_precision
     with pytest.raises(RuntimeError):
-        with _matmul_math(torch, "bf16"):
+        with matmul_math(torch, "bf16"):
             assert mm.fp32_precision == "bf16"
             raise RuntimeError("boom")
     assert mm.fp32_precision == before
