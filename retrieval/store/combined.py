@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from .cast import cast
+
 EXTRA = ("bsap", "nnn")  # the order of the extra coordinates
 # faiss's scalar-quantizer scanners use SIMD only when the dimension is a multiple of 16 (AVX-512) or
 # 8: at d = 514 an IVF-SQfp16 search ran 10x slower than at 512 or 528 (measured), so the combined
@@ -39,8 +41,9 @@ def combined_layout(key: str, d: int) -> tuple[str, int]:
 
 
 def combine_vectors(items: np.ndarray, offsets: Optional[dict] = None, shifts: Optional[dict] = None,
-                    dim: Optional[int] = None) -> np.ndarray:
-    """[e, -(c_bsap - s_b), -(c_nnn - s_n), 0...] as float32 [n, dim]; zeros where there are no offsets yet."""
+                    dim: Optional[int] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """[e, -(c_bsap - s_b), -(c_nnn - s_n), 0...] as float32 [n, dim]; zeros where there are no offsets
+    yet. ``out``: a C-contiguous float32 [n, dim] array to write them into (every value is written)."""
     items = np.asarray(items)   # fp16 rows are converted as they are copied in: one pass, no float32 copy
     if items.ndim != 2:
         raise ValueError(f"items must be 2-D, got {items.shape}")
@@ -48,8 +51,11 @@ def combine_vectors(items: np.ndarray, offsets: Optional[dict] = None, shifts: O
     dim = dim or d + 2
     if dim < d + 2:
         raise ValueError(f"a combined vector needs dim >= {d + 2}, got {dim}")
-    out = np.empty((n, dim), np.float32)
-    out[:, :d] = items
+    if out is None:
+        out = np.empty((n, dim), np.float32)
+    elif out.shape != (n, dim) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float32 {(n, dim)}, got {out.dtype} {out.shape}")
+    cast(items, np.float32, out=out[:, :d])
     out[:, d:] = 0
     for j, method in enumerate(EXTRA):
         if offsets is not None and offsets.get(method) is not None:
@@ -91,8 +97,10 @@ def add_combined(index, items: np.ndarray, offsets: Optional[dict], shifts: Opti
         padded = np.zeros((len(queries), dim), np.float32)   # each chunk is searched as it is (no copy)
         padded[:, :queries.shape[1]] = queries
         top = ExactTopK(padded, k)
+    buf = np.empty((min(chunk, len(items)), dim), np.float32)   # one buffer for every chunk: faiss copies what it adds
     for i in range(0, len(items), chunk):
-        x = combine_vectors(items[i:i + chunk], offsets_at(offsets, slice(i, i + chunk)), shifts, dim)
+        part = items[i:i + chunk]
+        x = combine_vectors(part, offsets_at(offsets, slice(i, i + chunk)), shifts, dim, out=buf[:len(part)])
         index.add(x)
         if top is not None:
             top.add(x, i)

@@ -64,7 +64,8 @@ def train_shared(folder: Path, manifest: dict, seed: int = 0, offsets: Optional[
         fkey, dim = combined_layout(key, d)
         picks = shard_sample([len(u) for u in usable], train_size(fkey, sum(len(u) for u in usable)), seed)
         taken = [(s, u[p]) for s, u, p in zip(group, usable, picks) if len(p)]
-        vecs = np.concatenate([ShardVectors(folder, s, modality).rows(rows) for s, rows in taken])
+        parts = [ShardVectors(folder, s, modality).rows(rows) for s, rows in taken]
+        vecs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         off = None
         if offsets and all(modality in offsets.get(s["id"], {}) for s, _ in taken):
             off = {mt: np.concatenate([offsets[s["id"]][modality][mt][rows] for s, rows in taken])

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from .cast import cast
 from .coarse import save_index, set_coarse
 from .combined import EXTRA, add_combined, combine_vectors, combined_layout, offsets_at, offsets_columns
 from .faiss_index import build_faiss_index, gpu_for, new_index, trained_empty, tune_params, tune_queries
@@ -175,7 +176,7 @@ def fulltext_entry(out: Path, k: int, texts: list[str]) -> dict:
 def zero_text_rows(txt: Optional[np.ndarray], has_caption: np.ndarray, n: int, dim: int) -> np.ndarray:
     """Text embeddings for all ``n`` rows: the captioned rows' vectors, zeros elsewhere."""
     if txt is not None and len(txt) == n and has_caption.all():
-        return txt.astype(np.float16)  # a copy: the caller keeps its array
+        return cast(txt, np.float16)  # a copy: the caller keeps its array
     out = np.zeros((n, dim), np.float16)
     if txt is not None and len(txt):
         out[np.flatnonzero(has_caption)] = txt

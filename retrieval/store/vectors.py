@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import IndexFolderError
+from .cast import cast
 from .coarse import read_index
 from .layout import EMB_FILE, INDEX_FILE
 
@@ -99,7 +100,7 @@ class ShardVectors:
         """Rows ``rows`` as float32 [n, d], without decoding the rest."""
         rows = np.asarray(rows, np.int64)
         if self._all is not None or self.npy is not None:
-            return np.asarray(self.all()[rows], np.float32)
+            return cast(self.all()[rows], np.float32)
         return decode_rows(self._index(), rows, self._d())
 
     def _index(self):

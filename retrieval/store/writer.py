@@ -18,6 +18,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from .atomic import write_bytes
+from .cast import cast
 from .checks import check_unit_rows
 from .generations import next_generation, publish
 from .layout import ERRORS, MODALITIES
@@ -151,7 +152,7 @@ class ShardWriter:
         start = 0
         while start < n:
             take = min(self.s["shard_size"] - self.n, n - start)
-            self.img.append(img[start:start + take].astype(np.float16))  # buffer what is written
+            self.img.append(cast(img[start:start + take], np.float16))  # buffer what is written
             self.txt.append(txt_all[start:start + take])
             self.has_caption.extend(has_caption[start:start + take])
             self.tables.append(rows.slice(start, take))
