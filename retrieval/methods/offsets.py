@@ -31,6 +31,7 @@ import numpy as np
 
 from ..store import bf16
 from ..store.bf16 import matmul_math
+from ..store.cast import cast
 
 TOP_CHUNK = 16  # columns per chunk in ``top_mean``
 BLOCK = 1024  # items per matmul: 1024 x 4096 float32 scores (16 MB) stay in cache-friendly range
@@ -71,7 +72,10 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     """{"bsap": c_j = LSE_m(τ s(j, a_m)) / τ, "nnn": mean of the k largest s(r, j)} for items [n, d]."""
     import torch
 
-    x, b, r = (np.ascontiguousarray(a, np.float32) for a in (items, bank, refs))
+    x = np.asarray(items)
+    if x.dtype not in (np.float16, np.float32) or not x.flags.c_contiguous:   # fp16 rows are converted a block at a time
+        x = np.ascontiguousarray(x, np.float32)
+    b, r = (np.ascontiguousarray(a, np.float32) for a in (bank, refs))
     if x.ndim != 2 or b.ndim != 2 or r.ndim != 2 or not (x.shape[1] == b.shape[1] == r.shape[1]):
         raise ValueError(f"items {x.shape}, bank {b.shape} and references {r.shape} must be [n, d] of one d")
     if not len(b) or not len(r) or k <= 0:
@@ -85,6 +89,8 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     if not len(x):
         return {"bsap": out_b, "nnn": out_n}
     centred = precision == "bf16"
+    if centred:   # the centred path reads every row twice (ν, x·μ): float32 once
+        x = cast(x, np.float32)
     nu = x.mean(0, dtype=np.float64) if centred else None
     bank_side = _Side(b, x, nu, float(tau), torch)       # scores τ·s(x, a): the log-sum-exp's scale
     ref_side = bank_side if shared else _Side(r, x, nu, 1.0, torch)
@@ -95,10 +101,14 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     ob, on = torch.from_numpy(out_b), torch.from_numpy(out_n)
     width = min(block, len(x))
     bufs = [torch.empty(width, len(b))] + ([] if shared else [torch.empty(width, len(r))])  # reused across blocks
-    xbuf = torch.empty(width, x.shape[1]) if centred else None
+    xbuf = torch.empty(width, x.shape[1]) if centred or x.dtype != np.float32 else None
     with torch.inference_mode(), matmul_math(torch, precision):
         for i in range(0, len(x), block):
-            xc = torch.sub(X[i:i + block], nu32, out=xbuf[:len(X[i:i + block])]) if centred else X[i:i + block]
+            blk = X[i:i + block]
+            if centred:
+                xc = torch.sub(blk, nu32, out=xbuf[:len(blk)])
+            else:
+                xc = blk if xbuf is None else xbuf[:len(blk)].copy_(blk)   # fp16 rows: torch's conversion
             s = bank_side.scores(xc, bufs[0][:len(xc)])
             sr = s if shared else ref_side.scores(xc, bufs[1][:len(xc)])
             on[i:i + block] = top_mean(sr, k) / ref_side.scale + ref_side.row(i, len(xc))

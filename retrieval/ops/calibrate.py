@@ -70,7 +70,8 @@ def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size
         top = TopByLam(queries)
         for s, live in zip(shards, pair_of.usable[target]):
             if len(live):
-                vecs = read_all(folder, s, target)[live]
+                vecs = read_all(folder, s, target)
+                vecs = vecs if len(live) == len(vecs) else vecs[live]   # every row live: no copy
                 top.add(vecs, offsets[s["id"]][target]["bsap"][live], live + s["offset"])
         lam, r1 = choose_lam(pair_hits(rows, top.rows, pair_of))
         out["lam"][target], out["r1"][target] = lam, r1

@@ -28,6 +28,21 @@ def test_top_by_lam_hand_computed_blocks_and_ties():
         top.add(t, c[:1], np.array([1, 2]))
 
 
+def test_top_by_lam_takes_fp16_targets_block_by_block():
+    """fp16 targets (a shard's npy) give the running top-1 of their float32 values, whatever the
+    block size (the last block partial)."""
+    q = unit_vectors(200, 16, 1)
+    t = unit_vectors(5000, 16, 2).astype(np.float16)
+    c = (np.random.default_rng(3).random(5000) * 0.1).astype(np.float32)
+    rows = np.arange(5000) + 100
+    want = TopByLam(q)
+    want.add(t.astype(np.float32), c, rows, block=5000)
+    for block in (1, 777, 2048, 5000):
+        got = TopByLam(q)
+        got.add(t, c, rows, block=block)
+        assert np.array_equal(got.rows, want.rows) and np.allclose(got.best, want.best, atol=1e-6)
+
+
 def test_pair_hits_count_own_pair_duplicate_images_and_shared_captions():
     img = unit_vectors(4, 8, 0)
     img[3] = img[2]                                        # row 3 is a duplicate image of row 2

@@ -20,6 +20,20 @@ def test_equal_to_the_reference_functions(n, block, k, tau):
     assert got["bsap"].dtype == got["nnn"].dtype == np.float32
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fp16_items_equal_their_float32_values(tmp_path, precision):
+    """fp16 rows (a shard's memory-mapped npy, read-only, converted a block at a time) give exactly
+    the offsets of the same values in float32; a strided array too."""
+    x = unit_vectors(20_000, 32, 4).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    bank = unit_vectors(64, 32, 5)
+    want = item_offsets(x.astype(np.float32), bank, bank, 50.0, 4, block=512, precision=precision)
+    for items in (mapped, x[::-1][::-1], np.asfortranarray(x)):
+        got = item_offsets(items, bank, bank, 50.0, 4, block=512, precision=precision)
+        assert np.array_equal(got["bsap"], want["bsap"]) and np.array_equal(got["nnn"], want["nnn"])
+
+
 def test_empty_items_and_bad_input():
     bank = unit_vectors(10, 8, 0)
     got = item_offsets(np.zeros((0, 8), np.float32), bank, bank, 50.0, 4)
