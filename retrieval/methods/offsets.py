@@ -118,23 +118,33 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
 
 
 def top_mean(s, k: int, chunk: int = TOP_CHUNK):
-    """Mean of the k largest of each row of s [n, m] (torch). The columns are cut into groups of
-    ``chunk`` (column j, j + g, j + 2g, ...: the max is then a contiguous reduction); the k groups with
-    the largest maxima hold the k largest values (a value outside them has k group maxima above it),
-    so one max pass and two small top-k's replace a top-k over every column (~1.5x less here)."""
+    """Mean of the k largest of each row of s [n, m] (a float32 torch tensor; a torch tensor back).
+    The columns are cut into groups of ``chunk`` (column j, j + g, j + 2g, ...: the max is then a
+    contiguous reduction); the k groups with the largest maxima hold the k largest values (a value
+    outside them has k group maxima above it). Those groups are the ones whose maximum reaches the
+    k-th largest maximum (numpy's introselect: ~3x faster than torch's ``topk`` on rows this short),
+    and the k largest of their values are selected the same way: ~3x less time than two top-k's."""
     import torch
 
     n, m = s.shape
     whole = m - m % chunk
     groups = whole // chunk
     if groups < 4 * k:
-        return s.topk(k, 1, sorted=False).values.mean(1)
+        v = s.numpy()
+        return torch.from_numpy(np.partition(v, m - k, axis=1)[:, m - k:].mean(1, dtype=np.float32))
     parts = s[:, :whole].reshape(n, chunk, groups)          # a view when s is contiguous
-    best = parts.amax(1).topk(k, 1, sorted=False).indices     # [n, k] groups
-    cand = parts.gather(2, best[:, None, :].expand(n, chunk, k)).reshape(n, chunk * k)
+    g = parts.amax(1).numpy()                                 # [n, groups] group maxima
+    kth = np.partition(g, groups - k, axis=1)[:, groups - k]  # the k-th largest maximum of each row
+    at = np.flatnonzero(g >= kth[:, None])   # row-major: each row's groups in turn
+    if len(at) == n * k:   # every row has >= k, so exactly k in each (unless maxima tie)
+        best = (at % groups).reshape(n, k)
+    else:
+        best = np.argpartition(g, groups - k, axis=1)[:, groups - k:]
+    cand = parts.gather(2, torch.from_numpy(best)[:, None, :].expand(n, chunk, k)).reshape(n, chunk * k)
     if whole < m:
         cand = torch.cat((cand, s[:, whole:]), 1)
-    return cand.topk(k, 1, sorted=False).values.mean(1)
+    c = cand.numpy()
+    return torch.from_numpy(np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k:].mean(1, dtype=np.float32))
 
 
 class _Side:
