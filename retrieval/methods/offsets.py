@@ -9,8 +9,8 @@ imported when called (the build already runs it).
 Precision (``precision``): ``"fp32"`` equals ``rerank.bsap_offsets`` and ``rerank.nnn_bias`` up to
 float32 rounding. ``"bf16"`` multiplies in bfloat16 with float32 inputs, accumulation and output
 (oneDNN's bf16 math mode: 3-5x the float32 matmul speed with AMX; on an AMD EPYC with AVX512-BF16
-and no AMX it computes float32 exactly, ~1.2x faster, and ``recorded_math`` says fp32), on *centred*
-rows: s(x, b) = (x - ν)·(b - μ) + x·μ + ν·b - ν·μ with ν, μ the items' and the bank's means, the
+and no AMX it computes float32 exactly, ~1.2x faster, so there every call, fp32 or bf16, runs float32
+rows through it uncentred and ``recorded_math`` says fp32), on *centred* rows: s(x, b) = (x - ν)·(b - μ) + x·μ + ν·b - ν·μ with ν, μ the items' and the bank's means, the
 rank-one terms in float32. CLIP embeddings share a large mean direction (norm ~0.7-0.8 of each row),
 so rounding the raw rows gives offsets errors of ~2e-4 rms; centred, ~2-3e-5 rms and 1.3e-4 at most
 on real CLIP embeddings, the size of the fp16 rounding the stored offsets already get
@@ -88,7 +88,10 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     out_b, out_n = np.empty(len(x), np.float32), np.empty(len(x), np.float32)
     if not len(x):
         return {"bsap": out_b, "nnn": out_n}
-    centred = precision == "bf16"
+    # bf16 math on centred rows where the mode rounds; where its kernel computes float32 (an EPYC with
+    # AVX512-BF16, no AMX), float32 rows through that faster kernel, whatever precision was asked
+    centred = precision == "bf16" and bf16.mode_rounds()
+    kernel = "bf16" if centred or bf16.mode_is_fp32() else "fp32"
     if centred:   # the centred path reads every row twice (ν, x·μ): float32 once
         x = cast(x, np.float32)
     nu = x.mean(0, dtype=np.float64) if centred else None
@@ -102,7 +105,7 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
     width = min(block, len(x))
     bufs = [torch.empty(width, len(b))] + ([] if shared else [torch.empty(width, len(r))])  # reused across blocks
     xbuf = torch.empty(width, x.shape[1]) if centred or x.dtype != np.float32 else None
-    with torch.inference_mode(), matmul_math(torch, precision):
+    with torch.inference_mode(), matmul_math(torch, kernel):
         for i in range(0, len(x), block):
             blk = X[i:i + block]
             if centred:

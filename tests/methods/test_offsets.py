@@ -149,3 +149,25 @@ def test_a_build_samples_one_set_for_bank_and_references_when_it_can(tmp_path):
             assert len(bank) == 100 and len(refs) == size
             assert np.array_equal(bank, refs) is same
 
+
+
+@pytest.mark.parametrize("rounds,is_fp32,asked,kernel", [
+    (True, False, "bf16", "bf16"),    # AMX: bf16 math on centred rows
+    (True, False, "fp32", "fp32"),
+    (False, True, "fp32", "bf16"),    # the mode's kernel computes float32 (EPYC, AVX512-BF16): faster, used
+    (False, True, "bf16", "bf16"),
+    (False, False, "bf16", "fp32")])  # neither: the default kernel
+def test_the_kernel_follows_the_mode_probe(monkeypatch, rounds, is_fp32, asked, kernel):
+    from retrieval.methods import offsets
+    from retrieval.store import bf16
+
+    used = []
+    real = offsets.matmul_math
+    monkeypatch.setattr(offsets, "matmul_math", lambda torch, p: used.append(p) or real(torch, p))
+    monkeypatch.setattr(offsets, "BF16_MIN_ITEMS", 0)
+    monkeypatch.setattr(bf16, "mode_rounds", lambda: rounds)
+    monkeypatch.setattr(bf16, "mode_is_fp32", lambda: is_fp32)
+    x, bank = unit_vectors(300, 32, 1), unit_vectors(100, 32, 2)
+    got = offsets.item_offsets(x, bank, bank, 50.0, 4, precision=asked)
+    assert used == [kernel]
+    assert got["bsap"] == pytest.approx(bsap_offsets(x, bank, 50.0), abs=2e-6 if kernel == "fp32" or not rounds else 5e-4)
