@@ -7,7 +7,8 @@
   as GFLOP/s.
 - ``build``: ``build_from_embeddings`` of N image + N text vectors into one ``IVF{lists},Flat`` shard
   per modality (biases included) vs bare faiss training (on the engine's sample size) and filling
-  the same two indexes; and the time until the folder is searchable (``bias_later``).
+  the same two indexes; and the time until the folder is searchable (``bias_later``); ``--rounds``
+  of them interleaved (with LanceDB in each round when ``lance`` is asked too), ratios per round.
 - ``cli``: whole-process wall times from a shell (median of ``--repeats``, interleaved) of
   ``retrieval search IDX "a dog"`` (the text tower cached by a first, untimed-in-the-ratio run),
   ``retrieval search IDX --embedding F.npy`` and ``retrieval info IDX`` vs ``python -c "import torch"``,
@@ -30,12 +31,10 @@
   pyarrow Table and as dicts, vs the bare Parquet write of the Table and the bare Arrow conversion of
   the dicts (``pa.Table.from_pylist``).
 
-- ``lance``: LanceDB 0.40's ``create_table`` + ``create_index`` (IVF_FLAT, dot, the same partitions) on
-  the same image and text vectors, and its 10k-row ``add``; with ``build`` in the same run, the ratio.
-  LanceDB is not a dependency: ``python3 -m venv /tmp/lancevenv && /tmp/lancevenv/bin/pip install
-  lancedb==0.40.0`` and pass ``--lancedb-python /tmp/lancevenv/bin/python``.
+- ``lance``: LanceDB 0.40's ``create_table`` + ``create_index`` on the same vectors and its 10k-row
+  ``add`` (scripts/peer_lancedb.py says how to install it); with ``build``, inside each round.
 
-    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build,appends,cli,where,lance]
+    python scripts/bench_write_path.py [--n 200000] [--parts offsets,build,appends,cli,where,lance] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -47,6 +46,7 @@ from typing import Optional
 
 import numpy as np
 
+from peer_lancedb import lancedb_build
 from synthetic import unit_vectors
 
 
@@ -102,30 +102,47 @@ def offsets(n: int, d: int, bank_rows: int, k: int, repeats: int) -> dict:
     return t
 
 
-def build(n: int, d: int, lists: int) -> dict:
+def build(n: int, d: int, lists: int, rounds: int = 1, lance_python: Optional[str] = None) -> dict:
+    """``rounds`` rounds, each in the order: bare faiss, ours to searchable, ours whole, and LanceDB when
+    ``lance_python`` is given; medians and the median of each round's ratios (the machine's speed
+    drifts by +-15 % between minutes: a ratio within one round is what holds)."""
     import faiss
 
     from retrieval import build_from_embeddings
     from retrieval.store.keys import sample_ids, train_size
 
     img, txt = unit_vectors(n, d, 4, clusters=256, spread=0.5), unit_vectors(n, d, 5, clusters=256, spread=0.5)
-    t = time.perf_counter()
-    for x in (img, txt):
-        index = faiss.index_factory(d, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
-        index.train(x[sample_ids(n, train_size(f"IVF{lists},Flat", n))])   # the sample size the engine trains on
-        index.add(x)
-    t_bare = time.perf_counter() - t
-    took = {}
-    for name, later in (("ours", False), ("searchable", True)):   # searchable: returns before the offsets
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            build_from_embeddings(Path(tmp) / "idx", img, txt, {"arch": "synthetic", "logit_scale": 100.0},
-                                  shard_size=n, index_key=f"IVF{lists},Flat", bias_later=later)
-            took[name] = time.perf_counter() - t
-    print(f"build of {n} x {d} image + text, IVF{lists},Flat: build_from_embeddings {took['ours']:.1f} s, "
-          f"searchable after {took['searchable']:.1f} s; bare faiss train + add of the two indexes {t_bare:.1f} s: "
-          f"total {took['ours'] / t_bare:.2f}x, to searchable {took['searchable'] / t_bare:.2f}x")
-    return {**took, "bare": t_bare}
+    runs: list[dict] = []
+    for _ in range(rounds):
+        took = {}
+        t = time.perf_counter()
+        for x in (img, txt):
+            index = faiss.index_factory(d, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+            index.train(x[sample_ids(n, train_size(f"IVF{lists},Flat", n))])   # the sample size the engine trains on
+            index.add(x)
+        took["bare"] = time.perf_counter() - t
+        for name, later in (("searchable", True), ("ours", False)):   # searchable: returns before the offsets
+            with tempfile.TemporaryDirectory() as tmp:
+                t = time.perf_counter()
+                build_from_embeddings(Path(tmp) / "idx", img, txt, {"arch": "synthetic", "logit_scale": 100.0},
+                                      shard_size=n, index_key=f"IVF{lists},Flat", bias_later=later)
+                took[name] = time.perf_counter() - t
+        peer = lancedb_build(n, d, lists, lance_python) if lance_python else None
+        if peer is not None:
+            took["lance"], took["lance_add_10k"] = peer["total"], peer["add_10k"]
+        runs.append(took)
+        print("  round: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items() if k != "lance_add_10k"))
+    med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    ratio = {f"{a}/{b}": float(np.median([r[a] / r[b] for r in runs]))
+             for a, b in (("ours", "bare"), ("searchable", "bare"), ("ours", "lance")) if a in med and b in med}
+    print(f"build of {n} x {d} image + text, IVF{lists},Flat ({rounds} round{'s' * (rounds > 1)}, medians): "
+          f"build_from_embeddings {med['ours']:.1f} s, searchable after {med['searchable']:.1f} s; bare faiss train "
+          f"+ add of the two indexes {med['bare']:.1f} s: total {ratio['ours/bare']:.2f}x, to searchable "
+          f"{ratio['searchable/bare']:.2f}x (medians of the rounds' ratios)")
+    if "lance" in med:
+        print(f"  LanceDB 0.40 create_table + IVF{lists}_FLAT (dot) on both columns {med['lance']:.1f} s: ours / LanceDB "
+              f"{ratio['ours/lance']:.2f}x; its add of 10k rows {med['lance_add_10k'] * 1e3:.0f} ms (appended unindexed)")
+    return {**med, "ratios": ratio, "runs": runs}
 
 
 def cli(repeats: int, shared: Path, arch: str) -> dict:
@@ -293,52 +310,6 @@ def appends(n: int, d: int, lists: int, repeats: int) -> dict:
     return {"appends": took, "serving": serving, "compact": t_compact}
 
 
-_LANCE = """
-import sys, time, tempfile, json
-import numpy as np, pyarrow as pa, lancedb
-sys.path.insert(0, sys.argv[1])
-from synthetic import unit_vectors
-n, d, lists = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-img, txt = unit_vectors(n, d, 4, clusters=256, spread=0.5), unit_vectors(n, d, 5, clusters=256, spread=0.5)
-
-def table(a, b, keys):
-    return pa.table({"key": keys, "image": pa.FixedSizeListArray.from_arrays(pa.array(a.ravel()), d),
-                     "text": pa.FixedSizeListArray.from_arrays(pa.array(b.ravel()), d)})
-
-data = table(img, txt, [f"k{i}" for i in range(n)])
-db = lancedb.connect(tempfile.mkdtemp())
-t = time.perf_counter()
-tbl = db.create_table("t", data)
-t_table = time.perf_counter() - t
-for col in ("image", "text"):
-    tbl.create_index(metric="dot", num_partitions=lists, vector_column_name=col, index_type="IVF_FLAT")
-t_total = time.perf_counter() - t
-adds = []
-for j in range(4):
-    a, b = (unit_vectors(10_000, d, 77 + 2 * j + o, clusters=256, spread=0.5) for o in (0, 1))
-    batch = table(a, b, [f"a{j}_{i}" for i in range(10_000)])
-    t = time.perf_counter(); tbl.add(batch); adds.append(time.perf_counter() - t)
-print(json.dumps({"table": t_table, "total": t_total, "add_10k": float(np.median(adds[1:]))}))
-"""
-
-
-def lance(n: int, d: int, lists: int, python: str, ours: Optional[float]) -> Optional[dict]:
-    """LanceDB 0.40 (its own venv: ``python``): create_table + IVF_FLAT create_index (dot, ``lists``
-    partitions) on the same image and text vectors, then 10k-row adds (it appends them unindexed)."""
-    import json
-    import subprocess
-
-    if not Path(python).exists():
-        print(f"LanceDB: {python} not found, skipped (see the module doc)")
-        return None
-    got = json.loads(subprocess.run([python, "-c", _LANCE, str(Path(__file__).resolve().parent), str(n), str(d),
-                                     str(lists)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    print(f"LanceDB 0.40, {n} x {d} image + text: create_table {got['table']:.1f} s, + IVF{lists}_FLAT (dot) on both "
-          f"columns {got['total']:.1f} s in total" + (f"; ours / LanceDB {ours / got['total']:.2f}x" if ours else "")
-          + f"; add of 10k rows {got['add_10k'] * 1e3:.0f} ms (median of the last 3; appended unindexed)")
-    return got
-
-
 def metadata(n: int, repeats: int) -> dict:
     """The metadata a build writes for n rows (stored schema and key checks, Parquet, full-text
     texts and tantivy index), given as a pyarrow Table and as dicts, against the bare Arrow
@@ -388,6 +359,7 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lists", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the build comparison (bare, ours, LanceDB)")
     ap.add_argument("--parts", default="offsets,build,appends,cli,where")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     ap.add_argument("--cli-arch", default="ViT-B-32")
@@ -397,9 +369,13 @@ def main(argv=None) -> None:
     parts = set(a.parts.split(","))
     if "offsets" in parts:
         offsets(a.n, a.dim, a.bank, a.k, a.repeats)
-    built = build(a.n, a.dim, a.lists) if "build" in parts else None
-    if "lance" in parts:
-        lance(a.n, a.dim, a.lists, a.lancedb_python, built["ours"] if built else None)
+    if "build" in parts:
+        build(a.n, a.dim, a.lists, a.rounds, a.lancedb_python if "lance" in parts else None)
+    elif "lance" in parts:
+        got = lancedb_build(a.n, a.dim, a.lists, a.lancedb_python)
+        if got is not None:
+            print(f"LanceDB 0.40, {a.n} x {a.dim} image + text: create_table {got['table']:.1f} s, + IVF{a.lists}_FLAT "
+                  f"(dot) on both columns {got['total']:.1f} s in total; add of 10k rows {got['add_10k'] * 1e3:.0f} ms")
     if "appends" in parts:
         appends(a.n, a.dim, a.lists, a.repeats)
     if "metadata" in parts:
