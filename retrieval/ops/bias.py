@@ -153,6 +153,9 @@ def _check_sizes(**sizes: int) -> None:
                          f"the top nnn_k of the reference similarities")
 
 
+HOLD_BYTES = 1 << 30   # vectors read for the offsets and kept for the calibration, at most (the rest are read again)
+
+
 def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_texts: Optional[Sequence[str]] = None,
                  bank_size: int = DEFAULT_BANK_SIZE, nnn_k: int = DEFAULT_NNN_K, ref_size: int = 4096, tau: Optional[float] = None,
                  seed: int = 0, calibrate: int = DEFAULT_CALIBRATION_PAIRS, precision: str = "auto") -> None:
@@ -175,10 +178,14 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     for modality in banks:
         out.save(bank_path(folder, modality, where), lambda p: save_npy(p, banks[modality].astype(np.float32)))
         out.save(reference_path(folder, modality, where), lambda p: save_npy(p, refs[modality].astype(np.float32)))
-    per_shard, shifts = {}, {"bsap": {}, "nnn": {}}
+    per_shard, shifts, held, held_bytes = {}, {"bsap": {}, "nnn": {}}, {}, 0
     for s in shards:
-        per_shard[s["id"]] = {mod: offsets_of(read_all(folder, s, mod), banks[mod], refs[mod], tau, nnn_k, precision)
-                              for mod in banks if mod in s["index"]}
+        vecs = {mod: read_all(folder, s, mod) for mod in banks if mod in s["index"]}
+        per_shard[s["id"]] = {mod: offsets_of(v, banks[mod], refs[mod], tau, nnn_k, precision)
+                              for mod, v in vecs.items()}
+        size = sum(v.nbytes for v in vecs.values())
+        if held_bytes + size <= HOLD_BYTES:   # kept for the calibration (decoding a shard again costs ~0.3 s / 200k rows)
+            held[s["id"]], held_bytes = vecs, held_bytes + size
     # recorded: what the bulk ran in (shards under BF16_MIN_ITEMS run fp32; so does bf16 where the
     # CPU's bf16 math mode does not round: offsets.recorded_math)
     ran = {recorded_math(s["rows"], precision) for s in shards if per_shard[s["id"]]}
@@ -197,7 +204,7 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
         for modality, offsets in per_shard[s["id"]].items():
             index_with_offsets(folder, m, s, modality, offsets, shifts, gen)
     t_index = time.perf_counter() - t_index
-    cal = calibrate_lam(folder, m, shards, per_shard, calibrate, seed + 4) if calibrate and "text" in banks else None
+    cal = calibrate_lam(folder, m, shards, per_shard, calibrate, seed + 4, held) if calibrate and "text" in banks else None
     lam = cal["lam"] if cal else {t: LAM_BY_TARGET.get(t, LAM_BY_TARGET["image"]) for t in banks}
     floor = nonmatching_floors(folder, m, shards, per_shard, lam, tau, seed=seed + 5) if calibrate else None
     m.pop("bias_pending", None)

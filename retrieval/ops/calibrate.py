@@ -53,10 +53,11 @@ class _Pairs:
 
 
 def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size: int = DEFAULT_CALIBRATION_PAIRS,
-                  seed: int = 0) -> Optional[dict]:
+                  seed: int = 0, vectors: Optional[dict] = None) -> Optional[dict]:
     """{"lam": {target: λ}, "pairs": n, "r1": {target: R@1 per λ}} from ``size`` sampled live
     captioned pairs; ``offsets``: {shard id: {modality: {"bsap": [rows]}}} as quantized for the
-    indexes. None when the folder has fewer than MIN_PAIRS pairs (or no captions)."""
+    indexes; ``vectors``: {shard id: {modality: [rows, d]}} already read (else read here: from the
+    npy, or decoded from the index). None when the folder has fewer than MIN_PAIRS pairs (or no captions)."""
     shards = [s for s in shards if "image" in s["index"] and "text" in s["index"]]
     pair_of = _Pairs(folder, m, shards)
     every = pair_of.captioned_rows()
@@ -70,7 +71,8 @@ def calibrate_lam(folder: Path, m: dict, shards: list[dict], offsets: dict, size
         top = TopByLam(queries)
         for s, live in zip(shards, pair_of.usable[target]):
             if len(live):
-                vecs = read_all(folder, s, target)
+                vecs = (vectors or {}).get(s["id"], {}).get(target)
+                vecs = read_all(folder, s, target) if vecs is None else vecs
                 vecs = vecs if len(live) == len(vecs) else vecs[live]   # every row live: no copy
                 top.add(vecs, offsets[s["id"]][target]["bsap"][live], live + s["offset"])
         lam, r1 = choose_lam(pair_hits(rows, top.rows, pair_of))

@@ -153,3 +153,15 @@ def test_block_top1_bisection_equals_scanning_every_weight(weights):
             assert np.allclose(val[g], h.max(1)) and np.allclose(h[np.arange(300), win[g]], h.max(1))
             if not ties:
                 assert np.array_equal(win[g], h.argmax(1))
+
+
+def test_calibration_from_the_vectors_the_offsets_read_equals_reading_them_again(tmp_path, monkeypatch):
+    """The bias step keeps the vectors it read for the offsets (up to HOLD_BYTES) for the calibration:
+    the section is the same as when the calibration reads them itself."""
+    from retrieval.ops import bias
+
+    folder = _paired_index(tmp_path)
+    kept = load_manifest(folder)["bias"]
+    monkeypatch.setattr(bias, "HOLD_BYTES", 0)
+    again = compute_biases(folder, bank="corpus", calibrate=1000)
+    assert again["calibration"] == kept["calibration"] and again["lam"] == kept["lam"]
