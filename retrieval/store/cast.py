@@ -20,15 +20,18 @@ IMPORT_VALUES = 1 << 25   # from this size (65,536 x 512) a cast imports torch (
 _TORCH_DTYPES = ("float16", "float32")   # float64 -> float16 through torch rounds twice
 
 
-def use_torch(n_values: int, loaded: bool) -> bool:
+def use_torch(n_values: int, loaded: bool, min_values: int = MIN_VALUES) -> bool:
     """Whether a cast of ``n_values`` values goes through torch, ``loaded`` saying whether the
-    process has imported it: large enough to beat numpy, and torch loaded or worth loading."""
-    return n_values >= MIN_VALUES and (loaded or n_values >= IMPORT_VALUES)
+    process has imported it: at least ``min_values`` (large enough to beat numpy), and torch loaded
+    or worth loading."""
+    return n_values >= min_values and (loaded or n_values >= IMPORT_VALUES)
 
 
-def cast(a: np.ndarray, dtype, out: Optional[np.ndarray] = None) -> np.ndarray:
+def cast(a: np.ndarray, dtype, out: Optional[np.ndarray] = None, min_values: int = MIN_VALUES) -> np.ndarray:
     """A new array of ``a``'s values as ``dtype`` (``astype``), or written into ``out`` (same shape,
-    any strides) and returned."""
+    any strides) and returned. ``min_values``: the smallest cast torch takes (code that queries call,
+    between BLAS calls, passes IMPORT_VALUES: torch's threads left spinning after its kernels made
+    OpenBLAS's next matmul wait, 2.5 vs 1.8 s in a calibration loop)."""
     a = np.asarray(a)
     dtype = np.dtype(dtype)
     if out is not None:
@@ -36,7 +39,7 @@ def cast(a: np.ndarray, dtype, out: Optional[np.ndarray] = None) -> np.ndarray:
             raise ValueError(f"cannot cast {a.shape} into {out.shape}")
         dtype = out.dtype
     if not (_torchable(a) and dtype.name in _TORCH_DTYPES
-            and use_torch(a.size, "torch" in sys.modules)) or (out is not None and not _torchable(out)):
+            and use_torch(a.size, "torch" in sys.modules, min_values)) or (out is not None and not _torchable(out)):
         if out is None:
             return a.astype(dtype)
         np.copyto(out, a, casting="unsafe")

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import IndexFolderError
-from .cast import cast
+from .cast import IMPORT_VALUES, cast
 from .coarse import read_index
 from .layout import EMB_FILE, INDEX_FILE
 
@@ -100,7 +100,8 @@ class ShardVectors:
         """Rows ``rows`` as float32 [n, d], without decoding the rest."""
         rows = np.asarray(rows, np.int64)
         if self._all is not None or self.npy is not None:
-            return cast(self.all()[rows], np.float32)
+            # torch only for a training sample's size: queries read rows here between BLAS calls
+            return cast(self.all()[rows], np.float32, min_values=IMPORT_VALUES)
         return decode_rows(self._index(), rows, self._d())
 
     def _index(self):

@@ -26,7 +26,7 @@ def through_torch(monkeypatch):
     torch copies made so far (a one-item list)."""
     import torch
 
-    monkeypatch.setattr(cast_mod, "use_torch", lambda n, loaded: True)
+    monkeypatch.setattr(cast_mod, "use_torch", lambda n, loaded, least=MIN_VALUES: True)
     copies = [0]
     real = torch.Tensor.copy_
 
@@ -49,6 +49,7 @@ def test_torch_casts_equal_numpy_bit_for_bit(through_torch):
     assert through_torch[0] == 2
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 def test_cast_into_a_strided_output(through_torch):
     x = edge_values(4096 * 64, seed=1).reshape(4096, 64).astype(np.float16)
     out = np.full((4096, 80), 7.0, np.float32)
@@ -94,6 +95,27 @@ def test_the_rule():
     assert use_torch(MIN_VALUES, loaded=True)
     assert not use_torch(IMPORT_VALUES - 1, loaded=False)   # not worth the import
     assert use_torch(IMPORT_VALUES, loaded=False)
+    assert not use_torch(IMPORT_VALUES - 1, loaded=True, min_values=IMPORT_VALUES)   # a read path's rows
+
+
+def test_query_sized_row_reads_stay_on_numpy(tmp_path, monkeypatch):
+    """``ShardVectors.rows`` (what filtered scans and re-scoring read) casts through torch only at a
+    training sample's size, even with torch loaded."""
+    import torch
+
+    from retrieval.store.vectors import ShardVectors
+
+    x = np.random.default_rng(0).standard_normal((70_000, 512)).astype(np.float16)
+    np.save(tmp_path / "v.npy", x)
+    shard = {"id": 0, "rows": len(x), "dim": 512, "files": {"img_emb": "v.npy"}, "index": {}}
+    copies = []
+    real = torch.Tensor.copy_
+    monkeypatch.setattr(torch.Tensor, "copy_", lambda self, *a, **k: copies.append(1) or real(self, *a, **k))
+    vec = ShardVectors(tmp_path, shard, "image")
+    few = vec.rows(np.arange(0, 70_000, 7))            # 10k rows, 5M values: numpy
+    assert np.array_equal(few, x[::7].astype(np.float32)) and copies == []
+    many = vec.rows(np.arange(70_000))                  # 35.8M values: torch
+    assert np.array_equal(many, x.astype(np.float32)) and copies == [1]
 
 
 def test_small_casts_do_not_import_torch():
