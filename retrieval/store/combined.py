@@ -90,6 +90,7 @@ def add_combined(index, items: np.ndarray, offsets: Optional[dict], shifts: Opti
     """``index.add`` of the combined vectors of ``items`` [n, d] (any float dtype), ``chunk`` rows at
     a time: the [n, dim] float32 array is never built. With ``queries`` [nq, d], also their exact
     top-``k`` ids among the items (inner product; -1 past n), from the same float32 chunks."""
+    from .assign import ivf_add
     from .faiss_index import ExactTopK
 
     top = None
@@ -101,7 +102,7 @@ def add_combined(index, items: np.ndarray, offsets: Optional[dict], shifts: Opti
     for i in range(0, len(items), chunk):
         part = items[i:i + chunk]
         x = combine_vectors(part, offsets_at(offsets, slice(i, i + chunk)), shifts, dim, out=buf[:len(part)])
-        index.add(x)
+        ivf_add(index, x)
         if top is not None:
             top.add(x, i)
     return None if top is None else top.ids()
