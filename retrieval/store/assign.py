@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from . import bf16
+from .coarse import centroids, flat_ivf
 
 MIN_ROWS = 4096       # fewer rows: faiss's own add
 BLOCK = 2048          # rows per product: 2,048 x nlist float32 scores
@@ -38,7 +39,7 @@ def ivf_add(index, x: np.ndarray) -> None:
         return
     from faiss.contrib.ivf_tools import add_preassigned
 
-    add_preassigned(ivf, x, assign(_centroids(ivf), x))
+    add_preassigned(ivf, x, assign(centroids(ivf), x))
 
 
 def assign(centroids: np.ndarray, x: np.ndarray, block: int = BLOCK) -> np.ndarray:
@@ -70,21 +71,14 @@ def top_k(q: np.ndarray, x: np.ndarray, k: int) -> Optional[tuple[np.ndarray, np
 
 
 def _plain_ivf(index):
-    """The IVF itself when ``index`` is one of the _PLAIN kinds with a flat inner-product quantizer
-    holding its nlist centroids (not under a transform, not an HNSW quantizer), else None."""
+    """The IVF itself when ``index`` is one of the _PLAIN kinds (not under a transform) over inner
+    products whose flat quantizer (``coarse.flat_ivf``) holds its nlist centroids, else None."""
     import faiss
 
-    ix = faiss.downcast_index(index)
-    if type(ix).__name__ not in _PLAIN or not ix.is_trained or ix.metric_type != faiss.METRIC_INNER_PRODUCT:
+    if type(faiss.downcast_index(index)).__name__ not in _PLAIN:
         return None
-    q = faiss.downcast_index(ix.quantizer)
-    if not isinstance(q, faiss.IndexFlat) or q.metric_type != faiss.METRIC_INNER_PRODUCT or q.ntotal != ix.nlist:
+    ix = flat_ivf(index)
+    if (ix is None or not ix.is_trained or ix.metric_type != faiss.METRIC_INNER_PRODUCT
+            or ix.quantizer.metric_type != faiss.METRIC_INNER_PRODUCT or ix.quantizer.ntotal != ix.nlist):
         return None
     return ix
-
-
-def _centroids(ivf) -> np.ndarray:
-    import faiss
-
-    q = faiss.downcast_index(ivf.quantizer)
-    return faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d).reshape(q.ntotal, q.d).copy()

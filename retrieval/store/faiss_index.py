@@ -130,10 +130,9 @@ class ExactTopK:
         """Fold in the vectors ``part`` [m, d], whose global ids start at ``first``."""
         import faiss
 
-        part = np.ascontiguousarray(part, np.float32)
-        got = top_k(self.q, part, min(self.k, len(part)))   # the faster float32 kernel, where there is one
-        s, ids = got if got is not None else faiss.knn(self.q, part, min(self.k, len(part)),
-                                                       metric=faiss.METRIC_INNER_PRODUCT)
+        part, k = np.ascontiguousarray(part, np.float32), min(self.k, len(part))
+        got = top_k(self.q, part, k)   # the faster float32 kernel, where there is one
+        s, ids = got if got is not None else faiss.knn(self.q, part, k, metric=faiss.METRIC_INNER_PRODUCT)
         if s.shape[1] < self.k:  # a chunk smaller than k
             s = np.pad(s, ((0, 0), (0, self.k - s.shape[1])), constant_values=-np.inf)
             ids = np.pad(ids, ((0, 0), (0, self.k - ids.shape[1])), constant_values=-1)
