@@ -8,7 +8,8 @@
 - ``build``: ``build_from_embeddings`` of N image + N text vectors into one ``IVF{lists},Flat`` shard
   per modality (biases included) vs bare faiss training (on the engine's sample size) and filling
   the same two indexes; and the time until the folder is searchable (``bias_later``); ``--rounds``
-  of them interleaved (with LanceDB in each round when ``lance`` is asked too), ratios per round.
+  of them interleaved (with LanceDB in each round when ``lance`` is asked too), ratios per round; and
+  the floor: the searchable time plus the second stage's products timed bare (scripts/gemm_floor.py).
 - ``cli``: whole-process wall times from a shell (median of ``--repeats``, interleaved) of
   ``retrieval search IDX "a dog"`` (the text tower cached by a first, untimed-in-the-ratio run),
   ``retrieval search IDX --embedding F.npy`` and ``retrieval info IDX`` vs ``python -c "import torch"``,
@@ -46,6 +47,7 @@ from typing import Optional
 
 import numpy as np
 
+from gemm_floor import calibration_products, offset_products
 from peer_lancedb import lancedb_build
 from synthetic import unit_vectors
 
@@ -127,6 +129,7 @@ def build(n: int, d: int, lists: int, rounds: int = 1, lance_python: Optional[st
                 build_from_embeddings(Path(tmp) / "idx", img, txt, {"arch": "synthetic", "logit_scale": 100.0},
                                       shard_size=n, index_key=f"IVF{lists},Flat", bias_later=later)
                 took[name] = time.perf_counter() - t
+        took["floor"] = took["searchable"] + offset_products([img, txt]) + calibration_products([img, txt])
         peer = lancedb_build(n, d, lists, lance_python) if lance_python else None
         if peer is not None:
             took["lance"], took["lance_add_10k"] = peer["total"], peer["add_10k"]
@@ -134,11 +137,14 @@ def build(n: int, d: int, lists: int, rounds: int = 1, lance_python: Optional[st
         print("  round: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items() if k != "lance_add_10k"))
     med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
     ratio = {f"{a}/{b}": float(np.median([r[a] / r[b] for r in runs]))
-             for a, b in (("ours", "bare"), ("searchable", "bare"), ("ours", "lance")) if a in med and b in med}
+             for a, b in (("ours", "bare"), ("searchable", "bare"), ("floor", "bare"), ("ours", "lance"))
+             if a in med and b in med}
     print(f"build of {n} x {d} image + text, IVF{lists},Flat ({rounds} round{'s' * (rounds > 1)}, medians): "
           f"build_from_embeddings {med['ours']:.1f} s, searchable after {med['searchable']:.1f} s; bare faiss train "
           f"+ add of the two indexes {med['bare']:.1f} s: total {ratio['ours/bare']:.2f}x, to searchable "
           f"{ratio['searchable/bare']:.2f}x (medians of the rounds' ratios)")
+    print(f"  floor: searchable + the second stage's bare products (offsets, calibration; scripts/gemm_floor.py) "
+          f"{med['floor']:.1f} s = {ratio['floor/bare']:.2f}x bare faiss")
     if "lance" in med:
         print(f"  LanceDB 0.40 create_table + IVF{lists}_FLAT (dot) on both columns {med['lance']:.1f} s: ours / LanceDB "
               f"{ratio['ours/lance']:.2f}x; its add of 10k rows {med['lance_add_10k'] * 1e3:.0f} ms (appended unindexed)")
@@ -293,14 +299,15 @@ def appends(n: int, d: int, lists: int, repeats: int) -> dict:
                 a, b = (unit_vectors(m, d, 1000 * m + 2 * j + o, clusters=256, spread=0.5) for o in (0, 1))
                 rows = [{"key": f"a{m}_{j}_{i}"} for i in range(m)]
                 t.append(median_run(lambda: add_embeddings(folder, a, b, rows), 1)[0])
-            took[m] = {"first": t[0], "median": float(np.median(t[1:]))}
+            took[m] = {"first": t[0], "median": float(np.median(t[1:])), "floor": offset_products([a, b])}
             keep(f"+{times} x {m} rows")
         t_compact = median_run(lambda: compact(folder), 1)[0]
         keep("compacted")
         serving = _serving(stages, unit_vectors(1000, d, 9, clusters=256, spread=0.5), max(repeats, 5))
     print(f"appends into a {n}-row IVF{lists},Flat folder (image + text; one publish each):")
     for m, t in took.items():
-        print(f"  {m:>6} rows: first {t['first'] * 1e3:7.0f} ms (reads the banks), then median {t['median'] * 1e3:7.0f} ms")
+        print(f"  {m:>6} rows: first {t['first'] * 1e3:7.0f} ms (reads the banks), then median {t['median'] * 1e3:7.0f} ms; "
+              f"their offsets' bare products {t['floor'] * 1e3:.0f} ms (scripts/gemm_floor.py)")
     print(f"  then `compact` (merges the appended shards): {t_compact:.1f} s")
     print(f"  single-query serving (1,000 queries a round, {max(repeats, 5)} interleaved rounds; QPS median, "
           f"ratio: median of the rounds' ratios to the built folder):")

@@ -16,10 +16,13 @@ Numpy in, numpy out: ``TopByLam`` folds blocks of targets into running top-1 row
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
+
+from ..store import bf16
 
 LAM_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # λ = 1 is CLIP, λ = 0 ranks like BSAP
 MIN_PAIRS = 50      # fewer captioned pairs than this: the defaults (LAM_BY_TARGET) stay
@@ -51,17 +54,10 @@ class TopByLam:
         width = min(block, len(targets))
         threads = min(os.cpu_count() or 1, 4, max(1, len(self.q) // 64))
         bufs = [np.empty((-(-len(self.q) // threads), width), np.float32) for _ in range(threads)]
-        # buffers reused across blocks: a fresh score array per block ran the matmul at ~60 % speed
-        scores = np.empty((len(self.q), width), np.float32)
-        rows32 = np.empty((width, self.q.shape[1]), np.float32) if targets.dtype != np.float32 else None
+        product = (_TorchProduct if bf16.torch_fp32_faster() else _NumpyProduct)(self.q, targets, width)
         with ThreadPoolExecutor(threads) as pool:
             for i in range(0, len(targets), block):
-                t = targets[i:i + block]
-                if rows32 is not None:   # fp16 rows (a shard's npy) converted a block at a time (numpy's
-                    # loop: torch's kernels between OpenBLAS calls made each matmul wait on torch's threads)
-                    np.copyto(rows32[:len(t)], t)
-                    t = rows32[:len(t)]
-                s = np.matmul(self.q, t.T, out=scores[:, :len(t)])      # [nq, b]
+                s = product(i, block)      # [nq, b]
                 o = offsets[i:i + block]
                 active = self._active(s, o)
                 if len(active):
@@ -84,6 +80,48 @@ class TopByLam:
             better = val[g] > self.best[g, q]
             self.best[g, q[better]] = val[g][better]
             self.rows[g, q[better]] = rows[win[g][better]]
+
+
+class _NumpyProduct:
+    """q · targets[i:i + b]ᵀ by numpy's matmul into one reused buffer (a fresh score array per block
+    ran the matmul at ~60 % speed); fp16 rows (a shard's npy) converted a block at a time by numpy's
+    loop (torch's kernels between OpenBLAS calls made each matmul wait on torch's threads)."""
+
+    def __init__(self, q: np.ndarray, targets: np.ndarray, width: int):
+        self.q, self.targets = q, targets
+        self.out = np.empty((len(q), width), np.float32)
+        self.rows = np.empty((width, q.shape[1]), np.float32) if targets.dtype != np.float32 else None
+
+    def __call__(self, i: int, block: int) -> np.ndarray:
+        t = self.targets[i:i + block]
+        if self.rows is not None:
+            np.copyto(self.rows[:len(t)], t)
+            t = self.rows[:len(t)]
+        return np.matmul(self.q, t.T, out=self.out[:, :len(t)])
+
+
+class _TorchProduct(_NumpyProduct):
+    """The same product through torch's matmul under the bf16 mode's kernel, where that computes
+    float32 faster than numpy's BLAS (``store.bf16.torch_fp32_faster``); fp16 rows converted by torch.
+    No OpenBLAS call runs inside the loop, so nothing waits on torch's threads. A numpy view back."""
+
+    def __init__(self, q: np.ndarray, targets: np.ndarray, width: int):
+        import torch
+
+        self.torch = torch
+        with warnings.catch_warnings():   # read-only targets (a memory-mapped npy): nothing writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            self.q, self.targets = torch.from_numpy(q), torch.from_numpy(targets)
+        self.out = torch.empty(len(q), width)
+        self.rows = torch.empty(width, q.shape[1]) if targets.dtype != np.float32 else None
+
+    def __call__(self, i: int, block: int) -> np.ndarray:
+        torch = self.torch
+        t = self.targets[i:i + block]
+        if self.rows is not None:
+            t = self.rows[:len(t)].copy_(t)
+        with torch.inference_mode(), bf16.matmul_math(torch, "bf16"):
+            return torch.matmul(self.q, t.T, out=self.out[:, :len(t)]).numpy()
 
 
 def block_top1(s: np.ndarray, offsets: np.ndarray, weights: np.ndarray,

@@ -12,7 +12,6 @@ other one, as they may under faiss's own blocking.
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import numpy as np
@@ -26,8 +25,9 @@ _PLAIN = ("IndexIVFFlat", "IndexIVFScalarQuantizer", "IndexIVFPQ")
 
 
 def fast_kernel() -> bool:
-    """Whether torch is loaded and its float32 products run faster than faiss's here."""
-    return "torch" in sys.modules and bf16.native_bf16(bf16.cpu_flags()) and bf16.mode_is_fp32()
+    """Whether torch is loaded and its float32 products run faster than faiss's here
+    (``store.bf16.torch_fp32_faster``)."""
+    return bf16.torch_fp32_faster()
 
 
 def ivf_add(index, x: np.ndarray) -> None:

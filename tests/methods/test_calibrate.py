@@ -43,6 +43,40 @@ def test_top_by_lam_takes_fp16_targets_block_by_block():
         assert np.array_equal(got.rows, want.rows) and np.allclose(got.best, want.best, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_top_by_lam_through_torch_equals_numpy(monkeypatch, dtype):
+    """Where torch's float32 kernel is the faster one (forced here, the bf16 mode left off so the
+    products are float32 on any CPU), the running top-1 equals numpy's, read-only memory-mapped
+    targets and a partial last block included."""
+    import torch  # noqa: F401  (loaded, as in a build)
+
+    from retrieval.methods import calibrate as cal
+
+    q = unit_vectors(300, 32, 1)
+    t = unit_vectors(5000, 32, 2).astype(dtype)
+    t.setflags(write=False)
+    c = (np.random.default_rng(3).random(5000) * 0.1).astype(np.float32)
+    rows = np.arange(5000) + 7
+    monkeypatch.setattr(cal.bf16, "torch_fp32_faster", lambda: False)
+    want = TopByLam(q)
+    want.add(t, c, rows, block=777)
+    monkeypatch.setattr(cal.bf16, "torch_fp32_faster", lambda: True)
+    monkeypatch.setattr(cal.bf16, "matmul_math", lambda torch, p: _Null())
+    made, real = [], cal._TorchProduct
+    monkeypatch.setattr(cal, "_TorchProduct", lambda *a: made.append(1) or real(*a))
+    got = TopByLam(q)
+    got.add(t, c, rows, block=777)
+    assert made and np.array_equal(got.rows, want.rows) and np.allclose(got.best, want.best, atol=1e-6)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
 def test_pair_hits_count_own_pair_duplicate_images_and_shared_captions():
     img = unit_vectors(4, 8, 0)
     img[3] = img[2]                                        # row 3 is a duplicate image of row 2
