@@ -10,7 +10,12 @@ Later processes (:func:`load_text_tower`) read it back with ``torch.jit.load`` a
 import. Anything unusual returns None and the caller loads the full model: a tokenizer other than
 open_clip's ``SimpleTokenizer``, a GPU or fp16 model, a trace that disagrees, an unreadable or
 foreign cache entry, or a weights file whose size or modification time changed since its sha256
-was checked (the full load checks it again against the manifest).
+was checked (the full load checks it again against the manifest). That full load then replaces a
+stale or broken entry, so one slow query repairs it.
+
+The cache stays under ``$RETRIEVAL_CACHE_MAX_MB`` (default 4,096): each new entry evicts the least
+recently used others until the rest fit (:func:`prune`; a load marks its entry used). Entries are
+keyed by torch and open_clip versions too, so an upgrade's old entries age out this way.
 
 TorchScript is in maintenance mode in torch 2.x; it is the one torch format whose loader needs
 neither ``torch._dynamo`` nor a compiler (``torch.export.load`` imports dynamo: ~1 s). Should a
@@ -36,6 +41,9 @@ from .models import Identified, load_recorded_model, resolve_device, same_model
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "RETRIEVAL_CACHE_DIR"
+MAX_ENV = "RETRIEVAL_CACHE_MAX_MB"
+DEFAULT_MAX_MB = 4096   # ViT-B-32's text tower is ~250 MB, ViT-H-14's ~1.4 GB
+LEFTOVER_S = 3600       # a half-written or set-aside folder this old is another process's leftover
 FORMAT = 1
 PROBES = ("a dog.", "two children play football on a wide green field near a river at dusk .",
           "ÉTÉ – café 東京 🙂 x", "")
@@ -173,11 +181,13 @@ def _save(clip, root: Path) -> Optional[Path]:
 
     if clip.device != "cpu" or clip.dtype != torch.float32 or not hasattr(torch, "jit"):
         return None
+    if clip.identity.get("declared"):   # never loaded from the cache (``load_text_tower``)
+        return None
     settings = tokenizer_settings(clip.tokenizer)
     if settings is None:
         return None
     final = root / entry_key(clip.identity, torch.__version__, _open_clip_version())
-    if (final / "meta.json").is_file():
+    if (final / "meta.json").is_file() and _usable(final, clip.identity):
         return final
     probe = clip.tokenizer(list(PROBES))
     with torch.no_grad(), warnings.catch_warnings():
@@ -195,11 +205,77 @@ def _save(clip, root: Path) -> Optional[Path]:
     meta = {"format": FORMAT, "identity": clip.identity, "tokenizer": settings,
             "weights_stamp": _weights_stamp(clip.identity.get("weights_path"))}
     (tmp / "meta.json").write_text(json.dumps(meta, default=str))
+    if final.exists():   # stale (the weights' stamp changed) or broken: set aside, then replaced
+        old = root / f".{final.name}.old-{os.getpid()}"
+        try:
+            os.rename(final, old)
+        except OSError:
+            pass
+        shutil.rmtree(old, ignore_errors=True)
     try:
         os.rename(tmp, final)
     except OSError:  # another process cached it first
         shutil.rmtree(tmp, ignore_errors=True)
+    prune(root, keep=final)
     return final
+
+
+def _usable(folder: Path, identity: dict) -> bool:
+    """Whether the entry at ``folder`` serves ``identity`` (what ``load_text_tower`` checks: its format,
+    the weights' stamp, the model, a trace torch can read)."""
+    return _read(folder, identity) is not None
+
+
+def max_bytes() -> int:
+    """The cache's size bound: ``$RETRIEVAL_CACHE_MAX_MB`` megabytes (default DEFAULT_MAX_MB)."""
+    raw = os.environ.get(MAX_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_MB
+    except ValueError:
+        log.warning("%s=%r is not a number: the cache keeps %d MB", MAX_ENV, raw, DEFAULT_MAX_MB)
+        mb = DEFAULT_MAX_MB
+    return int(max(mb, 0) * 1e6)
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def prune(root: Path, keep: Optional[Path] = None, limit: Optional[int] = None, now: Optional[float] = None) -> list[Path]:
+    """Keep the cache under ``limit`` bytes (default ``max_bytes()``): entries least recently used
+    first (a load touches its ``meta.json``) are removed until the rest fit, never ``keep`` (the entry
+    just written, whatever its size); folders other processes left half-written or set aside
+    (``.*.tmp-*``, ``.*.old-*``) an hour old or more go too. The removed folders; never raises."""
+    import time
+
+    limit = max_bytes() if limit is None else limit
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = []
+        for d in root.iterdir():
+            if not d.is_dir():
+                continue
+            if d.name.startswith("."):
+                if (".tmp-" in d.name or ".old-" in d.name) and now - d.stat().st_mtime >= LEFTOVER_S:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d)
+                continue
+            meta = d / "meta.json"
+            used = meta.stat().st_mtime if meta.is_file() else d.stat().st_mtime
+            entries.append((d == keep, used, d, _size(d)))
+        total = sum(e[3] for e in entries)
+        for is_kept, _, d, size in sorted(entries):   # the oldest first; ``keep`` sorts last
+            if total <= limit or is_kept:
+                break
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+            total -= size
+    except OSError as e:
+        log.debug("text tower cache not pruned: %s", e)
+    if removed:
+        log.info("text tower cache: removed %d folder(s) to stay under %d MB", len(removed), limit // 10**6)
+    return removed
 
 
 def load_text_tower(identity: dict, root: Optional[Path] = None) -> Optional[TextTower]:
@@ -210,6 +286,24 @@ def load_text_tower(identity: dict, root: Optional[Path] = None) -> Optional[Tex
         import torch
 
         folder = (root or cache_root()) / entry_key(identity, torch.__version__, _open_clip_version())
+        tower = _read(folder, identity)
+        if tower is not None:
+            try:
+                os.utime(folder / "meta.json")   # last used: what ``prune`` keeps longest
+            except OSError:
+                pass
+        return tower
+    except Exception as e:  # noqa: BLE001 - a broken entry only costs speed: the caller loads the full model
+        log.debug("cached text tower unusable: %s: %s", type(e).__name__, e)
+        return None
+
+
+def _read(folder: Path, identity: dict) -> Optional[TextTower]:
+    """The entry at ``folder`` as a TextTower for ``identity``, or None (missing, stale, another
+    model's, unreadable)."""
+    try:
+        import torch
+
         meta_file = folder / "meta.json"
         if not meta_file.is_file():
             return None
@@ -223,7 +317,7 @@ def load_text_tower(identity: dict, root: Optional[Path] = None) -> Optional[Tex
             warnings.simplefilter("ignore")
             traced = torch.jit.load(str(folder / "text.pt"), map_location="cpu")
         return TextTower(traced.eval(), tokenizer, identity)
-    except Exception as e:  # noqa: BLE001 - a broken entry only costs speed: the caller loads the full model
+    except Exception as e:  # noqa: BLE001 - a broken entry only costs speed
         log.debug("cached text tower unusable: %s: %s", type(e).__name__, e)
         return None
 

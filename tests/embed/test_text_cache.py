@@ -77,6 +77,87 @@ def test_stale_or_broken_entries_are_not_used(tmp_path, cache):
     assert not isinstance(text_model(clip.identity, "cpu"), TextTower)  # ... and the full model loads
 
 
+def test_a_stale_or_broken_entry_is_replaced_by_the_next_full_load(tmp_path, cache):
+    """One slow query repairs the entry: after the weights' stamp changes (the full load re-checks
+    their sha256) or the trace breaks, ``text_model`` loads the full model and rewrites the entry,
+    and the next process gets the cached tower again."""
+    from retrieval import load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(TINY, folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    clip = load_model(str(folder), device="cpu")
+    entry = save_text_tower(clip)
+    weights = clip.identity["weights_path"]
+    st = os.stat(weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # same bytes, a new stamp
+    assert load_text_tower(clip.identity) is None
+    assert not isinstance(text_model(clip.identity, "cpu"), TextTower)   # the full load ...
+    assert isinstance(load_text_tower(clip.identity), TextTower)         # ... rewrote the entry
+    assert json.loads((entry / "meta.json").read_text())["weights_stamp"][1] == st.st_mtime_ns + 10**9
+    (entry / "text.pt").write_bytes(b"PK\x03\x04 not a torchscript archive")
+    assert not isinstance(text_model(clip.identity, "cpu"), TextTower)
+    tower = load_text_tower(clip.identity)
+    assert isinstance(tower, TextTower)
+    np.testing.assert_allclose(tower.texts(TEXTS), Encoder(clip).texts(TEXTS), atol=2e-5)
+    assert sorted(p.name for p in cache.iterdir()) == [entry.name]        # nothing set aside is left
+
+
+def _entry(root, name: str, size: int, used: float):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "text.pt").write_bytes(b"x" * size)
+    (d / "meta.json").write_text("{}")
+    os.utime(d / "meta.json", (used, used))
+    return d
+
+
+def test_prune_keeps_the_cache_under_its_bound_least_recently_used_first(tmp_path):
+    from retrieval.embed.text_cache import prune
+
+    now = 1_000_000.0
+    a, b, c = (_entry(tmp_path, n, 400, now - age) for n, age in (("a", 30), ("b", 10), ("c", 20)))
+    assert prune(tmp_path, keep=b, limit=1000, now=now) == [a]             # 1,200 + metadata > 1,000
+    assert prune(tmp_path, keep=b, limit=100, now=now) == [c]              # never the entry just written
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    old = tmp_path / ".x.tmp-123"
+    old.mkdir()
+    os.utime(old, (now - 7200, now - 7200))
+    fresh = tmp_path / ".y.old-456"
+    fresh.mkdir()
+    os.utime(fresh, (now - 60, now - 60))                                 # another process may be using it
+    assert prune(tmp_path, limit=10**9, now=now) == [old]
+    assert fresh.exists() and b.exists()
+    assert prune(tmp_path / "missing", limit=0) == []                     # never raises
+
+
+def test_cache_bound_from_the_environment(monkeypatch, caplog):
+    from retrieval.embed.text_cache import DEFAULT_MAX_MB, max_bytes
+
+    monkeypatch.setenv("RETRIEVAL_CACHE_MAX_MB", "512")
+    assert max_bytes() == 512 * 10**6
+    monkeypatch.setenv("RETRIEVAL_CACHE_MAX_MB", "lots")
+    assert max_bytes() == DEFAULT_MAX_MB * 10**6 and "not a number" in caplog.text
+    monkeypatch.delenv("RETRIEVAL_CACHE_MAX_MB")
+    assert max_bytes() == DEFAULT_MAX_MB * 10**6
+
+
+def test_a_load_marks_its_entry_used_and_a_new_entry_evicts_the_oldest(tiny_clip, cache, monkeypatch):
+    entry = save_text_tower(tiny_clip)
+    os.utime(entry / "meta.json", (1, 1))
+    assert load_text_tower(tiny_clip.identity) is not None
+    assert os.stat(entry / "meta.json").st_mtime > 1
+    stale = _entry(cache, "0" * 32, 1000, 2)                               # an older torch's entry, say
+    monkeypatch.setenv("RETRIEVAL_CACHE_MAX_MB", str(_size(entry) / 1e6))
+    shutil.rmtree(entry)
+    assert save_text_tower(tiny_clip) == entry and entry.exists() and not stale.exists()
+
+
+def _size(d):
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+
 def test_only_plain_simple_tokenizers_are_rebuilt(tiny_clip):
     assert tokenizer_settings(tiny_clip.tokenizer) == {"context_length": 32, "clean": "lower"}
     assert tokenizer_settings(lambda texts: None) is None
