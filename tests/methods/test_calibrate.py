@@ -69,6 +69,31 @@ def test_top_by_lam_through_torch_equals_numpy(monkeypatch, dtype):
     assert made and np.array_equal(got.rows, want.rows) and np.allclose(got.best, want.best, atol=1e-6)
 
 
+def test_top_by_lam_folds_only_the_scores_that_may_win_with_the_same_result(monkeypatch):
+    """Folding only the scores above each row's bound (every block forced that way) and folding whole
+    rows (every block forced that way) give the same running top-1: same rows, ties to the first
+    target, on clustered data with exact duplicate targets (tied scores and offsets)."""
+    from retrieval.methods import calibrate as cal
+
+    q = unit_vectors(150, 24, 1)
+    t = unit_vectors(3000, 24, 2)
+    t[1500:1600], t[650:700] = t[100:200], t[600:650]           # duplicates: equal scores, equal offsets,
+    c = (np.random.default_rng(3).random(3000) * 0.2).astype(np.float32)   # in other calls and in one block
+    c[1500:1600], c[650:700] = c[100:200], c[600:650]
+    rows = np.arange(3000) + 11
+    got = {}
+    for few in (1, 10**9):                                      # 1: always the few; 10**9: always whole rows
+        monkeypatch.setattr(cal, "FEW", few)
+        top = TopByLam(q)
+        for i in range(0, 3000, 1000):
+            top.add(t[i:i + 1000], c[i:i + 1000], rows[i:i + 1000], block=256)
+        got[few] = top
+    assert np.array_equal(got[1].rows, got[10**9].rows) and np.array_equal(got[1].best, got[10**9].best)
+    assert (got[1].rows >= 11).all()
+    assert not np.isin(got[1].rows, np.r_[rows[1500:1600], rows[650:700]]).any()   # the first of a tie
+    assert np.isin(got[1].rows, rows[600:650]).any()
+
+
 class _Null:
     def __enter__(self):
         return self
