@@ -33,8 +33,8 @@ class _Pairs:
 
     def captioned_rows(self) -> np.ndarray:
         """Global rows usable in both modalities: the folder's image-caption pairs."""
-        pairs = [np.intersect1d(t, i) + s["offset"]
-                 for s, t, i in zip(self.shards, self.usable["text"], self.usable["image"])]
+        # usable image rows that are captioned: a mask lookup (np.intersect1d re-sorted both: ~0.1 s per 200k)
+        pairs = [i[cap[i]] + s["offset"] for s, cap, i in zip(self.shards, self.captioned, self.usable["image"])]
         return np.concatenate(pairs) if pairs else np.zeros(0, np.int64)
 
     def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,17 @@ def test_photos_without_captions_are_first_class(tmp_path, tiny_clip):
     _, used = clf.caption_probs(idx.embeddings([1, 3], "image"))
     assert all(r["key"] in captioned for r in idx.metadata(used.ravel()))   # X-MoRe reads captioned neighbours only
 
+    from retrieval.ops.calibrate import _Pairs
+    from retrieval.store.manifest import load_manifest
+
+    idx.delete([names[0][:-4], names[3][:-4]])                             # one captioned, one not
+    m1 = load_manifest(tmp_path / "i1")
+    pairs = _Pairs(tmp_path / "i1", m1, m1["shards"])
+    want = np.concatenate([np.intersect1d(t, i) + sh["offset"] for sh, t, i in
+                           zip(m1["shards"], pairs.usable["text"], pairs.usable["image"])])
+    got = pairs.captioned_rows()                                           # the calibration's pairs: live, captioned
+    assert np.array_equal(got, want) and len(got) == 11 and got.dtype == np.int64
+
     m = build_index(tmp_path / "half", tmp_path / "i2", shard_size=10, workers=0, progress=False, clip=tiny_clip,
                     bias_bank=None, require_captions=True)
     assert m["counts"]["live"] == 12 and m["counts"]["skipped"] == 12          # the old behaviour, on request
