@@ -195,7 +195,9 @@ class KeywordIndex:
 
     @property
     def docs(self) -> int:
-        return sum(self._shard(i).docs for i in range(len(self.shards.shards)))
+        """N: every row written (rows without text count, as their empty documents do; a shard with
+        no text at all holds no documents but counts its rows)."""
+        return sum(self._shard(i).docs or s["rows"] for i, s in enumerate(self.shards.shards))
 
     def df(self, token: str) -> int:
         """Rows holding ``token`` across every shard (cached: shards are immutable)."""

@@ -41,11 +41,12 @@ def _with(rows, word):
     return {i for i, r in enumerate(rows) if word in r["caption"].split()}
 
 
-def _bm25(rows, live, query_words, shard_size=700):
-    """BM25 (k1 1.2, b 0.75) with N and df over every row written (deleted ones too), each row's length
-    against its shard's mean length (tantivy's length normalisation is per index)."""
+def _bm25(rows, live, query_words, shard_size=700, textless=0):
+    """BM25 (k1 1.2, b 0.75) with N and df over every row written (deleted ones too, and ``textless``
+    rows in shards of their own), each row's length against its shard's mean length (tantivy's
+    length normalisation is per index)."""
     docs = [r["caption"].split() for r in rows]
-    n = len(docs)
+    n = len(docs) + textless
     avgdl = {s: np.mean([len(d) for d in docs[s:s + shard_size]]) for s in range(0, n, shard_size)}
     out = {}
     for i in live:
@@ -110,6 +111,38 @@ def test_matches_follow_deletes_appends_where_and_compaction(corpus, tmp_path):
     ids = idx.keyword_search(RARE, 100)[1][0]
     assert {r["key"] for r in idx.metadata(ids[ids >= 0])} == expect
     assert CliRunner().invoke(main, ["verify", str(work)]).exit_code == 0
+
+
+def test_a_shard_without_text_holds_no_documents_but_counts_its_rows(corpus, tmp_path):
+    """Rows appended without any text: their shard's full-text index is empty (nothing to write a
+    document for), the folder verifies, and BM25's N still counts them, so scores are what the same
+    rows as empty documents gave."""
+    import shutil
+
+    from retrieval.store.fts import fts_rows
+    from retrieval.store.manifest import load_manifest
+
+    folder, rows = corpus
+    work = tmp_path / "w"
+    shutil.copytree(folder, work)
+    add_embeddings(work, unit_vectors(500, D, 7), unit_vectors(500, D, 8),
+                   [{"key": f"bare{i}", "image_path": "", "caption": None, "title": None} for i in range(500)])
+    new = load_manifest(work)["shards"][-1]
+    assert new["rows"] == 500 and new["fts"]["docs"] == 0 and fts_rows(work / new["fts"]["dir"]) == 0
+    assert CliRunner().invoke(main, ["verify", str(work)]).exit_code == 0
+    idx = open_index(work)
+    want = _bm25(rows, range(N), ["beach", "snow"], textless=500)
+    s, ids = idx.keyword_search("beach OR snow", 20)
+    best = sorted(want.values(), reverse=True)[:20]                       # (float32 near-ties may swap ids)
+    np.testing.assert_allclose(s[0], best, rtol=1e-4)
+    np.testing.assert_allclose(s[0], [want[i] for i in ids[0].tolist()], rtol=1e-4)
+    bare = tmp_path / "bare"
+    build_from_embeddings(bare, unit_vectors(300, D, 1), unit_vectors(300, D, 2), {"arch": "synthetic"},
+                          index_key="IVF8,Flat")
+    m = load_manifest(bare)
+    assert [s["fts"]["docs"] for s in m["shards"]] == [0] and fts_rows(bare / m["shards"][0]["fts"]["dir"]) == 0
+    assert CliRunner().invoke(main, ["verify", str(bare)]).exit_code == 0
+    assert (open_index(bare).keyword_search("photo", 5)[1] < 0).all()
 
 
 def test_text_columns_are_searched_too(tmp_path):
