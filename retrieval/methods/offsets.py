@@ -114,14 +114,16 @@ def item_offsets(items: np.ndarray, bank: np.ndarray, refs: np.ndarray, tau: flo
                 xc = blk if xbuf is None else xbuf[:len(blk)].copy_(blk)   # fp16 rows: torch's conversion
             s = bank_side.scores(xc, bufs[0][:len(xc)])
             sr = s if shared else ref_side.scores(xc, bufs[1][:len(xc)])
-            on[i:i + block] = top_mean(sr, k) / ref_side.scale + ref_side.row(i, len(xc))
-            m = s.amax(1, keepdim=True)  # the log-sum-exp last: it overwrites s
+            top, m = top_mean(sr, k, with_max=shared)   # one sample: its row maxima serve the log-sum-exp
+            on[i:i + block] = top / ref_side.scale + ref_side.row(i, len(xc))
+            m = s.amax(1, keepdim=True) if m is None else m[:, None]  # the log-sum-exp last: it overwrites s
             ob[i:i + block] = (m.squeeze(1) + s.sub_(m).exp_().sum(1).log_()) / tau + bank_side.row(i, len(xc))
     return {"bsap": out_b, "nnn": out_n}
 
 
-def top_mean(s, k: int, chunk: int = TOP_CHUNK):
-    """Mean of the k largest of each row of s [n, m] (a float32 torch tensor; a torch tensor back).
+def top_mean(s, k: int, chunk: int = TOP_CHUNK, with_max: bool = False):
+    """Mean of the k largest of each row of s [n, m] (a float32 torch tensor; a torch tensor back;
+    with ``with_max``, (that, each row's maximum) read off the group maxima, else (that, None)).
     The columns are cut into groups of ``chunk`` (column j, j + g, j + 2g, ...: the max is then a
     contiguous reduction); the k groups with the largest maxima hold the k largest values (a value
     outside them has k group maxima above it). Those groups are the ones whose maximum reaches the
@@ -134,9 +136,15 @@ def top_mean(s, k: int, chunk: int = TOP_CHUNK):
     groups = whole // chunk
     if groups < 4 * k:
         v = s.numpy()
-        return torch.from_numpy(np.partition(v, m - k, axis=1)[:, m - k:].mean(1, dtype=np.float32))
+        mean = torch.from_numpy(np.partition(v, m - k, axis=1)[:, m - k:].mean(1, dtype=np.float32))
+        return (mean, s.amax(1)) if with_max else (mean, None)
     parts = s[:, :whole].reshape(n, chunk, groups)          # a view when s is contiguous
     g = parts.amax(1).numpy()                                 # [n, groups] group maxima
+    top = None
+    if with_max:
+        top = torch.from_numpy(g.max(1))
+        if whole < m:
+            top = torch.maximum(top, s[:, whole:].amax(1))
     kth = np.partition(g, groups - k, axis=1)[:, groups - k]  # the k-th largest maximum of each row
     at = np.flatnonzero(g >= kth[:, None])   # row-major: each row's groups in turn
     if len(at) == n * k:   # every row has >= k, so exactly k in each (unless maxima tie)
@@ -147,7 +155,8 @@ def top_mean(s, k: int, chunk: int = TOP_CHUNK):
     if whole < m:
         cand = torch.cat((cand, s[:, whole:]), 1)
     c = cand.numpy()
-    return torch.from_numpy(np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k:].mean(1, dtype=np.float32))
+    mean = torch.from_numpy(np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k:].mean(1, dtype=np.float32))
+    return mean, top
 
 
 class _Side:
@@ -156,12 +165,13 @@ class _Side:
 
     def __init__(self, rows: np.ndarray, items: np.ndarray, nu: Optional[np.ndarray], scale: float, torch):
         """``nu``: the items' mean (float64) when centred, else None."""
-        self.scale, self.col, self.rows, self.torch, self.mul = scale, None, None, torch, None
-        if nu is None:    # a view (BLAS transposes; no copy of the bank per call), scaled per block
+        self.scale, self.col, self.rows, self.torch = scale, None, None, torch
+        if nu is None:    # seen transposed (BLAS transposes); scaled once here, not every block's scores
+            if scale != 1.0:
+                rows = rows * np.float32(scale)
             with warnings.catch_warnings():   # read-only banks: torch warns that it could write; nothing does
                 warnings.simplefilter("ignore", UserWarning)
                 self.T = torch.from_numpy(rows).T
-            self.mul = scale if scale != 1.0 else None
             return
         mu = rows.mean(0, dtype=np.float64)
         # [m, d] rows seen transposed (a view): BLAS's "NT" product ran ~1.6x faster than a [d, m] copy
@@ -171,8 +181,6 @@ class _Side:
 
     def scores(self, xc, out):
         s = self.torch.matmul(xc, self.T, out=out)
-        if self.mul is not None:
-            s.mul_(self.mul)
         return s if self.col is None else s.add_(self.col)
 
     def row(self, i: int, n: int):

@@ -109,9 +109,15 @@ def test_top_mean_is_the_mean_of_the_k_largest(m, k):
     import torch
 
     rng = np.random.default_rng(m)
-    for s in (rng.standard_normal((300, m)).astype(np.float32), rng.integers(0, 6, (300, m)).astype(np.float32)):
+    gauss = rng.standard_normal((300, m)).astype(np.float32)
+    last = gauss.copy()
+    last[::2, -1] += 10                                    # the maximum in the last column (loose, for 4103)
+    for s in (gauss, rng.integers(0, 6, (300, m)).astype(np.float32), last):
         want = np.sort(s, 1)[:, ::-1][:, :min(k, m)].mean(1)
-        assert top_mean(torch.from_numpy(s), min(k, m)).numpy() == pytest.approx(want, abs=1e-6)
+        mean, none = top_mean(torch.from_numpy(s), min(k, m))
+        assert mean.numpy() == pytest.approx(want, abs=1e-6) and none is None
+        mean, top = top_mean(torch.from_numpy(s), min(k, m), with_max=True)   # the row maxima too
+        assert mean.numpy() == pytest.approx(want, abs=1e-6) and np.array_equal(top.numpy(), s.max(1))
 
 
 def test_native_bf16_reads_the_cpu_flags():
@@ -121,11 +127,12 @@ def test_native_bf16_reads_the_cpu_flags():
     assert not native_bf16("")
 
 
+@pytest.mark.parametrize("rows", [120, 1100])   # 1,100: grouped top-k, its group maxima the LSE's, 12 loose columns
 @pytest.mark.parametrize("same", [lambda b: b, lambda b: b.copy()])
-def test_one_sample_for_bank_and_references(same):
+def test_one_sample_for_bank_and_references(same, rows):
     """When the bank and the references are the same rows (one array, or equal copies), the one
     matmul that serves both gives what the two reference functions give."""
-    x, bank = unit_vectors(700, 32, 1), unit_vectors(120, 32, 2)
+    x, bank = unit_vectors(700, 32, 1), unit_vectors(rows, 32, 2)
     got = item_offsets(x, bank, same(bank), 50.0, 16, 256, precision="fp32")
     assert got["bsap"] == pytest.approx(bsap_offsets(x, bank, 50.0), abs=2e-6)
     assert got["nnn"] == pytest.approx(nnn_bias(x, bank, 16), abs=2e-6)
