@@ -79,9 +79,10 @@ class TopByLam:
         return floor - 1e-5 * (1.0 + np.abs(floor))
 
     def _fold_few(self, s: np.ndarray, offsets: np.ndarray, rows: np.ndarray, qi: np.ndarray, tj: np.ndarray) -> None:
-        """Fold the block's scores s[qi, tj] (the only ones that may raise a top-1; row-major) into the running top-1, every λ: each row's best of them per
-        weight, the first one on ties, as ``block_top1`` finds over the whole row (the others score
-        at most the row's top-1 at every weight, so they never win)."""
+        """Fold the block's scores s[qi, tj] (the only ones that may raise a top-1; row-major) into
+        the running top-1, every λ: each row's best of them per weight, the first one on ties, as
+        ``block_top1`` finds over the whole row (the others score at most the row's top-1 at every
+        weight, so they never win)."""
         if not len(qi):
             return
         vals, c = s[qi, tj], offsets[tj]
@@ -126,7 +127,7 @@ class _NumpyProduct:
         return np.matmul(self.q, t.T, out=self.out[:, :len(t)])
 
 
-class _TorchProduct(_NumpyProduct):
+class _TorchProduct:
     """The same product through torch's matmul under the bf16 mode's kernel, where that computes
     float32 faster than numpy's BLAS (``store.bf16.torch_fp32_faster``); fp16 rows converted by torch.
     No OpenBLAS call runs inside the loop, so nothing waits on torch's threads. A numpy view back."""

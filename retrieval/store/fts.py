@@ -4,10 +4,11 @@ immutable folder per shard.
 ``fts/fts_{k}/`` holds one tantivy segment over each row's text (its captions and the folder's chosen
 text columns, joined) with the row number as a fast field: every row is a document, in row order
 (rows without text are empty documents), unless no row of the shard has text: then it holds none.
-It is written beside the shard under a temp name and renamed into place, never changed after: deletes are the shard's tombstones, applied at query
-time; compaction writes new shards, with new folders; ``retrieval migrate`` gives older folders
-theirs. Each of its files is listed in the shard's manifest entry (``fts.files``: size, sha256,
-fingerprint) like the shard's other files, so open, verify and the generation sweep cover them.
+It is written beside the shard under a temp name and renamed into place, never changed after:
+deletes are the shard's tombstones, applied at query time; compaction writes new shards, with new
+folders; ``retrieval migrate`` gives older folders theirs. Each of its files is listed in the
+shard's manifest entry (``fts.files``: size, sha256, fingerprint) like the shard's other files, so
+open, verify and the generation sweep cover them.
 
 Analyzer (registered as ``retrieval`` on every open, tantivy does not store analyzers): split on
 anything but letters and digits, tokens over 40 characters dropped, lower-cased, ASCII-folded
