@@ -10,8 +10,9 @@ Precision (``precision``): ``"fp32"`` equals ``rerank.bsap_offsets`` and ``reran
 float32 rounding. ``"bf16"`` multiplies in bfloat16 with float32 inputs, accumulation and output
 (oneDNN's bf16 math mode: 3-5x the float32 matmul speed with AMX; on an AMD EPYC with AVX512-BF16
 and no AMX it computes float32 exactly, ~1.2x faster, so there every call, fp32 or bf16, runs float32
-rows through it uncentred and ``recorded_math`` says fp32), on *centred* rows: s(x, b) = (x - ν)·(b - μ) + x·μ + ν·b - ν·μ with ν, μ the items' and the bank's means, the
-rank-one terms in float32. CLIP embeddings share a large mean direction (norm ~0.7-0.8 of each row),
+rows through it uncentred and ``recorded_math`` says fp32), on *centred* rows:
+s(x, b) = (x - ν)·(b - μ) + x·μ + ν·b - ν·μ with ν, μ the items' and the bank's means, the rank-one
+terms in float32. CLIP embeddings share a large mean direction (norm ~0.7-0.8 of each row),
 so rounding the raw rows gives offsets errors of ~2e-4 rms; centred, ~2-3e-5 rms and 1.3e-4 at most
 on real CLIP embeddings, the size of the fp16 rounding the stored offsets already get
 (``store.combined.quantize_offsets``, docs/benchmarks.md "Write path"). ``"auto"`` (the default) is
