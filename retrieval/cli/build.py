@@ -57,7 +57,8 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
     CORPUS is a folder of images (same-stem .txt captions and .json metadata optional), a
     .parquet/.csv/.tsv manifest (image-path + caption columns), a WebDataset .tar, or a folder of .tar.
     Re-running the same command resumes a killed build, and on a complete index brings it in step
-    with the corpus: new items appended, changed ones replaced, vanished ones deleted.
+    with the corpus: new items appended, changed ones replaced, vanished ones deleted. With the model
+    on the CPU in float32, its text tower is cached for `retrieval search` ($RETRIEVAL_CACHE_DIR).
     """
     from ..ops import build_index
 
@@ -82,7 +83,7 @@ def build(corpus, out, model, pretrained, batch_size, shard_size, index_key, mem
                     require_captions=require_captions, modalities=wanted, report=report, ray=ray_address,
                     ray_actors=ray_actors,
                     text_columns=[c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None,
-                    regions=regions, bias_later=bias_later)
+                    regions=regions, bias_later=bias_later, warm_text_cache=True)
     c, st, run = m["counts"], m.get("stats", {}), report[0]
     if m.get("bias_pending"):
         click.echo(f"searchable now; BSAP/NNN offsets pending: `retrieval bias {out} --bank "

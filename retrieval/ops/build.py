@@ -16,6 +16,7 @@ import numpy as np
 
 from ..corpus import DEFAULT_MAX_PIXELS, open_corpus
 from ..embed import ClipModel, load_model
+from ..embed.text_cache import save_text_tower
 from ..store.indexer import DEFAULT_MEMORY_BUDGET, DEFAULT_SHARD_SIZE, index_corpus, write_embeddings
 from ..errors import CorpusError, StorageError
 from ..store.layout import MODALITIES
@@ -60,7 +61,7 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
                 require_captions: bool = False, modalities: Sequence[str] = MODALITIES,
                 report: Optional[list] = None, ray: Optional[str] = None, ray_actors: Optional[int] = None,
                 ray_task_rows: Optional[int] = None, text_columns: Optional[Sequence[str]] = None,
-                regions: bool = False, bias_later: bool = False) -> dict:
+                regions: bool = False, bias_later: bool = False, warm_text_cache: bool = False) -> dict:
     """Build, resume or sync the index folder at ``out``; returns its manifest.
 
     ``clip`` may pass an already loaded model (then ``model``/``pretrained``/``device`` are ignored).
@@ -76,6 +77,8 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     gets the new shards' at every sync. The folder is published searchable (plain CLIP and keyword
     queries) before the bias offsets are computed, then again with them; ``bias_later`` returns at
     searchable, with the offsets recorded as pending (a rerun without it, or ``compute_biases``, adds them).
+    ``warm_text_cache``: cache the model's text tower for later text queries (``embed.text_cache``;
+    a CPU float32 model only), as a first text search would; the command line does.
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
@@ -107,6 +110,8 @@ def build_index(corpus: str | os.PathLike, out: str | os.PathLike, model: str = 
     if regions or (manifest.get("build") or {}).get("regions"):
         add_regions(out, clip)
         manifest = require_manifest(Path(out))
+    if warm_text_cache:
+        save_text_tower(clip)   # never raises: a cache that cannot be written only costs a later query speed
     if report is not None:
         report.append(run)
     return manifest

@@ -173,3 +173,26 @@ def test_cli_text_search_is_the_same_with_the_cache(flickr_index, tmp_path):
     assert len(first) == 5 and [r["id"] for r in first] == [r["id"] for r in second]
     assert np.allclose([r["score"] for r in first], [r["score"] for r in second], atol=1e-5)
     assert len(list((tmp_path / "cache").iterdir())) == 1  # the first run cached the tower, the second read it
+
+
+def test_cli_build_warms_the_cache_for_the_first_search(tmp_path, monkeypatch):
+    """`retrieval build` with a CPU float32 model caches its text tower, so the first `retrieval
+    search` of the folder loads the tower, not open_clip whole."""
+    from click.testing import CliRunner
+
+    from retrieval.cli import main
+    from retrieval.store.manifest import load_manifest
+    from tests.conftest import FLICKR, first_captions
+
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, caption in list(first_captions().items())[:6]:
+        shutil.copy(FLICKR / "images" / name, photos / name)
+        (photos / name).with_suffix(".txt").write_text(caption)
+    got = CliRunner().invoke(main, ["build", str(photos), "--out", str(tmp_path / "idx"), "--model", str(TINY),
+                                    "--device", "cpu", "--workers", "0", "--quiet"])
+    assert got.exit_code == 0, got.output
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert isinstance(load_text_tower(load_manifest(tmp_path / "idx")["model"]), TextTower)
+
