@@ -4,9 +4,10 @@ CPU has one.
 faiss finds the lists of the rows it adds with its own sgemm, and ``ExactTopK`` finds the tuning's
 exact neighbours with faiss's knn: ~170 and ~175 GFLOP/s on a 2-core EPYC. Where oneDNN's bf16 math
 mode computes float32 (``store.bf16.mode_is_fp32``: that CPU, AVX512-BF16 without AMX), torch's
-matmul under it runs ~210. There, with torch loaded, ``ivf_add`` assigns the rows by that product
-(numpy's argmax) and hands them to faiss's ``add_core`` (``faiss.contrib.ivf_tools.add_preassigned``:
-the ids and direct map ``add`` gives), and ``top_k`` gives a chunk's top-k. Elsewhere faiss does
+matmul under it runs ~210. There, with torch loaded (``store.bf16.torch_fp32_faster``), ``ivf_add``
+assigns the rows by that product (numpy's argmax) and hands them to faiss's ``add_core``
+(``faiss.contrib.ivf_tools.add_preassigned``: the ids and direct map ``add`` gives), and ``top_k``
+gives a chunk's top-k. Elsewhere faiss does
 both. Float32 either way: only rows whose two best centroids tie to float32 rounding may go to the
 other one, as they may under faiss's own blocking.
 """
@@ -24,16 +25,10 @@ BLOCK = 2048          # rows per product: 2,048 x nlist float32 scores
 _PLAIN = ("IndexIVFFlat", "IndexIVFScalarQuantizer", "IndexIVFPQ")
 
 
-def fast_kernel() -> bool:
-    """Whether torch is loaded and its float32 products run faster than faiss's here
-    (``store.bf16.torch_fp32_faster``)."""
-    return bf16.torch_fp32_faster()
-
-
 def ivf_add(index, x: np.ndarray) -> None:
     """``index.add(x)`` (x float32 C-contiguous [n, index.d]), the lists found by ``assign`` where
     the faster kernel is here and ``index`` is a plain IVF with a flat inner-product quantizer."""
-    ivf = _plain_ivf(index) if len(x) >= MIN_ROWS and fast_kernel() else None
+    ivf = _plain_ivf(index) if len(x) >= MIN_ROWS and bf16.torch_fp32_faster() else None
     if ivf is None:
         index.add(x)
         return
@@ -50,7 +45,7 @@ def assign(centroids: np.ndarray, x: np.ndarray, block: int = BLOCK) -> np.ndarr
     X = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     out = np.empty(len(x), np.int64)
     buf = torch.empty(min(block, len(x)), c.shape[1])
-    with torch.inference_mode(), bf16.matmul_math(torch, "bf16"):   # float32 here (``fast_kernel``)
+    with torch.inference_mode(), bf16.matmul_math(torch, "bf16"):   # float32 here (``bf16.torch_fp32_faster``)
         for i in range(0, len(x), block):
             s = torch.matmul(X[i:i + block], c, out=buf[:len(X[i:i + block])])
             out[i:i + block] = s.numpy().argmax(1)   # numpy's: ~6x faster than torch's on these rows
@@ -60,7 +55,7 @@ def assign(centroids: np.ndarray, x: np.ndarray, block: int = BLOCK) -> np.ndarr
 def top_k(q: np.ndarray, x: np.ndarray, k: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(scores, ids) [nq, k] of the k largest inner products of queries ``q`` among rows ``x``
     (float32), through the faster kernel; None where it is not here (the caller uses faiss)."""
-    if not fast_kernel() or len(x) < k:
+    if not bf16.torch_fp32_faster() or len(x) < k:
         return None
     import torch
 

@@ -17,7 +17,7 @@ def forced(monkeypatch):
     changes the kernel where ``mode_is_fp32``; here it may round, so the tests allow near-ties)."""
     import torch  # noqa: F401  (loaded, as in a build)
 
-    monkeypatch.setattr(assign_mod, "fast_kernel", lambda: True)
+    monkeypatch.setattr(assign_mod.bf16, "torch_fp32_faster", lambda: True)
     monkeypatch.setattr(assign_mod.bf16, "matmul_math", lambda torch, p: _null())
 
 
@@ -95,7 +95,7 @@ def test_top_k_is_faiss_knn(forced):
 
 
 def test_without_the_faster_kernel_faiss_does_both(monkeypatch):
-    monkeypatch.setattr(assign_mod, "fast_kernel", lambda: False)
+    monkeypatch.setattr(assign_mod.bf16, "torch_fp32_faster", lambda: False)
     assert top_k(unit_vectors(3, 8, 1), unit_vectors(50, 8, 2), 5) is None
     index, x = _trained()
     ivf_add(index, x)
