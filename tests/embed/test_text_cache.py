@@ -54,14 +54,19 @@ print(json.dumps({{"heavy": heavy, "shape": list(v.shape), "tok": hasattr(oc, "t
     assert got == {"heavy": [], "shape": [1, 256], "tok": True, "same": True}
 
 
-def test_stale_or_broken_entries_are_not_used(tmp_path, cache):
+def _own_model(tmp_path):
+    """The tiny model loaded from a writable copy of its folder (the tests re-stamp its weights)."""
     from retrieval import load_model
 
     folder = tmp_path / "model"
     shutil.copytree(TINY, folder)
     for f in folder.iterdir():
         f.chmod(0o644)
-    clip = load_model(str(folder), device="cpu")
+    return load_model(str(folder), device="cpu")
+
+
+def test_stale_or_broken_entries_are_not_used(tmp_path, cache):
+    clip = _own_model(tmp_path)
     entry = save_text_tower(clip)
     assert load_text_tower(clip.identity) is not None
     weights = clip.identity["weights_path"]
@@ -81,13 +86,7 @@ def test_a_stale_or_broken_entry_is_replaced_by_the_next_full_load(tmp_path, cac
     """One slow query repairs the entry: after the weights' stamp changes (the full load re-checks
     their sha256) or the trace breaks, ``text_model`` loads the full model and rewrites the entry,
     and the next process gets the cached tower again."""
-    from retrieval import load_model
-
-    folder = tmp_path / "model"
-    shutil.copytree(TINY, folder)
-    for f in folder.iterdir():
-        f.chmod(0o644)
-    clip = load_model(str(folder), device="cpu")
+    clip = _own_model(tmp_path)
     entry = save_text_tower(clip)
     weights = clip.identity["weights_path"]
     st = os.stat(weights)
@@ -144,18 +143,16 @@ def test_cache_bound_from_the_environment(monkeypatch, caplog):
 
 
 def test_a_load_marks_its_entry_used_and_a_new_entry_evicts_the_oldest(tiny_clip, cache, monkeypatch):
+    from retrieval.embed.text_cache import _size as entry_bytes
+
     entry = save_text_tower(tiny_clip)
     os.utime(entry / "meta.json", (1, 1))
     assert load_text_tower(tiny_clip.identity) is not None
     assert os.stat(entry / "meta.json").st_mtime > 1
     stale = _entry(cache, "0" * 32, 1000, 2)                               # an older torch's entry, say
-    monkeypatch.setenv("RETRIEVAL_CACHE_MAX_MB", str(_size(entry) / 1e6))
+    monkeypatch.setenv("RETRIEVAL_CACHE_MAX_MB", str(entry_bytes(entry) / 1e6))
     shutil.rmtree(entry)
     assert save_text_tower(tiny_clip) == entry and entry.exists() and not stale.exists()
-
-
-def _size(d):
-    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
 
 
 def test_only_plain_simple_tokenizers_are_rebuilt(tiny_clip):
