@@ -49,7 +49,7 @@ def main() -> None:
     full_text = Encoder(clip, trim_text=False)
     from retrieval import open_corpus
 
-    first = {e.key: e.caption for e in open_corpus(flickr / "captions.csv").entries()}  # first caption per photo
+    first = {e.key: e.caption for e in open_corpus(flickr / "captions.csv", image_root=str(flickr / "images")).entries()}  # first caption per photo
     names = list(first)[: a.n]
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
     with open(tmp / "m.csv", "w", newline="") as f:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import ModelLoadError
+from .skip_init import skipped_init
 
 RANDOM = "random"
 _WEIGHT_NAMES = (
@@ -154,11 +155,16 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
         if pretrained not in tags:
             raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {arch}; known: {', '.join(tags) or 'none'}")
     torch.manual_seed(seed)
+    # a full checkpoint (a tag, a file, a model folder) replaces every weight: no random init
+    # first, and open_clip raises rather than return the model unloaded (``skip_init``)
+    loads = is_local or model.startswith("hf-hub:") or pretrained not in (None, RANDOM)
+    strict = {"require_pretrained": True} if loads else {}
     logging.disable(logging.ERROR)  # open_clip logs its failures itself; ours is the one line below
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=None if pretrained == RANDOM else pretrained,
-            precision=precision, device=device, weights_only=True)
+        with skipped_init(loads):
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=None if pretrained == RANDOM else pretrained,
+                precision=precision, device=device, weights_only=True, **strict)
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as e:  # hub errors, bad checkpoints, shape mismatches: one clear line
         what = weights or (f"{arch} / {pretrained}" if pretrained else arch)

@@ -113,3 +113,85 @@ def test_trimming_refused_for_non_causal_text_towers():
     from retrieval.embed.text_fast import supports_trimming
 
     assert not supports_trimming(torch.nn.Linear(2, 2))
+
+
+def _tiny_arch(tmp_path) -> str:
+    """The tiny fixture's architecture registered with open_clip under a name of its own."""
+    import open_clip
+
+    cfg = json.loads((TINY / "open_clip_config.json").read_text())["model_cfg"]
+    (tmp_path / "tiny-skip-arch.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    return "tiny-skip-arch"
+
+
+@needs_shared
+def test_checkpoint_load_skips_random_init_and_equals_the_plain_load(tmp_path, tiny_clip):
+    import open_clip
+    import torch
+
+    from retrieval.embed import skip_init
+
+    plain, _, _ = open_clip.create_model_and_transforms(_tiny_arch(tmp_path), device="cpu",
+                                                        pretrained=str(TINY / "open_clip_model.safetensors"))
+    ours = tiny_clip.model.state_dict()
+    assert ours.keys() == plain.state_dict().keys()
+    for name, value in plain.state_dict().items():   # bit for bit: every weight came from the file
+        assert torch.equal(ours[name], value), name
+    calls = []
+    real = torch.nn.init.kaiming_uniform_
+    torch.nn.init.kaiming_uniform_ = lambda t, *a, **k: calls.append(t.shape) or real(t, *a, **k)
+    try:   # the loader builds the model with the initialisers switched off, then puts them back
+        load_model(str(TINY), device="cpu")
+        assert calls == []
+        torch.nn.Linear(4, 4)
+        assert calls == [(4, 4)]
+    finally:
+        torch.nn.init.kaiming_uniform_ = real
+    assert all(getattr(torch.nn.init, n) is not skip_init._keep for n in skip_init.INITIALISERS
+               if hasattr(torch.nn.init, n))
+
+
+@needs_shared
+def test_checkpoint_missing_a_weight_fails_and_leaves_init_working(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(TINY / "open_clip_model.safetensors"))
+    dropped = next(k for k in weights if k.endswith("ln_final.weight"))
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(tmp_path / "short.safetensors"))
+    with pytest.raises(ModelLoadError, match="cannot load model") as e:
+        load_model(_tiny_arch(tmp_path), str(tmp_path / "short.safetensors"), device="cpu")
+    assert "\n" not in str(e.value)   # strict: a weight the file lacks is never left uninitialised
+    w = torch.zeros(3, 3)
+    torch.nn.init.ones_(w)
+    assert bool((w == 1).all())
+
+
+@needs_shared
+def test_random_weights_are_still_initialised(tmp_path):
+    import open_clip
+    import torch
+
+    arch = _tiny_arch(tmp_path)
+    ours = load_model(arch, "random", device="cpu", seed=3).model.state_dict()
+    torch.manual_seed(3)
+    theirs = open_clip.create_model(arch, device="cpu").state_dict()
+    for name, value in theirs.items():
+        assert torch.equal(ours[name], value), name
+
+
+def test_skipped_init_restores_the_initialisers_after_an_error():
+    import torch
+
+    from retrieval.embed.skip_init import skipped_init
+
+    before = torch.nn.init.normal_
+    w = torch.zeros(2, 2)
+    with pytest.raises(RuntimeError, match="boom"):
+        with skipped_init():
+            assert torch.nn.init.normal_(w) is w and bool((w == 0).all())   # a no-op inside
+            raise RuntimeError("boom")
+    assert torch.nn.init.normal_ is before
+    with skipped_init(False):
+        assert torch.nn.init.normal_ is before
