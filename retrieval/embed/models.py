@@ -67,6 +67,34 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def sha256_later(path: Optional[str]) -> Callable[[], Optional[str]]:
+    """Start hashing ``path`` in a daemon thread (hashlib releases the GIL: it overlaps the model
+    load, which reads the same file); the returned function waits for the hex digest (None for no
+    path) and raises what hashing raised."""
+    if not path:
+        return lambda: None
+    import threading
+
+    out: dict = {}
+
+    def work() -> None:
+        try:
+            out["sha"] = sha256_file(path)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            out["error"] = e
+
+    thread = threading.Thread(target=work, name="sha256-weights", daemon=True)
+    thread.start()
+
+    def result() -> Optional[str]:
+        thread.join()
+        if "error" in out:
+            raise out["error"]
+        return out["sha"]
+
+    return result
+
+
 def resolve_device(device: str = "auto") -> str:
     """'auto' (cuda when torch sees a GPU, else cpu), 'cpu', 'cuda' or 'cuda:N' (checked)."""
     import re
@@ -154,6 +182,7 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if pretrained not in tags:
             raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {arch}; known: {', '.join(tags) or 'none'}")
+    digest = sha256_later(weights)   # the identity's hash, read while the model is built and loaded
     torch.manual_seed(seed)
     # a full checkpoint (a tag, a file, a model folder) replaces every weight: no random init
     # first, and open_clip raises rather than return the model unloaded (``skip_init``)
@@ -185,7 +214,7 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
         "arch": arch,
         "pretrained": pretrained,
         "weights_path": weights,
-        "weights_sha256": sha256_file(weights) if weights else None,
+        "weights_sha256": digest(),
         "embed_dim": int(cfg_dim),
         "logit_scale": float(net.logit_scale.exp().item()),
         "context_length": int(getattr(tokenizer, "context_length", 77) or 77),

@@ -195,3 +195,15 @@ def test_skipped_init_restores_the_initialisers_after_an_error():
     assert torch.nn.init.normal_ is before
     with skipped_init(False):
         assert torch.nn.init.normal_ is before
+
+
+def test_sha256_later_hashes_in_the_background_and_hands_errors_back(tmp_path):
+    from retrieval.embed.models import sha256_file, sha256_later
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"x" * (5 << 20))
+    assert sha256_later(str(f))() == sha256_file(f)
+    assert sha256_later(None)() is None
+    missing = sha256_later(str(tmp_path / "gone.bin"))
+    with pytest.raises(FileNotFoundError):
+        missing()
