@@ -20,7 +20,7 @@ from typing import Iterator
 INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
                 "sparse_")
-_LOCK = threading.Lock()   # one patched build at a time: the functions are module-wide
+_LOCK = threading.Lock()   # model builds one at a time, patched or not: the functions are module-wide
 
 
 def _keep(tensor, *args, **kwargs):
@@ -31,13 +31,14 @@ def _keep(tensor, *args, **kwargs):
 @contextlib.contextmanager
 def skipped_init(skip: bool = True) -> Iterator[None]:
     """``torch.nn.init``'s initialisers as no-ops inside the block (``skip=False``: unchanged),
-    restored on the way out, whatever happened inside."""
-    if not skip:
-        yield
-        return
+    restored on the way out, whatever happened inside. Either way the block holds one lock, so a
+    model that must be initialised is never built while another thread has them switched off."""
     import torch.nn.init as init
 
     with _LOCK:
+        if not skip:
+            yield
+            return
         saved = {name: getattr(init, name) for name in INITIALISERS if hasattr(init, name)}
         try:
             for name in saved:

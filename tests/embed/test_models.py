@@ -207,3 +207,36 @@ def test_sha256_later_hashes_in_the_background_and_hands_errors_back(tmp_path):
     missing = sha256_later(str(tmp_path / "gone.bin"))
     with pytest.raises(FileNotFoundError):
         missing()
+
+
+def test_a_model_built_with_init_waits_for_one_built_without():
+    import threading
+
+    import torch
+
+    from retrieval.embed.skip_init import skipped_init
+
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def skipping():
+        with skipped_init():
+            inside.set()
+            release.wait(5)
+
+    def initialising():
+        with skipped_init(False):
+            w = torch.zeros(3)
+            torch.nn.init.ones_(w)
+            seen.append(bool((w == 1).all()))
+
+    a = threading.Thread(target=skipping)
+    a.start()
+    inside.wait(5)
+    b = threading.Thread(target=initialising)
+    b.start()
+    b.join(0.2)
+    assert b.is_alive() and seen == []   # waits while the initialisers are switched off
+    release.set()
+    a.join(5)
+    b.join(5)
+    assert seen == [True]
