@@ -186,7 +186,7 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
     torch.manual_seed(seed)
     # a full checkpoint (a tag, a file, a model folder) replaces every weight: no random init
     # first, and open_clip raises rather than return the model unloaded (``skip_init``)
-    loads = is_local or model.startswith("hf-hub:") or pretrained not in (None, RANDOM)
+    loads = is_local or pretrained not in (None, RANDOM)
     strict = {"require_pretrained": True} if loads else {}
     logging.disable(logging.ERROR)  # open_clip logs its failures itself; ours is the one line below
     try:

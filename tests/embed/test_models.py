@@ -240,3 +240,4 @@ def test_a_model_built_with_init_waits_for_one_built_without():
     a.join(5)
     b.join(5)
     assert seen == [True]
+
