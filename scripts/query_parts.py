@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = (("clip", {}), ("bsap", {"rerank": "bsap"}), ("nnn", {"rerank": "nnn", "alpha": 0.75}))
+from bench_scale import METHODS, _recall as recall
 
 
 def median_us(fn, n: int) -> float:
@@ -31,13 +31,14 @@ def median_us(fn, n: int) -> float:
     return 1e6 * statistics.median(lat)
 
 
-def recall(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.mean([len(set(g) & set(w)) / want.shape[1] for g, w in zip(got.tolist(), want.tolist())]))
+def largest_group(idx):
+    """The opened index's image shard group (``query.coarse.CoarseGroup``) with the most shards."""
+    return max(idx._snap.shard_set.coarse_groups("image"), key=lambda g: len(g.positions))
 
 
 def parts(idx, q: np.ndarray, passes: int) -> None:
     """The pieces of a plain-CLIP query, ``passes`` times over the same queries."""
-    group = max(idx._snap.shard_set.coarse_groups("image"), key=lambda g: len(g.positions))
+    group = largest_group(idx)
     joined = group.joined()
     qa = np.zeros((len(q), joined.index.d), np.float32)
     qa[:, :q.shape[1]] = q   # the combined index's query for plain CLIP: zeros in the extra coordinates
@@ -63,7 +64,7 @@ def graphs(idx, q: np.ndarray, exact: dict, specs: list[str]) -> None:
 
     from retrieval.store.coarse import centroids
 
-    group = max(idx._snap.shard_set.coarse_groups("image"), key=lambda g: len(g.positions))
+    group = largest_group(idx)
     joined = group.joined()
     cent = centroids(group.ivfs[0]).copy()
     flat = joined.index.quantizer

@@ -70,29 +70,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def sha256_later(path: Optional[str]) -> Callable[[], Optional[str]]:
     """Start hashing ``path`` in a daemon thread (hashlib releases the GIL: it overlaps the model
     load, which reads the same file); the returned function waits for the hex digest (None for no
-    path) and raises what hashing raised."""
+    path) and raises what hashing raised. A daemon, so a failed load never waits for it at exit."""
     if not path:
         return lambda: None
     import threading
+    from concurrent.futures import Future
 
-    out: dict = {}
+    digest: Future = Future()
 
     def work() -> None:
         try:
-            out["sha"] = sha256_file(path)
+            digest.set_result(sha256_file(path))
         except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
-            out["error"] = e
+            digest.set_exception(e)
 
-    thread = threading.Thread(target=work, name="sha256-weights", daemon=True)
-    thread.start()
-
-    def result() -> Optional[str]:
-        thread.join()
-        if "error" in out:
-            raise out["error"]
-        return out["sha"]
-
-    return result
+    threading.Thread(target=work, name="sha256-weights", daemon=True).start()
+    return digest.result
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -187,13 +180,12 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
     # a full checkpoint (a tag, a file, a model folder) replaces every weight: no random init
     # first, and open_clip raises rather than return the model unloaded (``skip_init``)
     loads = is_local or pretrained not in (None, RANDOM)
-    strict = {"require_pretrained": True} if loads else {}
     logging.disable(logging.ERROR)  # open_clip logs its failures itself; ours is the one line below
     try:
         with skipped_init(loads):
             net, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=None if pretrained == RANDOM else pretrained,
-                precision=precision, device=device, weights_only=True, **strict)
+                precision=precision, device=device, weights_only=True, require_pretrained=loads)
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as e:  # hub errors, bad checkpoints, shape mismatches: one clear line
         what = weights or (f"{arch} / {pretrained}" if pretrained else arch)
