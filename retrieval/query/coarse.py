@@ -9,6 +9,10 @@ largest nprobe any shard of the group needs, and each shard's inverted lists are
 nprobe nearest lists of that assignment (``IndexIVF.search_preassigned``): the same lists and scores
 as searching each shard alone, since the centroids are equal bit for bit.
 
+The coarse search of a few queries over many lists reads an fp16 copy of the centroids first and
+scores its best candidates exactly (``query.probe``: the flat search's lists and scores from about
+half the bytes).
+
 Groups are IndexIVF shards (no pre-transform) with a flat coarse quantizer and equal centroids,
 found once per opened shard set.
 """
@@ -22,6 +26,7 @@ import numpy as np
 
 from ..store.coarse import centroids, flat_ivf
 from .faiss_search import complete_short, params_for, preassigned
+from .probe import CoarseSearch
 from .selection import selector
 from .stacked import compact_codes, stack
 from .topk import merge_topk
@@ -41,16 +46,26 @@ class CoarseGroup:
         """``starts``: each shard's global id of its first row."""
         self.positions, self.indexes, self.starts = positions, indexes, np.asarray(starts, np.int64)
         self.ivfs = [_plain_ivf(ix) for ix in indexes]
-        self._joined = None
+        self.rows = sum(x.ntotal for x in self.ivfs)
+        self._joined = self._coarse = None
         self._lock = threading.Lock()
+
+    @property
+    def coarse(self) -> CoarseSearch:
+        """The group's coarse search (``query.probe``; made on first use)."""
+        with self._lock:
+            if self._coarse is None:
+                self._coarse = CoarseSearch(self.ivfs[0].quantizer)
+            return self._coarse
 
     def joined(self):
         """The group as one index (``query.stacked``: one scan of the stacked lists; faiss's
         IndexShardsIVF for a type without a shell there) with ``search(q, k) -> (scores, global
         ids)``, or None when the shards' nprobe differ; made on first use."""
+        coarse = self.coarse
         with self._lock:
             if self._joined is None:
-                self._joined = one_index(self.ivfs, [int(s) for s in self.starts]) or False
+                self._joined = one_index(self.ivfs, [int(s) for s in self.starts], coarse=coarse) or False
             return self._joined or None
 
     def search_all(self, q: np.ndarray, k: int, need: Optional[int] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -95,7 +110,7 @@ class CoarseGroup:
             plans.append((kk, ivf.nprobe if params is None else params.nprobe, sel, params))
         widest = max((p[1] for p in plans if p is not None), default=0)
         if widest:
-            dq, iq = self.ivfs[0].quantizer.search(q, widest)
+            dq, iq = self.coarse.search(q, widest)
         def one(j: int):   # need == 0: no query is searched again
             if plans[j] is None:
                 return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
@@ -127,12 +142,15 @@ class CoarseGroup:
 
 class ShardsIVF:
     """faiss's IndexShardsIVF over IVF indexes whose type ``query.stacked`` has no shell for: one
-    coarse search, then a search per index, merged (``ids[j]``: as ``stacked.stack``'s)."""
+    coarse search (``coarse``'s, default made here: ``probe.CoarseSearch.index``), then a search per
+    index, merged (``ids[j]``: as ``stacked.stack``'s)."""
 
-    def __init__(self, ivfs: Sequence, ids: Sequence, nprobe: int):
+    def __init__(self, ivfs: Sequence, ids: Sequence, nprobe: int, coarse: Optional[CoarseSearch] = None):
         import faiss
 
-        self.index = faiss.IndexShardsIVF(ivfs[0].quantizer, ivfs[0].nlist, False, True)
+        coarse = coarse or CoarseSearch(ivfs[0].quantizer)
+        self.coarse, self.quantizer = coarse, coarse.index(int(nprobe))   # held: faiss keeps a pointer
+        self.index = faiss.IndexShardsIVF(self.quantizer, ivfs[0].nlist, False, True)
         for ix in ivfs:
             self.index.add_shard(ix)
         self.params = faiss.SearchParametersIVF(nprobe=int(nprobe))
@@ -146,22 +164,24 @@ class ShardsIVF:
         return s, self.table[ids]
 
 
-def one_index(ivfs: Sequence, ids: Sequence, nprobe: Optional[int] = None):
+def one_index(ivfs: Sequence, ids: Sequence, nprobe: Optional[int] = None, coarse: Optional[CoarseSearch] = None):
     """IVF indexes ``ivfs`` (one quantizer) searched as one at ``nprobe`` (default: their common
     nprobe; None when they differ): stacked lists for compact codes (IVF-PQ, SQ8), else faiss's
     IndexShardsIVF (fp16 vectors, and index types without a shell in ``query.stacked``; None
-    unless every index's own nprobe is ``nprobe``: faiss's joined search takes theirs)."""
+    unless every index's own nprobe is ``nprobe``: faiss's joined search takes theirs). ``coarse``:
+    the quantizer's ``probe.CoarseSearch`` (default: made here)."""
     probes = {x.nprobe for x in ivfs}
     if nprobe is None:
         if len(probes) != 1:
             return None
         nprobe = next(iter(probes))
+    coarse = coarse or CoarseSearch(ivfs[0].quantizer)
     # fp16 vectors scan faster in place, shard by shard (stacked, 200k in 2-15 shards, nprobe of
-    # 1,024: 0.66-0.72x the QPS of IndexShardsIVF's search)
-    found = stack(ivfs, ids, nprobe) if compact_codes(ivfs[0]) else None
+    # 1,024: 0.66-0.72x the QPS of IndexShardsIVF's search; one query at 1M in 10 shards, 0.7-0.9x)
+    found = stack(ivfs, ids, nprobe, coarse) if compact_codes(ivfs[0]) else None
     if found is not None:
         return found
-    return ShardsIVF(ivfs, ids, nprobe) if probes == {nprobe} else None   # faiss's rule
+    return ShardsIVF(ivfs, ids, nprobe, coarse) if probes == {nprobe} else None   # faiss's rule
 
 
 def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:

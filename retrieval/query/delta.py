@@ -63,7 +63,7 @@ def delta_joined(group: CoarseGroup, flat: Optional[FlatGroup], offsets: Optiona
     delta.nprobe = ivf.nprobe
     large = [j for j in range(len(group.indexes)) if j not in small]
     joined = one_index([group.ivfs[j] for j in large] + [delta],
-                       [int(group.starts[j]) for j in large] + [np.concatenate(ids)], ivf.nprobe)
+                       [int(group.starts[j]) for j in large] + [np.concatenate(ids)], ivf.nprobe, group.coarse)
     return joined, delta
 
 

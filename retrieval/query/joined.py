@@ -41,7 +41,7 @@ def joined_pays(group, n_queries: int) -> bool:
     sizes): queries that probe few codes, a few of them or a batch over compact codes (smaller
     than fp16 vectors: IVF-PQ, SQ8); otherwise shard by shard, in parallel."""
     ivf = group.ivfs[0]
-    probed = ivf.nprobe / max(1, ivf.nlist) * sum(x.ntotal for x in group.ivfs)
+    probed = ivf.nprobe / max(1, ivf.nlist) * group.rows
     if probed > JOINED_MAX_CODES:        # a wide probe: the shards' parallel scans win, batch or not
         return False
     # a batch: one scan of the stacked lists, faiss's threads over the queries, pays for compact codes;

@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .probe import CoarseSearch
+
 Ids = Union[int, np.ndarray]   # a member's global ids: its first id (local id + start) or a table
 
 
@@ -58,14 +60,15 @@ def compact_codes(ivf) -> bool:
 
 class StackedIVF:
     """``ivfs`` (downcast IndexIVF, one quantizer, one type) as one index probing ``nprobe`` lists;
-    ``ids[j]``: member j's global ids (its start, or a table of its local ids). Make it with ``stack``."""
+    ``ids[j]``: member j's global ids (its start, or a table of its local ids); ``coarse``: the
+    quantizer's ``probe.CoarseSearch``. Make it with ``stack``."""
 
-    def __init__(self, shell, stack, ptrs, ivfs: Sequence, ids: Sequence[Ids], nprobe: int):
+    def __init__(self, shell, stack, ptrs, ivfs: Sequence, ids: Sequence[Ids], nprobe: int, coarse: CoarseSearch):
         import faiss
 
         self.shell, self._stack, self._ptrs, self.ivfs, self._ids = shell, stack, ptrs, list(ivfs), list(ids)
         self.rows = sum(x.ntotal for x in self.ivfs)
-        self.nprobe = int(nprobe)
+        self.nprobe, self.coarse = int(nprobe), coarse
         # faiss reads the assignment's width from the params (else from the shell's own nprobe)
         self._params = faiss.SearchParametersIVF(nprobe=self.nprobe)
         self._lists: dict[int, np.ndarray] = {}
@@ -94,7 +97,7 @@ class StackedIVF:
         import faiss
 
         q = np.ascontiguousarray(q, np.float32)
-        dq, iq = self.shell.quantizer.search(q, self.nprobe)
+        dq, iq = self.coarse.search(q, self.nprobe)
         s, pairs = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
         self.shell.search_preassigned_c(len(q), faiss.swig_ptr(q), k, faiss.swig_ptr(iq), faiss.swig_ptr(dq),
                                         faiss.swig_ptr(s), faiss.swig_ptr(pairs), True, self._params)
@@ -109,9 +112,10 @@ class StackedIVF:
         return s, out
 
 
-def stack(ivfs: Sequence, ids: Sequence[Ids], nprobe: int) -> Optional[StackedIVF]:
+def stack(ivfs: Sequence, ids: Sequence[Ids], nprobe: int, coarse: Optional[CoarseSearch] = None) -> Optional[StackedIVF]:
     """``StackedIVF`` of ``ivfs`` (equal quantizer, type and code size: a ``query.coarse`` group,
-    plus an in-memory delta) probing ``nprobe`` lists, or None when their type has no shell here."""
+    plus an in-memory delta) probing ``nprobe`` lists, or None when their type has no shell here.
+    ``coarse``: the quantizer's ``probe.CoarseSearch`` (default: made here)."""
     import faiss
 
     shell = empty_like(ivfs[0])
@@ -124,4 +128,4 @@ def stack(ivfs: Sequence, ids: Sequence[Ids], nprobe: int) -> Optional[StackedIV
     lists = faiss.HStackInvertedLists(ptrs.size(), ptrs.data())
     shell.replace_invlists(lists, False)
     shell.ntotal = sum(x.ntotal for x in ivfs)
-    return StackedIVF(shell, lists, ptrs, ivfs, ids, nprobe)
+    return StackedIVF(shell, lists, ptrs, ivfs, ids, nprobe, coarse or CoarseSearch(ivfs[0].quantizer))
