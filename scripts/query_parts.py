@@ -1,7 +1,8 @@
 """Where a single query's time goes on a folder ``bench_scale.py`` built: the whole ``Index.search``,
-faiss's joined search of the largest shard group, its flat coarse search alone, and the shards'
-``search_preassigned`` looped from Python (medians over the held-out queries, several passes: the
-first meets the lists' pages unmapped). ``--graphs`` also serves the group through an HNSW graph
+faiss's joined search of the largest shard group, its coarse search alone (as served: the fp16 copy
+re-scored, ``query.probe``; and the flat quantizer's), and the shards' ``search_preassigned`` looped
+from Python (medians over the held-out queries, several passes: the first meets the lists' pages
+unmapped). ``--graphs`` also serves the group through the flat quantizer and through HNSW graphs
 over the same centroids (one per M/efConstruction/efSearch triple) and prints p50 and recall@10.
 
     .venv/bin/python scripts/query_parts.py --folder /tmp/bscale/fp16_3000000 --data /tmp/bscale/data_3000000 \\
@@ -51,10 +52,12 @@ def parts(idx, q: np.ndarray, passes: int) -> None:
         loop = median_us(lambda i: [ix.search_preassigned(qa[i:i + 1], 10, iq[i:i + 1], dq[i:i + 1])
                                     for ix in group.ivfs], n)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-        coarse = median_us(lambda i: group.ivfs[0].quantizer.search(qa[i:i + 1], nprobe), n)
+        flat = median_us(lambda i: group.ivfs[0].quantizer.search(qa[i:i + 1], nprobe), n)
+        probe = median_us(lambda i: joined.quantizer.search(qa[i:i + 1], nprobe), n)
         one = median_us(lambda i: joined.search(qa[i:i + 1], 10), n)
         whole = median_us(lambda i: idx.search(q[i:i + 1], 10), n)
-        print(f"  pass {p}: Index.search {whole:.0f}; joined faiss search {one:.0f}; coarse search {coarse:.0f}; "
+        print(f"  pass {p}: Index.search {whole:.0f}; joined faiss search {one:.0f}; coarse search as served "
+              f"({type(joined.quantizer).__name__}) {probe:.0f}, flat {flat:.0f}; "
               f"shards' search_preassigned from Python {loop:.0f} ({faults} minor page faults)")
 
 
@@ -67,8 +70,8 @@ def graphs(idx, q: np.ndarray, exact: dict, specs: list[str]) -> None:
     group = largest_group(idx)
     joined = group.joined()
     cent = centroids(group.ivfs[0]).copy()
-    flat = joined.index.quantizer
-    variants = {"flat": flat}
+    served = joined.index.quantizer
+    variants = {f"as served ({type(joined.quantizer).__name__})": served, "flat": group.ivfs[0].quantizer}
     for spec in specs:
         m, efc, efs = (int(v) for v in spec.split("/"))
         g = faiss.IndexHNSWFlat(cent.shape[1], m, faiss.METRIC_INNER_PRODUCT)
@@ -88,7 +91,7 @@ def graphs(idx, q: np.ndarray, exact: dict, specs: list[str]) -> None:
                     row.append(f"{meth} {p50 / 1e3:.3f} ms r@10 {recall(np.stack(ids), exact[meth]):.3f}")
                 print(f"  round {rnd}, {label}: " + "; ".join(row), flush=True)
     finally:
-        joined.index.quantizer = flat
+        joined.index.quantizer = served
 
 
 def main() -> None:

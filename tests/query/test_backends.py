@@ -44,6 +44,17 @@ def test_merge_keeps_missing_ids_last():
     assert i.tolist() == [[3, 10, -1]]
 
 
+def test_merge_of_one_part_keeps_it_or_sorts_it():
+    s = np.array([[0.9, 0.9, 0.2, -np.inf], [0.5, 0.1, -np.inf, -np.inf]], np.float32)
+    ids = np.array([[7, 2, 5, -1], [4, 0, -1, -1]])
+    got_s, got_i = merge_topk([(s, ids)], np.array([100]), 4)
+    assert got_i.tolist() == [[107, 102, 105, -1], [104, 100, -1, -1]] and np.array_equal(got_s, s)
+    assert merge_topk([(s, ids)], np.array([0]), 4)[1] is ids           # sorted, no offset: as it is
+    unsorted = (np.array([[0.1, 0.8, 0.5]], np.float32), np.array([[1, 2, 3]]))
+    assert merge_topk([unsorted], np.array([0]), 3)[1].tolist() == [[2, 3, 1]]
+    assert merge_topk([(s, ids)], np.array([0]), 2)[1].tolist() == [[7, 2], [4, 0]]   # wider than k: cut
+
+
 def test_backend_choice():
     import torch
 
