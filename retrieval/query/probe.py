@@ -21,6 +21,9 @@ FP16_MIN_LISTS = 2_048   # one query, 528-d: 1,024 lists 36 vs 37 µs (flat vs f
                          # 4,096: 146 vs 121, 8,192: 336 vs 231 (scripts/query_parts.py measures it)
 FP16_MAX_QUERIES = 16    # faiss's flat search of 20 queries or more is a BLAS product
 EXTRA = 16               # candidates scored again beyond nprobe (3M, nprobe 2, 8 more: 1,000 of 1,000 proved)
+BLOCK = 16               # faiss scans fp16 codes in SIMD blocks of 16 floats; other widths fall back to a
+                         # scalar loop (4,096 lists, one query: 516-d 2.6 ms, 520-d 0.25, 528-d 0.17): the
+                         # copy is zero-padded to a whole number of blocks (IVF-PQ's 516-d layout)
 
 
 def fp16_pays(nlist: int, n_queries: int, nprobe: int) -> bool:
@@ -52,22 +55,29 @@ class CoarseSearch:
         self.half = None
         nlist = self.flat.ntotal
         if isinstance(self.flat, faiss.IndexFlatIP) and nlist >= FP16_MIN_LISTS:
-            self._cent = faiss.rev_swig_ptr(self.flat.get_xb(), nlist * self.flat.d).reshape(nlist, self.flat.d)
-            half = faiss.IndexScalarQuantizer(self.flat.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-            half.train(self._cent[:1])   # fp16 codes need no statistics; this marks the index trained
-            half.add(self._cent)
-            self.error = error_bound(self._cent, half.reconstruct_n(0, nlist))
+            d = self.flat.d
+            self.width = -(-d // BLOCK) * BLOCK
+            self._cent = faiss.rev_swig_ptr(self.flat.get_xb(), nlist * d).reshape(nlist, d)
+            padded = np.zeros((nlist, self.width), np.float32)
+            padded[:, :d] = self._cent
+            half = faiss.IndexScalarQuantizer(self.width, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+            half.train(padded[:1])   # fp16 codes need no statistics; this marks the index trained
+            half.add(padded)
+            self.error = error_bound(self._cent, half.reconstruct_n(0, nlist)[:, :d])
             self.half = half
+            # the copy as faiss searches it with d-wide queries: zeros appended (faiss RemapDimensionsTransform)
+            self._pad = None if self.width == d else faiss.RemapDimensionsTransform(d, self.width, False)
+            self._base = half if self._pad is None else faiss.IndexPreTransform(self._pad, half)
 
     def index(self, nprobe: int):
         """A faiss index searching like this one for ``nprobe`` probes, for faiss's own searches: the
-        flat quantizer, or faiss's IndexRefine of the fp16 copy (nprobe + EXTRA candidates) and the
-        flat quantizer (both held here; neither is copied)."""
+        flat quantizer, or faiss's IndexRefine of the fp16 copy (nprobe + EXTRA candidates; queries
+        zero-padded to it) and the flat quantizer (all held here; neither is copied)."""
         import faiss
 
         if self.half is None or nprobe + EXTRA >= self.flat.ntotal:
             return self.flat
-        refine = faiss.IndexRefine(self.half, self.flat)
+        refine = faiss.IndexRefine(self._base, self.flat)
         refine.k_factor = (nprobe + EXTRA) / nprobe
         return refine
 
@@ -79,7 +89,11 @@ class CoarseSearch:
         import faiss
 
         n, m = len(q), nprobe + EXTRA
-        approx, cand = self.half.search(q, m)
+        wide = q
+        if self.width != q.shape[1]:
+            wide = np.zeros((n, self.width), np.float32)
+            wide[:, :q.shape[1]] = q
+        approx, cand = self.half.search(wide, m)
         exact = np.empty((n, m), np.float32)
         faiss.fvec_inner_products_by_idx(faiss.swig_ptr(exact), faiss.swig_ptr(q), faiss.swig_ptr(self._cent),
                                          faiss.swig_ptr(cand), self.flat.d, n, m)

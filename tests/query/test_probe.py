@@ -53,12 +53,13 @@ def test_error_bound_covers_every_score():
 
 
 @pytest.mark.parametrize("nprobe", [1, 2, 8, 40])
-def test_few_queries_get_the_flat_search_lists_and_scores(nprobe):
-    c = unit_vectors(FP16_MIN_LISTS, 48, 3)
+@pytest.mark.parametrize("d", [48, 36])   # 36: the copy zero-padded to whole SIMD blocks of 16
+def test_few_queries_get_the_flat_search_lists_and_scores(nprobe, d):
+    c = unit_vectors(FP16_MIN_LISTS, d, 3)
     flat = _flat(c)
     search = CoarseSearch(flat)
-    assert search.half is not None
-    q = unit_vectors(64, 48, 4)
+    assert search.half is not None and search.width == 48
+    q = unit_vectors(64, d, 4)
     want = _one_by_one(flat, q, nprobe)
     for n in (1, 5, FP16_MAX_QUERIES):
         got = [search.search(q[i:i + n], nprobe) for i in range(0, len(q), n)]
@@ -96,13 +97,14 @@ def test_batches_and_small_quantizers_stay_flat():
     assert CoarseSearch(l2).half is None                     # the proof is for inner products
 
 
-def test_faiss_index_form_refines_to_the_flat_lists():
-    c = unit_vectors(FP16_MIN_LISTS, 32, 10)
+@pytest.mark.parametrize("d", [32, 20])
+def test_faiss_index_form_refines_to_the_flat_lists(d):
+    c = unit_vectors(FP16_MIN_LISTS, d, 10)
     flat = _flat(c)
     search = CoarseSearch(flat)
     refine = search.index(2)
     assert isinstance(refine, faiss.IndexRefine) and refine.k_factor * 2 == 2 + EXTRA
-    q = unit_vectors(30, 32, 11)
+    q = unit_vectors(30, d, 11)
     want = _one_by_one(flat, q, 2)
     got = [refine.search(q[i:i + 1], 2) for i in range(len(q))]
     assert np.array_equal(np.concatenate([i for _, i in got]), want[1])
