@@ -20,7 +20,8 @@ import numpy as np
 FP16_MIN_LISTS = 2_048   # one query, 528-d: 1,024 lists 36 vs 37 µs (flat vs fp16), 2,048: 75 vs 65,
                          # 4,096: 146 vs 121, 8,192: 336 vs 231 (scripts/query_parts.py measures it)
 FP16_MAX_QUERIES = 16    # faiss's flat search of 20 queries or more is a BLAS product
-EXTRA = 16               # candidates scored again beyond nprobe (3M, nprobe 2, 8 more: 1,000 of 1,000 proved)
+EXTRA = 16               # candidates scored again beyond nprobe (1M and 3M folders, nprobe 1 / 2 / 8, CLIP,
+                         # BSAP and NNN queries: 9,000 of 9,000 proved with 8 or 16)
 BLOCK = 16               # faiss scans fp16 codes in SIMD blocks of 16 floats; other widths fall back to a
                          # scalar loop (4,096 lists, one query: 516-d 2.6 ms, 520-d 0.25, 528-d 0.17): the
                          # copy is zero-padded to a whole number of blocks (IVF-PQ's 516-d layout)
