@@ -55,7 +55,8 @@ class CoarseSearch:
         self.flat = faiss.downcast_index(quantizer)
         self.half = None
         nlist = self.flat.ntotal
-        if isinstance(self.flat, faiss.IndexFlatIP) and nlist >= FP16_MIN_LISTS:
+        inner = isinstance(self.flat, faiss.IndexFlat) and self.flat.metric_type == faiss.METRIC_INNER_PRODUCT
+        if inner and nlist >= FP16_MIN_LISTS:
             d = self.flat.d
             self.width = -(-d // BLOCK) * BLOCK
             self._cent = faiss.rev_swig_ptr(self.flat.get_xb(), nlist * d).reshape(nlist, d)

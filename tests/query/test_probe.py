@@ -95,6 +95,11 @@ def test_batches_and_small_quantizers_stay_flat():
     l2 = faiss.IndexFlatL2(32)
     l2.add(c)
     assert CoarseSearch(l2).half is None                     # the proof is for inner products
+    generic = faiss.IndexFlat(32, faiss.METRIC_INNER_PRODUCT)   # a plain IndexFlat by inner product
+    generic.add(c)
+    found = CoarseSearch(generic)
+    assert found.half is not None
+    assert np.array_equal(found.search(q[:1], 4)[1], generic.search(q[:1], 4)[1])
 
 
 @pytest.mark.parametrize("d", [32, 20])
