@@ -50,6 +50,21 @@ def flickr_index(tmp_path_factory, tiny_clip):
     return out
 
 
+def ivf_shards(trained, x, bounds, nprobe=None) -> list:
+    """Shards sharing ``trained``'s quantizer: a copy of it per (lo, hi) in ``bounds`` holding rows
+    x[lo:hi], searched at ``nprobe`` (None: the copy's own)."""
+    import faiss
+
+    shards = []
+    for lo, hi in bounds:
+        ix = faiss.clone_index(trained)
+        ix.add(x[lo:hi])
+        if nprobe is not None:
+            ix.nprobe = nprobe
+        shards.append(ix)
+    return shards
+
+
 def unit_vectors(n: int, d: int, seed: int):
     """n seeded random unit vectors of dim d (float32)."""
     import numpy as np

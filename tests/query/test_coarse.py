@@ -15,7 +15,7 @@ from retrieval.query.joined import JOINED_MAX_QUERIES, joined_pays
 from retrieval.query.flat_group import MAX_ROWS, SMALL_ROWS, FlatGroup, small_flat
 from retrieval.query.shards import ShardSet
 
-from ..conftest import unit_vectors
+from ..conftest import ivf_shards, unit_vectors
 
 MODEL = {"arch": "synthetic", "pretrained": None, "embed_dim": 32, "logit_scale": 100.0}
 N, SHARD = 4000, 1000
@@ -43,12 +43,7 @@ def test_groups_are_the_indexes_with_equal_centroids():
 def test_group_search_equals_each_shard_alone():
     x = unit_vectors(3000, 32, 2)
     trained = _ivf(x)
-    shards = []
-    for lo, hi in ((0, 1000), (1000, 1700), (1700, 3000)):
-        ix = faiss.clone_index(trained)
-        ix.add(x[lo:hi])
-        ix.nprobe = 3
-        shards.append(ix)
+    shards = ivf_shards(trained, x, ((0, 1000), (1000, 1700), (1700, 3000)), 3)
     shards[1].nprobe = 5                               # a shard's own nprobe is kept
     starts = np.array([0, 1000, 1700])
     group = quantizer_groups(shards, starts + 50)[0]   # global ids: each shard's start added
@@ -172,12 +167,7 @@ def test_joined_search_is_for_a_few_queries_probing_little(monkeypatch):
 
     x = unit_vectors(3000, 32, 70)
     trained = _ivf(x)
-    shards = []
-    for lo, hi in ((0, 1500), (1500, 3000)):
-        ix = faiss.clone_index(trained)
-        ix.add(x[lo:hi])
-        ix.nprobe = 4
-        shards.append(ix)
+    shards = ivf_shards(trained, x, ((0, 1500), (1500, 3000)), 4)
     group = quantizer_groups(shards, [0, 1500])[0]
     assert joined_pays(group, 1) and joined_pays(group, JOINED_MAX_QUERIES)
     assert not joined_pays(group, JOINED_MAX_QUERIES + 1)            # a batch: each shard's own search
@@ -188,11 +178,7 @@ def test_joined_search_is_for_a_few_queries_probing_little(monkeypatch):
     assert not joined_pays(group, 1)
     pq = faiss.index_factory(32, "IVF16,PQ8", faiss.METRIC_INNER_PRODUCT)   # compact codes: 8 bytes a row
     pq.train(x)
-    parts = []
-    for lo, hi in ((0, 1500), (1500, 3000)):
-        ix = faiss.clone_index(pq)
-        ix.add(x[lo:hi])
-        parts.append(ix)
+    parts = ivf_shards(pq, x, ((0, 1500), (1500, 3000)))
     compact = quantizer_groups(parts, [0, 1500])[0]
     assert joined_pays(compact, JOINED_MAX_QUERIES + 1) and joined_pays(compact, 10_000)   # a batch: one scan
     for ix in parts:
@@ -210,12 +196,7 @@ def test_small_shards_folded_in_memory_answer_as_the_group():
     x = unit_vectors(3000, 32, 60)
     trained = _ivf(x)
     trained.by_residual = False
-    shards = []
-    for lo, hi in ((0, 1000), (1000, 1700), (1700, 3000)):
-        ix = faiss.clone_index(trained)
-        ix.add(x[lo:hi])
-        ix.nprobe = 16                                     # every list: both sides exact, comparable
-        shards.append(ix)
+    shards = ivf_shards(trained, x, ((0, 1000), (1000, 1700), (1700, 3000)), 16)   # every list: both sides exact
     group = quantizer_groups(shards, [0, 1000, 1700])[0]
     found = delta_joined(group, None, None, {})
     assert found is not None and found[-1].ntotal == 3000   # all three are small: one in-memory index

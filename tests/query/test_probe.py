@@ -8,7 +8,7 @@ from retrieval.query import probe
 from retrieval.query.coarse import quantizer_groups
 from retrieval.query.probe import EXTRA, FP16_MAX_QUERIES, FP16_MIN_LISTS, CoarseSearch, error_bound, fp16_pays
 
-from ..conftest import unit_vectors
+from ..conftest import ivf_shards, unit_vectors
 
 
 def _flat(centroids: np.ndarray):
@@ -123,12 +123,7 @@ def test_a_group_over_many_lists_answers_as_with_the_flat_quantizer(monkeypatch)
     trained = faiss.IndexIVFScalarQuantizer(quantizer, 32, 256, faiss.ScalarQuantizer.QT_fp16,
                                             faiss.METRIC_INNER_PRODUCT, False)
     trained.is_trained = True
-    shards = []
-    for lo, hi in ((0, 2000), (2000, 3500), (3500, 6000)):
-        ix = faiss.clone_index(trained)
-        ix.add(x[lo:hi])
-        ix.nprobe = 6
-        shards.append(ix)
+    shards = ivf_shards(trained, x, ((0, 2000), (2000, 3500), (3500, 6000)), 6)
     starts = [0, 2000, 3500]
     group = quantizer_groups(shards, starts)[0]
     assert group.coarse.half is not None and isinstance(group.joined().quantizer, faiss.IndexRefine)
