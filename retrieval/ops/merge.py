@@ -81,7 +81,7 @@ def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[di
     from faiss.contrib.ondisk import merge_ondisk
 
     rel_index, rel_data = merged_files(modality, generation)
-    temps, ref, coarse = [], None, CoarseCache(folder)
+    temps, ref, coarse, done = [], None, CoarseCache(folder), False
     try:
         for s in shards:
             index = read_index(folder, s["files"][INDEX_FILE[modality]], s["index"][modality], cache=coarse)
@@ -99,8 +99,9 @@ def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[di
         with quiet_stdout():
             merge_ondisk(trained, [str(t) for t in temps], str(folder / rel_data))
         faiss.write_index(trained, str(folder / rel_index))  # a new generation's name: unseen until published
+        done = True
     finally:
-        for t in temps:
+        for t in temps + ([] if done else [folder / rel_data, folder / rel_index]):   # a failed merge leaves nothing
             t.unlink(missing_ok=True)
     info = shards[0]["index"][modality]
     entry = {"index": rel_index, "ivfdata": rel_data, "key": info["key"], "params": info.get("params", ""),
@@ -122,12 +123,18 @@ def merge(folder: str | os.PathLike, modalities: Optional[list[str]] = None) -> 
         if not m.get("complete"):
             raise IndexFolderError(f"{folder} is incomplete; finish its build before merging")
         generation = next_generation(m)
-        for mod in modalities or MODALITIES:
-            shards, why = eligible(m, mod)
-            if why:
-                report.skipped[mod] = why
-                continue
-            report.merged[mod] = _merge_modality(folder, m, mod, shards, generation)
+        try:
+            for mod in modalities or MODALITIES:
+                shards, why = eligible(m, mod)
+                if why:
+                    report.skipped[mod] = why
+                    continue
+                report.merged[mod] = _merge_modality(folder, m, mod, shards, generation)
+        except BaseException:   # nothing published: the modalities merged before the failure leave nothing either
+            for mod in report.merged:
+                for rel in m["merged"][mod]["files"]:
+                    (folder / rel).unlink(missing_ok=True)
+            raise
         if report.merged:
             m["generation"] = generation
             publish(folder, m)

@@ -26,13 +26,13 @@ import numpy as np
 
 from ..store.coarse import centroids, flat_ivf
 from .faiss_search import complete_short, params_for, preassigned
-from .probe import CoarseSearch
+from .probe import CoarseSearch, fp16_pays
 from .selection import selector
 from .stacked import compact_codes, stack
 from .topk import merge_topk
 
 
-def _plain_ivf(index):
+def plain_ivf(index):
     """The IndexIVF ``index`` is, when its coarse quantizer is a flat index; else None."""
     import faiss
 
@@ -45,7 +45,7 @@ class CoarseGroup:
     def __init__(self, positions: list[int], indexes: list, starts: Sequence[int]):
         """``starts``: each shard's global id of its first row."""
         self.positions, self.indexes, self.starts = positions, indexes, np.asarray(starts, np.int64)
-        self.ivfs = [_plain_ivf(ix) for ix in indexes]
+        self.ivfs = [plain_ivf(ix) for ix in indexes]
         self.rows = sum(x.ntotal for x in self.ivfs)
         self._joined = self._coarse = None
         self._lock = threading.Lock()
@@ -57,6 +57,12 @@ class CoarseGroup:
             if self._coarse is None:
                 self._coarse = CoarseSearch(self.ivfs[0].quantizer)
             return self._coarse
+
+    def reads_half(self, n_queries: int) -> bool:
+        """Whether the coarse search of ``n_queries`` queries at the shards' nprobe reads the fp16
+        copy of the centroids first (``probe.fp16_pays``, for an inner-product flat quantizer)."""
+        ivf = self.ivfs[0]
+        return fp16_pays(ivf.nlist, n_queries, ivf.nprobe) and self.coarse.half is not None
 
     def joined(self):
         """The group as one index (``query.stacked``: one scan of the stacked lists; faiss's
@@ -184,6 +190,12 @@ def one_index(ivfs: Sequence, ids: Sequence, nprobe: Optional[int] = None, coars
     return ShardsIVF(ivfs, ids, nprobe, coarse) if probes == {nprobe} else None   # faiss's rule
 
 
+def single_group(index, start: int = 0) -> Optional[CoarseGroup]:
+    """A group of the one IVF index ``index`` (first global id ``start``; no shard position: a merged
+    index's), or None when it is not a plain IVF with a flat coarse quantizer."""
+    return CoarseGroup([], [index], [start]) if plain_ivf(index) is not None else None
+
+
 def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:
     """The groups of ``indexes`` (None: no faiss index; ``starts``: their global first ids) that share
     a coarse quantizer (one alone is a group of one): plain IVF indexes of one dimension, metric and
@@ -193,7 +205,7 @@ def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int])
     groups: dict[tuple, list[int]] = {}
     digests: dict[int, bytes] = {}   # shards sharing one quantizer object (store.coarse) hash it once
     for i, index in enumerate(indexes):
-        ivf = None if index is None else _plain_ivf(index)
+        ivf = None if index is None else plain_ivf(index)
         if ivf is None:
             continue
         q = faiss.downcast_index(ivf.quantizer)

@@ -53,6 +53,15 @@ def _with_bits(mask: Optional[np.ndarray]) -> tuple:
     return mask, None if mask is None else np.packbits(mask, bitorder="little")
 
 
+def _search_ivf(group, index, q: np.ndarray, k: int, mask, bits, allowed: int, need: Optional[int]):
+    """``faiss_search.search_shard`` of one index, through ``group`` (the index as a coarse group of
+    one, or None) where a few queries' coarse search reads the fp16 copy of the centroids: the same
+    lists, scores and retries (``query.probe``, ``CoarseGroup.search``)."""
+    if group is not None and group.reads_half(len(q)):
+        return group.search(q, k, [mask], [bits], [allowed], need)[0]
+    return search_shard(index, q, k, mask, bits, allowed, need)
+
+
 def _empty(n: int):
     return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
 
@@ -101,7 +110,7 @@ class ModalitySearch:
         merged = self.shards.merged(self.modality) if self.backend_name.startswith("faiss") else None
         todo = np.arange(len(self.shards.shards))
         if merged is not None:  # one on-disk index in place of the shards it covers (global ids)
-            todo = np.setdiff1d(todo, merged.positions)
+            todo = merged.others
         todo, parts, starts = self.joined.parts(todo, q, pool, offset, selection, self._query, self._unshift, need)
         parts += list(self.pool.map(run, todo)) if len(todo) > 1 and len(q) <= THREADED_MAX_QUERIES else [run(i) for i in todo]
         starts = np.concatenate([starts, self.shards.starts[todo]])
@@ -132,9 +141,11 @@ class ModalitySearch:
         if index is None:  # a Flat shard: BLAS over its npy, the offsets subtracted
             return self._scan(i, q, k, offset, mask)
         qa = self._query(q, index.d, offset)
+        bits = None if mask is None else selection.bits(i)
         if mask is None and self.backend_name == "faiss-gpu" and k <= 2048:
-            index = self._gpu_copy(i, index)
-        s, local = search_shard(index, qa, k, mask, None if mask is None else selection.bits(i), allowed, need)
+            s, local = search_shard(self._gpu_copy(i, index), qa, k, mask, bits, allowed, need)
+        else:
+            s, local = _search_ivf(self.shards.alone(i, self.modality), index, qa, k, mask, bits, allowed, need)
         return self._unshift(s, offset), local
 
     def _query(self, q: np.ndarray, dim: int, offset: Optional[Offset]) -> np.ndarray:
@@ -161,7 +172,8 @@ class ModalitySearch:
         if selection is not None:
             mask, bits = selection.memo(("merged", self.modality), lambda: _with_bits(
                 merged.mask(self.shards.starts, self.shards.rows, selection.masks)))
-        s, ids = search_shard(merged.index, self._query(q, merged.index.d, offset), k, mask, bits, allowed, need)
+        s, ids = _search_ivf(merged.group, merged.index, self._query(q, merged.index.d, offset), k, mask, bits,
+                             allowed, need)
         return self._unshift(s, offset), ids
 
     def _scan(self, i: int, q: np.ndarray, k: int, offset: Optional[Offset], mask: Optional[np.ndarray]):

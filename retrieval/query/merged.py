@@ -1,7 +1,9 @@
 """A merged on-disk index (``ops.merge``) as the query side sees it: opened memory-mapped (its
 ``.ivfdata`` lists in the page cache, not the process), searched in place of the shards it covers,
 with ids that are already global. A merged index whose covered shard files changed is stale and
-ignored (the shards are searched), with one warning."""
+ignored (the shards are searched), with one warning. A plain IVF one is also a coarse group of one
+(``query.coarse.single_group``): a few queries' coarse search reads the fp16 copy of its centroids
+(``query.probe``), as the shards' joined search does."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +15,7 @@ import numpy as np
 from ..errors import IndexFolderError
 from ..store.files import quiet_stdout
 from ..store.layout import INDEX_FILE
+from .coarse import CoarseGroup, single_group
 from .reading import reading
 
 log = logging.getLogger("retrieval.query")
@@ -23,6 +26,8 @@ class Merged:
     index: object              # the faiss index (OnDiskInvertedLists)
     positions: np.ndarray      # the shard positions it covers
     id_space: int              # one past its largest global id
+    others: Optional[np.ndarray] = None   # the positions it does not cover (searched beside it)
+    group: Optional[CoarseGroup] = None   # the index as a coarse group of one (None: not a plain IVF)
 
     def mask(self, starts: np.ndarray, rows: np.ndarray, masks: list) -> Optional[np.ndarray]:
         """One mask over global ids [0, id_space) from the covered shards' masks (None: all rows)."""
@@ -61,4 +66,5 @@ def open_merged(shards, modality: str) -> Optional[Merged]:
     if index.ntotal != int(shards.rows[positions].sum()):
         raise IndexFolderError(f"{path} holds {index.ntotal} vectors, its shards {int(shards.rows[positions].sum())}; "
                                f"rerun `retrieval merge`")
-    return Merged(index, positions, int((shards.starts[positions] + shards.rows[positions]).max()))
+    return Merged(index, positions, int((shards.starts[positions] + shards.rows[positions]).max()),
+                  np.setdiff1d(np.arange(len(shards.shards)), positions), single_group(index))

@@ -144,3 +144,90 @@ def test_merge_refuses_what_it_cannot_merge(tmp_path):
     r = CliRunner().invoke(main, ["merge", str(out)])
     assert r.exit_code == 1
     assert "nothing merged" in r.output and "Flat" in r.output and "Traceback" not in r.output
+
+
+def _half_searches(monkeypatch):
+    """Make 16 lists count as many (``query.probe``'s thresholds) and count the coarse searches that
+    read the fp16 copy of the centroids."""
+    from retrieval.query import probe
+
+    monkeypatch.setattr(probe, "FP16_MIN_LISTS", 8)
+    monkeypatch.setattr(probe, "EXTRA", 2)
+    calls = []
+    search = probe.CoarseSearch.search
+
+    def counted(self, q, nprobe):
+        calls.append(self.half is not None and probe.fp16_pays(self.flat.ntotal, len(q), nprobe))
+        return search(self, q, nprobe)
+
+    monkeypatch.setattr(probe.CoarseSearch, "search", counted)
+    return calls
+
+
+def _wide_searches(idx, q):
+    """``_searches`` and filters wide enough to be searched through the index (not scanned exactly)."""
+    return _searches(idx, q) + [idx.search(q, 15, where="part < 4"), idx.search(q, 15, rerank="bsap", where="part != 2")]
+
+
+def test_merged_index_reads_the_fp16_centroids_and_answers_as_the_flat_search(built, tmp_path, monkeypatch):
+    folder = tmp_path / "idx"
+    shutil.copytree(built, folder)
+    x, _, _ = _data()
+    q = x[7::401] + 0.05
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    params = "nprobe=4"                  # + EXTRA < 16 lists: the fp16 copy pays
+    assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0
+    idx = open_index(folder, search_params=params)             # 16 lists: the flat coarse search
+    want = [_wide_searches(idx, q[i:i + 1]) for i in range(len(q))]
+    assert idx.shard_set.merged("image") is not None
+    calls = _half_searches(monkeypatch)
+    idx = open_index(folder, search_params=params)
+    assert idx.shard_set.merged("image").group is not None
+    for i in range(len(q)):
+        _same(want[i], _wide_searches(idx, q[i:i + 1]))
+    assert sum(calls) >= 6 * len(q)      # every single query's unfiltered and widely filtered searches
+    calls.clear()
+    idx.search(q, 15)                    # a batch of 10 (up to FP16_MAX_QUERIES) reads it too
+    assert calls and all(calls)
+
+
+def test_one_shard_over_many_lists_reads_the_fp16_centroids(tmp_path, monkeypatch):
+    x, t, _ = _data()
+    out = tmp_path / "one"
+    rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
+    build_from_embeddings(out, x, t, MODEL, rows, shard_size=N, index_key=f"IVF{NLIST},Flat")
+    q = x[3::397] + 0.05
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    want = [_wide_searches(open_index(out, search_params="nprobe=4"), q[i:i + 1]) for i in range(len(q))]   # flat
+    calls = _half_searches(monkeypatch)
+    idx = open_index(out, search_params="nprobe=4")
+    for i in range(len(q)):
+        _same(want[i], _wide_searches(idx, q[i:i + 1]))
+    assert sum(calls) >= 6 * len(q)
+
+
+def test_a_failed_merge_leaves_the_folder_as_it_was(built, tmp_path, monkeypatch):
+    import faiss.contrib.ondisk as ondisk
+
+    folder = tmp_path / "idx"
+    shutil.copytree(built, folder)
+    before = load_manifest(folder)
+    merge_ondisk, calls = ondisk.merge_ondisk, []
+
+    def second_fails(trained, files, out):   # image merges; text runs out of disk half-way
+        calls.append(out)
+        if len(calls) == 2:
+            with open(out, "wb") as f:
+                f.write(b"\0" * 4096)
+            raise OSError(28, "No space left on device")
+        return merge_ondisk(trained, files, out)
+
+    monkeypatch.setattr(ondisk, "merge_ondisk", second_fails)
+    r = CliRunner().invoke(main, ["merge", str(folder)])
+    assert r.exit_code == 1 and "no space left on device" in r.output and "Traceback" not in r.output
+    assert len(calls) == 2
+    assert load_manifest(folder) == before
+    assert not [p.name for p in (folder / "faiss").iterdir() if p.name.startswith(("merged_", ".merge_"))]
+    monkeypatch.setattr(ondisk, "merge_ondisk", merge_ondisk)
+    assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0   # and a rerun merges
+    assert open_index(folder).shard_set.merged("text") is not None
