@@ -157,7 +157,10 @@ def info(index, as_json):
                    "embeddings; ~2x faster at 200k items on CPUs with AMX or AVX512-BF16), fp32, or auto "
                    "(bf16 where the CPU has it; env RETRIEVAL_OFFSETS_PRECISION overrides auto).")
 def bias(index, bank, texts, bank_size, nnn_k, ref_size, calibrate_pairs, offsets_precision):
-    """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding)."""
+    """Recompute INDEX's bias/ offsets for exact BSAP/NNN search (no re-embedding).
+
+    A merged index (`retrieval merge`) is merged again over the rewritten shards in the same publish.
+    """
     from ..ops import compute_biases
     from ..store.manifest import recorded_model
 
@@ -171,7 +174,8 @@ def bias(index, bank, texts, bank_size, nnn_k, ref_size, calibrate_pairs, offset
     lam = (f", BSAP-H lambda from {sec['calibration']['pairs']} pairs: image {lam['image']}, text {lam['text']}"
            if lam else "")
     click.echo(f"bias/ recomputed in {sec['seconds']:.1f} s: bank={sec['bank']} ({sec['bank_rows']['image']} prompts), "
-               f"nnn_k={sec['nnn_k']}, tau={sec['tau']:.2f}, {sec['precision']} math{lam}")
+               f"nnn_k={sec['nnn_k']}, tau={sec['tau']:.2f}, {sec['precision']} math{lam}"
+               + (f"; merged again: {sec['merged_again']}" if sec.get("merged_again") else ""))
 
 
 @click.command()
@@ -209,7 +213,10 @@ def verify(index, as_json):
 @click.option("--min-rows", type=POSITIVE, default=None,
               help="Merge shards with fewer live rows than this (default: a quarter of the shard size).")
 def compact(index, threshold, min_rows):
-    """Reclaim deleted rows of INDEX and merge small shards (no re-embedding; rewritten items get new ids)."""
+    """Reclaim deleted rows of INDEX and merge small shards (no re-embedding; rewritten items get new ids).
+
+    A merged index (`retrieval merge`) is merged again over the new shards in the same publish.
+    """
     from ..ops import compact as run
 
     click.echo(run(index, threshold, min_rows).line())

@@ -69,7 +69,8 @@ def merge(index, modalities):
 
     For indexes larger than RAM on one node: the lists go to one .ivfdata file (the page cache holds
     them, not the process); results are the shards' results. Shards must share the build's trained
-    quantizer. Rerun after a compact or `retrieval bias` (until then the shards are searched).
+    quantizer. `compact` and `retrieval bias` merge it again themselves; shards added later are
+    searched beside it.
     """
     from ..errors import IndexFolderError
     from ..ops.merge import merge as run

@@ -34,6 +34,7 @@ from ..methods.offsets import item_offsets, recorded_math, resolve_precision
 from ..methods.rerank import DEFAULT_NNN_K, LAM_BY_TARGET
 from ..store.files import save_npy
 from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam, nonmatching_floors
+from .merge import merge_again
 from ..store.combined import quantize_offsets
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
@@ -213,6 +214,9 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
                  "seed": seed, "shift": shifts, "precision": precision, "dir": where, "files": out.files,
                  "seconds": round(time.perf_counter() - t0, 3), "index_seconds": round(t_index, 3)}
+    again = merge_again(folder, m)   # the rewritten shards' merged index, merged again (ops.merge)
+    if again.merged or again.skipped:
+        m["bias"]["merged_again"] = again.line()
 
 
 def _banks(folder: Path, m: dict, shards: list[dict], clip, bank: str, bank_texts, bank_size: int, ref_size: int,

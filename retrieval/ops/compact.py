@@ -33,6 +33,7 @@ from ..store.vectors import read_all
 from ..store.alignment import bad_keys
 from ..store.writer import next_ids, read_errors, update_counts, write_errors
 from .bias import METHODS, save_shard_offsets
+from .merge import merge_again
 
 
 @dataclass
@@ -43,11 +44,13 @@ class CompactReport:
     rows_reclaimed: int
     ids_changed: int
     seconds: float
+    merged: str = ""   # a merged index merged again over the rewritten shards (``ops.merge.merge_again``)
 
     def line(self) -> str:
         return (f"rewrote {self.rewritten_shards} shard(s): {self.rows_reclaimed} deleted rows reclaimed, "
                 f"{self.ids_changed} items got new ids (keys unchanged); {self.shards_before} -> "
-                f"{self.shards_after} shards in {self.seconds:.1f} s")
+                f"{self.shards_after} shards in {self.seconds:.1f} s"
+                + (f"; merged again: {self.merged}" if self.merged else ""))
 
 
 def _live_rows(folder: Path, manifest: dict, shard: dict) -> np.ndarray:
@@ -157,7 +160,8 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
             bias["files"] = {rel: rec for rel, rec in bias["files"].items() if rel not in gone}
         write_errors(folder, errors)
         update_counts(m, errors)
+        again = merge_again(folder, m)   # a merged folder stays merged (ops.merge), in the same publish
         publish(folder, m)
         after = sum(1 for s in m["shards"] if s["rows"])
         return CompactReport(before, after, len(chosen), sum(s["rows"] for s in chosen) - n, n,
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, again.line() if again.merged or again.skipped else "")

@@ -7,9 +7,13 @@ into one ``.ivfdata`` file next to the merged index. ``open_index`` memory-maps 
 cache holds the lists, not the process) and searches the merged index in place of those shards with
 the same selection, offsets and results. The shards' own files stay (exact scans, vectors, appends).
 
-The merged index covers the shard files it was made from; a later change to them (compact, a bias
-recompute) makes it stale: searches go back to the shards (with a warning) until ``merge`` is rerun.
-Shards appended after a merge are searched beside it. One manifest write publishes the merge.
+The merged index covers the shard files it was made from. The operations that rewrite them
+(``compact``, a bias recompute) merge it again into the manifest they publish (``merge_again``), so a
+merged folder stays merged and kill -9 leaves the old pair or the new one; a merge made stale any
+other way is ignored by searches (with a warning) until ``merge`` is rerun. Shards appended after a
+merge are searched beside it. One manifest write publishes the merge; a failed merge removes the
+files it wrote. A merge needs twice its size free on disk while it runs (the shards' lists are copied
+with global ids, then merged).
 """
 from __future__ import annotations
 
@@ -111,6 +115,49 @@ def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[di
     return len(shards), entry["ntotal"], sum(r["bytes"] for r in entry["files"].values())
 
 
+def _merge_into(folder: Path, m: dict, modalities, generation: int, report: MergeReport) -> None:
+    """Merge each of ``modalities`` that can be into manifest ``m`` (not published), recording what
+    happened in ``report``; on any failure the files written so far are removed and it is raised."""
+    try:
+        for mod in modalities:
+            shards, why = eligible(m, mod)
+            if why:
+                report.skipped[mod] = why
+                continue
+            report.merged[mod] = _merge_modality(folder, m, mod, shards, generation)
+    except BaseException:   # nothing published: the modalities merged before the failure leave nothing either
+        for mod in report.merged:
+            for rel in m["merged"][mod]["files"]:
+                (folder / rel).unlink(missing_ok=True)
+        raise
+
+
+def stale(m: dict, modality: str) -> bool:
+    """Whether ``modality``'s merged index in manifest ``m`` covers a shard that is gone or whose index
+    file changed (a compact or a bias rewrote it); shards added since are searched beside it."""
+    entry = (m.get("merged") or {}).get(modality)
+    if entry is None:
+        return False
+    files = {str(s["id"]): s["files"].get(INDEX_FILE[modality]) for s in m["shards"]}
+    return any(files.get(k) != rel for k, rel in entry["shards"].items())
+
+
+def merge_again(folder: Path, m: dict) -> MergeReport:
+    """Merge again, into manifest ``m`` before its publish, every modality whose merged index a rewrite
+    of its shards made stale (``compact``, ``retrieval bias``): a merged folder stays merged, in the same
+    manifest write. A modality that can no longer be merged (e.g. one shard left) loses its stale
+    entry, which no search would use (its files are retired), and is named in the report's ``skipped``."""
+    report = MergeReport()
+    t0 = time.perf_counter()
+    _merge_into(folder, m, [mod for mod in MODALITIES if stale(m, mod)], next_generation(m), report)
+    for mod in report.skipped:
+        m["merged"].pop(mod)
+    if not m.get("merged", True):
+        m.pop("merged")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
 def merge(folder: str | os.PathLike, modalities: Optional[list[str]] = None) -> MergeReport:
     """Merge each modality's IVF shards of ``folder`` into one on-disk index (see the module doc)."""
     folder, t0 = Path(folder), time.perf_counter()
@@ -123,18 +170,7 @@ def merge(folder: str | os.PathLike, modalities: Optional[list[str]] = None) -> 
         if not m.get("complete"):
             raise IndexFolderError(f"{folder} is incomplete; finish its build before merging")
         generation = next_generation(m)
-        try:
-            for mod in modalities or MODALITIES:
-                shards, why = eligible(m, mod)
-                if why:
-                    report.skipped[mod] = why
-                    continue
-                report.merged[mod] = _merge_modality(folder, m, mod, shards, generation)
-        except BaseException:   # nothing published: the modalities merged before the failure leave nothing either
-            for mod in report.merged:
-                for rel in m["merged"][mod]["files"]:
-                    (folder / rel).unlink(missing_ok=True)
-            raise
+        _merge_into(folder, m, modalities or MODALITIES, generation, report)
         if report.merged:
             m["generation"] = generation
             publish(folder, m)

@@ -15,7 +15,7 @@ from retrieval.cli import main
 from retrieval.ops.add import add_embeddings
 from retrieval.ops.compact import compact
 from retrieval.store.coarse import read_index
-from retrieval.store.manifest import load_manifest
+from retrieval.store.manifest import load_manifest, save_manifest
 from retrieval.store.quantizer import shard_sample
 
 MODEL = {"arch": "synthetic", "pretrained": None, "embed_dim": 32, "logit_scale": 100.0}
@@ -126,10 +126,24 @@ def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
     _, ids = idx.search(q[:1], 400)
     assert (ids >= N).sum() == 300 and idx.shard_set.merged("image") is not None
 
-    # a compact rewrites covered shards: the merged index is stale, the shards answer (one warning)
+    # a compact rewrites covered shards: the merged index is merged again in the same publish
     idx.delete([f"k{i}" for i in range(300)])
-    compact(folder, threshold=0.2)
     caplog.set_level(logging.WARNING, logger="retrieval.query")
+    report = compact(folder, threshold=0.2)
+    assert "merged again: image: " in report.line()
+    idx = open_index(folder, search_params=f"nprobe={NLIST}")
+    assert idx.shard_set.merged("image") is not None and not any("stale" in r.getMessage() for r in caplog.records)
+    merged = _searches(idx, q)
+    shutil.copytree(folder, tmp_path / "unmerged")
+    m = load_manifest(tmp_path / "unmerged")
+    m.pop("merged")
+    save_manifest(tmp_path / "unmerged", m)
+    _same(_searches(open_index(tmp_path / "unmerged", search_params=f"nprobe={NLIST}"), q), merged)
+
+    # a merge made stale by hand (a covered shard's file renamed in the manifest) is ignored, with a warning
+    m = load_manifest(folder)
+    m["merged"]["image"]["shards"] = {k: "faiss/elsewhere.index" for k in m["merged"]["image"]["shards"]}
+    save_manifest(folder, m)
     idx = open_index(folder)
     _, ids = idx.search(q[:1], 15)
     assert idx.shard_set.merged("image") is None
@@ -231,3 +245,50 @@ def test_a_failed_merge_leaves_the_folder_as_it_was(built, tmp_path, monkeypatch
     monkeypatch.setattr(ondisk, "merge_ondisk", merge_ondisk)
     assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0   # and a rerun merges
     assert open_index(folder).shard_set.merged("text") is not None
+
+
+def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypatch):
+    import faiss.contrib.ondisk as ondisk
+
+    from retrieval.ops.bias import compute_biases
+
+    folder = tmp_path / "idx"
+    shutil.copytree(built, folder)
+    x, _, _ = _data()
+    q = x[11::307] + 0.05
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0
+    old = load_manifest(folder)["merged"]["image"]["index"]
+
+    compute_biases(folder, bank="corpus", calibrate=0, seed=3)   # every shard's index rewritten
+    m = load_manifest(folder)
+    assert m["merged"]["image"]["index"] != old and set(m["merged"]) == {"image", "text"}
+    assert m["bias"]["merged_again"].startswith("image: 4 shards, 4000 vectors")
+    idx = open_index(folder, search_params=f"nprobe={NLIST}")
+    assert idx.shard_set.merged("image") is not None and idx.shard_set.merged("text") is not None
+    plain = tmp_path / "plain"
+    shutil.copytree(folder, plain)
+    m.pop("merged")
+    save_manifest(plain, m)
+    _same(_searches(open_index(plain, search_params=f"nprobe={NLIST}"), q), _searches(idx, q))
+
+    # a compact whose merge fails publishes nothing: the folder is as it was
+    idx.delete([f"k{i}" for i in range(0, N, 2)])
+    before = load_manifest(folder)
+
+    def full(trained, files, out):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ondisk, "merge_ondisk", full)
+    with pytest.raises(OSError):
+        compact(folder, threshold=0.2)
+    assert load_manifest(folder) == before
+    monkeypatch.undo()
+
+    # compacted down to one shard: nothing left to merge, the stale entry goes
+    open_index(folder).delete([f"k{i}" for i in range(1, N, 2)][:-700])
+    report = compact(folder, threshold=0.2)
+    assert report.shards_after == 1 and "a single shard is already one index" in report.line()
+    assert "merged" not in load_manifest(folder)
+    _, ids = open_index(folder).search(q[:1], 15)
+    assert (ids >= 0).all()
