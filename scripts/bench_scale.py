@@ -9,7 +9,10 @@ Per N and per path, a folder built by ``build_from_embeddings`` in shards of --s
 - ``compressed``: no index key, ``memory_budget`` = --budget-per-vector x N bytes: the rule's key
   for the whole index (``store.keys``: IVF-PQ with the offsets in a sub-vector of their own), its
   candidates re-scored exactly from the memory-mapped fp16 vectors (``query.rescore``);
-- ``fp16``: ``IVF{nlist},Flat`` with nlist from N (``store.keys.ivf_centroids``), stored as SQfp16.
+- ``fp16``: ``IVF{nlist},Flat`` with nlist from N (``store.keys.ivf_centroids``), stored as SQfp16;
+- ``merged``: the fp16 folder (list ``fp16`` first) hard-linked into a folder of its own (a folder's
+  files are only ever replaced, never written in place) and merged there (``retrieval merge``: one
+  on-disk IVF per modality); its "build" is the merge.
 Reported: build seconds, the key, disk (the fp16 vectors, the index files, the rest), open seconds,
 RSS (anonymous and file-backed) after 1,000 queries per method, single-query p50 and p90 per method
 (clip, exact BSAP, exact NNN at alpha 0.75), batch QPS, and recall@10 of each method against numpy
@@ -17,6 +20,7 @@ brute force over the folder's own stored vectors and stored offsets (computed in
 
     .venv/bin/python scripts/bench_scale.py --sizes 1000000 --paths compressed --work /tmp/bscale
     .venv/bin/python scripts/bench_scale.py --sizes 1000000,3000000 --paths fp16 --work /tmp/bscale
+    .venv/bin/python scripts/bench_scale.py --sizes 1000000,3000000 --paths fp16,merged --work /tmp/bscale
     .venv/bin/python scripts/bench_scale.py --sizes 1000000 --paths compressed --work /tmp/bscale \
         --autofaiss-python /tmp/afvenv/bin/python
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,9 +80,29 @@ def make_data(a, n: int) -> None:
 
 # ---- workers (own processes) ---------------------------------------------------------------------
 
+def work_merge(a) -> dict:
+    """The fp16 folder of the same N hard-linked into ``a.folder`` and merged there; its build figures
+    with the merge's seconds, disk and index bytes."""
+    from retrieval.ops.merge import merge
+
+    folder = Path(a.folder)
+    src = folder.with_name(folder.name.replace("merged_", "fp16_"))
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(src, folder, copy_function=os.link)
+    shutil.copy(src.with_suffix(".exact.npz"), folder.with_suffix(".exact.npz"))   # the same vectors and ids
+    report = merge(folder, ["image"])
+    b = json.loads(src.with_suffix(".build.json").read_text())
+    _, _, merged_bytes = report.merged["image"]
+    return {**b, "build_s": report.seconds, "keys": [f"merged {k}" for k in b["keys"]],
+            "disk_bytes": folder_bytes(folder), "index_bytes": merged_bytes, "shards": 1}
+
+
 def work_build(a) -> dict:
     from retrieval import build_from_embeddings
     from retrieval.store.keys import ivf_centroids
+
+    if a.path == "merged":
+        return work_merge(a)
 
     x, t = np.load(Path(a.data) / "x.npy", mmap_mode="r"), np.load(Path(a.data) / "t.npy", mmap_mode="r")
     n = len(x)
@@ -208,7 +233,7 @@ def report_peer(n: int, b: dict, m: dict, ours: Optional[dict]) -> None:
 def report(n: int, path: str, b: dict, m: dict) -> None:
     mb = 1 / 2**20
     print(f"\n{path}, N = {n:,}: key {', '.join(b['keys'])} ({', '.join(p or '-' for p in b['params'])}), "
-          f"{b['shards']} shards; build {b['build_s']:.0f} s; disk {b['disk_bytes'] * mb:,.0f} MB "
+          f"{b['shards']} shards; {'merge' if path == 'merged' else 'build'} {b['build_s']:.0f} s; disk {b['disk_bytes'] * mb:,.0f} MB "
           f"(image: fp16 npy {b['npy_bytes'] * mb:,.0f}, index files {b['index_bytes'] * mb:,.0f}); open {m['open_s']:.2f} s; "
           f"RSS after the queries {m['rss_after_mb'].get('VmRSS', 0):,.0f} MB "
           f"(anonymous {m['rss_after_mb'].get('RssAnon', 0):,.0f}, file {m['rss_after_mb'].get('RssFile', 0):,.0f})")
@@ -254,19 +279,23 @@ def main() -> None:
             if saved.exists():
                 b = json.loads(saved.read_text())
             else:
+                if path == "merged" and not (Path(a.work) / f"fp16_{n}.build.json").exists():
+                    raise SystemExit("--paths merged merges the fp16 folder: list fp16 before merged")
                 b = run("build", a, n, path)
-                run("exact", a, n, path)
+                if path != "merged":   # a merged folder has the fp16 folder's vectors, ids and offsets
+                    run("exact", a, n, path)
                 saved.write_text(json.dumps(b))
             m = run("measure", a, n, path)
             report(n, path, b, m)
             results[(n, path)] = m
         if a.autofaiss_python:
             report_peer(n, *peer(a, n), results.get((n, "compressed")))
-    fp16 = sorted((n, m) for (n, p), m in results.items() if p == "fp16")
-    if len(fp16) >= 2:
-        (n0, m0), (n1, m1) = fp16[0], fp16[-1]
-        print(f"\nfp16 path, p50 at {n1:,} / p50 at {n0:,}: " + ", ".join(
-            f"{meth} {m1[meth]['p50_ms'] / m0[meth]['p50_ms']:.2f}x" for meth, _ in METHODS))
+    for kind in ("fp16", "merged"):
+        sized = sorted((n, m) for (n, p), m in results.items() if p == kind)
+        if len(sized) >= 2:
+            (n0, m0), (n1, m1) = sized[0], sized[-1]
+            print(f"\n{kind} path, p50 at {n1:,} / p50 at {n0:,}: " + ", ".join(
+                f"{meth} {m1[meth]['p50_ms'] / m0[meth]['p50_ms']:.2f}x" for meth, _ in METHODS))
 
 
 if __name__ == "__main__":

@@ -196,6 +196,11 @@ def single_group(index, start: int = 0) -> Optional[CoarseGroup]:
     return CoarseGroup([], [index], [start]) if plain_ivf(index) is not None else None
 
 
+def group_of_one(groups: Sequence[CoarseGroup], position: int) -> Optional[CoarseGroup]:
+    """The group in ``groups`` of the shard at ``position`` when no other shard shares its quantizer."""
+    return next((g for g in groups if g.positions == [position]), None)
+
+
 def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int]) -> list[CoarseGroup]:
     """The groups of ``indexes`` (None: no faiss index; ``starts``: their global first ids) that share
     a coarse quantizer (one alone is a group of one): plain IVF indexes of one dimension, metric and

@@ -23,6 +23,7 @@ from ..methods.rerank import offset_search
 from .backends import TorchBackend
 from .topk import merge_topk
 from .biases import Biases
+from .coarse import group_of_one
 from .faiss_search import THREADED_MAX_QUERIES, exact_in_lists, search_shard
 from .joined import JoinedSearch
 from .rescore import rescore
@@ -140,12 +141,10 @@ class ModalitySearch:
         index = self.shards.index(i, self.modality)
         if index is None:  # a Flat shard: BLAS over its npy, the offsets subtracted
             return self._scan(i, q, k, offset, mask)
-        qa = self._query(q, index.d, offset)
-        bits = None if mask is None else selection.bits(i)
-        if mask is None and self.backend_name == "faiss-gpu" and k <= 2048:
-            s, local = search_shard(self._gpu_copy(i, index), qa, k, mask, bits, allowed, need)
-        else:
-            s, local = _search_ivf(self.shards.alone(i, self.modality), index, qa, k, mask, bits, allowed, need)
+        qa, bits = self._query(q, index.d, offset), None if mask is None else selection.bits(i)
+        gpu = mask is None and self.backend_name == "faiss-gpu" and k <= 2048   # its own copy, no coarse group
+        group = None if gpu else group_of_one(self.shards.coarse_groups(self.modality), i)
+        s, local = _search_ivf(group, self._gpu_copy(i, index) if gpu else index, qa, k, mask, bits, allowed, need)
         return self._unshift(s, offset), local
 
     def _query(self, q: np.ndarray, dim: int, offset: Optional[Offset]) -> np.ndarray:
@@ -164,8 +163,7 @@ class ModalitySearch:
     def _merged(self, merged, q: np.ndarray, k: int, offset: Optional[Offset], selection: Optional[Selection],
                 need: Optional[int] = None):
         """(scores, global ids) of the merged on-disk index over the shards it covers."""
-        rows = self.shards.rows[merged.positions]
-        allowed = int(rows.sum() if selection is None else selection.counts[merged.positions].sum())
+        allowed = int((self.shards.rows if selection is None else selection.counts)[merged.positions].sum())
         if allowed == 0:
             return _empty(len(q))
         mask = bits = None

@@ -172,11 +172,6 @@ class ShardSet:
                 self._groups[modality] = found
         return self._groups[modality]
 
-    def alone(self, i: int, modality: str) -> Optional[CoarseGroup]:
-        """The coarse group of shard ``i``'s ``modality`` index when no other shard shares its
-        quantizer, else None."""
-        return next((g for g in self.coarse_groups(modality) if g.positions == [i]), None)
-
     def flat_group(self, modality: str) -> Optional[FlatGroup]:
         """The small Flat shards of ``modality`` as one in-memory float32 matrix (``query.flat_group``),
         or None when there are none; read on first use."""
