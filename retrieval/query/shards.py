@@ -59,6 +59,16 @@ def read_shard_index(path: str | os.PathLike, info: dict, mmap: Optional[bool], 
     return ix
 
 
+def check_shard_files(folder: Path, s: dict, dim: int) -> None:
+    """Shard ``s``'s files against the manifest (``store.alignment.shard_problems``); one-line error."""
+    problems = shard_problems(folder, s, dim, keys=False)
+    if problems:
+        rel, why = problems[0]
+        if why.startswith(UNREADABLE):
+            raise IndexFolderError(f"{folder / rel} {why}; run `retrieval verify` on the index folder")
+        raise IndexFolderError(f"{folder / rel}: {why}")
+
+
 def check_params(shards: list[dict], params: Optional[str]) -> None:
     """ValueError when ``params`` (e.g. 'nprobe=16') do not apply to some shard's index key (checked
     on an empty index of that key: nothing is loaded)."""
@@ -105,20 +115,12 @@ class ShardSet:
         for s in self.shards:
             if s["id"] in old:
                 continue  # checked when that snapshot opened
-            self._check_files(s)
+            check_shard_files(self.folder, s, self.dim)
         if previous is not None:  # loaded indexes of shards still present
             self._indexes.update({k: v for k, v in previous._indexes.items() if k[1] in old})
 
     def path(self, shard: dict, role: str) -> Path:
         return self.folder / shard["files"][role]
-
-    def _check_files(self, s: dict) -> None:
-        problems = shard_problems(self.folder, s, self.dim, keys=False)
-        if problems:
-            rel, why = problems[0]
-            if why.startswith(UNREADABLE):
-                raise IndexFolderError(f"{self.folder / rel} {why}; run `retrieval verify` on the index folder")
-            raise IndexFolderError(f"{self.folder / rel}: {why}")
 
     def __len__(self) -> int:
         return int(self.rows.sum())
@@ -163,10 +165,12 @@ class ShardSet:
             return self._merged[modality]
 
     def coarse_groups(self, modality: str) -> list[CoarseGroup]:
-        """Shard positions whose ``modality`` indexes share one coarse quantizer (``query.coarse``);
-        loads those indexes on first use."""
+        """Shard positions whose ``modality`` indexes share one coarse quantizer (``query.coarse``), but
+        for those a current merged index answers for (never loaded for it); loads the indexes on first use."""
         if modality not in self._groups:
-            found = quantizer_groups([self.index(i, modality) if modality in s["index"] else None
+            merged = self.merged(modality)
+            covered = set() if merged is None else set(merged.positions.tolist())
+            found = quantizer_groups([self.index(i, modality) if modality in s["index"] and i not in covered else None
                                       for i, s in enumerate(self.shards)], self.starts)
             with self._lock:
                 self._groups[modality] = found

@@ -292,3 +292,27 @@ def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypat
     assert "merged" not in load_manifest(folder)
     _, ids = open_index(folder).search(q[:1], 15)
     assert (ids >= 0).all()
+
+
+def test_a_merged_folder_does_not_load_the_shards_it_covers(built, tmp_path, monkeypatch):
+    from retrieval.query.shards import ShardSet
+
+    folder = tmp_path / "idx"
+    shutil.copytree(built, folder)
+    assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0
+    x, _, _ = _data()
+    add_embeddings(folder, x[:50], x[:50], [{"key": f"new{i}", "image_path": "", "caption": "n", "part": 9}
+                                            for i in range(50)])
+    loaded, index = [], ShardSet.index
+
+    def counted(self, i, modality):
+        loaded.append((i, modality))
+        return index(self, i, modality)
+
+    monkeypatch.setattr(ShardSet, "index", counted)
+    idx = open_index(folder)
+    for kw in (dict(), dict(rerank="bsap"), dict(rerank="nnn")):
+        _, ids = idx.search(x[:3], 10, **kw)
+        assert (ids >= 0).all()
+    covered = set(idx.shard_set.merged("image").positions.tolist())
+    assert covered == {0, 1, 2, 3} and not [p for p in loaded if p[0] in covered]
