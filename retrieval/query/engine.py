@@ -63,6 +63,31 @@ def _search_ivf(group, index, q: np.ndarray, k: int, mask, bits, allowed: int, n
     return search_shard(index, q, k, mask, bits, allowed, need)
 
 
+def _reads(index, rows: int, allowed: int, masked: bool) -> float:
+    """Vectors an index search over ``rows`` rows, ``allowed`` of them selected, reads: an IVF index
+    probes nprobe x (rows / allowed) of its nlist lists (``faiss_search``); all rows when none is
+    masked out (the exact scan reads as many)."""
+    ivf = None if index is None else _ivf(index)
+    if not masked or allowed == 0 or ivf is None:
+        return allowed if masked else rows
+    return rows * min(1.0, ivf.nprobe * rows / allowed / ivf.nlist)
+
+
+def exact_is_cheaper(shards: ShardSet, modality: str, selection: Selection, merged=None) -> bool:
+    """Whether scanning only the allowed rows reads fewer vectors than the index search would; a
+    current merged index (``merged``) stands for the shards it covers, which are not loaded."""
+    covered = set() if merged is None else set(merged.positions.tolist())
+    scanned = 0.0 if merged is None else _reads(merged.index, int(shards.rows[merged.positions].sum()),
+                                                int(selection.counts[merged.positions].sum()),
+                                                any(selection.masks[i] is not None for i in covered))
+    for i, s in enumerate(shards.shards):
+        if i not in covered:
+            masked = selection.masks[i] is not None
+            index = shards.index(i, modality) if masked and selection.counts[i] and shards.has_index(i, modality) else None
+            scanned += _reads(index, s["rows"], int(selection.counts[i]), masked)
+    return selection.total <= scanned
+
+
 def _empty(n: int):
     return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
 
@@ -184,20 +209,9 @@ class ModalitySearch:
         return _numpy_scan(self.shards.vectors(i, self.modality), self._offsets(i, offset), q, k, mask)
 
     def exact_is_cheaper(self, selection: Selection) -> bool:
-        """Whether scanning only the allowed rows reads fewer vectors than the index search would:
-        an IVF shard probes nprobe x (rows / allowed) of its nlist lists (``faiss_search``)."""
-        scanned = 0.0
-        for i, s in enumerate(self.shards.shards):
-            allowed = int(selection.counts[i])
-            if selection.masks[i] is None or allowed == 0 or not self.shards.has_index(i, self.modality):
-                scanned += allowed if selection.masks[i] is not None else s["rows"]
-                continue
-            ivf = _ivf(self.shards.index(i, self.modality))
-            if ivf is None:
-                scanned += allowed
-                continue
-            scanned += s["rows"] * min(1.0, ivf.nprobe * s["rows"] / allowed / ivf.nlist)
-        return selection.total <= scanned
+        """``exact_is_cheaper`` for this modality (a merged index counted as the index searched)."""
+        merged = self.shards.merged(self.modality) if self.backend_name.startswith("faiss") else None
+        return exact_is_cheaper(self.shards, self.modality, selection, merged)
 
     def exact(self, q: np.ndarray, k: int, offset: Optional[Offset] = None,
               selection: Optional[Selection] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -311,8 +311,10 @@ def test_a_merged_folder_does_not_load_the_shards_it_covers(built, tmp_path, mon
 
     monkeypatch.setattr(ShardSet, "index", counted)
     idx = open_index(folder)
-    for kw in (dict(), dict(rerank="bsap"), dict(rerank="nnn")):
+    for kw in (dict(), dict(rerank="bsap"), dict(rerank="nnn"), dict(where="part < 4")):
         _, ids = idx.search(x[:3], 10, **kw)
         assert (ids >= 0).all()
     covered = set(idx.shard_set.merged("image").positions.tolist())
     assert covered == {0, 1, 2, 3} and not [p for p in loaded if p[0] in covered]
+    idx.search(x[:3], 10, where="part = 3")   # a narrow filter is scanned exactly: the shards' files hold the vectors
+    assert {p[0] for p in loaded if p[1] == "image"} >= covered
