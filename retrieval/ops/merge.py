@@ -1,19 +1,20 @@
 """``merge``: one on-disk index per modality from its IVF shards, for indexes larger than RAM.
 
 The shards of a modality share one trained quantizer (``store.quantizer``), so their inverted lists
-can be concatenated: each shard is read (one at a time), its ids shifted to global ids (shard offset +
-row) and written to a temporary copy, and faiss's ``contrib.ondisk.merge_ondisk`` writes every list
-into one ``.ivfdata`` file next to the merged index. ``open_index`` memory-maps that file (the page
-cache holds the lists, not the process) and searches the merged index in place of those shards with
-the same selection, offsets and results. The shards' own files stay (exact scans, vectors, appends).
+can be concatenated: each shard's layout is checked against the first's (read one at a time), then
+faiss's ``OnDiskInvertedLists.merge_from_multiple`` writes every list of the memory-mapped shards
+into one ``.ivfdata`` file next to the merged index, and the ids are shifted in place to global ids
+(shard offset + row). ``open_index`` memory-maps that file (the page cache holds the lists, not the
+process) and searches the merged index in place of those shards with the same selection, offsets and
+results. The shards' own files stay (exact scans, vectors, appends): a merge costs its size again
+on disk.
 
 The merged index covers the shard files it was made from. The operations that rewrite them
 (``compact``, a bias recompute) merge it again into the manifest they publish (``merge_again``), so a
 merged folder stays merged and kill -9 leaves the old pair or the new one; a merge made stale any
 other way is ignored by searches (with a warning) until ``merge`` is rerun. Shards appended after a
 merge are searched beside it. One manifest write publishes the merge; a failed merge removes the
-files it wrote. A merge needs twice its size free on disk while it runs (the shards' lists are copied
-with global ids, then merged).
+files it wrote.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from ..errors import IndexFolderError
 from ..store.coarse import CoarseCache, read_index
@@ -54,16 +57,32 @@ def _empty_bytes(index) -> bytes:
     return faiss.serialize_index(empty).tobytes()
 
 
-def _with_global_ids(index, offset: int) -> None:
-    """Add ``offset`` to every id in ``index``'s (in-memory) inverted lists."""
+def _merge_lists(trained, ivfs: list, starts: list[int], path: Path) -> int:
+    """Write the inverted lists of IVF indexes ``ivfs`` (memory-mapped shards of ``trained``'s layout)
+    into one on-disk file ``path`` (faiss ``OnDiskInvertedLists.merge_from_multiple``), their local row
+    ids shifted to global ids (shard ``i``'s by ``starts[i]``); attach it to the empty ``trained`` index.
+    Returns the vectors merged. No copy of the shards is written: the disk holds the merge once."""
     import faiss
 
-    ivf = faiss.extract_index_ivf(index)
-    lists = ivf.invlists
-    for j in range(ivf.nlist):
-        n = lists.list_size(j)
-        if n:
-            faiss.rev_swig_ptr(lists.get_ids(j), n)[:] += offset
+    out = faiss.extract_index_ivf(trained)
+    lists = faiss.OnDiskInvertedLists(out.nlist, out.code_size, str(path))
+    vec = faiss.InvertedListsPtrVector()
+    for ivf in ivfs:
+        vec.push_back(ivf.invlists)
+    with quiet_stdout():
+        ntotal = int(lists.merge_from_multiple(vec.data(), vec.size(), False))
+    # list j holds shard 0's entries of j, then shard 1's, ...: each run shifted by its shard's first id
+    sizes = np.array([[ivf.invlists.list_size(j) for j in range(out.nlist)] for ivf in ivfs], np.int64)
+    first = np.asarray(starts, np.int64)
+    for j in np.flatnonzero(sizes.sum(0)):
+        ids = faiss.rev_swig_ptr(lists.get_ids(int(j)), int(sizes[:, j].sum()))
+        ids += np.repeat(first, sizes[:, j])
+    trained.ntotal = out.ntotal = ntotal
+    out.replace_invlists(lists, True)
+    lists.this.disown()
+    with open(path, "rb+") as f:   # the ids were shifted through faiss's shared mapping of the file
+        os.fsync(f.fileno())
+    return ntotal
 
 
 def eligible(manifest: dict, modality: str) -> tuple[list[dict], Optional[str]]:
@@ -82,31 +101,28 @@ def eligible(manifest: dict, modality: str) -> tuple[list[dict], Optional[str]]:
 
 def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[dict], generation: int) -> tuple:
     import faiss
-    from faiss.contrib.ondisk import merge_ondisk
 
     rel_index, rel_data = merged_files(modality, generation)
-    temps, ref, coarse, done = [], None, CoarseCache(folder), False
+    held, ref, coarse, done = [], None, CoarseCache(folder), False
     try:
         for s in shards:
-            index = read_index(folder, s["files"][INDEX_FILE[modality]], s["index"][modality], cache=coarse)
-            layout = _empty_bytes(index)
+            rel, info = s["files"][INDEX_FILE[modality]], s["index"][modality]
+            layout = _empty_bytes(read_index(folder, rel, info, cache=coarse))
             if ref is None:
-                ref, trained = layout, faiss.clone_index(index)
-                trained.reset()
+                ref, trained = layout, faiss.deserialize_index(np.frombuffer(layout, np.uint8))
             elif layout != ref:
                 raise IndexFolderError(f"shard {s['id']} was not built on the same trained quantizer as shard "
                                        f"{shards[0]['id']}; rebuild the folder to merge its {modality} shards")
-            _with_global_ids(index, int(s["offset"]))
-            temps.append(folder / f"faiss/.merge_{modality}_{s['id']}.index")
-            faiss.write_index(index, str(temps[-1]))
-            del index
-        with quiet_stdout():
-            merge_ondisk(trained, [str(t) for t in temps], str(folder / rel_data))
+            held.append(read_index(folder, rel, info, faiss.IO_FLAG_MMAP, cache=coarse))   # lists mapped, not read
+        _merge_lists(trained, [faiss.extract_index_ivf(ix) for ix in held], [int(s["offset"]) for s in shards],
+                     folder / rel_data)
         faiss.write_index(trained, str(folder / rel_index))  # a new generation's name: unseen until published
         done = True
     finally:
-        for t in temps + ([] if done else [folder / rel_data, folder / rel_index]):   # a failed merge leaves nothing
-            t.unlink(missing_ok=True)
+        held.clear()   # the shards' mappings, released
+        if not done:   # a failed merge leaves nothing
+            for rel in (rel_data, rel_index):
+                (folder / rel).unlink(missing_ok=True)
     info = shards[0]["index"][modality]
     entry = {"index": rel_index, "ivfdata": rel_data, "key": info["key"], "params": info.get("params", ""),
              "ntotal": int(trained.ntotal), "shards": {str(s["id"]): s["files"][INDEX_FILE[modality]] for s in shards},

@@ -221,35 +221,34 @@ def test_one_shard_over_many_lists_reads_the_fp16_centroids(tmp_path, monkeypatc
 
 
 def test_a_failed_merge_leaves_the_folder_as_it_was(built, tmp_path, monkeypatch):
-    import faiss.contrib.ondisk as ondisk
+    from retrieval.ops import merge as ops_merge
 
     folder = tmp_path / "idx"
     shutil.copytree(built, folder)
     before = load_manifest(folder)
-    merge_ondisk, calls = ondisk.merge_ondisk, []
+    merge_lists, calls = ops_merge._merge_lists, []
 
-    def second_fails(trained, files, out):   # image merges; text runs out of disk half-way
+    def second_fails(trained, ivfs, starts, out):   # image merges; text runs out of disk half-way
         calls.append(out)
         if len(calls) == 2:
             with open(out, "wb") as f:
                 f.write(b"\0" * 4096)
             raise OSError(28, "No space left on device")
-        return merge_ondisk(trained, files, out)
+        return merge_lists(trained, ivfs, starts, out)
 
-    monkeypatch.setattr(ondisk, "merge_ondisk", second_fails)
+    monkeypatch.setattr(ops_merge, "_merge_lists", second_fails)
     r = CliRunner().invoke(main, ["merge", str(folder)])
     assert r.exit_code == 1 and "no space left on device" in r.output and "Traceback" not in r.output
     assert len(calls) == 2
     assert load_manifest(folder) == before
-    assert not [p.name for p in (folder / "faiss").iterdir() if p.name.startswith(("merged_", ".merge_"))]
-    monkeypatch.setattr(ondisk, "merge_ondisk", merge_ondisk)
+    assert not [p.name for p in (folder / "faiss").iterdir() if p.name.startswith("merged_")]
+    monkeypatch.setattr(ops_merge, "_merge_lists", merge_lists)
     assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0   # and a rerun merges
     assert open_index(folder).shard_set.merged("text") is not None
 
 
 def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypatch):
-    import faiss.contrib.ondisk as ondisk
-
+    from retrieval.ops import merge as ops_merge
     from retrieval.ops.bias import compute_biases
 
     folder = tmp_path / "idx"
@@ -276,10 +275,10 @@ def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypat
     idx.delete([f"k{i}" for i in range(0, N, 2)])
     before = load_manifest(folder)
 
-    def full(trained, files, out):
+    def full(trained, ivfs, starts, out):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ondisk, "merge_ondisk", full)
+    monkeypatch.setattr(ops_merge, "_merge_lists", full)
     with pytest.raises(OSError):
         compact(folder, threshold=0.2)
     assert load_manifest(folder) == before
