@@ -31,7 +31,7 @@ from ..store.coarse import CoarseCache, read_index
 from ..store.files import quiet_stdout
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
-from ..store.layout import INDEX_FILE, MODALITIES, merged_files
+from ..store.layout import INDEX_FILE, MODALITIES, merge_is_stale, merged_files
 from ..store.lock import write_lock
 from ..store.manifest import require_manifest
 
@@ -148,16 +148,6 @@ def _merge_into(folder: Path, m: dict, modalities, generation: int, report: Merg
         raise
 
 
-def stale(m: dict, modality: str) -> bool:
-    """Whether ``modality``'s merged index in manifest ``m`` covers a shard that is gone or whose index
-    file changed (a compact or a bias rewrote it); shards added since are searched beside it."""
-    entry = (m.get("merged") or {}).get(modality)
-    if entry is None:
-        return False
-    files = {str(s["id"]): s["files"].get(INDEX_FILE[modality]) for s in m["shards"]}
-    return any(files.get(k) != rel for k, rel in entry["shards"].items())
-
-
 def merge_again(folder: Path, m: dict) -> MergeReport:
     """Merge again, into manifest ``m`` before its publish, every modality whose merged index a rewrite
     of its shards made stale (``compact``, ``retrieval bias``): a merged folder stays merged, in the same
@@ -165,7 +155,7 @@ def merge_again(folder: Path, m: dict) -> MergeReport:
     entry, which no search would use (its files are retired), and is named in the report's ``skipped``."""
     report = MergeReport()
     t0 = time.perf_counter()
-    _merge_into(folder, m, [mod for mod in MODALITIES if stale(m, mod)], next_generation(m), report)
+    _merge_into(folder, m, [mod for mod in MODALITIES if merge_is_stale(m, mod)], next_generation(m), report)
     for mod in report.skipped:
         m["merged"].pop(mod)
     if not m.get("merged", True):

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..embed.models import describe
+from .layout import merge_is_stale
 from .manifest import require_manifest
 from .writer import read_errors
 
@@ -31,7 +32,18 @@ def index_info(folder: str | os.PathLike) -> dict:
             "model_text": describe(m["model"]), "corpus": m["corpus"], "counts": m.get("counts", {}),
             "shards": shards, "total_bytes": sum(sum(s["bytes"].values()) for s in shards),
             "reasons": dict(reasons.most_common()), "stats": m.get("stats", {}), "build": m.get("build", {}),
-            "bias": _bias_info(folder, m)}
+            "bias": _bias_info(folder, m), "merged": _merged_info(folder, m)}
+
+
+def _merged_info(folder: Path, m: dict) -> dict:
+    """{modality: what its merged index (``ops.merge``) covers, its bytes, whether it is stale, and the
+    shards added since (searched beside it)}."""
+    out = {}
+    for mod, e in (m.get("merged") or {}).items():
+        beside = [s for s in m["shards"] if s["rows"] and mod in s["index"] and str(s["id"]) not in e["shards"]]
+        out[mod] = {"shards": len(e["shards"]), "vectors": e.get("ntotal", 0), "stale": merge_is_stale(m, mod),
+                    "bytes": sum(_size(folder / rel) for rel in e.get("files", {})), "beside": len(beside)}
+    return out
 
 
 def metadata_columns(folder: Path, m: dict) -> dict[str, str]:
@@ -98,6 +110,10 @@ def format_info(info: dict) -> str:
                      + (" (STALE: run `retrieval bias`)" if b["stale"] else ""))
     else:
         lines.append("bias      none: run `retrieval bias INDEX` for exact BSAP/NNN search")
+    for mod, e in (info.get("merged") or {}).items():
+        state = (" STALE: a covered shard was rewritten, searches use the shards; run `retrieval merge`"
+                 if e["stale"] else f"; {e['beside']} shard(s) added since, searched beside it" if e["beside"] else "")
+        lines.append(f"merged    {mod}: {e['shards']} shards, {e['vectors']} vectors, {_human(e['bytes'])}{state}")
     st = info.get("stats") or {}
     if st.get("elapsed_s"):
         lines.append(f"build     {st['elapsed_s']:.1f} s, {st.get('rows_per_s') or 0:.1f} rows/s")

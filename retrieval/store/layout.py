@@ -130,6 +130,16 @@ def legacy_bias_files(manifest: dict) -> list[str]:
     return out
 
 
+def merge_is_stale(manifest: dict, modality: str) -> bool:
+    """Whether ``modality``'s merged index (``ops.merge``) covers a shard that is gone or whose index
+    file changed since (a compact or a bias rewrote it); shards added since are searched beside it."""
+    entry = (manifest.get("merged") or {}).get(modality)
+    if entry is None:
+        return False
+    files = {str(s["id"]): s["files"].get(INDEX_FILE[modality]) for s in manifest["shards"]}
+    return any(files.get(k) != rel for k, rel in entry["shards"].items())
+
+
 def merged_files(modality: str, generation: int) -> tuple[str, str]:
     """(index, inverted-list data) of a modality's shards merged on disk (``ops.merge``)."""
     stem = f"faiss/merged_{modality}_g{generation:06d}"

@@ -112,6 +112,9 @@ def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
         _same(want, _searches(idx, q))
         assert idx.shard_set.merged("image") is not None                   # the merged index answered
 
+    info = CliRunner().invoke(main, ["info", str(folder)]).output
+    assert "merged    image: 4 shards, 4000 vectors, " in info and "merged    text: 4 shards" in info
+
     # a tombstone after the merge: the merged index skips it
     idx = open_index(folder)
     victim = int(idx.search(q[:1], 1)[1][0, 0])
@@ -125,6 +128,8 @@ def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
     idx = open_index(folder)
     _, ids = idx.search(q[:1], 400)
     assert (ids >= N).sum() == 300 and idx.shard_set.merged("image") is not None
+    assert "4000 vectors, " in CliRunner().invoke(main, ["info", str(folder)]).output
+    assert "1 shard(s) added since, searched beside it" in CliRunner().invoke(main, ["info", str(folder)]).output
 
     # a compact rewrites covered shards: the merged index is merged again in the same publish
     idx.delete([f"k{i}" for i in range(300)])
@@ -149,6 +154,9 @@ def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
     assert idx.shard_set.merged("image") is None
     assert any("stale" in rec.getMessage() for rec in caplog.records)
     assert (ids >= 0).all()
+    lines = CliRunner().invoke(main, ["info", str(folder)]).output.splitlines()
+    assert [ln for ln in lines if ln.startswith("merged    image: ") and "STALE" in ln]
+    assert [ln for ln in lines if ln.startswith("merged    text: ") and "STALE" not in ln]
 
 
 def test_merge_refuses_what_it_cannot_merge(tmp_path):
