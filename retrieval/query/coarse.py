@@ -32,7 +32,7 @@ from .stacked import compact_codes, stack
 from .topk import merge_topk
 
 
-def plain_ivf(index):
+def _plain_ivf(index):
     """The IndexIVF ``index`` is, when its coarse quantizer is a flat index; else None."""
     import faiss
 
@@ -45,7 +45,7 @@ class CoarseGroup:
     def __init__(self, positions: list[int], indexes: list, starts: Sequence[int]):
         """``starts``: each shard's global id of its first row."""
         self.positions, self.indexes, self.starts = positions, indexes, np.asarray(starts, np.int64)
-        self.ivfs = [plain_ivf(ix) for ix in indexes]
+        self.ivfs = [_plain_ivf(ix) for ix in indexes]
         self.rows = sum(x.ntotal for x in self.ivfs)
         self._joined = self._coarse = None
         self._lock = threading.Lock()
@@ -193,7 +193,7 @@ def one_index(ivfs: Sequence, ids: Sequence, nprobe: Optional[int] = None, coars
 def single_group(index, start: int = 0) -> Optional[CoarseGroup]:
     """A group of the one IVF index ``index`` (first global id ``start``; no shard position: a merged
     index's), or None when it is not a plain IVF with a flat coarse quantizer."""
-    return CoarseGroup([], [index], [start]) if plain_ivf(index) is not None else None
+    return CoarseGroup([], [index], [start]) if _plain_ivf(index) is not None else None
 
 
 def group_of_one(groups: Sequence[CoarseGroup], position: int) -> Optional[CoarseGroup]:
@@ -210,7 +210,7 @@ def quantizer_groups(indexes: Sequence[Optional[object]], starts: Sequence[int])
     groups: dict[tuple, list[int]] = {}
     digests: dict[int, bytes] = {}   # shards sharing one quantizer object (store.coarse) hash it once
     for i, index in enumerate(indexes):
-        ivf = None if index is None else plain_ivf(index)
+        ivf = None if index is None else _plain_ivf(index)
         if ivf is None:
             continue
         q = faiss.downcast_index(ivf.quantizer)

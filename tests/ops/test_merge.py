@@ -93,12 +93,32 @@ def _same(a, b):
         np.testing.assert_allclose(s1, s0, rtol=1e-6, atol=1e-6)
 
 
-def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
-    folder = tmp_path / "idx"
-    shutil.copytree(built, folder)
+def _copy(built, to):
+    """A copy of the built folder at ``to``."""
+    shutil.copytree(built, to)
+    return to
+
+
+def _queries(start: int, step: int) -> np.ndarray:
+    """Unit queries near every ``step``-th item from ``start``."""
     x, _, _ = _data()
-    q = x[5::211] + 0.05
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q = x[start::step] + 0.05
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def _unmerged(folder, to):
+    """A copy of ``folder`` at ``to`` whose manifest has no merged index: its shards answer."""
+    shutil.copytree(folder, to)
+    m = load_manifest(to)
+    m.pop("merged")
+    save_manifest(to, m)
+    return to
+
+
+def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
+    folder = _copy(built, tmp_path / "idx")
+    x, _, _ = _data()
+    q = _queries(5, 211)
     before = [_searches(open_index(folder, search_params=p), q) for p in (None, f"nprobe={NLIST}")]
 
     r = CliRunner().invoke(main, ["merge", str(folder)])
@@ -138,12 +158,8 @@ def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
     assert "merged again: image: " in report.line()
     idx = open_index(folder, search_params=f"nprobe={NLIST}")
     assert idx.shard_set.merged("image") is not None and not any("stale" in r.getMessage() for r in caplog.records)
-    merged = _searches(idx, q)
-    shutil.copytree(folder, tmp_path / "unmerged")
-    m = load_manifest(tmp_path / "unmerged")
-    m.pop("merged")
-    save_manifest(tmp_path / "unmerged", m)
-    _same(_searches(open_index(tmp_path / "unmerged", search_params=f"nprobe={NLIST}"), q), merged)
+    plain = _unmerged(folder, tmp_path / "unmerged")
+    _same(_searches(open_index(plain, search_params=f"nprobe={NLIST}"), q), _searches(idx, q))
 
     # a merge made stale by hand (a covered shard's file renamed in the manifest) is ignored, with a warning
     m = load_manifest(folder)
@@ -192,11 +208,8 @@ def _wide_searches(idx, q):
 
 
 def test_merged_index_reads_the_fp16_centroids_and_answers_as_the_flat_search(built, tmp_path, monkeypatch):
-    folder = tmp_path / "idx"
-    shutil.copytree(built, folder)
-    x, _, _ = _data()
-    q = x[7::401] + 0.05
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    folder = _copy(built, tmp_path / "idx")
+    q = _queries(7, 401)
     params = "nprobe=4"                  # + EXTRA < 16 lists: the fp16 copy pays
     assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0
     idx = open_index(folder, search_params=params)             # 16 lists: the flat coarse search
@@ -218,8 +231,7 @@ def test_one_shard_over_many_lists_reads_the_fp16_centroids(tmp_path, monkeypatc
     out = tmp_path / "one"
     rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
     build_from_embeddings(out, x, t, MODEL, rows, shard_size=N, index_key=f"IVF{NLIST},Flat")
-    q = x[3::397] + 0.05
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q = _queries(3, 397)
     want = [_wide_searches(open_index(out, search_params="nprobe=4"), q[i:i + 1]) for i in range(len(q))]   # flat
     calls = _half_searches(monkeypatch)
     idx = open_index(out, search_params="nprobe=4")
@@ -231,8 +243,7 @@ def test_one_shard_over_many_lists_reads_the_fp16_centroids(tmp_path, monkeypatc
 def test_a_failed_merge_leaves_the_folder_as_it_was(built, tmp_path, monkeypatch):
     from retrieval.ops import merge as ops_merge
 
-    folder = tmp_path / "idx"
-    shutil.copytree(built, folder)
+    folder = _copy(built, tmp_path / "idx")
     before = load_manifest(folder)
     merge_lists, calls = ops_merge._merge_lists, []
 
@@ -259,11 +270,8 @@ def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypat
     from retrieval.ops import merge as ops_merge
     from retrieval.ops.bias import compute_biases
 
-    folder = tmp_path / "idx"
-    shutil.copytree(built, folder)
-    x, _, _ = _data()
-    q = x[11::307] + 0.05
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    folder = _copy(built, tmp_path / "idx")
+    q = _queries(11, 307)
     assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0
     old = load_manifest(folder)["merged"]["image"]["index"]
 
@@ -273,10 +281,7 @@ def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypat
     assert m["bias"]["merged_again"].startswith("image: 4 shards, 4000 vectors")
     idx = open_index(folder, search_params=f"nprobe={NLIST}")
     assert idx.shard_set.merged("image") is not None and idx.shard_set.merged("text") is not None
-    plain = tmp_path / "plain"
-    shutil.copytree(folder, plain)
-    m.pop("merged")
-    save_manifest(plain, m)
+    plain = _unmerged(folder, tmp_path / "plain")
     _same(_searches(open_index(plain, search_params=f"nprobe={NLIST}"), q), _searches(idx, q))
 
     # a compact whose merge fails publishes nothing: the folder is as it was
@@ -304,8 +309,7 @@ def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypat
 def test_a_merged_folder_does_not_load_the_shards_it_covers(built, tmp_path, monkeypatch):
     from retrieval.query.shards import ShardSet
 
-    folder = tmp_path / "idx"
-    shutil.copytree(built, folder)
+    folder = _copy(built, tmp_path / "idx")
     assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0
     x, _, _ = _data()
     add_embeddings(folder, x[:50], x[:50], [{"key": f"new{i}", "image_path": "", "caption": "n", "part": 9}
