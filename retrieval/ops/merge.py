@@ -1,13 +1,13 @@
 """``merge``: one on-disk index per modality from its IVF shards, for indexes larger than RAM.
 
 The shards of a modality share one trained quantizer (``store.quantizer``), so their inverted lists
-can be concatenated: each shard's layout is checked against the first's (read one at a time), then
-faiss's ``OnDiskInvertedLists.merge_from_multiple`` writes every list of the memory-mapped shards
-into one ``.ivfdata`` file next to the merged index, and the ids are shifted in place to global ids
-(shard offset + row). ``open_index`` memory-maps that file (the page cache holds the lists, not the
-process) and searches the merged index in place of those shards with the same selection, offsets and
-results. The shards' own files stay (exact scans, vectors, appends): a merge costs its size again
-on disk.
+can be concatenated: each shard is memory-mapped and its trained layout (the index with empty lists)
+checked against the first's, then faiss's ``OnDiskInvertedLists.merge_from_multiple`` writes every
+list of the memory-mapped shards into one ``.ivfdata`` file next to the merged index, and the ids are
+shifted in place to global ids (shard offset + row). ``open_index`` memory-maps that file (the page
+cache holds the lists, not the process) and searches the merged index in place of those shards with
+the same selection, offsets and results. The shards' own files stay (exact scans, vectors, appends):
+a merge costs its size again on disk.
 
 The merged index covers the shard files it was made from. The operations that rewrite them
 (``compact``, a bias recompute) merge it again into the manifest they publish (``merge_again``), so a
@@ -48,13 +48,24 @@ class MergeReport:
         return "; ".join(done + why) + f" in {self.seconds:.1f} s"
 
 
-def _empty_bytes(index) -> bytes:
-    """The serialized trained-but-empty copy of ``index``: equal for shards sharing a quantizer."""
+def _layout(index) -> bytes:
+    """The serialized trained-but-empty form of ``index`` (memory-mapped lists left unread): equal
+    for shards sharing a quantizer and codec. Its lists are swapped for empty ones while it is
+    serialized (faiss cannot clone memory-mapped lists), then put back."""
     import faiss
 
-    empty = faiss.clone_index(index)
-    empty.reset()
-    return faiss.serialize_index(empty).tobytes()
+    ivf = faiss.extract_index_ivf(index)
+    lists, own, n = ivf.invlists, ivf.own_invlists, index.ntotal
+    ivf.own_invlists = False   # replace_invlists would free the mapped lists otherwise
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)
+    empty.this.disown()        # the index frees it
+    index.ntotal = ivf.ntotal = 0
+    try:
+        return faiss.serialize_index(index).tobytes()
+    finally:
+        ivf.replace_invlists(lists, own)   # frees the empty lists (owned), the mapped ones back as they were
+        index.ntotal = ivf.ntotal = n
 
 
 def _merge_lists(trained, ivfs: list, starts: list[int], path: Path) -> int:
@@ -107,13 +118,13 @@ def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[di
     try:
         for s in shards:
             rel, info = s["files"][INDEX_FILE[modality]], s["index"][modality]
-            layout = _empty_bytes(read_index(folder, rel, info, cache=coarse))
+            held.append(read_index(folder, rel, info, faiss.IO_FLAG_MMAP, cache=coarse))   # lists mapped, not read
+            layout = _layout(held[-1])
             if ref is None:
                 ref, trained = layout, faiss.deserialize_index(np.frombuffer(layout, np.uint8))
             elif layout != ref:
                 raise IndexFolderError(f"shard {s['id']} was not built on the same trained quantizer as shard "
                                        f"{shards[0]['id']}; rebuild the folder to merge its {modality} shards")
-            held.append(read_index(folder, rel, info, faiss.IO_FLAG_MMAP, cache=coarse))   # lists mapped, not read
         _merge_lists(trained, [faiss.extract_index_ivf(ix) for ix in held], [int(s["offset"]) for s in shards],
                      folder / rel_data)
         faiss.write_index(trained, str(folder / rel_index))  # a new generation's name: unseen until published

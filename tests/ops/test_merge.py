@@ -184,6 +184,35 @@ def test_merge_refuses_what_it_cannot_merge(tmp_path):
     assert "nothing merged" in r.output and "Flat" in r.output and "Traceback" not in r.output
 
 
+def test_layout_check_reads_no_lists_and_tells_quantizers_apart(tmp_path):
+    """A shard's trained layout, taken from its memory-mapped file, equals the empty clone of the fully
+    read index (what the merge compares), differs for another quantizer, and leaves the index whole."""
+    import faiss
+
+    from retrieval.ops.merge import _layout
+
+    x, _, _ = _data()
+    files = []
+    for seed, rows in ((0, x[:500]), (0, x[500:900]), (1, x[:500])):   # the first two: one trained index
+        trained = faiss.index_factory(32, f"IVF{NLIST},SQfp16", faiss.METRIC_INNER_PRODUCT)
+        trained.cp.seed = seed
+        trained.train(x[::2])
+        trained.add(rows)
+        files.append(str(tmp_path / f"{len(files)}.faiss"))
+        faiss.write_index(trained, files[-1])
+    full = faiss.read_index(files[0])
+    empty = faiss.clone_index(full)
+    empty.reset()
+    mapped = [faiss.read_index(f, faiss.IO_FLAG_MMAP) for f in files]
+    layouts = [_layout(ix) for ix in mapped]
+    assert layouts[0] == faiss.serialize_index(empty).tobytes() == layouts[1] != layouts[2]
+    assert mapped[0].ntotal == 500 and faiss.extract_index_ivf(mapped[0]).invlists.compute_ntotal() == 500
+    faiss.extract_index_ivf(mapped[0]).nprobe = faiss.extract_index_ivf(full).nprobe = NLIST
+    want, got = full.search(x[:20], 5), mapped[0].search(x[:20], 5)   # the mapped lists are back in place
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0])
+
+
 def _half_searches(monkeypatch):
     """Make 16 lists count as many (``query.probe``'s thresholds) and count the coarse searches that
     read the fp16 copy of the centroids."""
