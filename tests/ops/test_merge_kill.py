@@ -1,12 +1,13 @@
 """kill -9 in the middle of a `retrieval bias` or `retrieval compact` on a merged folder (while it merges
-again) leaves the old folder or the new one, merged either way and searched through its merged index,
-never a stale or half-written one; a rerun completes."""
+again), of a `retrieval delete` or of an append leaves the old folder or the new one, merged either way
+and searched through its merged index, never a stale or half-written one; a rerun completes."""
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,14 @@ from tests.ops.test_merge import MODEL, N, NLIST, SHARD, _data, _queries, _searc
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 COMMANDS = {"bias": ["bias", "--bank", "corpus", "--bank-size", "300", "--ref-size", "300", "--calibrate-pairs", "0"],
-            "compact": ["compact", "--threshold", "0.3"]}
+            "compact": ["compact", "--threshold", "0.3"], "delete": ["delete"] + [f"k{i}" for i in range(1, N, 7)]}
+# an append (the Python API, in its own process) of the queries themselves: they rank first once added
+ADD = """import sys
+from retrieval.ops.add import add_embeddings
+from tests.ops.test_merge import _queries
+q = _queries(11, 307)
+add_embeddings(sys.argv[1], q, q, [{"key": f"new{i}", "image_path": "", "caption": "n", "part": 9} for i in range(len(q))])
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +60,21 @@ def _equal(a, b) -> bool:
 
 
 def _cli(folder, op):
-    return subprocess.Popen([sys.executable, "-m", "retrieval.cli", *COMMANDS[op], str(folder)], env=ENV,
+    cmd = ["-c", ADD, str(folder)] if op == "add" else ["-m", "retrieval.cli", *COMMANDS[op][:1], str(folder),
+                                                        *COMMANDS[op][1:]]
+    return subprocess.Popen([sys.executable, *cmd], env=ENV, cwd=Path(__file__).parents[2],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("op", ["bias", "compact"])
+def _written(folder, op, gen, existing) -> bool:
+    """Whether ``op`` has begun writing its generation ``gen``: the merged lists that bias and compact
+    write again; for a delete or an append, any file not in ``existing``."""
+    if op in ("bias", "compact"):
+        return (folder / "faiss" / f"merged_image_g{gen:06d}.ivfdata").exists()
+    return any(p.is_file() and p not in existing and p.name != ".lock" for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("op", ["bias", "compact", "delete", "add"])
 def test_kill_9_while_merging_again_leaves_a_merged_folder(merged, tmp_path, op):
     old, new = tmp_path / "old", tmp_path / "new"
     shutil.copytree(merged, old)
@@ -65,19 +83,18 @@ def test_kill_9_while_merging_again_leaves_a_merged_folder(merged, tmp_path, op)
     assert proc.wait(120) == 0, proc.stderr.read()
     want_old, want_new = _answers(old), _answers(new)
     assert want_old[1] and want_new[1]             # both searched through their merged indexes
-    if op == "bias":
-        assert not _equal(want_old[0], want_new[0])    # the two banks rank differently
-    else:                                              # compaction changes ids and files, not answers
+    if op == "compact":                                # compaction changes ids and files, not answers
         assert _equal(want_old[0], want_new[0]) and len(load_manifest(new)["shards"]) < len(load_manifest(old)["shards"])
+    else:                                              # another bank, rows gone, rows added: other answers
+        assert not _equal(want_old[0], want_new[0])
     seen = set()
-    for delay in (0.0, 0.001, 0.004, 0.02):            # after the new merged lists file appears
+    for delay in (0.0, 0.001, 0.004, 0.02):            # after the new generation's first files appear
         folder = tmp_path / f"k{delay}"
         shutil.copytree(merged, folder)
-        gen = load_manifest(folder)["generation"]
-        target = folder / "faiss" / f"merged_image_g{gen + 1:06d}.ivfdata"
+        gen, existing = load_manifest(folder)["generation"], set(folder.rglob("*"))
         proc = _cli(folder, op)
         deadline = time.time() + 120
-        while not target.exists() and proc.poll() is None and time.time() < deadline:
+        while not _written(folder, op, gen + 1, existing) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.0005)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
