@@ -49,7 +49,7 @@ import numpy as np
 
 from gemm_floor import calibration_products, offset_products
 from peer_lancedb import lancedb_build
-from synthetic import unit_vectors
+from synthetic import flickr_arch_index, unit_vectors
 
 
 def median_run(fn, repeats: int) -> tuple[float, object]:
@@ -152,25 +152,13 @@ def build(n: int, d: int, lists: int, rounds: int = 1, lance_python: Optional[st
 
 
 def cli(repeats: int, shared: Path, arch: str) -> dict:
-    import csv
     import os
     import subprocess
     import sys
 
-    from retrieval import build_index
-
-    flickr = shared / "data" / "flickr8k_1k"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        with open(flickr / "captions.csv", newline="") as f:
-            rows = list(csv.DictReader(f))[:32]
-        with open(tmp / "corpus.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        idx = tmp / "idx"
-        build_index(tmp / "corpus.csv", idx, arch, "random", image_root=str(flickr / "images"), device="cpu",
-                    progress=False, workers=0)
+        idx = flickr_arch_index(tmp, shared, arch)
         np.save(tmp / "q.npy", unit_vectors(1, int(json_manifest(idx)["model"]["embed_dim"]), 9)[0])
         env = dict(os.environ, RETRIEVAL_CACHE_DIR=str(tmp / "cache"), HF_HUB_OFFLINE="1")
         exe = [sys.executable, "-m", "retrieval.cli"]

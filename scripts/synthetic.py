@@ -68,3 +68,22 @@ def baseline_tree(root: Path, commit: str, where: Path) -> Path:
         subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", str(where), commit], check=True,
                        capture_output=True)
     return where
+
+
+def flickr_arch_index(tmp: Path, shared: Path, arch: str, rows: int = 32) -> Path:
+    """An index folder ``tmp / "idx"`` of the first ``rows`` Flickr fixture photos built with ``arch``'s
+    architecture and random weights (the real model's size; no pretrained weights needed to time it)."""
+    import csv
+
+    from retrieval import build_index
+
+    flickr = shared / "data" / "flickr8k_1k"
+    with open(flickr / "captions.csv", newline="") as f:
+        picked = list(csv.DictReader(f))[:rows]
+    with open(tmp / "corpus.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(picked[0]))
+        w.writeheader()
+        w.writerows(picked)
+    build_index(tmp / "corpus.csv", tmp / "idx", arch, "random", image_root=str(flickr / "images"), device="cpu",
+                progress=False, workers=0)
+    return tmp / "idx"

@@ -66,11 +66,16 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
 
     clip-retrieval back's API is served too (POST /knn-service, /metadata, GET /indices-list): point
     ClipClient at http://HOST:PORT/knn-service.
+
+    Text queries are answered as soon as the indexes are open, from each model's cached text tower;
+    the full model loads in the background meanwhile, and image queries and classification wait for
+    it (GET /health says "models": loading, ready or failed). A first start loads the full model first.
     """
     import uvicorn
 
     from ..query import open_index
     from ..serve import create_app
+    from ..serve.startup import attach_models
 
     from ..serve.admin import read_token
 
@@ -98,7 +103,8 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
             raise click.BadParameter(f"two indexes named {name!r} (or an empty name); use NAME=FOLDER",
                                      param_hint="INDEXES")
         specs[name] = folder
-    opened = {name: open_index(folder, "auto", backend=backend, verify=verify, warm=True) for name, folder in specs.items()}
+    opened = {name: open_index(folder, None, backend=backend, verify=verify, warm=True) for name, folder in specs.items()}
+    models = attach_models(opened)   # text towers now where cached, full models in the background
     pools = []
     if ray_address is not None:
         from ..scale import serve_on_ray
@@ -113,10 +119,12 @@ def serve(indexes, host, port, max_batch, max_wait_ms, max_body, max_pixels, bac
                 p.close()
             raise
     app = create_app(opened, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body=max_body, max_pixels=max_pixels,
-                     write_token=token, reload_interval=reload_interval, clip_front=front, image_roots=image_roots)
+                     write_token=token, reload_interval=reload_interval, clip_front=front, image_roots=image_roots,
+                     models=models)
     writes = "writes on (token)" if token else "writes off"
     click.echo(f"serving {', '.join(f'{n} ({len(i)} items)' for n, i in opened.items())} on http://{host}:{port} "
-               f"({writes}){'; clip front at /clip-front/' if front else ''}", err=True)
+               f"({writes}){'; clip front at /clip-front/' if front else ''}"
+               f"{'; full models loading (text queries answered now)' if models.state() == 'loading' else ''}", err=True)
     if pools:
         click.echo(f"searching on Ray: {shard_groups} shard groups x {replicas} replicas per index", err=True)
     try:

@@ -11,10 +11,12 @@ Accepted forms (``load_model(model, pretrained)``):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -152,6 +154,32 @@ def check_checkpoint(path: str) -> None:
                              f"checkpoint); pass an open_clip pretrained tag or a weights file")
 
 
+class _OtherThreads(logging.Filter):
+    """Drops the records, up to ERROR, that the thread which made it logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno > logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_this_thread():
+    """Log records up to ERROR from this thread dropped by the root logger's handlers inside the block
+    (open_clip's own lines while a model loads); other threads (a server's requests) log as usual."""
+    f = _OtherThreads()
+    handlers = list(logging.getLogger().handlers) + ([logging.lastResort] if logging.lastResort else [])
+    for h in handlers:
+        h.addFilter(f)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(f)
+
+
 def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34b_b79k",
                device: str = "auto", precision: Optional[str] = None, seed: int = 0) -> ClipModel:
     """Load a CLIP for inference; fail fast with a one-line :class:`ModelLoadError`.
@@ -180,9 +208,8 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
     # a full checkpoint (a tag, a file, a model folder) replaces every weight: no random init
     # first, and open_clip raises rather than return the model unloaded (``skip_init``)
     loads = is_local or pretrained not in (None, RANDOM)
-    logging.disable(logging.ERROR)  # open_clip logs its failures itself; ours is the one line below
-    try:
-        with skipped_init(loads):
+    try:   # open_clip logs its failures itself; ours is the one line below
+        with _quiet_this_thread(), skipped_init(loads):
             net, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=None if pretrained == RANDOM else pretrained,
                 precision=precision, device=device, weights_only=True, require_pretrained=loads)
@@ -194,8 +221,6 @@ def load_model(model: str = "ViT-B-32", pretrained: Optional[str] = "laion2b_s34
             hint = " (hub weights need network or a warm cache; pass a local file with --pretrained PATH)"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load model {what}: {msg[:300]}{hint}") from None
-    finally:
-        logging.disable(logging.NOTSET)
     net.eval()
     cfg_dim = getattr(net, "embed_dim", None)
     if cfg_dim is None:

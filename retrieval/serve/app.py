@@ -18,12 +18,14 @@ from .bodylimit import BodyLimit
 from .clipback import add_clip_back_routes
 from .routes import add_routes
 from .service import MAX_BODY, HTTPError, Service
+from .startup import ModelLoading
 
 
 def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max_body: int = MAX_BODY,
                max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None,
                write_token: Optional[str] = None, reload_interval: float = 0.0,
-               clip_front: Optional[Path] = None, image_roots: Sequence[str] = ()) -> FastAPI:
+               clip_front: Optional[Path] = None, image_roots: Sequence[str] = (),
+               models: Optional[ModelLoading] = None) -> FastAPI:
     """The FastAPI app serving ``indexes`` ({name: Index opened with its model}).
 
     ``max_pixels``: the largest uploaded image (the build's limit by default); ``decode_budget``:
@@ -32,10 +34,11 @@ def create_app(indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0, max
     clip-retrieval back's routes are always served (``clipback``); ``clip_front``, the folder of its
     built web front (``clipback.find_clip_front()``), is served at /clip-front/. ``image_roots``:
     folders besides the ones each build recorded that result images may be served from
-    (``corpus.items``: a served file must resolve under a root and decode as an image).
+    (``corpus.items``: a served file must resolve under a root and decode as an image). ``models``:
+    the full models still loading in the background (``startup.attach_models``), if any.
     """
     service = Service(indexes, max_batch, max_wait_ms, max_pixels, decode_budget, write_token, reload_interval,
-                      image_roots)
+                      image_roots, models)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -170,6 +170,9 @@ class ClassifyResult(BaseModel):
 class Health(BaseModel):
     status: str
     indexes: int
+    models: Literal["ready", "loading", "failed"] = Field(
+        description="whether every index has its full model: 'loading' while text queries are answered from "
+                    "the cached text tower and image queries wait; 'failed' if a load failed (image queries 503)")
 
 
 class IndexSummary(BaseModel):

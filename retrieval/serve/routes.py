@@ -32,7 +32,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/health", response_model=Health)
     async def health():
-        return {"status": "ok", "indexes": len(service.indexes)}
+        return {"status": "ok", "indexes": len(service.indexes), "models": service.models.state()}
 
     @app.get("/indexes", response_model=list[IndexSummary])
     async def indexes():
@@ -87,6 +87,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if body.rerank == "comclip":
             if "comclip" not in rerank_methods(idx):
                 raise HTTPError(409, refusal(idx.manifest) or missing_extra() or f"index {name!r} has no model")
+            await run_in_threadpool(service.full_model, name)   # it encodes the candidates' images
             spec.comclip = comclip_options(body, tuple(service.image_roots))
         elif spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
             raise HTTPError(409, offsets_refusal(idx.manifest, name))

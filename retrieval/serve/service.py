@@ -22,6 +22,7 @@ from ..query.spec import QuerySpec, keywords_of, rows, run, search_options
 from .admin import Reloader
 from .batching import MicroBatcher
 from .decoding import ImageDecoder
+from .startup import ModelLoading
 
 log = logging.getLogger("retrieval.serve")
 MAX_K = 10_000
@@ -66,7 +67,7 @@ class Service:
     def __init__(self, indexes: dict, max_batch: int = 64, max_wait_ms: float = 4.0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, decode_budget: Optional[int] = None,
                  write_token: Optional[str] = None, reload_interval: float = 0.0,
-                 image_roots: Sequence[str] = ()):
+                 image_roots: Sequence[str] = (), models: Optional[ModelLoading] = None):
         if not indexes:
             raise ValueError("no indexes to serve")
         self.write_token = write_token
@@ -75,6 +76,7 @@ class Service:
             if idx.clip is None:
                 raise ValueError(f"index {name!r} was opened without its model")
         self.indexes = indexes
+        self.models = models or ModelLoading()   # full models loading in the background (``startup``)
         self.decoder = ImageDecoder(max_pixels, decode_budget)
         self.batcher = MicroBatcher(self.run_batch, max_batch, max_wait_ms, name="search-batcher")
         self._classifiers: OrderedDict = OrderedDict()
@@ -101,11 +103,18 @@ class Service:
             raise HTTPError(404, f"unknown index {name!r}; serving: {', '.join(self.indexes)}")
         return name, self.indexes[name]
 
+    def full_model(self, name: str) -> None:
+        """Once index ``name`` has its full model, not only a text tower (``startup``); else HTTPError 503."""
+        why = self.models.wait(name)
+        if why is not None:
+            raise HTTPError(503, why)
+
     def decode_image(self, data: bytes, name: str) -> Any:
         """Preprocessed tensor of an uploaded image for index ``name`` (400 if unreadable, 413 if over
-        the pixel limit); concurrent decodes share one pixel budget."""
+        the pixel limit); concurrent decodes share one pixel budget. Waits for the full model."""
         from ..errors import ItemError
 
+        self.full_model(name)
         try:
             return self.decoder.decode(bytes(data), self.indexes[name].clip.preprocess)
         except ItemError as e:
@@ -187,6 +196,7 @@ class Service:
 
         from ..embed import Encoder
 
+        self.full_model(name)
         clf = self.classifier(name, classes, templates, neighbours, captions)
         x = Encoder(self.indexes[name].clip).images(torch.stack(tensors))
         pred, nbr = clf.predict(x, method)

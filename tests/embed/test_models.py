@@ -241,3 +241,30 @@ def test_a_model_built_with_init_waits_for_one_built_without():
     b.join(5)
     assert seen == [True]
 
+
+
+@needs_shared
+def test_a_model_load_quiets_only_its_own_thread(monkeypatch, caplog):
+    """open_clip's own log lines during a load are dropped, but only the loading thread's: a server
+    loading its full model in the background still logs its requests' warnings meanwhile."""
+    import logging
+    import threading
+
+    from retrieval._compat import import_open_clip
+
+    open_clip = import_open_clip()
+    create = open_clip.create_model_and_transforms
+
+    def noisy(*args, **kwargs):
+        logging.error("open_clip noise")          # open_clip logs through the root logger
+        other = threading.Thread(target=lambda: logging.getLogger("retrieval.serve").warning("a request's warning"))
+        other.start()
+        other.join()
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", noisy)
+    with caplog.at_level(logging.INFO):
+        load_model(str(TINY), device="cpu")
+        logging.getLogger("retrieval.serve").warning("after the load")
+    assert "a request's warning" in caplog.text and "after the load" in caplog.text
+    assert "open_clip noise" not in caplog.text
