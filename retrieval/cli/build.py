@@ -215,7 +215,8 @@ def verify(index, as_json):
 def compact(index, threshold, min_rows):
     """Reclaim deleted rows of INDEX and merge small shards (no re-embedding; rewritten items get new ids).
 
-    A merged index (`retrieval merge`) is merged again over the new shards in the same publish.
+    A merged index (`retrieval merge`) is merged again over the new shards and any appended since, in
+    the same publish (also when no shard needs rewriting).
     """
     from ..ops import compact as run
 

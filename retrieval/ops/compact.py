@@ -9,7 +9,8 @@ are built anew, added to the folder's trained quantizer when it has one. One man
 the old shards. The rewritten items get new global ids (the ids of every other item stay); keys
 never change. Shards whose key column is not strings (an old ``add_embeddings`` took None or int
 keys) are always rewritten: int keys become their text, a null key ``id-<old global id>``, each
-logged in errors.jsonl as repaired.
+logged in errors.jsonl as repaired. A merged folder (``ops.merge``) is merged again in the same
+publish, over the new shards and any appended since the merge.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from ..store.vectors import read_all
 from ..store.alignment import bad_keys
 from ..store.writer import next_ids, read_errors, update_counts, write_errors
 from .bias import METHODS, save_shard_offsets
-from .merge import merge_again
+from .merge import merge_again, merge_behind
 
 
 @dataclass
@@ -107,8 +108,12 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
         broken = [s for s in m["shards"] if s["rows"] and s not in chosen and bad_keys(folder, s)]
         chosen = sorted(chosen + broken, key=lambda s: s["offset"])
         errors = read_errors(folder)
-        if not chosen:
-            return CompactReport(before, before, 0, 0, 0, time.perf_counter() - t0)
+        if not chosen:   # nothing to rewrite; shards appended beside a merged index are merged in
+            again = merge_again(folder, m) if any(merge_behind(m, mod) for mod in MODALITIES) else None
+            if again is not None and again.merged:
+                publish(folder, m)
+            return CompactReport(before, before, 0, 0, 0, time.perf_counter() - t0,
+                                 again.line() if again is not None and again.merged else "")
         parts = {"img": [], "txt": [], "cap": [], "meta": [], "reg_emb": [], "reg_boxes": [], **{(mt, mod): [] for mt in METHODS for mod in MODALITIES}}
         bias = m.get("bias") if (m.get("bias") or {}).get("dir") else None  # a pre-generation bias: recompute
         if m.get("bias") and bias is None:

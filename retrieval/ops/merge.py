@@ -13,8 +13,9 @@ The merged index covers the shard files it was made from. The operations that re
 (``compact``, a bias recompute) merge it again into the manifest they publish (``merge_again``), so a
 merged folder stays merged and kill -9 leaves the old pair or the new one; a merge made stale any
 other way is ignored by searches (with a warning) until ``merge`` is rerun. Shards appended after a
-merge are searched beside it. One manifest write publishes the merge; a failed merge removes the
-files it wrote.
+merge are searched beside it until the next compact or bias recompute, which merges them in too
+(a compact does so even when it has no shard to rewrite). One manifest write publishes the merge; a
+failed merge removes the files it wrote.
 """
 from __future__ import annotations
 
@@ -159,14 +160,26 @@ def _merge_into(folder: Path, m: dict, modalities, generation: int, report: Merg
         raise
 
 
+def merge_behind(m: dict, modality: str) -> bool:
+    """Whether ``modality``'s current merged index leaves out IVF shards it could cover (appended, or
+    written by a compact, since the merge): they are searched beside it until it is merged again."""
+    entry = (m.get("merged") or {}).get(modality)
+    if entry is None or merge_is_stale(m, modality):
+        return False
+    shards, why = eligible(m, modality)
+    return why is None and {str(s["id"]) for s in shards} != set(entry["shards"])
+
+
 def merge_again(folder: Path, m: dict) -> MergeReport:
     """Merge again, into manifest ``m`` before its publish, every modality whose merged index a rewrite
-    of its shards made stale (``compact``, ``retrieval bias``): a merged folder stays merged, in the same
-    manifest write. A modality that can no longer be merged (e.g. one shard left) loses its stale
-    entry, which no search would use (its files are retired), and is named in the report's ``skipped``."""
+    of its shards made stale (``compact``, ``retrieval bias``) or leaves shards out (``merge_behind``):
+    a merged folder stays one index per modality, in the same manifest write. A stale modality that
+    can no longer be merged (e.g. one shard left) loses its entry, which no search would use (its
+    files are retired), and is named in the report's ``skipped``."""
     report = MergeReport()
     t0 = time.perf_counter()
-    _merge_into(folder, m, [mod for mod in MODALITIES if merge_is_stale(m, mod)], next_generation(m), report)
+    stale = [mod for mod in MODALITIES if merge_is_stale(m, mod)]
+    _merge_into(folder, m, stale + [mod for mod in MODALITIES if merge_behind(m, mod)], next_generation(m), report)
     for mod in report.skipped:
         m["merged"].pop(mod)
     if not m.get("merged", True):

@@ -358,3 +358,35 @@ def test_a_merged_folder_does_not_load_the_shards_it_covers(built, tmp_path, mon
     assert covered == {0, 1, 2, 3} and not [p for p in loaded if p[0] in covered]
     idx.search(x[:3], 10, where="part = 3")   # a narrow filter is scanned exactly: the shards' files hold the vectors
     assert {p[0] for p in loaded if p[1] == "image"} >= covered
+
+
+def test_compact_merges_in_the_shards_appended_since(built, tmp_path):
+    """Appended IVF shards are searched beside a merged index; a compact (rewriting the small ones, or
+    nothing at all) merges them in, and the merged folder answers as its shards do."""
+    from retrieval.ops.merge import merge_behind
+
+    folder = _copy(built, tmp_path / "idx")
+    assert CliRunner().invoke(main, ["merge", str(folder)]).exit_code == 0
+    x, t, _ = _data(1)
+    for j, n in enumerate((50, 60, 700)):
+        add_embeddings(folder, x[:n], t[:n], [{"key": f"a{j}_{i}", "image_path": "", "caption": "n", "part": 9}
+                                               for i in range(n)])
+    assert merge_behind(load_manifest(folder), "image") and merge_behind(load_manifest(folder), "text")
+    report = compact(folder)          # the two small appends rewritten as one shard, the 700-row one kept
+    m = load_manifest(folder)
+    assert report.rewritten_shards == 2 and "image: 6 shards, 4810 vectors" in report.line()
+    assert all(set(m["merged"][mod]["shards"]) == {str(s["id"]) for s in m["shards"]} for mod in ("image", "text"))
+    assert not merge_behind(m, "image") and not merge_behind(m, "text")
+    q = _queries(7, 401)
+    idx = open_index(folder, search_params=f"nprobe={NLIST}")
+    assert set(idx.shard_set.merged("image").positions.tolist()) == set(range(len(idx.shards)))
+    plain = _unmerged(folder, tmp_path / "plain")
+    _same(_searches(open_index(plain, search_params=f"nprobe={NLIST}"), q), _searches(idx, q))
+
+    add_embeddings(folder, x[:900], t[:900], [{"key": f"b{i}", "image_path": "", "caption": "n", "part": 9}
+                                               for i in range(900)])
+    report = compact(folder)          # nothing to rewrite: the one appended shard is merged in all the same
+    m = load_manifest(folder)
+    assert report.rewritten_shards == 0 and "image: 7 shards, 5710 vectors" in report.merged
+    assert not merge_behind(m, "image") and len(m["merged"]["image"]["shards"]) == len(m["shards"])
+    assert compact(folder).merged == ""   # up to date: nothing merged again
