@@ -112,7 +112,8 @@ def format_info(info: dict) -> str:
         lines.append("bias      none: run `retrieval bias INDEX` for exact BSAP/NNN search")
     for mod, e in (info.get("merged") or {}).items():
         state = (" STALE: a covered shard was rewritten, searches use the shards; run `retrieval merge`"
-                 if e["stale"] else f"; {e['beside']} shard(s) added since, searched beside it" if e["beside"] else "")
+                 if e["stale"] else f"; {e['beside']} shard(s) added since, searched beside it (`retrieval compact` "
+                 f"merges them in)" if e["beside"] else "")
         lines.append(f"merged    {mod}: {e['shards']} shards, {e['vectors']} vectors, {_human(e['bytes'])}{state}")
     st = info.get("stats") or {}
     if st.get("elapsed_s"):

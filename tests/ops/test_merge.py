@@ -149,7 +149,8 @@ def test_merge_answers_what_the_shards_answer(built, tmp_path, caplog):
     _, ids = idx.search(q[:1], 400)
     assert (ids >= N).sum() == 300 and idx.shard_set.merged("image") is not None
     assert "4000 vectors, " in CliRunner().invoke(main, ["info", str(folder)]).output
-    assert "1 shard(s) added since, searched beside it" in CliRunner().invoke(main, ["info", str(folder)]).output
+    assert "1 shard(s) added since, searched beside it (`retrieval compact` merges them in)" in \
+        CliRunner().invoke(main, ["info", str(folder)]).output
 
     # a compact rewrites covered shards: the merged index is merged again in the same publish
     idx.delete([f"k{i}" for i in range(300)])
