@@ -32,7 +32,7 @@ from ..methods.rerank import METHODS as RERANK_METHODS
 from ..query.biases import offsets_refusal
 from ..query.filters import FilterError
 from ..query.spec import QuerySpec
-from .service import MAX_ID, MAX_K, HTTPError, Query, Service, b64_image, embedding_vector, rerank_methods
+from .service import MAX_ID, MAX_K, HTTPError, Query, Service, b64_image, decoded, embedding_vector, rerank_methods
 
 CORS = {"Access-Control-Allow-Origin": "*"}
 DEDUP_COSINE = 0.94          # clip back's near-duplicate threshold
@@ -192,7 +192,7 @@ def add_clip_back_routes(app: FastAPI, service: Service, front: Optional[Path] =
             if q.spec.where is not None:
                 await run_in_threadpool(idx.check_where, q.spec.where)
             if isinstance(q.image, bytes):
-                q.image = await run_in_threadpool(service.decode_image, q.image, q.index)
+                q.image = await decoded(service, q.image, q.index)
             scores, ids = await service.batcher.submit(q)
             rows = await run_in_threadpool(knn_rows, service, q.index, scores, ids, num_images)
         except HTTPError as e:

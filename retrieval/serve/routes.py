@@ -17,8 +17,8 @@ from ..query.spec import QuerySpec, floor
 from .admin import LOOPBACK, authorised
 from .models import (ClassifyBody, ClassifyResult, DeleteBody, Deleted, Health, IndexSummary, Reloaded, Rerank,
                      SearchBody, SearchResult, Target, errors)
-from .service import (MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, comclip_options, embedding_vector,
-                      encode_image, http_example, rerank_methods)
+from .service import (MAX_ID, MAX_K, WEB, HTTPError, Query, Service, b64_image, comclip_options, decoded,
+                      embedding_vector, encode_image, http_example, rerank_methods)
 
 def add_routes(app: FastAPI, service: Service) -> None:
     """Register every route of the service on ``app``."""
@@ -69,7 +69,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 raise HTTPError(503, str(e)) from None
         if body.image_base64 is not None or image_bytes is not None:
             spec.image = data = image_bytes if image_bytes is not None else b64_image(body.image_base64)
-            q.image = await run_in_threadpool(service.decode_image, data, name)
+            q.image = await decoded(service, data, name)
         elif body.embedding is not None:
             v = embedding_vector(body.embedding, idx.dim)
             if v is None:
@@ -87,7 +87,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if body.rerank == "comclip":
             if "comclip" not in rerank_methods(idx):
                 raise HTTPError(409, refusal(idx.manifest) or missing_extra() or f"index {name!r} has no model")
-            await run_in_threadpool(service.full_model, name)   # it encodes the candidates' images
+            await service.models.loaded(name)   # it encodes the candidates' images
+            service.full_model(name)
             spec.comclip = comclip_options(body, tuple(service.image_roots))
         elif spec.kind != "keyword" and body.rerank not in rerank_methods(idx):
             raise HTTPError(409, offsets_refusal(idx.manifest, name))
@@ -142,7 +143,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
             templates = tuple(check_template(t) for t in body.templates)
         except ValueError as e:
             raise HTTPError(422, str(e)) from None
-        tensors = [await run_in_threadpool(service.decode_image, b64_image(b), name) for b in body.images_base64]
+        tensors = [await decoded(service, b64_image(b), name) for b in body.images_base64]
         try:
             results = await run_in_threadpool(service.classify, name, tensors, classes, templates,
                                               body.method, body.neighbours, body.captions)

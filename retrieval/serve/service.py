@@ -221,6 +221,15 @@ def encode_image(service: Service, name: str, tensor) -> np.ndarray:
     return Encoder(service.indexes[name].clip).images(torch.stack([tensor]))[0]
 
 
+async def decoded(service: Service, data: bytes, name: str) -> Any:
+    """``Service.decode_image`` off the event loop, once index ``name``'s full model is loaded: a
+    request waiting for the model holds no worker thread (text queries need them meanwhile)."""
+    from fastapi.concurrency import run_in_threadpool
+
+    await service.models.loaded(name)
+    return await run_in_threadpool(service.decode_image, data, name)
+
+
 async def http_example(service: Service, name: str, e) -> dict:
     """One HTTP example as ``Index.examples`` takes it; an image is decoded under the server's pixel
     limit and budget and encoded here (off the event loop), a key/id/text/embedding passed on."""
@@ -228,7 +237,7 @@ async def http_example(service: Service, name: str, e) -> dict:
 
     if e.image_base64 is None:
         return {f: getattr(e, f) for f in ("key", "id", "text", "embedding") if getattr(e, f) is not None}
-    tensor = await run_in_threadpool(service.decode_image, b64_image(e.image_base64), name)
+    tensor = await decoded(service, b64_image(e.image_base64), name)
     return {"embedding": await run_in_threadpool(encode_image, service, name, tensor)}
 
 

@@ -7,8 +7,9 @@ only the text tower, and the CLI caches one per model (``embed.text_cache``: Tor
 open_clip import). So each index, opened without a model, gets its model's cached text tower at
 once, and the full model is loaded in one background thread (indexes of one model share it) and
 then replaces the tower. A request that needs the full model (an image query or upload, an image
-example, classification, ComCLIP) waits for that load; if the load fails, those requests get a 503
-naming why, and text, embedding and keyword queries go on. A model with no cached tower (first
+example, classification, ComCLIP) waits for that load on the event loop, holding no worker thread
+(``ModelLoading.loaded``); if the load fails, those requests get a 503 naming why, and text,
+embedding and keyword queries go on. A model with no cached tower (first
 start, a GPU, an unusual tokenizer) is loaded in full before serving, as before, and its tower is
 cached in a background thread for the next start (TorchScript's tracer state is per thread).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Callable, Optional
 
 log = logging.getLogger("retrieval.serve")
@@ -77,6 +79,15 @@ class ModelLoading:
         if not done.wait(timeout):
             return f"the model of index {name!r} is still loading; retry in a few seconds"
         return self._error.get(name)
+
+    async def loaded(self, name: str, timeout: float = WAIT_S) -> None:
+        """Return once index ``name``'s full model load has ended (at once if it never waited), or after
+        ``timeout`` seconds, holding no thread meanwhile (a request waits on the event loop)."""
+        import asyncio
+
+        done, deadline = self._done.get(name), time.monotonic() + timeout
+        while done is not None and not done.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     def state(self) -> str:
         """"loading" while a background load runs, "failed" if one failed, else "ready"."""

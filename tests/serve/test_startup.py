@@ -93,3 +93,29 @@ def test_without_a_cached_tower_the_full_model_loads_first_and_its_tower_is_cach
     assert idx.clip is tiny_clip and loading.state() == "ready" and loading.wait("flk", 0) is None
     loading.join(60)   # the tower is cached in the background
     assert isinstance(load_text_tower(idx.manifest["model"]), TextTower)   # the next start answers at once
+
+
+def test_requests_waiting_for_the_model_hold_no_worker_thread(cached, flickr_index, tiny_clip):
+    """More image queries than the server has worker threads (40) wait for the model on the event loop:
+    a text query with a filter (which runs in a worker thread) is still answered at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serve.test_server import Server, call
+
+    gate = threading.Event()
+    idx = open_index(flickr_index, None)
+    loading = attach_models({"flk": idx}, device="cpu", load=lambda identity, device: (gate.wait(60), tiny_clip)[1])
+    srv = Server(create_app({"flk": idx}, models=loading))
+    try:
+        with ThreadPoolExecutor(48) as pool:
+            waiting = [pool.submit(call, srv, "POST", "/search", _image()) for _ in range(45)]
+            time.sleep(1.0)
+            t = time.perf_counter()
+            status, body, _ = call(srv, "POST", "/search", {**TEXT, "where": "caption LIKE '%dog%'"})
+            assert status == 200 and body["results"] and time.perf_counter() - t < 10
+            assert not any(f.done() for f in waiting)
+            gate.set()
+            assert [f.result(60)[0] for f in waiting] == [200] * 45
+    finally:
+        gate.set()
+        srv.stop()
