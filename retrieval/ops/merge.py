@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import IndexFolderError
-from ..store.coarse import CoarseCache, read_index
+from ..store.coarse import CoarseCache, centroids, read_index
 from ..store.files import quiet_stdout
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
@@ -67,6 +67,22 @@ def _layout(index) -> bytes:
     finally:
         ivf.replace_invlists(lists, own)   # frees the empty lists (owned), the mapped ones back as they were
         index.ntotal = ivf.ntotal = n
+
+
+def _mismatch(first, other, first_id: int, other_id: int, modality: str) -> str:
+    """Why shard ``other_id``'s index cannot be merged with shard ``first_id``'s: their coarse centroids
+    differ (rebuild), or only their codecs do (compressed keys train codebooks per shard)."""
+    import faiss
+
+    a, b = (centroids(faiss.extract_index_ivf(ix)) for ix in (first, other))
+    if a.shape != b.shape or not np.array_equal(a, b):
+        return (f"shard {other_id} was not built on the same trained quantizer as shard {first_id} (a folder "
+                f"written before its shards shared one, or a compressed key trained per shard): merging needs "
+                f"IVF shards on one quantizer and codec (Flat, SQfp16); rebuild with such a key to merge its "
+                f"{modality} shards")
+    return (f"shard {other_id}'s {modality} codec differs from shard {first_id}'s (compressed keys such as "
+            f"IVF-PQ keep per-shard codebooks for the offset coordinates): only IVF shards of one codec (Flat, "
+            f"SQfp16) merge; these are searched shard by shard")
 
 
 def _merge_lists(trained, ivfs: list, starts: list[int], path: Path) -> int:
@@ -124,8 +140,7 @@ def _merge_modality(folder: Path, manifest: dict, modality: str, shards: list[di
             if ref is None:
                 ref, trained = layout, faiss.deserialize_index(np.frombuffer(layout, np.uint8))
             elif layout != ref:
-                raise IndexFolderError(f"shard {s['id']} was not built on the same trained quantizer as shard "
-                                       f"{shards[0]['id']}; rebuild the folder to merge its {modality} shards")
+                raise IndexFolderError(_mismatch(held[0], held[-1], shards[0]["id"], s["id"], modality))
         _merge_lists(trained, [faiss.extract_index_ivf(ix) for ix in held], [int(s["offset"]) for s in shards],
                      folder / rel_data)
         faiss.write_index(trained, str(folder / rel_index))  # a new generation's name: unseen until published

@@ -183,6 +183,11 @@ def test_merge_refuses_what_it_cannot_merge(tmp_path):
     r = CliRunner().invoke(main, ["merge", str(out)])
     assert r.exit_code == 1
     assert "nothing merged" in r.output and "Flat" in r.output and "Traceback" not in r.output
+    pq = tmp_path / "pq"   # a compressed key: its shards' quantizers or codebooks differ
+    build_from_embeddings(pq, x[:2000], t[:2000], MODEL, shard_size=1000, index_key="IVF16,PQ9x4")
+    r = CliRunner().invoke(main, ["merge", str(pq)])
+    assert r.exit_code == 1 and "merging needs IVF shards on one quantizer and codec" in r.output
+    assert "Traceback" not in r.output and "merged" not in load_manifest(pq)
 
 
 def test_layout_check_reads_no_lists_and_tells_quantizers_apart(tmp_path):
@@ -212,6 +217,24 @@ def test_layout_check_reads_no_lists_and_tells_quantizers_apart(tmp_path):
     want, got = full.search(x[:20], 5), mapped[0].search(x[:20], 5)   # the mapped lists are back in place
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0])
+
+
+def test_a_refused_merge_says_whether_the_quantizer_or_the_codec_differs():
+    import faiss
+
+    from retrieval.ops.merge import _mismatch
+
+    x, _, _ = _data()
+    coarse = [faiss.IndexFlatIP(32) for _ in range(2)]
+    coarse[0].add(x[:NLIST])
+    coarse[1].add(x[NLIST:2 * NLIST])
+    ivfs = []
+    for q, rows in ((coarse[0], x[:2000]), (coarse[0], x[2000:]), (coarse[1], x[:2000])):
+        ivf = faiss.IndexIVFPQ(q, 32, NLIST, 8, 4, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(rows)        # the coarse quantizer is trained already: only the PQ codebooks are
+        ivfs.append(ivf)
+    assert "codec differs" in _mismatch(ivfs[0], ivfs[1], 0, 1, "image")
+    assert "same trained quantizer" in _mismatch(ivfs[0], ivfs[2], 0, 2, "image")
 
 
 def _half_searches(monkeypatch):
