@@ -35,7 +35,7 @@ from ..methods.rerank import DEFAULT_NNN_K, LAM_BY_TARGET
 from ..store.files import save_npy
 from .calibrate import DEFAULT_CALIBRATION_PAIRS, calibrate_lam, nonmatching_floors
 from .merge import merge_again
-from ..store.combined import quantize_offsets
+from ..store.combined import offsets_columns, quantize_offsets
 from ..store.generations import next_generation, publish
 from ..store.integrity import file_record
 from ..store.layout import (MODALITIES, bank_path, bias_generation_dir, bias_path, reference_path)
@@ -44,7 +44,7 @@ from ..store.manifest import load_manifest
 from ..store.masks import usable_rows
 from ..store.offsets import index_with_offsets
 from ..store.quantizer import train_shared
-from ..store.vectors import ShardVectors, read_all
+from ..store.vectors import ShardVectors, offsets_bounds, read_all
 
 # Rows sampled for a corpus bank (and for the image bank of text targets). 64 rows made BSAP hurt on
 # real CLIP geometry; 4,096 (all 4,000 ImageNet rows) lifted it by 10 points in both directions
@@ -199,11 +199,14 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     t_index = time.perf_counter()
     for s in shards:
         quantize(per_shard[s["id"]], shifts)
+    bounds = {mod: offsets_bounds(offsets_columns(per_shard[s["id"]][mod], {mt: shifts[mt][mod] for mt in METHODS},
+                                                  s["rows"]) for s in shards if mod in per_shard[s["id"]])
+              for mod in banks}   # one IVF-PQ offsets grid per modality: the shards' codecs stay equal
     train_shared(folder, m, seed, per_shard, shifts)  # a first build's deferred shards: one quantizer across them
     for s in shards:
         save_offsets(folder, s, per_shard[s["id"]], where, out)
         for modality, offsets in per_shard[s["id"]].items():
-            index_with_offsets(folder, m, s, modality, offsets, shifts, gen)
+            index_with_offsets(folder, m, s, modality, offsets, shifts, gen, bounds[modality])
     t_index = time.perf_counter() - t_index
     cal = calibrate_lam(folder, m, shards, per_shard, calibrate, seed + 4, held) if calibrate and "text" in banks else None
     lam = cal["lam"] if cal else {t: LAM_BY_TARGET.get(t, LAM_BY_TARGET["image"]) for t in banks}
@@ -212,7 +215,8 @@ def apply_biases(folder: Path, m: dict, clip=None, bank: str = "generic", bank_t
     m["bias"] = {**({"lam": cal["lam"], "calibration": cal} if cal else {}), **({"floor": floor} if floor else {}),
                  "tau": tau, "bank": bank, "bank_rows": {k: int(len(v)) for k, v in banks.items()},
                  "bank_texts": texts, "nnn_k": nnn_k, "nnn_ref_rows": {k: int(len(v)) for k, v in refs.items()},
-                 "seed": seed, "shift": shifts, "precision": precision, "dir": where, "files": out.files,
+                 "seed": seed, "shift": shifts, "offsets_bounds": bounds, "precision": precision, "dir": where,
+                 "files": out.files,
                  "seconds": round(time.perf_counter() - t0, 3), "index_seconds": round(t_index, 3)}
     again = merge_again(folder, m)   # the rewritten shards' merged index, merged again (ops.merge)
     if again.merged or again.skipped:

@@ -189,14 +189,20 @@ def merge_again(folder: Path, m: dict) -> MergeReport:
     """Merge again, into manifest ``m`` before its publish, every modality whose merged index a rewrite
     of its shards made stale (``compact``, ``retrieval bias``) or leaves shards out (``merge_behind``):
     a merged folder stays one index per modality, in the same manifest write. A stale modality that
-    can no longer be merged (e.g. one shard left) loses its entry, which no search would use (its
-    files are retired), and is named in the report's ``skipped``."""
+    can no longer be merged (one shard left; shards of another quantizer or codec) loses its entry,
+    which no search would use (its files are retired), and is named in the report's ``skipped``
+    with the reason; the compact or bias recompute itself goes on."""
     report = MergeReport()
     t0 = time.perf_counter()
     stale = [mod for mod in MODALITIES if merge_is_stale(m, mod)]
-    _merge_into(folder, m, stale + [mod for mod in MODALITIES if merge_behind(m, mod)], next_generation(m), report)
+    for mod in stale + [mod for mod in MODALITIES if merge_behind(m, mod)]:
+        try:
+            _merge_into(folder, m, [mod], next_generation(m), report)
+        except IndexFolderError as e:   # shards of another quantizer or codec: the operation goes on
+            report.skipped[mod] = str(e)
     for mod in report.skipped:
-        m["merged"].pop(mod)
+        if mod in stale:   # a current entry left behind by new shards still serves the shards it covers
+            m["merged"].pop(mod)
     if not m.get("merged", True):
         m.pop("merged")
     report.seconds = time.perf_counter() - t0

@@ -8,7 +8,9 @@
 - An HNSW graph is rebuilt from its decoded vectors with the offsets: a graph built without them
   finds the BSAP top-k less well (recall@10 0.67 vs 0.72 at the tuned efSearch, measured).
 - An IVF-PQ index whose offsets fill a sub-vector of their own (the layout ``store.keys`` chooses)
-  gets that sub-quantizer refit and that sub-code rewritten in place (``vectors.set_pq_offsets``).
+  gets that sub-quantizer refit and that sub-code rewritten in place (``vectors.set_pq_offsets``),
+  on one grid for the whole folder (its bounds in the bias section): the shards' codecs stay equal,
+  so they can be merged (``ops.merge``).
 - Other lossy indexes (OPQ, SQ8, other PQ layouts) are retrained from their npy with the offsets.
 
 Each rewritten index is a new generation-named file; the caller publishes the manifest.
@@ -45,9 +47,9 @@ def _set_file(folder: Path, shard: dict, role: str, rel: Optional[str]) -> None:
 
 
 def index_with_offsets(folder: Path, manifest: dict, shard: dict, modality: str, offsets: Optional[dict],
-                       shifts: dict, generation: int) -> None:
+                       shifts: dict, generation: int, bounds: Optional[list] = None) -> None:
     """Write shard's combined index of ``modality`` with ``offsets`` ({method: [rows]}, None: zeros)
-    as its extra coordinates (see the module doc)."""
+    as its extra coordinates (see the module doc); ``bounds``: the folder's IVF-PQ offsets grid."""
     from .shard import build_combined
 
     info = shard["index"].get(modality)
@@ -60,12 +62,13 @@ def index_with_offsets(folder: Path, manifest: dict, shard: dict, modality: str,
     pending = info.pop("pending", False)
     index = None if pending else read_index(folder, shard["files"][INDEX_FILE[modality]], info)
     if index is not None and "HNSW" not in info["key"]:
-        if not set_offsets(index, offsets_columns(offsets, sh, shard["rows"]), d):
+        if not set_offsets(index, offsets_columns(offsets, sh, shard["rows"]), d, bounds):
             index = None  # lossy codes: retrained below
     if index is None or "HNSW" in info["key"]:
         index, info["params"], reused = build_combined(folder, manifest, modality, info["key"],
                                                        read_all(folder, shard, modality), usable, offsets, settings,
-                                                       seed=shard["id"], keep_trained=pending, shifts=shifts)
+                                                       seed=shard["id"], keep_trained=pending, shifts=shifts,
+                                                       bounds=bounds)
         if pending:
             info["trained_reused"] = reused
         else:

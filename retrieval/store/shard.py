@@ -62,10 +62,11 @@ def _keep_trained(out: Path, manifest: dict, modality: str, key: str, index, par
 
 def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.ndarray, usable: np.ndarray,
                    offsets: Optional[dict], settings: dict, seed: int, keep_trained: bool = True,
-                   shifts: Optional[dict] = None):
+                   shifts: Optional[dict] = None, bounds: Optional[list] = None):
     """(index, params, reused quantizer?) of the combined index of ``key`` over ``vecs`` [n, d];
     ``keep_trained=False`` neither reuses nor saves the folder's trained quantizer. ``shifts``
-    ({method: {modality: s}}) default to the manifest's bias section's."""
+    ({method: {modality: s}}) and ``bounds`` (the IVF-PQ offsets grid's, ``vectors.offsets_bounds``)
+    default to the manifest's bias section's."""
     import faiss
 
     d = vecs.shape[1]
@@ -73,6 +74,8 @@ def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.
     if shifts is None:
         shifts = (manifest.get("bias") or {}).get("shift") or {}
     sh = {m: shifts.get(m, {}).get(modality, 0.0) for m in EXTRA}
+    if bounds is None:
+        bounds = ((manifest.get("bias") or {}).get("offsets_bounds") or {}).get(modality)
     trained = _trained(out, manifest, modality, fkey, dim) if keep_trained else None
     params = manifest["trained"][modality].get("params") if trained is not None else None
     truth = None
@@ -98,10 +101,10 @@ def build_combined(out: Path, manifest: dict, modality: str, key: str, vecs: np.
         faiss.ParameterSpace().set_index_parameters(index, params)
     if trained is None and keep_trained:
         _keep_trained(out, manifest, modality, fkey, index, params)
-    if offsets and "PQ" in fkey:   # the offsets sub-quantizer fit to this shard's offsets (store.keys)
+    if offsets and "PQ" in fkey:   # the offsets sub-quantizer fit to the folder's offsets grid (store.keys)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         if isinstance(ivf, faiss.IndexIVFPQ):
-            set_pq_offsets(ivf, offsets_columns(offsets, sh, len(vecs)), d)
+            set_pq_offsets(ivf, offsets_columns(offsets, sh, len(vecs)), d, bounds)
     return index, params, trained is not None
 
 

@@ -135,7 +135,7 @@ def fp16_vector_codes(ivf) -> bool:
             and not ivf.by_residual)
 
 
-def set_offsets(index, columns: np.ndarray, d: int) -> bool:
+def set_offsets(index, columns: np.ndarray, d: int, bounds: Optional[list] = None) -> bool:
     """Overwrite the extra coordinates (``columns`` [ntotal, 2], already -(c - shift)) of an SQfp16
     index in RAM, in place: each IVF list's codes by their ids, or HNSW's storage in id order. False
     when the index's codes cannot be rewritten (other lossy keys: rebuild it instead). An IVF-PQ index
@@ -145,7 +145,7 @@ def set_offsets(index, columns: np.ndarray, d: int) -> bool:
 
     ix = faiss.downcast_index(index)
     if isinstance(ix, faiss.IndexIVFPQ):   # coded on a grid of the float32 values, not stored as fp16
-        return set_pq_offsets(ix, np.asarray(columns, np.float32), d)
+        return set_pq_offsets(ix, np.asarray(columns, np.float32), d, bounds)
     cols = np.asarray(columns, np.float16)
     if isinstance(ix, faiss.IndexHNSW):
         st = faiss.downcast_index(ix.storage)
@@ -165,12 +165,17 @@ def set_offsets(index, columns: np.ndarray, d: int) -> bool:
     return True
 
 
-def offsets_grid(cols: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+def offsets_grid(cols: np.ndarray, levels: int, bounds: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """A uniform grid of at most ``levels`` points over the 2-D offsets ``cols`` [n, 2] and each row's
     point (its index). The grid splits the levels between the axes so that the larger step is the
     smallest: every value, the tails included (BSAP's best results are its lowest offsets), is off by
-    at most half a step per axis, unlike k-means centroids, which follow the density."""
-    lo, hi = cols.min(0) if len(cols) else np.zeros(2), cols.max(0) if len(cols) else np.zeros(2)
+    at most half a step per axis, unlike k-means centroids, which follow the density. ``bounds``
+    ([[lo, lo], [hi, hi]]: a folder's, ``offsets_bounds``) fixes the grid whatever ``cols`` holds (a
+    value outside is coded at the nearest edge); default: ``cols``' own range."""
+    if bounds is not None:
+        lo, hi = np.asarray(bounds[0], np.float64), np.asarray(bounds[1], np.float64)
+    else:
+        lo, hi = cols.min(0) if len(cols) else np.zeros(2), cols.max(0) if len(cols) else np.zeros(2)
     span = np.maximum(hi - lo, 1e-12)
     splits = [(a, levels // a) for a in (2 ** i for i in range(int(np.log2(levels)) + 1))]
     na, nb = min(splits, key=lambda s: max(span[0] / s[0], span[1] / s[1]))
@@ -192,11 +197,20 @@ def pq_extras_layout(ivfpq, d: int) -> bool:
     return pq.nbits == 8 and pq.dsub * (pq.M - 1) == d and ivfpq.d == pq.dsub * pq.M and pq.dsub >= 2
 
 
-def set_pq_offsets(ivfpq, columns: np.ndarray, d: int) -> bool:
+def offsets_bounds(columns) -> Optional[list]:
+    """[[lo, lo], [hi, hi]] of the offsets coordinates over every array of ``columns`` ([n, 2] each):
+    one grid for all of a folder's shards, so their IVF-PQ codecs stay equal (``ops.merge``)."""
+    parts = [np.asarray(c, np.float64) for c in columns if len(c)]
+    if not parts:
+        return None
+    return [np.min([c.min(0) for c in parts], 0).tolist(), np.max([c.max(0) for c in parts], 0).tolist()]
+
+
+def set_pq_offsets(ivfpq, columns: np.ndarray, d: int, bounds: Optional[list] = None) -> bool:
     """Refit the last sub-quantizer of an IVF-PQ index to ``columns`` ([ntotal, 2]: the offsets
-    coordinates by id; a grid, ``offsets_grid``) and rewrite each vector's last sub-code in place (the
-    other M - 1 sub-codes, the lists and the coarse quantizer do not change). False when the layout
-    is not ``pq_extras_layout``'s."""
+    coordinates by id; a grid, ``offsets_grid``, over ``bounds`` when given: the folder's) and
+    rewrite each vector's last sub-code in place (the other M - 1 sub-codes, the lists and the coarse
+    quantizer do not change). False when the layout is not ``pq_extras_layout``'s."""
     import faiss
 
     if not pq_extras_layout(ivfpq, d):
@@ -212,7 +226,7 @@ def set_pq_offsets(ivfpq, columns: np.ndarray, d: int) -> bool:
     for lst, _, ids in lists:
         residual[ids] -= coarse[lst] if ivfpq.by_residual else 0
     centroids = faiss.rev_swig_ptr(pq.centroids.data(), m * ksub * dsub).reshape(m, ksub, dsub)
-    fit, code = offsets_grid(residual[:, :2], ksub)
+    fit, code = offsets_grid(residual[:, :2], ksub, bounds)
     fit = np.pad(fit, ((0, 0), (0, dsub - 2)))
     centroids[m - 1] = fit
     if pq.transposed_centroids.size():

@@ -350,6 +350,16 @@ def test_bias_and_compact_keep_a_merged_folder_merged(built, tmp_path, monkeypat
     assert load_manifest(folder) == before
     monkeypatch.undo()
 
+    # shards that cannot be merged any more (another codec, injected): the compact goes on, unmerged
+    trial = _copy(folder, tmp_path / "codec")
+    layout, calls = ops_merge._layout, iter(range(256))
+    monkeypatch.setattr(ops_merge, "_layout", lambda ix: layout(ix) + bytes([next(calls)]))
+    report = compact(trial, threshold=0.2)
+    assert report.rewritten_shards and "codec differs" in report.line() and "merged" not in load_manifest(trial)
+    monkeypatch.undo()
+    _, ids = open_index(trial).search(q[:1], 15)
+    assert (ids >= 0).all()
+
     # compacted down to one shard: nothing left to merge, the stale entry goes
     open_index(folder).delete([f"k{i}" for i in range(1, N, 2)][:-700])
     report = compact(folder, threshold=0.2)
@@ -414,3 +424,31 @@ def test_compact_merges_in_the_shards_appended_since(built, tmp_path):
     assert report.rewritten_shards == 0 and "image: 7 shards, 5710 vectors" in report.merged
     assert not merge_behind(m, "image") and len(m["merged"]["image"]["shards"]) == len(m["shards"])
     assert compact(folder).merged == ""   # up to date: nothing merged again
+
+
+def test_compressed_shards_share_one_offsets_grid_and_merge(tmp_path):
+    """IVF-PQ shards code their offsets on one grid for the folder (the bias section's bounds), so
+    their codecs are equal: the folder merges, answers as its shards do (pools re-scored exactly), and
+    an appended shard, coded on the same grid, is merged in by a compact."""
+    x, t, _ = _data()
+    folder = tmp_path / "pq"
+    rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
+    build_from_embeddings(folder, x, t, MODEL, rows, shard_size=SHARD, index_key=f"IVF{NLIST},PQ9")
+    assert set(load_manifest(folder)["bias"]["offsets_bounds"]) == {"image", "text"}
+    plain = _copy(folder, tmp_path / "plain")
+    r = CliRunner().invoke(main, ["merge", str(folder)])
+    assert r.exit_code == 0, r.output
+    q = _queries(3, 197)
+    idx = open_index(folder, search_params=f"nprobe={NLIST}")
+    assert idx.shard_set.merged("image") is not None
+    _same(_searches(open_index(plain, search_params=f"nprobe={NLIST}"), q), _searches(idx, q))
+    from retrieval.ops.bias import compute_biases
+
+    compute_biases(folder, bank="corpus", bank_size=300, ref_size=300, calibrate=0, seed=1)   # refit the grid
+    assert load_manifest(folder)["bias"]["merged_again"].startswith("image: 4 shards")   # per-shard grids: refused
+    add_embeddings(folder, x[:300], t[:300], [{"key": f"a{i}", "image_path": "", "caption": "n", "part": 9}
+                                              for i in range(300)])
+    report = compact(folder)
+    assert "image: 5 shards, 4300 vectors" in report.merged, report.line()
+    idx = open_index(folder, search_params=f"nprobe={NLIST}")
+    assert idx.shard_set.merged("image") is not None and idx.shard_set.merged("text") is not None
