@@ -34,7 +34,7 @@ from ..store.vectors import read_all
 from ..store.alignment import bad_keys
 from ..store.writer import next_ids, read_errors, update_counts, write_errors
 from .bias import METHODS, save_shard_offsets
-from .merge import merge_again, merge_behind
+from .merge import MergeReport, merge_again, merge_behind
 
 
 @dataclass
@@ -109,11 +109,10 @@ def compact(folder: str | os.PathLike, threshold: float = 0.2, min_rows: Optiona
         chosen = sorted(chosen + broken, key=lambda s: s["offset"])
         errors = read_errors(folder)
         if not chosen:   # nothing to rewrite; shards appended beside a merged index are merged in
-            again = merge_again(folder, m) if any(merge_behind(m, mod) for mod in MODALITIES) else None
-            if again is not None and again.merged:
+            again = merge_again(folder, m) if any(merge_behind(m, mod) for mod in MODALITIES) else MergeReport()
+            if again.merged:
                 publish(folder, m)
-            return CompactReport(before, before, 0, 0, 0, time.perf_counter() - t0,
-                                 again.line() if again is not None and again.merged else "")
+            return CompactReport(before, before, 0, 0, 0, time.perf_counter() - t0, again.line() if again.merged else "")
         parts = {"img": [], "txt": [], "cap": [], "meta": [], "reg_emb": [], "reg_boxes": [], **{(mt, mod): [] for mt in METHODS for mod in MODALITIES}}
         bias = m.get("bias") if (m.get("bias") or {}).get("dir") else None  # a pre-generation bias: recompute
         if m.get("bias") and bias is None:

@@ -71,18 +71,18 @@ def _layout(index) -> bytes:
 
 def _mismatch(first, other, first_id: int, other_id: int, modality: str) -> str:
     """Why shard ``other_id``'s index cannot be merged with shard ``first_id``'s: their coarse centroids
-    differ (rebuild), or only their codecs do (compressed keys train codebooks per shard)."""
+    differ (rebuild), or only their codecs do (IVF-PQ offsets coded per shard: recompute the bias)."""
     import faiss
 
     a, b = (centroids(faiss.extract_index_ivf(ix)) for ix in (first, other))
     if a.shape != b.shape or not np.array_equal(a, b):
         return (f"shard {other_id} was not built on the same trained quantizer as shard {first_id} (a folder "
-                f"written before its shards shared one, or a compressed key trained per shard): merging needs "
-                f"IVF shards on one quantizer and codec (Flat, SQfp16); rebuild with such a key to merge its "
-                f"{modality} shards")
-    return (f"shard {other_id}'s {modality} codec differs from shard {first_id}'s (compressed keys such as "
-            f"IVF-PQ keep per-shard codebooks for the offset coordinates): only IVF shards of one codec (Flat, "
-            f"SQfp16) merge; these are searched shard by shard")
+                f"written before its shards shared one, or a key trained per shard): merging needs IVF shards "
+                f"on one quantizer and codec (Flat, SQfp16, the budget's IVF-PQ); rebuild with such a key to "
+                f"merge its {modality} shards")
+    return (f"shard {other_id}'s {modality} codec differs from shard {first_id}'s (IVF-PQ offsets coded on "
+            f"per-shard grids by an older version: `retrieval bias` codes them on one grid; or a key trained "
+            f"per shard): merging needs IVF shards on one quantizer and codec; these are searched shard by shard")
 
 
 def _merge_lists(trained, ivfs: list, starts: list[int], path: Path) -> int:

@@ -9,9 +9,9 @@ once, and the full model is loaded in one background thread (indexes of one mode
 then replaces the tower. A request that needs the full model (an image query or upload, an image
 example, classification, ComCLIP) waits for that load on the event loop, holding no worker thread
 (``ModelLoading.loaded``); if the load fails, those requests get a 503 naming why, and text,
-embedding and keyword queries go on. A model with no cached tower (first
-start, a GPU, an unusual tokenizer) is loaded in full before serving, as before, and its tower is
-cached in a background thread for the next start (TorchScript's tracer state is per thread).
+embedding and keyword queries go on. A model with no cached tower (first start, a GPU, an unusual
+tokenizer) is loaded in full before serving, as before, and its tower is cached in a background
+thread for the next start (TorchScript's tracer state is per thread).
 
 Text query vectors from the tower equal the full model's ``encode_text`` within 1e-5 (the cache
 checks its trace); once the full model is attached, texts go through its encoder (within 1e-4).

@@ -200,10 +200,12 @@ def pq_extras_layout(ivfpq, d: int) -> bool:
 def offsets_bounds(columns) -> Optional[list]:
     """[[lo, lo], [hi, hi]] of the offsets coordinates over every array of ``columns`` ([n, 2] each):
     one grid for all of a folder's shards, so their IVF-PQ codecs stay equal (``ops.merge``)."""
-    parts = [np.asarray(c, np.float64) for c in columns if len(c)]
-    if not parts:
-        return None
-    return [np.min([c.min(0) for c in parts], 0).tolist(), np.max([c.max(0) for c in parts], 0).tolist()]
+    lo = hi = None
+    for c in columns:   # one array at a time: a folder's columns are never all held
+        if len(c):
+            lo = c.min(0) if lo is None else np.minimum(lo, c.min(0))
+            hi = c.max(0) if hi is None else np.maximum(hi, c.max(0))
+    return None if lo is None else [np.asarray(lo, np.float64).tolist(), np.asarray(hi, np.float64).tolist()]
 
 
 def set_pq_offsets(ivfpq, columns: np.ndarray, d: int, bounds: Optional[list] = None) -> bool:

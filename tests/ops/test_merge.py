@@ -34,13 +34,17 @@ def _data(seed=0):
     return x, t, centres
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mq") / "idx"
+def _build(out, key: str = f"IVF{NLIST},Flat", shard_size: int = SHARD):
+    """The N items of ``_data`` (keys k0..., a caption and a ``part`` column each) built into ``out``."""
     x, t, _ = _data()
     rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
-    build_from_embeddings(out, x, t, MODEL, rows, shard_size=SHARD, index_key=f"IVF{NLIST},Flat")
+    build_from_embeddings(out, x, t, MODEL, rows, shard_size=shard_size, index_key=key)
     return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("mq") / "idx")
 
 
 def test_shard_sample_spreads_over_shards():
@@ -280,10 +284,7 @@ def test_merged_index_reads_the_fp16_centroids_and_answers_as_the_flat_search(bu
 
 
 def test_one_shard_over_many_lists_reads_the_fp16_centroids(tmp_path, monkeypatch):
-    x, t, _ = _data()
-    out = tmp_path / "one"
-    rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
-    build_from_embeddings(out, x, t, MODEL, rows, shard_size=N, index_key=f"IVF{NLIST},Flat")
+    out = _build(tmp_path / "one", shard_size=N)
     q = _queries(3, 397)
     want = [_wide_searches(open_index(out, search_params="nprobe=4"), q[i:i + 1]) for i in range(len(q))]   # flat
     calls = _half_searches(monkeypatch)
@@ -431,9 +432,7 @@ def test_compressed_shards_share_one_offsets_grid_and_merge(tmp_path):
     their codecs are equal: the folder merges, answers as its shards do (pools re-scored exactly), and
     an appended shard, coded on the same grid, is merged in by a compact."""
     x, t, _ = _data()
-    folder = tmp_path / "pq"
-    rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
-    build_from_embeddings(folder, x, t, MODEL, rows, shard_size=SHARD, index_key=f"IVF{NLIST},PQ9")
+    folder = _build(tmp_path / "pq", f"IVF{NLIST},PQ9")
     assert set(load_manifest(folder)["bias"]["offsets_bounds"]) == {"image", "text"}
     plain = _copy(folder, tmp_path / "plain")
     r = CliRunner().invoke(main, ["merge", str(folder)])

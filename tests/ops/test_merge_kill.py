@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from retrieval import build_from_embeddings, open_index
+from retrieval import open_index
 from retrieval.cli import main
 from retrieval.store.layout import merge_is_stale
 from retrieval.store.manifest import load_manifest
-from tests.ops.test_merge import MODEL, N, NLIST, SHARD, _data, _queries, _searches
+from tests.ops.test_merge import N, NLIST, SHARD, _build, _queries, _searches
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 COMMANDS = {"bias": ["bias", "--bank", "corpus", "--bank-size", "300", "--ref-size", "300", "--calibrate-pairs", "0"],
@@ -34,10 +34,7 @@ add_embeddings(sys.argv[1], q, q, [{"key": f"new{i}", "image_path": "", "caption
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory):
     """A merged folder of four IVF shards, half the rows of its first two shards deleted."""
-    out = tmp_path_factory.mktemp("mk") / "idx"
-    x, t, _ = _data()
-    rows = [{"key": f"k{i}", "image_path": "", "caption": f"c{i}", "part": i % 5} for i in range(N)]
-    build_from_embeddings(out, x, t, MODEL, rows, shard_size=SHARD, index_key=f"IVF{NLIST},Flat")
+    out = _build(tmp_path_factory.mktemp("mk") / "idx")
     assert CliRunner().invoke(main, ["merge", str(out)]).exit_code == 0
     open_index(out).delete([f"k{i}" for i in range(0, 2 * SHARD, 2)])
     return out
